@@ -23,11 +23,11 @@ import numpy as np
 
 __all__ = [
     "DataError",
-    "read_idx",
-    "load_mnist",
-    "load_fashion_mnist",
-    "load_digits_small",
     "data_dirs",
+    "load_digits_small",
+    "load_fashion_mnist",
+    "load_mnist",
+    "read_idx",
 ]
 
 #: Project data folder (git-ignored), relative to a source checkout.

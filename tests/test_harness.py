@@ -21,7 +21,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 def run(cmd, cwd=ROOT, timeout=600):
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
 
 
 @pytest.mark.parametrize(("chapter", "passes"), [("good_chapter.md", True), ("broken_chapter.md", False)])

@@ -1,0 +1,231 @@
+"""The flexible layer ``y = b + W g(V^T x)`` as a trainable ``torch.nn.Module``.
+
+Flexible activation functions as weighted sums of basis functions follow Zniyed, Usevich,
+Miron and Brie (2021); the layer replaces a subnetwork whose decoupled approximation was
+learned by CMTF-ALS (:mod:`tenflex.fit`), and can be fine-tuned by backpropagation afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tenflex.basis import Basis, make_basis
+from tenflex.model import DecoupledFunction
+
+__all__ = ["FlexibleLayer"]
+
+
+def _check_size(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class FlexibleLayer(nn.Module):
+    """Flexible layer ``y = b + g(x V) W^T`` with ``g_r = sum_d C[d, r] phi_d``.
+
+    Parameters
+    ----------
+    in_features : int
+        ``m``; inputs of shape ``(B, *in_shape)`` are flattened to ``(B, m)``.
+    out_features : int
+        ``n``.
+    rank : int
+        Number of branches ``R``.
+    basis : str or Basis, optional
+        Basis name for :func:`tenflex.basis.make_basis` (default ``"bspline"``) or a Basis
+        instance (copied). An unfitted basis gets the identity affine map for ``R`` branches;
+        a fitted one must have ``R`` branches.
+    n_functions : int, optional
+        ``D`` when ``basis`` is a name (default 8).
+    basis_options : dict, optional
+        Extra options for :func:`~tenflex.basis.make_basis`, e.g. ``{"degree": 3}``.
+    bias : bool, optional
+        Whether to learn ``b`` (default True). Without it ``b`` is None and counts nothing.
+    output_shape : tuple of int, optional
+        If given, outputs are reshaped to ``(B, *output_shape)`` (product must be ``n``).
+    seed : int or torch.Generator, optional
+        Random initialisation: ``V ~ N(0, 1/m)``, ``W ~ N(0, 1/R)``, ``C ~ N(0, 1/D)``,
+        ``b = 0``. None uses torch's global generator.
+    dtype, device : optional
+        Of the parameters and basis buffers.
+
+    Attributes
+    ----------
+    W : nn.Parameter, shape (n, R)
+    V : nn.Parameter, shape (m, R)
+    C : nn.Parameter, shape (D, R)
+    b : nn.Parameter, shape (n,), or None
+    basis : Basis
+        Submodule; its buffers ``scale``, ``shift`` follow ``.to()`` and the state dict.
+
+    Examples
+    --------
+    >>> import torch
+    >>> layer = FlexibleLayer(12, 3, rank=4, basis="chebyshev", n_functions=5, seed=0)
+    >>> layer(torch.randn(8, 3, 2, 2)).shape
+    torch.Size([8, 3])
+    >>> layer.n_parameters  # 3*4 + 12*4 + 5*4 + 3
+    83
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        basis: str | Basis = "bspline",
+        n_functions: int = 8,
+        *,
+        basis_options: dict[str, Any] | None = None,
+        bias: bool = True,
+        output_shape: tuple[int, ...] | None = None,
+        seed: int | torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        m = _check_size(in_features, "in_features")
+        n = _check_size(out_features, "out_features")
+        R = _check_size(rank, "rank")
+        if isinstance(basis, Basis):
+            if basis_options:
+                raise ValueError("basis_options only apply when basis is given by name")
+            basis = basis.clone()
+        else:
+            basis = make_basis(basis, n_functions, **(basis_options or {}))
+        if not basis.is_fitted:
+            basis.set_identity(R)
+        elif basis.n_branches != R:
+            raise ValueError(f"basis has {basis.n_branches} branches, expected rank = {R}")
+        D = basis.n_functions
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        if isinstance(seed, torch.Generator):
+            gen = seed
+        elif seed is None:
+            gen = None
+        else:
+            gen = torch.Generator().manual_seed(int(seed))
+        kw = {"dtype": dtype, "generator": gen}
+        self.W = nn.Parameter(torch.randn(n, R, **kw).to(device) / math.sqrt(R))
+        self.V = nn.Parameter(torch.randn(m, R, **kw).to(device) / math.sqrt(m))
+        self.C = nn.Parameter(torch.randn(D, R, **kw).to(device) / math.sqrt(D))
+        if bias:
+            self.b = nn.Parameter(torch.zeros(n, dtype=dtype, device=device))
+        else:
+            self.register_parameter("b", None)
+        self.basis = basis.to(device=device, dtype=dtype)
+        self.output_shape = self._check_output_shape(output_shape, n)
+
+    @staticmethod
+    def _check_output_shape(output_shape: Any, n: int) -> tuple[int, ...] | None:
+        if output_shape is None:
+            return None
+        shape = tuple(int(s) for s in output_shape)
+        if math.prod(shape) != n:
+            raise ValueError(
+                f"output_shape must have product n = {n}, got {shape} (product {math.prod(shape)})"
+            )
+        return shape
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def in_features(self) -> int:
+        return int(self.V.shape[0])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.W.shape[0])
+
+    @property
+    def rank(self) -> int:
+        return int(self.W.shape[1])
+
+    @property
+    def n_functions(self) -> int:
+        return int(self.C.shape[0])
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of trainable coefficients (W, V, C and b if present)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"rank={self.rank}, n_functions={self.n_functions}, bias={self.b is not None}"
+            + (f", output_shape={self.output_shape}" if self.output_shape else "")
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the layer.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, m) or (B, *in_shape) with prod(in_shape) = m
+
+        Returns
+        -------
+        y : torch.Tensor, shape (B, n), or (B, *output_shape) if set
+        """
+        if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
+            raise ValueError(
+                f"x must have shape (B, m) or (B, *in_shape) with m = {self.in_features} "
+                f"features, got {tuple(x.shape)}"
+            )
+        z = x.reshape(x.shape[0], -1) @ self.V
+        g = torch.einsum("brd,dr->br", self.basis(z), self.C)
+        y = g @ self.W.T
+        if self.b is not None:
+            y = y + self.b
+        if self.output_shape is not None:
+            y = y.reshape(x.shape[0], *self.output_shape)
+        return y
+
+    # ------------------------------------------------------------------ conversion
+    @classmethod
+    def from_decoupled(
+        cls, df: DecoupledFunction, *, output_shape: tuple[int, ...] | None = None
+    ) -> FlexibleLayer:
+        """Layer with copies of the parameters and basis of ``df`` (same dtype and device).
+
+        Parameters
+        ----------
+        df : DecoupledFunction
+        output_shape : tuple of int, optional
+            See the class parameters.
+        """
+        if not isinstance(df, DecoupledFunction):
+            raise TypeError(f"df must be a DecoupledFunction, got {type(df).__name__}")
+        layer = cls(
+            df.m,
+            df.n,
+            df.rank,
+            df.basis,
+            seed=0,
+            dtype=df.dtype,
+            device=df.device,
+            output_shape=output_shape,
+        )
+        with torch.no_grad():
+            layer.W.copy_(df.W)
+            layer.V.copy_(df.V)
+            layer.C.copy_(df.C)
+            layer.b.copy_(df.b)
+        return layer
+
+    def to_decoupled(self) -> DecoupledFunction:
+        """Detached copy as a :class:`~tenflex.model.DecoupledFunction` (zero bias if none)."""
+        b = None if self.b is None else self.b.detach().clone()
+        return DecoupledFunction(
+            self.W.detach().clone(),
+            self.V.detach().clone(),
+            self.C.detach().clone(),
+            b,
+            self.basis.clone(),
+        )

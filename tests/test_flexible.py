@@ -1,0 +1,186 @@
+"""Tests for tenflex.nn.FlexibleLayer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from tenflex.basis import make_basis
+from tenflex.model import DecoupledFunction
+from tenflex.nn import FlexibleLayer
+
+
+def _df(m=6, n=3, R=4, name="bspline", D=7, seed=0, **opts) -> DecoupledFunction:
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, R, generator=gen, dtype=torch.float64)
+    V = torch.randn(m, R, generator=gen, dtype=torch.float64)
+    C = torch.randn(D, R, generator=gen, dtype=torch.float64)
+    b = torch.randn(n, generator=gen, dtype=torch.float64)
+    X = torch.randn(40, m, generator=gen, dtype=torch.float64)
+    return DecoupledFunction(W, V, C, b, make_basis(name, D, **opts).fit_domain(X @ V))
+
+
+@pytest.mark.parametrize(
+    ("name", "D", "opts"),
+    [("bspline", 7, {"degree": 3}), ("monomial", 3, {}), ("legendre", 4, {}), ("hinge", 5, {})],
+)
+def test_layer_output_equals_decoupled_function(name, D, opts):
+    df = _df(name=name, D=D, **opts)
+    layer = df.to_module()
+    assert isinstance(layer, FlexibleLayer)
+    assert layer.W.dtype == torch.float64
+    X = torch.randn(11, df.m, dtype=torch.float64) * 2  # partly outside the fitted domain
+    torch.testing.assert_close(layer(X), df(X), rtol=0, atol=0)
+    # Trailing input dimensions are flattened.
+    torch.testing.assert_close(layer(X.reshape(11, 2, 3)), df(X), rtol=0, atol=0)
+    back = layer.to_decoupled()
+    torch.testing.assert_close(back(X), df(X), rtol=0, atol=0)
+    torch.testing.assert_close(back.jacobian(X), df.jacobian(X), rtol=0, atol=0)
+
+
+def test_from_decoupled_copies_parameters():
+    df = _df()
+    layer = FlexibleLayer.from_decoupled(df)
+    W0 = df.W.clone()
+    with torch.no_grad():
+        layer.W.mul_(3.0)
+    layer.basis.fit_domain(torch.randn(10, df.rank, dtype=torch.float64))
+    torch.testing.assert_close(df.W, W0, rtol=0, atol=0)
+    assert not torch.equal(layer.basis.scale, df.basis.scale)
+    back = layer.to_decoupled()
+    with torch.no_grad():
+        layer.V.zero_()
+    assert back.V.abs().max() > 0
+
+
+def test_gradcheck_tiny_layer_float64():
+    df = _df(m=3, n=2, R=2, name="bspline", D=5, degree=3)
+    layer = df.to_module()
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in layer.named_parameters()}
+    names = list(params)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *ps):
+        return functional_call(layer, dict(zip(names, ps, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params.values()))
+
+
+def test_gradients_reach_all_parameters():
+    layer = FlexibleLayer(5, 3, rank=4, basis="bspline", n_functions=6, seed=0)
+    x = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+    layer(x).pow(2).sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert list(dict(layer.named_parameters())) == ["W", "V", "C", "b"]
+    assert list(dict(layer.named_buffers())) == ["basis.scale", "basis.shift"]
+
+
+def test_parameter_counts():
+    layer = FlexibleLayer(10, 4, rank=3, basis="chebyshev", n_functions=5, seed=0)
+    assert layer.n_parameters == 4 * 3 + 10 * 3 + 5 * 3 + 4
+    assert layer.n_parameters == layer.to_decoupled().n_parameters
+    nob = FlexibleLayer(10, 4, rank=3, basis="chebyshev", n_functions=5, bias=False, seed=0)
+    assert nob.b is None and nob.n_parameters == 4 * 3 + 10 * 3 + 5 * 3
+    x = torch.randn(2, 10)
+    torch.testing.assert_close(nob.to_decoupled()(x), nob(x), rtol=1e-6, atol=1e-6)
+    spline = FlexibleLayer(
+        10, 4, rank=3, basis="bspline", n_functions=9, basis_options={"degree": 2}
+    )
+    assert spline.basis.degree == 2 and spline.n_parameters == 12 + 30 + 27 + 4
+
+
+def test_seed_reproducible_and_identity_map():
+    a = FlexibleLayer(6, 2, rank=3, seed=5)
+    b = FlexibleLayer(6, 2, rank=3, seed=5)
+    c = FlexibleLayer(6, 2, rank=3, seed=torch.Generator().manual_seed(5))
+    d = FlexibleLayer(6, 2, rank=3, seed=6)
+    for p, q, r, s in zip(
+        a.parameters(), b.parameters(), c.parameters(), d.parameters(), strict=True
+    ):
+        assert torch.equal(p, q) and torch.equal(p, r)
+    assert not torch.equal(a.V, d.V)
+    torch.testing.assert_close(a.basis.scale, torch.ones(3))
+    torch.testing.assert_close(a.basis.shift, torch.zeros(3))
+
+
+def test_to_dtype_moves_basis_buffers_and_state_dict():
+    layer = _df().to_module()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    y64 = layer(x)
+    layer32 = FlexibleLayer.from_decoupled(_df()).to(torch.float32)
+    assert layer32.basis.scale.dtype == torch.float32 and layer32.C.dtype == torch.float32
+    torch.testing.assert_close(layer32(x.float()).double(), y64, rtol=1e-4, atol=1e-4)
+    # A freshly built layer (identity map) takes the fitted map from the state dict.
+    fresh = FlexibleLayer(6, 3, rank=4, basis="bspline", n_functions=7, dtype=torch.float64)
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh(x), y64, rtol=0, atol=0)
+
+
+def test_output_shape():
+    layer = FlexibleLayer(12, 6, rank=2, basis="hinge", n_functions=3, output_shape=(2, 3), seed=0)
+    x = torch.randn(4, 3, 4)
+    y = layer(x)
+    assert y.shape == (4, 2, 3)
+    torch.testing.assert_close(y.reshape(4, 6), layer.to_decoupled()(x.reshape(4, 12)))
+
+
+def test_training_reduces_loss():
+    # A rank-1 flexible layer can represent y = sin(2 x . u) on the line spanned by u.
+    gen = torch.Generator().manual_seed(0)
+    u = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    X = torch.randn(200, 2, generator=gen, dtype=torch.float64)
+    Y = torch.sin(2 * X @ u)[:, None]
+    layer = FlexibleLayer(
+        2, 1, rank=1, basis="bspline", n_functions=10, seed=0, dtype=torch.float64
+    )
+    layer.basis.fit_domain(X @ layer.V.detach())
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    loss0 = torch.mean((layer(X) - Y) ** 2).item()
+    for _ in range(150):
+        opt.zero_grad()
+        loss = torch.mean((layer(X) - Y) ** 2)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * loss0
+
+
+def test_bad_inputs_raise():
+    layer = FlexibleLayer(6, 2, rank=3, seed=0)
+    with pytest.raises(ValueError, match=r"m = 6 features, got \(4, 5\)"):
+        layer(torch.randn(4, 5))
+    with pytest.raises(ValueError, match="m = 6 features"):
+        layer(torch.randn(6))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layer(torch.full((2, 6), float("nan")))
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        FlexibleLayer(6, 2, rank=0)
+    with pytest.raises(ValueError, match="in_features must be a positive int"):
+        FlexibleLayer(-1, 2, rank=2)
+    with pytest.raises(ValueError, match="output_shape must have product n = 2"):
+        FlexibleLayer(6, 2, rank=2, output_shape=(3,))
+    with pytest.raises(ValueError, match="expected rank = 2"):
+        FlexibleLayer(6, 2, rank=2, basis=make_basis("hinge", 3, n_branches=3))
+    with pytest.raises(ValueError, match="basis_options only apply"):
+        FlexibleLayer(6, 2, rank=2, basis=make_basis("hinge", 3), basis_options={"degree": 1})
+    with pytest.raises(ValueError, match="valid names"):
+        FlexibleLayer(6, 2, rank=2, basis="rbf")
+    with pytest.raises(TypeError, match="must be a DecoupledFunction"):
+        FlexibleLayer.from_decoupled(layer)
+
+
+# torch's own jvp decompositions call the deprecated torch.jit.script when first imported.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", ["bspline", "chebyshev", "hinge"])
+def test_torch_func_jacobians_match_decoupled_jacobian(name):
+    # The layer must work under vmap(jacrev/jacfwd), as used to sample Jacobians of networks.
+    df = _df(name=name, D=6, **({"degree": 3} if name == "bspline" else {}))
+    layer = df.to_module()
+    x = torch.randn(7, df.m, dtype=torch.float64)
+    ref = df.jacobian(x)
+    for jac in (torch.func.jacrev, torch.func.jacfwd):
+        J = torch.func.vmap(jac(lambda v: layer(v[None])[0]))(x)  # (N, n, m)
+        torch.testing.assert_close(J.permute(1, 2, 0), ref, rtol=1e-12, atol=1e-12)
+        J = torch.func.vmap(jac(lambda v: df(v[None])[0]))(x)
+        torch.testing.assert_close(J.permute(1, 2, 0), ref, rtol=1e-12, atol=1e-12)

@@ -1,0 +1,88 @@
+"""Tests of tenflex.metrics: errors and branch alignment up to permutation and scaling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tenflex.basis import make_basis
+from tenflex.metrics import align_branches, congruence_matrix, relative_error
+from tenflex.model import DecoupledFunction
+
+
+def random_model(m=5, n=4, R=3, D=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    basis = make_basis("monomial", D, n_branches=R)
+    return DecoupledFunction(torch.randn(n, R, generator=g, dtype=torch.float64),
+                             torch.randn(m, R, generator=g, dtype=torch.float64),
+                             torch.randn(D, R, generator=g, dtype=torch.float64),
+                             torch.randn(n, generator=g, dtype=torch.float64), basis)
+
+
+def transformed_copy(model, permutation, alpha, beta):
+    """The same function with branches permuted and rescaled (monomial basis, identity map)."""
+    D = model.n_functions
+    degrees = torch.arange(1, D + 1, dtype=torch.float64)
+    # w g(v^T x) = (beta w) g~(alpha v^T x) with g~(s) = g(s / alpha) / beta.
+    C = model.C / (torch.as_tensor(alpha)[None, :] ** degrees[:, None]) / torch.as_tensor(beta)
+    W = model.W * torch.as_tensor(beta)
+    V = model.V * torch.as_tensor(alpha)
+    basis = make_basis("monomial", D, n_branches=model.rank)
+    return DecoupledFunction(W[:, permutation], V[:, permutation], C[:, permutation],
+                             model.b, basis)
+
+
+def test_alignment_recovers_permutation_scales_and_functions():
+    truth = random_model()
+    alpha = np.array([2.0, -0.5, 3.0])
+    beta = np.array([-1.5, 4.0, 0.25])
+    perm = np.array([2, 0, 1])
+    estimate = transformed_copy(truth, perm, alpha, beta)
+    X = torch.randn(50, truth.m, dtype=torch.float64)
+    assert relative_error(estimate(X), truth(X)) < 1e-12
+
+    alignment = align_branches(estimate, truth)
+    # Estimated branch p = perm[j] came from reference branch j... invert to get r -> p.
+    expected = np.argsort(perm)
+    np.testing.assert_array_equal(alignment.permutation, expected)
+    np.testing.assert_allclose(alignment.input_scale, alpha[perm][expected], rtol=1e-12)
+    np.testing.assert_allclose(alignment.output_scale, beta[perm][expected], rtol=1e-12)
+    assert alignment.min_congruence > 1 - 1e-12
+    t = np.linspace(-2, 2, 11)
+    for r in range(truth.rank):
+        Z = np.zeros((t.size, truth.rank))
+        Z[:, r] = t
+        g_true = truth.branch_outputs(torch.as_tensor(Z)).numpy()[:, r]
+        np.testing.assert_allclose(alignment.branch_function(estimate, r, t), g_true, atol=1e-10)
+
+
+def test_congruence_of_unrelated_factors_is_low():
+    a = np.eye(4)[:, :2]
+    b = np.eye(4)[:, 2:]
+    assert np.all(congruence_matrix(a, b) == 0)
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match="shape"):
+        relative_error(np.zeros(3), np.ones(4))
+    with pytest.raises(ValueError, match="zero"):
+        relative_error(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match=r"\(m, n, R\)"):
+        align_branches(random_model(R=2), random_model(R=3))
+
+
+def test_kruskal_rank():
+    from tenflex.metrics import kruskal_rank
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((4, 6))
+    assert kruskal_rank(A) == 4            # generic: k-rank = min(p, R)
+    B = A.copy()
+    B[:, 5] = B[:, 0]                      # two equal columns: k-rank 1 ...
+    assert kruskal_rank(B) == 1
+    C = A[:, :3].copy()
+    C[:, 2] = C[:, 0] + C[:, 1]            # three dependent columns, pairs independent
+    assert kruskal_rank(C) == 2
+    assert np.linalg.matrix_rank(C) == 2
+    assert kruskal_rank(np.zeros((3, 2))) == 0
