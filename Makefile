@@ -53,6 +53,27 @@ html:
 	$(BIN)/jupyter-book build $(BOOK_ROOT) --builder html $(JB_FLAGS)
 	@test -f $(BOOK_ROOT)/_build/html/index.html
 
+# Browser check of the built book (scripts/check_book.py): every page opens in headless Chromium
+# with no JavaScript error, every image loads, MathJax typesets all math, internal links
+# resolve, search works, all offline; screenshots go to _build/screenshots/. The checker's
+# self-tests (tests/check_book, not part of `make test`) run first.
+.PHONY: chromium check-book
+CHROMIUM ?= /usr/bin/chromium
+CHECK_SEARCH ?= Jacobian
+# Debian's chromium (apt-get needs root), driven through the Python package playwright
+# (extra `check`); `playwright install` is never run: it would download its own browsers.
+chromium: venv
+	test -x /usr/bin/chromium || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+	$(BIN)/python -c "import playwright" 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet -e ".[check]"
+
+check-book: setup chromium
+	$(BIN)/python -m pytest -q tests/check_book
+	$(MAKE) --no-print-directory html
+	$(BIN)/python scripts/check_book.py $(BOOK_ROOT)/_build/html \
+	  --screenshots $(BOOK_ROOT)/_build/screenshots --search $(CHECK_SEARCH) --chromium $(CHROMIUM)
+
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -1,0 +1,182 @@
+"""Subnetwork surgery on sequential networks: find a span of layers, cut it out, splice in another.
+
+A *span* is a contiguous chain of children of an :class:`torch.nn.Sequential` model, named
+by index or by child name. It is the subnetwork that a flexible layer (or any other module)
+replaces: the model becomes ``prefix → replacement → suffix``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Span", "resolve_span", "span_shapes", "splice"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A contiguous chain ``model[start:stop]`` of a sequential model.
+
+    Attributes
+    ----------
+    start, stop : int
+        Child indices; ``stop`` is exclusive.
+    names : tuple of str
+        Names of the children in the span.
+    """
+
+    start: int
+    stop: int
+    names: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """A short description, e.g. ``"fc1..fc2"``."""
+        return self.names[0] if len(self.names) == 1 else f"{self.names[0]}..{self.names[-1]}"
+
+    def prefix(self, model: nn.Sequential) -> nn.Sequential:
+        """The layers before the span (shared with ``model``, not copied)."""
+        return _subsequence(model, 0, self.start)
+
+    def module(self, model: nn.Sequential) -> nn.Sequential:
+        """The span itself (shared with ``model``, not copied)."""
+        return _subsequence(model, self.start, self.stop)
+
+    def suffix(self, model: nn.Sequential) -> nn.Sequential:
+        """The layers after the span (shared with ``model``, not copied)."""
+        return _subsequence(model, self.stop, len(model))
+
+
+def _subsequence(model: nn.Sequential, start: int, stop: int) -> nn.Sequential:
+    items = list(model.named_children())[start:stop]
+    return nn.Sequential(OrderedDict(items))
+
+
+def _index(model: nn.Sequential, key: Any, names: list[str], what: str) -> int:
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        raise TypeError(f"{what} must be a layer index (int) or name (str), got {key!r}")
+    if isinstance(key, str):
+        if key not in names:
+            raise ValueError(f"{what} {key!r} is not a layer of the model; its layers are {names}")
+        return names.index(key)
+    index = key + len(names) if key < 0 else key
+    if not 0 <= index < len(names):
+        raise ValueError(
+            f"{what} index {key} is out of range for a model with {len(names)} layers {names}"
+        )
+    return index
+
+
+def resolve_span(model: nn.Module, span: Any) -> Span:
+    """Turn a span description into child indices of a sequential model.
+
+    Parameters
+    ----------
+    model : torch.nn.Sequential
+        The network; its children are the layers a span may cover.
+    span : int, str, slice, or sequence of int/str
+        One layer (index or name); a ``slice`` of indices; a tuple ``(first, last)`` of
+        layers, both included; or a list naming every layer of the span, in order.
+
+    Returns
+    -------
+    Span
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an ``nn.Sequential`` or ``span`` has the wrong type.
+    ValueError
+        Unknown names, indices out of range, an empty span, or layers that are not a
+        contiguous chain in the model's order.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(
+            "model must be a torch.nn.Sequential whose children are its layers in order, "
+            f"got {type(model).__name__}"
+        )
+    names = [name for name, _ in model.named_children()]
+    if isinstance(span, slice):
+        if span.step not in (None, 1):
+            raise ValueError(f"a span slice must have step 1, got {span.step}")
+        indices = list(range(len(names)))[span]
+    elif isinstance(span, (int, str)) and not isinstance(span, bool):
+        indices = [_index(model, span, names, "span")]
+    elif isinstance(span, Sequence) and len(span) >= 1:
+        indices = [_index(model, key, names, "span layer") for key in span]
+        if isinstance(span, tuple) and len(span) == 2 and indices[1] >= indices[0]:
+            indices = list(range(indices[0], indices[1] + 1))
+    else:
+        raise TypeError(
+            "span must be a layer index or name, a slice, a pair (first, last) or a list of "
+            f"consecutive layers, got {span!r}"
+        )
+    if not indices:
+        raise ValueError(f"span {span!r} selects no layer of the model {names}")
+    if indices != list(range(indices[0], indices[0] + len(indices))):
+        raise ValueError(
+            f"span {span!r} is not a contiguous chain of layers: it selects "
+            f"{[names[i] for i in indices]} from the model's layers {names}; a span must be "
+            "consecutive layers in order, e.g. ('conv2', 'fc2')"
+        )
+    return Span(indices[0], indices[-1] + 1, tuple(names[i] for i in indices))
+
+
+@torch.no_grad()
+def span_shapes(model: nn.Sequential, span: Span, example: torch.Tensor) -> tuple[tuple, tuple]:
+    """Shapes of one input and one output of the span, found by running ``example`` through.
+
+    Parameters
+    ----------
+    model : torch.nn.Sequential
+    span : Span
+    example : torch.Tensor, shape (B, *model_input_shape)
+        A small batch of model inputs.
+
+    Returns
+    -------
+    input_shape, output_shape : tuple of int
+        Without the batch dimension.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = span.prefix(model)(example)
+        outputs = span.module(model)(inputs)
+    finally:
+        model.train(was_training)
+    return tuple(inputs.shape[1:]), tuple(outputs.shape[1:])
+
+
+def splice(model: nn.Sequential, span: Span, replacement: nn.Module, name: str | None = None
+           ) -> nn.Sequential:
+    """A new sequential model with ``span`` replaced by ``replacement``.
+
+    The other layers are deep-copied, so the original model is left untouched.
+
+    Parameters
+    ----------
+    model : torch.nn.Sequential
+    span : Span
+    replacement : torch.nn.Module
+        Maps the span's inputs to its outputs (same shapes).
+    name : str, optional
+        Child name of the replacement; default ``"flex_<first>_<last>"``.
+
+    Returns
+    -------
+    torch.nn.Sequential
+    """
+    import copy
+
+    children = list(model.named_children())
+    name = name or f"flex_{span.names[0]}_{span.names[-1]}"
+    items = [(n, copy.deepcopy(m)) for n, m in children[: span.start]]
+    items.append((name, replacement))
+    items += [(n, copy.deepcopy(m)) for n, m in children[span.stop:]]
+    return nn.Sequential(OrderedDict(items))
