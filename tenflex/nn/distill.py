@@ -1,0 +1,299 @@
+"""Training helpers for compressed networks: block-by-block distillation, then fine-tuning.
+
+After some layers of a pretrained network are replaced by compressed versions
+(tensorial layers, low-rank layers, flexible layers), each compressed block is first
+trained on its own to reproduce the pretrained block on the pretrained network's own
+activations (the data-driven reconstruction step of Su et al. 2018, also Zhang et al.
+2016 "Accelerating very deep convolutional networks"), then the whole network is
+fine-tuned end to end with cross-entropy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["DistillResult", "distill_blocks", "fine_tune"]
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill_blocks` did.
+
+    Attributes
+    ----------
+    names : list of str
+        The blocks, in the order they were trained.
+    losses : dict
+        name -> ``numpy.ndarray (epochs,)``, mean squared error per epoch (mean over
+        the mini-batches of ``mean((compressed(x) - pretrained(x))**2)``).
+    initial_error, final_error : dict
+        name -> relative error ``||compressed(X) - pretrained(X)||^2 / ||pretrained(X)||^2``
+        over all inputs, before and after training.
+    time_s : float
+    """
+
+    names: list[str]
+    losses: dict[str, np.ndarray] = field(default_factory=dict)
+    initial_error: dict[str, float] = field(default_factory=dict)
+    final_error: dict[str, float] = field(default_factory=dict)
+    time_s: float = 0.0
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_lr(lr: Any) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
+        math.isfinite(lr) and lr > 0
+    ):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    return float(lr)
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int, device: torch.device):
+    """Seed the global RNG of the CPU (and the model's GPU) inside, restore it after."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if (
+        device.type == "cuda"
+    ) else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _get(model: nn.Module, name: str, argname: str) -> nn.Module:
+    valid = [n for n, _ in model.named_modules() if n]
+    if name not in valid:
+        shown = valid if len(valid) <= 40 else valid[:40] + ["..."]
+        raise ValueError(f"{argname} has no submodule {name!r}; valid names: {shown}")
+    return model.get_submodule(name)
+
+
+@contextlib.contextmanager
+def _capture(module: nn.Module):
+    """Record the input and output of the first call of ``module`` in a forward pass."""
+    store: dict[str, Any] = {}
+
+    def hook(_mod: nn.Module, args: tuple, output: Any) -> None:
+        if "input" not in store:
+            if len(args) != 1 or not torch.is_tensor(args[0]):
+                raise ValueError("distillation needs blocks that take a single tensor input")
+            store["input"], store["output"] = args[0].detach(), output.detach()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def _activations(pretrained: nn.Module, block: nn.Module, xb: torch.Tensor):
+    with torch.no_grad(), _capture(block) as store:
+        pretrained(xb)
+    if "input" not in store:
+        raise ValueError("the pretrained block was not called in the network's forward pass")
+    return store["input"], store["output"]
+
+
+def _as_inputs(inputs: Any, dtype: torch.dtype) -> torch.Tensor:
+    x = inputs if torch.is_tensor(inputs) else torch.as_tensor(np.asarray(inputs))
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"inputs must have shape (N, ...) with N >= 1, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError("inputs contain NaN or Inf")
+    return x.to(dtype)
+
+
+def _block_error(
+    pretrained: nn.Module, teacher: nn.Module, student: nn.Module, x: torch.Tensor,
+    batch_size: int, device: torch.device,
+) -> float:
+    num = den = 0.0
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            xin, target = _activations(pretrained, teacher, x[start : start + batch_size].to(device))
+            out = student(xin)
+            num += float((out - target).square().sum())
+            den += float(target.square().sum())
+    student.train(was_training)
+    return num / den if den > 0 else num
+
+
+def distill_blocks(
+    compressed: nn.Module,
+    pretrained: nn.Module,
+    names: list[str] | str,
+    inputs: Any,
+    *,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> DistillResult:
+    """Train each compressed block to reproduce the pretrained block, one at a time.
+
+    For every ``name``, the block ``compressed.<name>`` is trained with Adam to minimise
+    ``mean ||compressed.<name>(a) - pretrained.<name>(a)||^2`` where ``a`` are the inputs
+    that ``pretrained.<name>`` receives inside the pretrained network on ``inputs``
+    (captured by a forward hook, batch by batch, so nothing is stored). Only that
+    block's parameters move; the pretrained network is left untouched (evaluation mode).
+
+    Parameters
+    ----------
+    compressed : torch.nn.Module
+        The network with compressed blocks (modified in place).
+    pretrained : torch.nn.Module
+        The original network, same submodule names.
+    names : str or list of str
+        Dotted names of the blocks to distil (e.g. ``"conv2"``, ``"features.3"``).
+    inputs : torch.Tensor or array_like, shape (N, *input_shape)
+        Network inputs (e.g. training images, normalised).
+    epochs : int
+        Passes over ``inputs`` per block.
+    lr : float
+        Adam learning rate.
+    batch_size : int
+    seed : int
+        Seeds the shuffling (a :class:`torch.Generator`) and any randomness inside the
+        blocks (global RNG forked and restored); same seed, same result.
+    progress : bool
+        tqdm progress bar over blocks and epochs.
+
+    Returns
+    -------
+    DistillResult
+        Per-block loss history and relative errors before / after.
+
+    Raises
+    ------
+    ValueError
+        Unknown block name (valid names listed), bad hyperparameters, empty or non-finite
+        inputs, a block that the pretrained forward pass never calls.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("names must name at least one block")
+    epochs = _check_positive_int(epochs, "epochs")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    lr = _check_lr(lr)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    pairs = [(n, _get(compressed, n, "compressed"), _get(pretrained, n, "pretrained"))
+             for n in names]
+    device, _ = _device_dtype(compressed)
+    _, dtype = _device_dtype(pretrained)
+    x = _as_inputs(inputs, dtype)
+    n = x.shape[0]
+
+    result = DistillResult(names=names)
+    t0 = time.perf_counter()
+    was_training = pretrained.training
+    pretrained.eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(names) * epochs, desc="distilling", unit="epoch")
+    generator = torch.Generator().manual_seed(int(seed))
+    try:
+        with _seeded_rng(seed, device):
+            for name, student, teacher in pairs:
+                result.initial_error[name] = _block_error(
+                    pretrained, teacher, student, x, batch_size, device
+                )
+                params = [p for p in student.parameters() if p.requires_grad]
+                if not params:
+                    raise ValueError(f"compressed block {name!r} has no trainable parameters")
+                opt = torch.optim.Adam(params, lr=lr)
+                student.train()
+                history = np.empty(epochs)
+                for epoch in range(epochs):
+                    perm = torch.randperm(n, generator=generator)
+                    total = 0.0
+                    for start in range(0, n, batch_size):
+                        idx = perm[start : start + batch_size]
+                        xin, target = _activations(pretrained, teacher, x[idx].to(device))
+                        opt.zero_grad(set_to_none=True)
+                        loss = (student(xin) - target).square().mean()
+                        loss.backward()
+                        opt.step()
+                        total += float(loss.detach()) * len(idx)
+                    history[epoch] = total / n
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(block=name, loss=f"{history[epoch]:.3g}", refresh=False)
+                result.losses[name] = history
+                result.final_error[name] = _block_error(
+                    pretrained, teacher, student, x, batch_size, device
+                )
+    finally:
+        pretrained.train(was_training)
+        if bar is not None:
+            bar.close()
+    result.time_s = time.perf_counter() - t0
+    return result
+
+
+def fine_tune(
+    model: nn.Module,
+    train_data: tuple[Any, Any],
+    *,
+    epochs: int = 1,
+    batch_size: int = 128,
+    lr: float = 1e-4,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    progress: bool = False,
+):
+    """End-to-end fine-tuning of a compressed classifier with cross-entropy.
+
+    Adam at a constant, small learning rate (the compressed network starts close to a
+    good solution), through :func:`tenflex.zoo.train`, with the global RNG forked and
+    reseeded so that dropout-like randomness is reproducible too.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ``(B, *input_shape)`` to logits; trained in place.
+    train_data : (images, labels)
+        As :func:`tenflex.zoo.train`.
+    epochs, batch_size, lr, seed, weight_decay, progress
+        As :func:`tenflex.zoo.train`.
+
+    Returns
+    -------
+    tenflex.zoo.TrainResult
+        Losses per step and per epoch.
+    """
+    from tenflex.zoo import train
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    with _seeded_rng(seed, _device_dtype(model)[0]):
+        return train(
+            model, train_data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            optimizer="adam", schedule="constant", weight_decay=weight_decay,
+            progress=progress,
+        )

@@ -1,0 +1,542 @@
+"""Tests of tenflex.nn.tensorial: generalized tensor operations and tensorial layers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import tensorly as tl
+import torch
+import torch.nn.functional as F
+from tensorly.decomposition import tucker
+from torch import nn
+
+from tenflex.nn.tensorial import (
+    FORMS,
+    TensorialConv2d,
+    TensorialLinear,
+    conv_output_length,
+    factorize,
+    parse_tensor_op,
+    tensor_op,
+    tensorial_max_ranks,
+    tensorial_n_parameters,
+    tensorial_ranks_for_rate,
+    tensorize,
+)
+
+DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription on shared CPUs (restored after)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(params=["torch", "unfold"])
+def impl(request):
+    """Both evaluation routes of tensor_op."""
+    return request.param
+
+
+def rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=DT)
+
+
+# ---------------------------------------------------------------------------------------
+# tensor_op: contraction, partial outer product, convolution
+# ---------------------------------------------------------------------------------------
+
+
+def test_contraction_matches_tensordot():
+    x, y = rand(2, 3, 4), rand(4, 5, seed=1)
+    out = tensor_op("abc,cd->abd", x, y)
+    ref = np.tensordot(x.numpy(), y.numpy(), axes=([2], [0]))
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-13, atol=1e-13)
+
+
+def test_partial_outer_product_keeps_shared_mode():
+    x, y = rand(2, 3, 4), rand(3, 5, seed=1)
+    out = tensor_op("bhc,hd->bhcd", x, y)
+    ref = np.empty((2, 3, 4, 5))
+    for b, h, c, d in itertools.product(range(2), range(3), range(4), range(5)):
+        ref[b, h, c, d] = x[b, h, c] * y[h, d]
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-13)
+    # contraction of c and partial outer product of h together
+    x2 = rand(2, 3, 4, seed=2)
+    y2 = rand(3, 4, 5, seed=3)
+    out2 = tensor_op("bhc,hcd->bhd", x2, y2)
+    ref2 = np.einsum("bhc,hcd->bhd", x2.numpy(), y2.numpy())
+    np.testing.assert_allclose(out2.numpy(), ref2, rtol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("K", [3, 4])
+def test_true_convolution_matches_numpy_convolve(mode, K, impl):
+    x, w = rand(9), rand(K, seed=1)
+    out = tensor_op("h,h->h|h", x, w, conv={"h": {"padding": mode, "flip": True}}, impl=impl)
+    ref = np.convolve(x.numpy(), w.numpy(), mode=mode)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12, atol=1e-13)
+
+
+def test_default_is_valid_cross_correlation(impl):
+    x, w = rand(10), rand(4, seed=1)
+    out = tensor_op("h,h->h|h", x, w, impl=impl)
+    ref = np.correlate(x.numpy(), w.numpy(), mode="valid")
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"padding": 2, "stride": 2, "dilation": 1},
+        {"padding": 1, "stride": 3, "dilation": 2},
+        {"padding": "same", "dilation": 2},
+        {"padding": "same"},
+        {"padding": 0, "stride": 1, "dilation": 3},
+    ],
+)
+def test_batched_conv1d_matches_torch(opts, impl):
+    x, w = rand(3, 4, 13), rand(5, 4, 4, seed=1)
+    out = tensor_op("bsh,tsh->bth|h", x, w, conv={"h": opts}, impl=impl)
+    ref = F.conv1d(
+        x, w, padding=opts.get("padding", 0), stride=opts.get("stride", 1),
+        dilation=opts.get("dilation", 1),
+    )
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_asymmetric_padding_pair(impl):
+    x, w = rand(2, 11), rand(3, seed=1)
+    out = tensor_op("bh,h->bh|h", x, w, conv={"h": {"padding": (2, 0)}}, impl=impl)
+    ref = F.conv1d(F.pad(x, (2, 0)).unsqueeze(1), w.view(1, 1, 3)).squeeze(1)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_layer_notation_matches_f_conv2d(impl):
+    x, w = rand(2, 3, 9, 8), rand(4, 3, 3, 2, seed=1)
+    conv = {"h": {"padding": 1, "stride": 2}, "w": {"padding": (1, 1), "dilation": 2}}
+    out = tensor_op("bshw,tshw->bthw|hw", x, w, conv=conv, impl=impl)
+    ref = F.conv2d(x, w, stride=(2, 1), padding=(1, 1), dilation=(1, 2))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_mixed_contraction_convolution_partial_outer_product(impl):
+    # s contracted, h convolved, r kept in both (partial outer product), b and t outer.
+    x, y = rand(2, 3, 7, 4), rand(3, 3, 4, 5, seed=1)
+    out = tensor_op("bshr,shrt->bhrt|h", x, y, conv={"h": {"padding": 1}}, impl=impl)
+    X = np.pad(x.numpy(), ((0, 0), (0, 0), (1, 1), (0, 0)))
+    Y = y.numpy()
+    ref = np.zeros((2, 7, 4, 5))
+    for b, i, r, t in itertools.product(range(2), range(7), range(4), range(5)):
+        ref[b, i, r, t] = sum(
+            X[b, s, i + k, r] * Y[s, k, r, t] for s in range(3) for k in range(3)
+        )
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_multi_operand_cp_convolution_in_one_call():
+    # Lebedev et al. CP convolution written as one conv_einsum-style string.
+    x = rand(2, 3, 8, 8)
+    a_s, a_h, a_w, a_t = rand(5, 3, seed=1), rand(5, 3, seed=2), rand(5, 3, seed=3), rand(5, 4, seed=4)
+    conv = {"h": {"padding": 1}, "w": {"padding": 1}}
+    out = tensor_op("bshw,rs,rh,rw,rt->bthw|hw", x, a_s, a_h, a_w, a_t, conv=conv)
+    kernel = torch.einsum("rs,rh,rw,rt->tshw", a_s, a_h, a_w, a_t)
+    torch.testing.assert_close(out, F.conv2d(x, kernel, padding=1), rtol=1e-12, atol=1e-12)
+
+
+def test_ellipsis_batch_dims():
+    x, w = rand(2, 3, 6), rand(4, 6, seed=1)
+    out = tensor_op("...s,ts->...t", x, w)
+    torch.testing.assert_close(out, x @ w.T, rtol=1e-13, atol=1e-13)
+    y = rand(3, 6, seed=2)  # fewer ellipsis dims: right-aligned
+    out2 = tensor_op("...s,...s->...", x, y)
+    torch.testing.assert_close(out2, (x * y).sum(-1), rtol=1e-13, atol=1e-13)
+
+
+def test_numpy_operands_accepted():
+    out = tensor_op("ab,bc->ac", np.eye(2), np.arange(6.0).reshape(2, 3))
+    np.testing.assert_allclose(out.numpy(), np.arange(6.0).reshape(2, 3))
+
+
+def test_gradcheck_mixed_operation(impl):
+    x = rand(2, 3, 6, 2).requires_grad_()
+    y = rand(3, 3, 2, 2, seed=1).requires_grad_()
+    conv = {"h": {"padding": 1, "stride": 2, "dilation": 1}}
+    assert torch.autograd.gradcheck(
+        lambda a, b: tensor_op("bshr,shrt->bhrt|h", a, b, conv=conv, impl=impl), (x, y)
+    )
+    full = {"h": {"padding": "full", "flip": True}}
+    assert torch.autograd.gradcheck(
+        lambda a, b: tensor_op("h,h->h|h", a, b, conv=full, impl=impl),
+        (rand(5).requires_grad_(), rand(3, seed=2).requires_grad_()),
+    )
+
+
+def test_routes_agree_with_lone_summed_modes_and_2d_3d():
+    # q summed in the signal only, p summed in the kernel only, r partial outer product,
+    # h/w/z convolved (3-D), s contracted, t kernel-only, b signal-only.
+    x = rand(2, 3, 4, 5, 6, 4, 2)  # b s r h w z q
+    y = rand(3, 4, 2, 3, 2, 5, 2, seed=1)  # s r h w z t p
+    conv = {"h": {"padding": (1, 0)}, "w": {"stride": 2, "padding": 1}, "z": {"dilation": 2}}
+    spec = "bsrhwzq,srhwztp->brthwz|hwz"
+    a = tensor_op(spec, x, y, conv=conv, impl="torch")
+    b = tensor_op(spec, x, y, conv=conv, impl="unfold")
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # the brief's example: h kept (partial outer product), c summed
+    x2, y2 = rand(2, 3, 4), rand(3, 5, seed=2)
+    ref = x2.sum(-1, keepdim=True) * y2
+    torch.testing.assert_close(tensor_op("bhc,hd->bhd", x2, y2), ref, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "spec, shapes",
+    [
+        ("brtxy,rxy->btxy|xy", [(2, 3, 4, 6, 5), (3, 2, 3)]),  # contracted r, then T
+        ("brtxy,rxy->brtxy|xy", [(2, 3, 4, 6, 5), (3, 2, 3)]),  # r kept, T after it
+        ("btaqxy,axy->btqxy|xy", [(2, 2, 3, 2, 6, 5), (3, 3, 2)]),
+        ("bsxy,rxy->bsrxy|xy", [(2, 3, 6, 5), (4, 2, 2)]),  # kernel-only r
+        ("bsxy,rxy->brsxy|xy", [(2, 3, 6, 5), (4, 2, 2)]),
+    ],
+)
+def test_grouped_routes_match_unfold(spec, shapes):
+    ops = [rand(*sh, seed=i) for i, sh in enumerate(shapes)]
+    conv = {"x": {"padding": 1, "stride": 2}, "y": {"padding": (0, 1), "dilation": 2}}
+    a = tensor_op(spec, *ops, conv=conv, impl="torch")
+    b = tensor_op(spec, *ops, conv=conv, impl="unfold")
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_impl_errors():
+    x = torch.zeros(2, 5, dtype=DT)
+    with pytest.raises(ValueError, match="impl must be"):
+        tensor_op("bh,h->bh|h", x, torch.zeros(3, dtype=DT), impl="fft")
+    with pytest.raises(ValueError, match="two operands"):
+        tensor_op("bh,h,b->bh|h", x, torch.zeros(3, dtype=DT), torch.zeros(2, dtype=DT),
+                  impl="torch")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "brtsqx,rus->brtuqx",  # rank r kept, s contracted, u new: B (r,u,s) @ A (b,r,t,s,qx)
+        "btrsq,rvus->btuvq",  # r and s contracted (contiguous), u v new, order from output
+        "bts,ust->bu",  # contracted block at the end, matmul A (b, ts) @ B (ts, u)
+        "abcs,sd->abcd",  # linear-layer pattern
+        "ras,bs->rab",  # K ends A, b new after an A-only tail
+        "rab,rbc->rac",  # batched matmul, partial outer product r
+        "bsrt,rs->bt",  # non-contiguous contraction: einsum fallback
+        "us,bts->btu",  # big operand second
+        "bsq,sd->bdq",  # out = P N Q
+        "bsq,sd->bqd",  # out = P Q N but K not at the end: fallback
+    ],
+)
+def test_binary_contractions_match_einsum(spec):
+    lhs = spec.split("->")[0].split(",")
+    sizes = dict(zip("abcdqrstuvx", [2, 3, 2, 4, 5, 3, 4, 2, 3, 2, 3]))
+    sizes["b"] = 6  # make the operand holding b the big one
+    ops = [rand(*[sizes[c] for c in term], seed=i) for i, term in enumerate(lhs)]
+    ref = np.einsum(spec, *[o.numpy() for o in ops])
+    out = tensor_op(spec, *ops)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12, atol=1e-12)
+    ops = [o.requires_grad_() for o in ops]
+    assert torch.autograd.gradcheck(lambda *xs: tensor_op(spec, *xs), ops)
+
+
+def test_roles():
+    roles = parse_tensor_op("bshw,tshw,b->bthw|hw").roles()
+    assert roles == {
+        "b": "partial outer product", "s": "contraction", "h": "convolution",
+        "w": "convolution", "t": "outer product",
+    }
+    assert parse_tensor_op("ab,b->").roles() == {"a": "summation", "b": "contraction"}
+
+
+def test_conv_output_length():
+    assert conv_output_length(28, 5, (2, 2), 1, 1) == 28
+    assert conv_output_length(10, 3, (0, 0), 2, 2) == 3
+
+
+@pytest.mark.parametrize(
+    "spec, shapes, conv, match",
+    [
+        ("abc,cd", [(2, 3), (3, 4)], None, "->"),
+        ("ab,bc->ad", [(2, 3), (3, 4)], None, "output mode 'd'"),
+        ("ab,bc->ac", [(2, 3), (4, 5)], None, "mode 'b' has size 3"),
+        ("ab,bc->ac", [(2, 3, 1), (3, 4)], None, "ndim 3"),
+        ("ab,bc->ac", [(2, 3)], None, "1 operand"),
+        ("ah,bc->ahbc|h", [(2, 3), (3, 4)], None, "exactly\\s+two operands"),
+        ("ah,bh->ab|h", [(2, 3), (3, 3)], None, "must appear in the output"),
+        ("ah,bh->abh", [(2, 3), (4, 3)], {"h": {}}, "not marked as convolved"),
+        ("h,h->h|h", [(5,), (3,)], {"h": {"pad": 1}}, "unknown option"),
+        ("h,h->h|h", [(5,), (3,)], {"h": {"stride": 0}}, "stride"),
+        ("h,h->h|h", [(5,), (3,)], {"h": {"padding": "half"}}, "padding"),
+        ("h,h->h|h", [(5,), (3,)], {"h": {"padding": "same", "stride": 2}}, "stride 1"),
+        ("h,h->h|h", [(2,), (4,)], None, "empty"),
+        ("aa,ab->b", [(2, 2), (2, 3)], None, "repeats"),
+        ("a1,ab->b", [(2, 2), (2, 3)], None, "invalid character"),
+        ("...a,ab->b", [(2, 2), (2, 3)], None, "must keep"),
+    ],
+)
+def test_bad_notation_errors(spec, shapes, conv, match):
+    ops = [torch.zeros(s, dtype=DT) for s in shapes]
+    with pytest.raises(ValueError, match=match):
+        tensor_op(spec, *ops, conv=conv)
+
+
+def test_dtype_mismatch_is_type_error():
+    with pytest.raises(TypeError, match="dtype"):
+        tensor_op("ab,bc->ac", torch.zeros(2, 3), torch.zeros(3, 2, dtype=DT))
+
+
+# ---------------------------------------------------------------------------------------
+# factorize
+# ---------------------------------------------------------------------------------------
+
+
+def test_factorize_examples_and_balance():
+    assert factorize(16, 2) == (4, 4)
+    assert factorize(120, 3) == (4, 5, 6)
+    assert factorize(6, 3) == (1, 2, 3)
+    assert factorize(1, 2) == (1, 1)
+    assert factorize(7, 1) == (7,)
+    def all_factorizations(n, m):
+        if m == 1:
+            yield (n,)
+            return
+        for d in range(1, n + 1):
+            if n % d == 0:
+                for rest in all_factorizations(n // d, m - 1):
+                    yield (d, *rest)
+
+    for n, m in [(64, 3), (84, 2), (400, 3), (96, 4), (13, 2), (360, 3)]:
+        f = factorize(n, m)
+        assert math.prod(f) == n and len(f) == m and list(f) == sorted(f)
+        # brute force: no factorization has a smaller largest factor
+        assert max(f) == min(max(c) for c in all_factorizations(n, m))
+
+
+def test_factorize_errors():
+    with pytest.raises(ValueError, match="prime factors"):
+        factorize(7, 2, allow_ones=False)
+    assert factorize(12, 2, allow_ones=False) == (3, 4)
+    with pytest.raises(ValueError, match="n must be"):
+        factorize(0, 2)
+    with pytest.raises(ValueError, match="modes must be"):
+        factorize(4, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Tensorial layers
+# ---------------------------------------------------------------------------------------
+
+
+def dense_conv(S, T, k=3, dtype=DT, seed=0, **kw):
+    torch.manual_seed(seed)
+    return nn.Conv2d(S, T, k, **kw).to(dtype)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("order", ["conv_first", "conv_last"])
+@pytest.mark.parametrize("S, T", [(6, 8), (8, 6)])
+def test_full_rank_conv_matches_dense_float64(form, order, S, T):
+    conv = dense_conv(S, T, 3, stride=2, padding=1)
+    full = tensorial_max_ranks(form, factorize(S, 2), factorize(T, 2), (3, 3))
+    layer = TensorialConv2d.from_dense(conv, rank=max(full), form=form)
+    layer.order = order
+    assert layer.ranks == full
+    x = rand(2, S, 7, 9)
+    torch.testing.assert_close(layer(x), conv(x), rtol=0, atol=1e-10)
+    assert layer.decomposition_error < 1e-12
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_full_rank_three_modes_float32_and_linear(form):
+    conv = dense_conv(8, 12, (3, 2), dtype=torch.float32, padding=(1, 0), dilation=(1, 2))
+    s, t = (2, 2, 2), (2, 2, 3)
+    full = tensorial_max_ranks(form, s, t, (3, 2))
+    layer = TensorialConv2d.from_dense(conv, rank=full, form=form, in_factors=s, out_factors=t)
+    assert layer.spatial.dtype == torch.float32
+    x = torch.randn(2, 8, 6, 7)
+    for order in ("conv_first", "conv_last"):
+        layer.order = order
+        torch.testing.assert_close(layer(x), conv(x), rtol=0, atol=1e-5)
+
+    torch.manual_seed(1)
+    lin = nn.Linear(12, 10).to(DT)
+    full = tensorial_max_ranks(form, factorize(12, 2), factorize(10, 2))
+    tl_layer = TensorialLinear.from_dense(lin, rank=full, form=form)
+    x = rand(4, 3, 12)
+    torch.testing.assert_close(tl_layer(x), lin(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize(
+    "conv_kw",
+    [
+        {"stride": 1, "padding": 0, "dilation": 1},
+        {"stride": (2, 1), "padding": (1, 2), "dilation": (1, 2)},
+        {"padding": "same", "dilation": 2},
+    ],
+)
+def test_forward_equals_conv_with_reconstructed_weight(form, conv_kw):
+    layer = TensorialConv2d(
+        6, 9, (3, 2), form=form, rank=2, in_factors=(2, 3), out_factors=(3, 3),
+        dtype=DT, seed=3, **conv_kw,
+    )
+    x = rand(2, 6, 8, 7)
+    w = layer.to_dense_weight()
+    assert w.shape == (9, 6, 3, 2)
+    ref = F.conv2d(x, w, layer.bias, **conv_kw)
+    for order in ("conv_first", "conv_last"):
+        layer.order = order
+        torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-12)
+    assert layer(x[0]).shape == ref[0].shape  # unbatched input
+    layer.evaluation = "dense"
+    torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-12)
+    layer.evaluation = "fast"
+    with pytest.raises(ValueError, match="evaluation must be"):
+        layer(x)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_linear_forward_equals_reconstructed_weight(form):
+    layer = TensorialLinear(24, 10, form=form, rank=3, modes=3, dtype=DT, seed=1)
+    x = rand(5, 24)
+    ref = F.linear(x, layer.to_dense_weight(), layer.bias)
+    torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-12)
+    layer.evaluation = "dense"
+    torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("rate", [0.2, 0.5])
+def test_ranks_honour_rate(form, rate):
+    conv = dense_conv(16, 16, 3)
+    layer = TensorialConv2d.from_dense(conv, rate=rate, form=form)
+    dense = sum(p.numel() for p in conv.parameters())
+    assert layer.n_parameters <= rate * dense
+    assert layer.n_parameters == tensorial_n_parameters(
+        form, layer.in_factors, layer.out_factors, (3, 3), layer.ranks
+    )
+    # the next uniform rank would break the budget (or the ranks are already full)
+    r = max(layer.ranks)
+    if layer.ranks != layer.max_ranks:
+        bigger = tuple(min(r + 1, c) for c in layer.max_ranks)
+        n = tensorial_n_parameters(form, layer.in_factors, layer.out_factors, (3, 3), bigger)
+        assert n > rate * dense
+    assert tensorial_ranks_for_rate(conv, rate, form=form) == layer.ranks
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_reduced_rank_error_is_the_decomposition_error(form):
+    conv = dense_conv(8, 8, 3, padding=1)
+    layer = TensorialConv2d.from_dense(conv, rate=0.3, form=form, seed=0)
+    w = conv.weight.detach()
+    w_hat = layer.to_dense_weight().detach()
+    rel = (torch.linalg.norm(w - w_hat) / torch.linalg.norm(w)).item()
+    assert 1e-3 < layer.decomposition_error < 1
+    assert rel == pytest.approx(layer.decomposition_error, rel=1e-9)
+    x = rand(2, 8, 6, 6)
+    with torch.no_grad():
+        err = layer(x) - conv(x)
+        ref = F.conv2d(x, w_hat - w, padding=1)
+    torch.testing.assert_close(err, ref, rtol=1e-9, atol=1e-11)
+
+
+def test_rtk_matches_tensorly_tucker_directly():
+    conv = dense_conv(4, 6, 3)
+    layer = TensorialConv2d.from_dense(conv, rank=(3, 4, 5), form="rtk", seed=0)
+    assert (layer.in_factors, layer.out_factors) == ((2, 2), (2, 3))
+    w = conv.weight.detach().numpy().reshape(2, 3, 2, 2, 3, 3)  # t1 t2 s1 s2 kh kw
+    w = w.transpose(0, 2, 1, 3, 4, 5).reshape(4, 6, 9)  # (t1 s1, t2 s2, kh kw)
+    core, factors = tucker(w, rank=[3, 4, 5], init="svd", n_iter_max=300, tol=1e-10,
+                           random_state=0)
+    ref = tl.tucker_to_tensor((core, factors)).reshape(2, 2, 3, 2, 3, 3)
+    ref = ref.transpose(0, 2, 1, 3, 4, 5).reshape(6, 4, 3, 3)
+    np.testing.assert_allclose(layer.to_dense_weight().detach().numpy(), ref, atol=1e-12)
+
+
+def test_gradients_reach_every_core():
+    for form in FORMS:
+        layer = TensorialConv2d(4, 6, 3, form=form, rank=2, padding=1, dtype=DT)
+        layer(rand(2, 4, 5, 5)).square().sum().backward()
+        for name, p in layer.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), (form, name)
+            assert p.grad.abs().sum() > 0, (form, name)
+
+
+def test_seeded_init_is_reproducible_and_scaled():
+    a = TensorialConv2d(16, 16, 3, form="rtt", rank=4, seed=5)
+    b = TensorialConv2d(16, 16, 3, form="rtt", rank=4, seed=5)
+    c = TensorialConv2d(16, 16, 3, form="rtt", rank=4, seed=6)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.factors[0], c.factors[0])
+    std = a.to_dense_weight().std().item()
+    assert 0.2 < std * math.sqrt(3 * 16 * 9) < 5  # near PyTorch's default scale
+
+
+def test_tensorize_dispatch_and_bad_inputs():
+    conv = dense_conv(4, 4, 3)
+    assert isinstance(tensorize(conv, rate=0.9, form="rtt"), TensorialConv2d)
+    assert isinstance(tensorize(nn.Linear(8, 6), rank=2), TensorialLinear)
+    with pytest.raises(TypeError, match="Conv2d and nn.Linear"):
+        tensorize(nn.Conv1d(2, 2, 3), rank=1)
+    with pytest.raises(TypeError, match="nn.Conv2d"):
+        TensorialConv2d.from_dense(nn.Linear(4, 4), rank=1)
+    with pytest.raises(ValueError, match="no rank >= 1"):
+        TensorialConv2d.from_dense(conv, rate=0.01, form="rcp")
+    with pytest.raises(ValueError, match="exceeds the full rank"):
+        TensorialConv2d.from_dense(conv, rank=10_000, form="rcp")
+    with pytest.raises(ValueError, match=r"rank\[1\]"):
+        TensorialConv2d.from_dense(conv, rank=(1, 100, 1), form="rtk")
+    with pytest.raises(ValueError, match="exactly one of rate= and rank="):
+        TensorialConv2d.from_dense(conv, rate=0.5, rank=1)
+    with pytest.raises(ValueError, match="groups"):
+        TensorialConv2d.from_dense(nn.Conv2d(4, 4, 3, groups=2), rank=1)
+    with pytest.raises(ValueError, match="padding_mode"):
+        TensorialConv2d.from_dense(nn.Conv2d(4, 4, 3, padding_mode="reflect"), rank=1)
+    with pytest.raises(ValueError, match="product 6 but"):
+        TensorialConv2d.from_dense(conv, rank=1, in_factors=(2, 3))
+    with pytest.raises(ValueError, match="unknown form"):
+        TensorialConv2d.from_dense(conv, rank=1, form="cp")
+    with pytest.raises(ValueError, match="modes must be >= 2"):
+        TensorialLinear(8, 6, modes=1)
+    with pytest.raises(ValueError, match="rate must be"):
+        TensorialConv2d.from_dense(conv, rate=-1.0)
+    layer = TensorialConv2d(4, 4, 3)
+    with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
+        layer(torch.zeros(1, 3, 5, 5))
+
+
+@pytest.mark.parametrize("form, modes", [("rtt", 2), ("rtt", 3), ("rtk", 2), ("rcp", 2)])
+def test_layer_chains_avoid_einsum_copies(form, modes, monkeypatch):
+    # Layouts are chosen so every data step is a matmul on views or a grouped conv;
+    # only tiny parameter-only contractions (the merged Tucker core, to_dense) use einsum.
+    layer = TensorialConv2d(8, 8, 3, form=form, rank=2, modes=modes, padding=1, dtype=DT)
+    x = rand(2, 8, 5, 5)
+    ref = F.conv2d(x, layer.to_dense_weight(), layer.bias, padding=1)
+    calls = []
+    real = torch.einsum
+
+    def spy(eq, *ops):
+        calls.append((eq, max(o.numel() for o in ops)))
+        return real(eq, *ops)
+
+    monkeypatch.setattr(torch, "einsum", spy)
+    for order in ("conv_first", "conv_last"):
+        layer.order = order
+        calls.clear()
+        torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-12)
+        big = [c for c in calls if c[1] >= x.numel()]
+        # RCP's rank sum is one reduction over the activations
+        assert len(big) <= (1 if form == "rcp" else 0), (order, calls)
