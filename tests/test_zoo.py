@@ -1,0 +1,402 @@
+"""Tests of tenflex.zoo: reference networks, training, evaluation, pretrained cache.
+
+Training runs on scikit-learn's 8x8 digits drawn into the MNIST frame (1437 training
+images), so the file runs in seconds and needs no downloaded data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tenflex import zoo
+from tenflex.data import DataError
+
+# A pretrained() configuration that trains in a fraction of a second.
+TINY = {"dataset": "digits", "epochs": 1, "n_train": 200}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return zoo.digits_tensors("train"), zoo.digits_tensors("test")
+
+
+def _conv_params(c_in, c_out, k):
+    return c_out * c_in * k * k + c_out
+
+
+def _fc_params(n_in, n_out):
+    return n_in * n_out + n_out
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def test_reference_cnn_layers_and_shapes():
+    model = zoo.ReferenceCNN()
+    names = [name for name, _ in model.named_children()]
+    assert names == [
+        "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "flatten", "fc1", "relu3", "fc2",
+    ]  # fmt: skip
+    assert model.fc1 is model[7] and model.conv2 is model[3]
+    x = torch.randn(3, 1, 28, 28)
+    assert model(x).shape == (3, 10)
+    assert model[:7](x).shape == (3, 3136)
+    assert model[:3](x).shape == (3, 32, 14, 14)
+    assert zoo.ReferenceCNN(n_classes=4)(x).shape == (3, 4)
+    assert model.input_shape == (1, 28, 28)
+
+
+def test_lenet5_layers_and_shapes():
+    model = zoo.LeNet5()
+    names = [name for name, _ in model.named_children()]
+    assert names == [
+        "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "flatten",
+        "fc1", "relu3", "fc2", "relu4", "fc3",
+    ]  # fmt: skip
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+    assert model[:3](x).shape == (2, 6, 14, 14)
+    assert model[:6](x).shape == (2, 16, 5, 5)
+    assert model[:7](x).shape == (2, 400)
+    assert model[:10](x).shape == (2, 84)
+
+
+def test_parameter_counts_match_hand_computation():
+    ref = (
+        _conv_params(1, 32, 5) + _conv_params(32, 64, 5)
+        + _fc_params(64 * 7 * 7, 128) + _fc_params(128, 10)
+    )  # fmt: skip
+    assert ref == 454_922
+    assert zoo.ReferenceCNN().n_parameters == ref
+    assert zoo.count_parameters(zoo.ReferenceCNN()) == ref
+    lenet = (
+        _conv_params(1, 6, 5) + _conv_params(6, 16, 5)
+        + _fc_params(400, 120) + _fc_params(120, 84) + _fc_params(84, 10)
+    )  # fmt: skip
+    assert lenet == 61_706
+    assert zoo.LeNet5().n_parameters == lenet
+    model = zoo.LeNet5()
+    model.conv1.weight.requires_grad_(False)
+    assert zoo.count_parameters(model, trainable_only=True) == lenet - 150
+
+
+def test_build_model_registry_and_seed():
+    assert set(zoo.MODELS) == {"reference_cnn", "lenet5"}
+    assert isinstance(zoo.build_model("lenet5"), zoo.LeNet5)
+    assert isinstance(zoo.build_model("reference_cnn", n_classes=3), zoo.ReferenceCNN)
+    state = torch.random.get_rng_state()
+    a = zoo.build_model("lenet5", seed=1)
+    b = zoo.build_model("lenet5", seed=1)
+    c = zoo.build_model("lenet5", seed=2)
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+        assert not torch.equal(pa, pc)
+
+
+def test_bad_model_name():
+    with pytest.raises(ValueError, match=r"unknown model name 'resnet'.*lenet5.*reference_cnn"):
+        zoo.build_model("resnet")
+    with pytest.raises(ValueError, match="unknown model name"):
+        zoo.pretrained("lenet", dataset="digits")
+    with pytest.raises(ValueError, match="n_classes"):
+        zoo.LeNet5(n_classes=0)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def test_normalize_images_values():
+    raw = np.zeros((2, 28, 28), dtype=np.uint8)
+    raw[1] = 255
+    x = zoo.normalize_images(raw)
+    assert x.shape == (2, 1, 28, 28) and x.dtype == torch.float32
+    mean, std = zoo.NORMALIZATION["mnist"]
+    torch.testing.assert_close(x[0], torch.full((1, 28, 28), -mean / std))
+    torch.testing.assert_close(x[1], torch.full((1, 28, 28), (1 - mean) / std))
+    # (N, 1, 28, 28) input and torch input give the same result
+    torch.testing.assert_close(zoo.normalize_images(torch.as_tensor(raw)[:, None]), x)
+    with pytest.raises(ValueError, match="shape"):
+        zoo.normalize_images(np.zeros((2, 3, 28, 28)))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        zoo.normalize_images(raw, "cifar")
+
+
+def test_mnist_normalisation_constants_match_training_set():
+    try:
+        x, y = zoo.mnist_tensors("train")
+    except DataError:
+        pytest.skip("MNIST files not available")
+    assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.float32
+    assert y.shape == (60000,) and y.dtype == torch.int64
+    assert abs(float(x.mean())) < 1e-3
+    assert abs(float(x.std()) - 1.0) < 1e-3
+
+
+def test_digits_tensors(digits):
+    (x, y), (xt, _) = digits
+    assert x.shape == (1437, 1, 28, 28) and xt.shape == (360, 1, 28, 28)
+    assert y.dtype == torch.int64 and set(y.tolist()) == set(range(10))
+    background = -zoo.NORMALIZATION["digits"][0] / zoo.NORMALIZATION["digits"][1]
+    # the 4-pixel border of the MNIST frame is empty
+    border = torch.ones(28, 28, dtype=torch.bool)
+    border[4:24, 4:24] = False
+    assert torch.allclose(x[:, 0][:, border], torch.tensor(background))
+    # every image has ink, and values are rounded raw pixels normalised
+    assert bool((x.amax(dim=(1, 2, 3)) > 1.0).all())
+    raw = x * zoo.NORMALIZATION["digits"][1] + zoo.NORMALIZATION["digits"][0]
+    torch.testing.assert_close(raw * 255, (raw * 255).round(), atol=1e-3, rtol=0)
+    # deterministic split, disjoint halves of the 1797 images
+    x2, y2 = zoo.digits_tensors("train")
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    with pytest.raises(ValueError, match="split"):
+        zoo.digits_tensors("valid")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        zoo.dataset_tensors("cifar10")
+
+
+# -------------------------------------------------------------------- train/evaluate
+
+
+def test_training_is_deterministic(digits):
+    (x, y), _ = digits
+    data = (x[:600], y[:600])
+    models = [zoo.build_model("lenet5", seed=3) for _ in range(3)]
+    r0 = zoo.train(models[0], data, epochs=1, batch_size=64, lr=3e-3, seed=7)
+    r1 = zoo.train(models[1], data, epochs=1, batch_size=64, lr=3e-3, seed=7)
+    zoo.train(models[2], data, epochs=1, batch_size=64, lr=3e-3, seed=8)
+    np.testing.assert_array_equal(r0.losses, r1.losses)
+    for p0, p1, p2 in zip(*(m.parameters() for m in models), strict=True):
+        assert torch.equal(p0, p1)
+    assert any(
+        not torch.equal(p0, p2)
+        for p0, p2 in zip(models[0].parameters(), models[2].parameters(), strict=True)
+    )
+    assert r0.n_steps == math.ceil(600 / 64) == len(r0.losses)
+
+
+def test_training_learns_reference_cnn(digits):
+    (x, y), (xt, yt) = digits
+    model = zoo.build_model("reference_cnn", seed=0)
+    before = zoo.evaluate(model, xt, yt)
+    result = zoo.train(model, (x, y), epochs=1, batch_size=64, lr=2e-3, schedule="constant")
+    # an untrained classifier has cross-entropy close to log(10)
+    assert abs(result.losses[0] - math.log(10)) < 0.3
+    assert result.losses[-5:].mean() < 0.25 * result.losses[0]
+    after = zoo.evaluate(model, xt, yt)
+    assert after > 0.75, (before, after)
+    assert after > before + 0.5
+    assert result.time_s > 0 and result.num_threads == torch.get_num_threads()
+
+
+def test_training_learns_lenet5(digits):
+    (x, y), (xt, yt) = digits
+    model = zoo.build_model("lenet5", seed=0)
+    result = zoo.train(model, (x, y), epochs=3, batch_size=64, lr=5e-3, seed=0)
+    assert result.epoch_losses[-1] < 0.2 * result.epoch_losses[0]
+    assert zoo.evaluate(model, xt, yt) > 0.9
+
+
+def test_one_cycle_schedule():
+    total = 40
+    f = np.array([zoo.one_cycle_factor(k, total) for k in range(total)])
+    assert f[0] == pytest.approx(1 / 25) and f[10] == pytest.approx(1.0)
+    assert f[-1] == pytest.approx(1e-4)
+    assert f.argmax() == 10
+    assert np.all(np.diff(f[:11]) > 0) and np.all(np.diff(f[10:]) < 0)
+    # half-way through the decay the cosine is at its mid point
+    mid = 10 + (total - 1 - 10) / 2
+    assert zoo.one_cycle_factor(mid, total) == pytest.approx((1 + 1e-4) / 2)
+    # degenerate lengths are fine
+    assert zoo.one_cycle_factor(0, 1) == pytest.approx(1 / 25)
+    assert [zoo.one_cycle_factor(k, 2) for k in range(2)] == pytest.approx([1 / 25, 1.0])
+
+
+def _one_full_batch_step(**kwargs):
+    """One optimizer step on a linear classifier; returns (p0, gradient, p1)."""
+    x = torch.randn(20, 1, 2, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(20) % 4
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4))
+    p0 = [p.detach().clone() for p in model.parameters()]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    result = zoo.train(model, (x, y), epochs=1, batch_size=20, **kwargs)
+    assert result.n_steps == 1
+    return p0, grads, [p.detach() for p in model.parameters()]
+
+
+def test_optimizer_steps_match_update_rules():
+    # SGD, Nesterov momentum 0.9, first step: p - lr * (g + 0.9 * g)
+    p0, grads, p1 = _one_full_batch_step(lr=0.1, optimizer="sgd", schedule="constant")
+    for a, g, b in zip(p0, grads, p1, strict=True):
+        torch.testing.assert_close(b, a - 0.1 * 1.9 * g)
+    # Adam, first step (bias corrected): p - lr * g / (|g| + eps)
+    p0, grads, p1 = _one_full_batch_step(lr=0.01, optimizer="adam", schedule="constant")
+    for a, g, b in zip(p0, grads, p1, strict=True):
+        torch.testing.assert_close(b, a - 0.01 * g / (g.abs() + 1e-8))
+    # one-cycle starts at lr / 25
+    p0, grads, p1 = _one_full_batch_step(lr=0.01, optimizer="adam", schedule="onecycle")
+    for a, g, b in zip(p0, grads, p1, strict=True):
+        torch.testing.assert_close(b, a - 0.01 / 25 * g / (g.abs() + 1e-8))
+
+
+def test_train_leaves_global_state(digits):
+    (x, y), _ = digits
+    flag = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    zoo.train(zoo.LeNet5(), (x[:64], y[:64]), epochs=1, batch_size=64, lr=1e-3, seed=0)
+    assert torch.are_deterministic_algorithms_enabled() == flag
+    assert torch.get_num_threads() == threads
+
+
+def test_train_rejects_bad_input(digits):
+    (x, y), _ = digits
+    model = zoo.LeNet5()
+    with pytest.raises(ValueError, match=r"labels must have shape \(10,\)"):
+        zoo.train(model, (x[:10], y[:9]), epochs=1)
+    with pytest.raises(TypeError, match="pair"):
+        zoo.train(model, x[:10], epochs=1)
+    with pytest.raises(TypeError, match="labels must be integers"):
+        zoo.train(model, (x[:10], y[:10].float()), epochs=1)
+    with pytest.raises(ValueError, match="NaN"):
+        zoo.train(model, (torch.full_like(x[:10], float("nan")), y[:10]), epochs=1)
+    with pytest.raises(ValueError, match="epochs"):
+        zoo.train(model, (x[:10], y[:10]), epochs=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        zoo.train(model, (x[:10], y[:10]), epochs=1, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="lr"):
+        zoo.train(model, (x[:10], y[:10]), epochs=1, lr=-1.0)
+
+
+def test_evaluate_matches_dense_computation(digits):
+    (x, y), _ = digits
+    x, y = x[:300], y[:300]
+    model = zoo.build_model("lenet5", seed=5)
+    model.train()
+    with torch.no_grad():
+        expected = float((model.eval()(x).argmax(1) == y).double().mean())
+    model.train()
+    assert zoo.evaluate(model, x, y) == pytest.approx(expected, abs=0)
+    assert zoo.evaluate(model, x, y, batch_size=7) == pytest.approx(expected, abs=0)
+    assert model.training  # mode restored
+    # a model that reads the label off the input is always right
+    oracle = nn.Sequential(nn.Flatten(), nn.Linear(10, 10, bias=False))
+    with torch.no_grad():
+        oracle[1].weight.copy_(torch.eye(10))
+    onehot = torch.nn.functional.one_hot(y, 10).float()
+    assert zoo.evaluate(oracle, onehot, y) == 1.0
+    assert zoo.evaluate(oracle, onehot, (y + 1) % 10) == 0.0
+    # uint8 raw pixels are normalised with the shared preprocessing
+    raw = np.random.default_rng(0).integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    labels = np.arange(50) % 10
+    assert zoo.evaluate(model, raw, labels) == zoo.evaluate(
+        model, zoo.normalize_images(raw), torch.as_tensor(labels)
+    )
+
+
+# --------------------------------------------------------------------- pretrained cache
+
+
+def test_pretrained_cache_round_trip(tmp_path, monkeypatch):
+    config = {"dataset": "digits", "epochs": 1, "seed": 1, "n_train": 300}
+    model, info = zoo.pretrained("lenet5", **config, cache_dir=tmp_path, return_info=True)
+    weights, sidecar = zoo.cache_paths("lenet5", **config, cache_dir=tmp_path)
+    assert weights.is_file() and sidecar.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([weights.name, sidecar.name])
+    assert json.loads(sidecar.read_text()) == info
+    umask = os.umask(0)
+    os.umask(umask)
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file
+    assert info["config"]["model"] == "lenet5" and info["config"]["epochs"] == 1
+    assert info["config"]["torch"] == torch.__version__
+    assert info["n_train"] == 300 and info["n_test"] == 360
+    assert info["n_parameters"] == 61_706
+    assert not model.training
+    xt, yt = zoo.digits_tensors("test")
+    assert zoo.evaluate(model, xt, yt) == info["test_accuracy"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("pretrained() trained although the cache holds the model")
+
+    monkeypatch.setattr(zoo, "train", no_training)
+    again, info2 = zoo.pretrained("lenet5", **config, cache_dir=tmp_path, return_info=True)
+    assert info2 == info
+    for p, q in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(AssertionError, match="trained although"):
+        zoo.pretrained("lenet5", **config, cache_dir=tmp_path, retrain=True)
+    # a different configuration is a different key: it has to train
+    for change in ({"epochs": 2}, {"seed": 2}, {"n_train": 301}, {"dataset": "mnist"}):
+        other, _ = zoo.cache_paths("lenet5", **{**config, **change}, cache_dir=tmp_path)
+        assert other != weights, change
+    with pytest.raises(AssertionError, match="trained although"):
+        zoo.pretrained("lenet5", **{**config, "seed": 2}, cache_dir=tmp_path)
+
+
+def test_cache_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("TENFLEX_CACHE", raising=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(zoo.__file__)))
+    if os.path.isfile(os.path.join(root, "pyproject.toml")):
+        assert zoo.default_cache_dir() == zoo.Path(root) / "data" / "models"
+    monkeypatch.setenv("TENFLEX_CACHE", str(tmp_path / "c"))
+    assert zoo.default_cache_dir() == tmp_path / "c"
+    weights, _ = zoo.cache_paths("lenet5", dataset="digits")
+    assert weights.parent == tmp_path / "c" and weights.name.startswith("lenet5-digits-")
+
+
+def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
+    weights, sidecar = zoo.cache_paths("lenet5", **TINY, cache_dir=tmp_path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo.torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
+    assert not weights.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [sidecar.name]  # no temporary left
+    monkeypatch.undo()
+    zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
+    assert weights.is_file()
+
+    # an interrupted overwrite keeps the previous content
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+
+    def failing(handle):
+        handle.write(b"new, partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        zoo._atomic_write(target, failing)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [weights.name, sidecar.name, "x.bin"]
+    )
+
+
+def test_damaged_cache_retrains_with_warning(tmp_path):
+    model = zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
+    weights, _ = zoo.cache_paths("lenet5", **TINY, cache_dir=tmp_path)
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        again = zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
+    for p, q in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q)  # retraining with the same seed gives the same model
+    rewritten = torch.load(weights, weights_only=True)  # the file was repaired
+    for key, value in model.state_dict().items():
+        assert torch.equal(rewritten[key], value)
+    # a state dict of another model is damaged too
+    torch.save(zoo.ReferenceCNN().state_dict(), weights)
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
