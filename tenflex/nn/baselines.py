@@ -1,0 +1,159 @@
+"""Baseline replacements of a span at a given parameter budget, to compare flexible layers with.
+
+* :func:`svd_span`: the span with its largest fully connected layer replaced by a truncated
+  SVD (Denton et al. 2014), the rank chosen so that the span fits the budget.
+* :func:`linear_span`: the whole span replaced by a purely linear map of rank ``R``,
+  ``y = b + B x`` with ``rank(B) <= R``, fitted to the span's sampled outputs by
+  reduced-rank regression (the optimal rank-constrained least-squares fit).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from tenflex.nn.compress import count_parameters
+from tenflex.nn.lowrank import SVDLinear
+from tenflex.nn.surgery import Span, splice
+
+__all__ = ["LinearReplacement", "linear_span", "reduced_rank_regression", "svd_span"]
+
+
+def svd_span(model: nn.Sequential, span: Span, budget: int) -> tuple[nn.Sequential, int]:
+    """Replace the largest ``nn.Linear`` of ``span`` by its best truncated SVD within ``budget``.
+
+    Parameters
+    ----------
+    model : torch.nn.Sequential
+    span : Span
+        Must contain at least one ``nn.Linear``.
+    budget : int
+        Maximum number of parameters of the span after compression.
+
+    Returns
+    -------
+    model : torch.nn.Sequential
+        A copy with the span replaced (the span's other layers are kept).
+    rank : int
+        The SVD rank used.
+    """
+    span_module = span.module(model)
+    linears = [(name, m) for name, m in span_module.named_children() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"span {span.label} has no nn.Linear layer to compress by SVD")
+    name, layer = max(linears, key=lambda item: item[1].weight.numel())
+    others = count_parameters(span_module) - count_parameters(layer)
+    per_rank = layer.in_features + layer.out_features
+    bias = layer.out_features if layer.bias is not None else 0
+    rank = (budget - others - bias) // per_rank
+    if rank < 1:
+        raise ValueError(
+            f"a budget of {budget} parameters leaves no SVD rank for {name} "
+            f"({others + bias + per_rank} parameters at rank 1)"
+        )
+    rank = min(rank, min(layer.in_features, layer.out_features))
+    items = [(n, SVDLinear.from_dense(m, rank=rank) if n == name else m)
+             for n, m in span_module.named_children()]
+    return splice(model, span, nn.Sequential(OrderedDict(items)), name=f"svd_{span.names[0]}_{span.names[-1]}"), rank
+
+
+class LinearReplacement(nn.Module):
+    """``y = b + U (Pᵀ x)``: a rank-``R`` linear map, input flattened, output reshaped.
+
+    Parameters
+    ----------
+    in_features, out_features, rank : int
+    output_shape : tuple of int, optional
+        Shape of one output (default ``(out_features,)``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int,
+                 output_shape: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.project = nn.Linear(in_features, rank, bias=False)
+        self.expand = nn.Linear(rank, out_features)
+        self.output_shape = tuple(output_shape or (out_features,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand(self.project(x.flatten(1)))
+        return y.reshape(x.shape[0], *self.output_shape)
+
+
+def reduced_rank_regression(X: torch.Tensor, Y: torch.Tensor, rank: int
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best rank-``R`` linear fit ``Y ≈ 1 bᵀ + X P Uᵀ`` in least squares.
+
+    The ordinary least-squares fit is projected onto the leading ``R`` right singular
+    vectors of its fitted values (Izenman 1975), which is optimal for the Frobenius norm.
+
+    Parameters
+    ----------
+    X : torch.Tensor, shape (N, m)
+    Y : torch.Tensor, shape (N, n)
+    rank : int
+        ``1 <= R <= min(m, n)``.
+
+    Returns
+    -------
+    P : torch.Tensor, shape (m, R)
+    U : torch.Tensor, shape (n, R)
+    b : torch.Tensor, shape (n,)
+    """
+    X, Y = X.double(), Y.double()
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X must be (N, m) and Y (N, n), got {tuple(X.shape)}, {tuple(Y.shape)}")
+    if not 1 <= rank <= min(X.shape[1], Y.shape[1]):
+        raise ValueError(f"rank must be in [1, min(m, n)] = [1, {min(X.shape[1], Y.shape[1])}]"
+                         f", got {rank}")
+    x_mean, y_mean = X.mean(0), Y.mean(0)
+    Xc, Yc = X - x_mean, Y - y_mean
+    # Minimum-norm least squares: well defined when N < m or X is rank-deficient.
+    B = torch.linalg.lstsq(Xc, Yc, driver="gelsd").solution       # (m, n)
+    _, _, Vh = torch.linalg.svd(Xc @ B, full_matrices=False)
+    U = Vh[:rank].T                                               # (n, R)
+    P = B @ U                                                     # (m, R)
+    b = y_mean - x_mean @ P @ U.T
+    return P, U, b
+
+
+def linear_span(model: nn.Sequential, span: Span, X: torch.Tensor, Y: torch.Tensor, rank: int
+                ) -> nn.Sequential:
+    """Replace ``span`` by a rank-``R`` linear map fitted to its samples ``(X, Y)``.
+
+    Parameters
+    ----------
+    model : torch.nn.Sequential
+    span : Span
+    X : torch.Tensor, shape (N, m)
+        The span's inputs, flattened.
+    Y : torch.Tensor, shape (N, n)
+        The span's outputs, flattened.
+    rank : int
+
+    Returns
+    -------
+    torch.nn.Sequential
+        A copy of ``model`` with ``span`` replaced by a :class:`LinearReplacement`
+        (``R (m + n) + n`` parameters).
+    """
+    P, U, b = reduced_rank_regression(X, Y, rank)
+    example = next(model.parameters())
+    with torch.no_grad():
+        out = span.module(model)(torch.zeros(1, *_input_shape(model, span), dtype=example.dtype))
+    layer = LinearReplacement(X.shape[1], Y.shape[1], rank, output_shape=tuple(out.shape[1:]))
+    with torch.no_grad():
+        layer.project.weight.copy_(P.T.to(example))
+        layer.expand.weight.copy_(U.to(example))
+        layer.expand.bias.copy_(b.to(example))
+    return splice(model, span, layer.to(example.device), name=f"linear_{span.names[0]}_{span.names[-1]}")
+
+
+def _input_shape(model: nn.Sequential, span: Span) -> tuple[int, ...]:
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError("the model needs an `input_shape` attribute (one input, no batch)")
+    with torch.no_grad():
+        example = torch.zeros(1, *shape, dtype=next(model.parameters()).dtype)
+        return tuple(span.prefix(model)(example).shape[1:])

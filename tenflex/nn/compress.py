@@ -1,0 +1,489 @@
+"""Compress a pretrained sequential network by replacing a span of layers with a flexible layer.
+
+The pipeline of Zniyed, Usevich, Miron and Brie (2021): run training images through the
+layers before the span to get the span's inputs ``X``; compute the span's outputs ``Y`` and
+Jacobians ``J`` there (:func:`tenflex.sampling.sample_function`); fit ``b + W g(Vᵀx)`` by
+constrained CMTF-ALS (:func:`tenflex.fit.cmtf_als`); splice the resulting
+:class:`~tenflex.nn.FlexibleLayer` into the network; evaluate; optionally fine-tune.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tenflex.nn.flexible import FlexibleLayer
+from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
+
+__all__ = [
+    "Compression",
+    "CompressionReport",
+    "compress",
+    "count_parameters",
+    "load_compressed",
+    "memory_bytes",
+    "save_compressed",
+]
+
+# Fraction of the machine's memory the Jacobian tensor may take (the solver needs a few
+# more arrays of the size of X besides J).
+_MEMORY_FRACTION = 0.5
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (all of them, trainable or not)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine in bytes (0 if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 0
+
+
+@dataclass
+class CompressionReport:
+    """What a compression did and measured. All times in seconds, accuracies in [0, 1].
+
+    ``accuracy_*`` and ``finetune`` are None when no test data / fine-tuning was given.
+    """
+
+    span: list[str]
+    input_shape: list[int]
+    output_shape: list[int]
+    rank: int
+    basis: str
+    n_functions: int
+    lam: float
+    n_samples: int
+    seed: int
+    parameters_span_before: int
+    parameters_span_after: int
+    parameters_model_before: int
+    parameters_model_after: int
+    fraction_model_kept: float
+    fit_output_error_train: float
+    fit_output_error_validation: float
+    fit_jacobian_error_train: float
+    fit_converged: bool
+    fit_stop_reason: str
+    fit_iterations: int
+    times: dict[str, float] = field(default_factory=dict)
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    finetune: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dictionary."""
+        return asdict(self)
+
+
+@dataclass
+class Compression:
+    """The result of :func:`compress`.
+
+    Attributes
+    ----------
+    model : torch.nn.Sequential
+        The compressed network (float32, same device as the input model).
+    layer : FlexibleLayer
+        The flexible layer inside ``model``.
+    report : CompressionReport
+    fit : tenflex.fit.FitResult
+        The solver's result (cost history, decoupled function in float64).
+    finetuned_model : torch.nn.Sequential or None
+        The fine-tuned copy, when fine-tuning was asked for.
+    """
+
+    model: nn.Sequential
+    layer: FlexibleLayer
+    report: CompressionReport
+    fit: Any
+    finetuned_model: nn.Sequential | None = None
+
+
+def _relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((estimate - reference).norm() / reference.norm())
+
+
+@torch.no_grad()
+def _batched(module: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([module(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def _check_images(images: Any, name: str, model_input_shape: tuple | None = None) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        images = torch.as_tensor(np.asarray(images))
+    if images.ndim < 2 or images.shape[0] < 1:
+        raise ValueError(f"{name} must be a batch of model inputs (N, ...), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name} must hold normalised float inputs (see tenflex.zoo.normalize_images), "
+            f"got dtype {images.dtype}"
+        )
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    if model_input_shape is not None and tuple(images.shape[1:]) != model_input_shape:
+        raise ValueError(
+            f"{name} has inputs of shape {tuple(images.shape[1:])}, expected "
+            f"{model_input_shape} like the training images"
+        )
+    return images
+
+
+def compress(
+    model: nn.Sequential,
+    span: Any,
+    train_images: Any,
+    *,
+    rank: int,
+    basis: str = "bspline",
+    n_functions: int = 8,
+    basis_options: dict[str, Any] | None = None,
+    lam: float = 1.0,
+    n_samples: int = 5000,
+    n_validation: int = 2000,
+    test_data: tuple[Any, Any] | None = None,
+    fit_options: dict[str, Any] | None = None,
+    finetune: dict[str, Any] | None = None,
+    seed: int = 0,
+    batch_size: int = 500,
+    progress: bool = False,
+) -> Compression:
+    """Replace ``span`` of a pretrained ``model`` by a flexible layer fitted with CMTF-ALS.
+
+    Parameters
+    ----------
+    model : torch.nn.Sequential
+        The pretrained network; it is not modified.
+    span : int, str, slice or sequence
+        The contiguous layers to replace (see :func:`tenflex.nn.surgery.resolve_span`),
+        e.g. ``("fc1", "fc2")`` for the whole fully connected part, ``"fc1"`` for one layer,
+        ``("conv2", "fc2")`` for a span starting at a convolution. Inputs are flattened as
+        the network does; outputs are reshaped back.
+    train_images : tensor, shape (N_train, *input_shape)
+        Normalised training inputs of ``model``; sampling points and validation points are
+        drawn from them without overlap.
+    rank : int
+        Number of branches ``R`` of the flexible layer.
+    basis, n_functions, basis_options
+        Basis of the activation functions (see :func:`tenflex.basis.make_basis`).
+    lam : float
+        Weight ``λ`` of the output term against the Jacobian term in the CMTF cost.
+    n_samples : int
+        Number of sampling points ``N``. The Jacobian tensor takes ``8·n·m·N`` bytes.
+    n_validation : int
+        Further training images on which the fitted layer's output error is measured.
+    test_data : (images, labels), optional
+        Test set for the accuracies before and after.
+    fit_options : dict, optional
+        Extra keyword arguments of :func:`tenflex.fit.cmtf_als` (``max_iter``, ``tol``,
+        ``init``, ``n_starts``, ``ridge``, ...).
+    finetune : dict, optional
+        Fine-tune a copy after splicing: ``{"scope": "layer" | "all", "epochs": 1,
+        "lr": 1e-3, "train_labels": labels, ...}``; further keys go to
+        :func:`tenflex.zoo.train`. ``train_labels`` (the labels of ``train_images``) is
+        required.
+    seed : int
+        Seeds the choice of sampling points, the solver and fine-tuning.
+    batch_size : int
+        Batch size of the forward passes that produce the span's inputs.
+    progress : bool
+        Progress bars for sampling and fitting.
+
+    Returns
+    -------
+    Compression
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before any long computation: a span that is not a contiguous chain, a rank below 1
+        or larger than the data supports, training images of the wrong shape, too few
+        sampling points for the number of unknowns, a Jacobian tensor that would not fit
+        in memory, fine-tuning without labels.
+    """
+    from tenflex.fit import cmtf_als
+    from tenflex.sampling import sample_function
+
+    times: dict[str, float] = {}
+    t_start = time.perf_counter()
+    resolved: Span = resolve_span(model, span)
+    train_images = _check_images(train_images, "train_images")
+    device = next(model.parameters()).device
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(train_images.shape[1:]) != tuple(expected):
+        raise ValueError(f"train_images has inputs of shape {tuple(train_images.shape[1:])}, but "
+                         f"the model expects {tuple(expected)}")
+    try:
+        in_shape, out_shape = span_shapes(model, resolved, train_images[:2].to(device))
+    except RuntimeError as exc:
+        raise ValueError(f"train_images of shape {tuple(train_images.shape[1:])} cannot be fed "
+                         f"to the model: {exc}") from exc
+    m, n = math.prod(in_shape), math.prod(out_shape)
+
+    # Every check that can fail is done here, before sampling and fitting.
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+    if rank > min(m, n_samples):
+        raise ValueError(
+            f"rank R = {rank} is larger than the data supports: the span maps R^{m} to R^{n} "
+            f"and is sampled at N = {n_samples} points, so R <= min(m, N) = {min(m, n_samples)}"
+        )
+    if n_samples < 1 or n_validation < 0:
+        raise ValueError(f"n_samples must be >= 1 and n_validation >= 0, got {n_samples}, "
+                         f"{n_validation}")
+    if n_samples + n_validation > len(train_images):
+        raise ValueError(
+            f"n_samples + n_validation = {n_samples + n_validation} exceeds the "
+            f"{len(train_images)} training images given"
+        )
+    unknowns = rank * (m + n + n_functions) + n
+    equations = n_samples * n * (m + 1)
+    if equations < unknowns:
+        raise ValueError(
+            f"too few sampling points: N = {n_samples} gives {equations} equations (outputs "
+            f"and Jacobian entries) for {unknowns} unknowns; use N >= "
+            f"{math.ceil(unknowns / (n * (m + 1)))}"
+        )
+    jacobian_bytes = 8 * n * m * n_samples
+    available = memory_bytes()
+    if available and jacobian_bytes > _MEMORY_FRACTION * available:
+        raise ValueError(
+            f"the Jacobian tensor (n, m, N) = ({n}, {m}, {n_samples}) needs "
+            f"{jacobian_bytes / 2**30:.1f} GiB in float64, more than half of this machine's "
+            f"{available / 2**30:.1f} GiB; use fewer sampling points (n_samples <= "
+            f"{int(_MEMORY_FRACTION * available / (8 * n * m))})"
+        )
+    if finetune is not None and "train_labels" not in finetune:
+        raise ValueError("finetune needs 'train_labels', the labels of train_images")
+    if test_data is not None:
+        test_images = _check_images(test_data[0], "test_data[0]", tuple(train_images.shape[1:]))
+        test_labels = torch.as_tensor(test_data[1])
+        if test_labels.shape != (len(test_images),):
+            raise ValueError(f"test labels must have shape ({len(test_images)},), got "
+                             f"{tuple(test_labels.shape)}")
+
+    from tenflex import zoo
+
+    model.eval()
+    prefix, span_module = resolved.prefix(model), resolved.module(model)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train_images), generator=generator)
+    sample_idx, valid_idx = order[:n_samples], order[n_samples:n_samples + n_validation]
+
+    t0 = time.perf_counter()
+    X_in = _batched(prefix, train_images[sample_idx].to(device), batch_size)
+    samples = sample_function(span_module, X_in, dtype=torch.float64, progress=progress)
+    times["sampling"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    options = dict(fit_options or {})
+    options.setdefault("seed", seed)
+    options.setdefault("verbose", progress)
+    fit = cmtf_als(samples.X, samples.Y, samples.J, rank, basis=basis, n_functions=n_functions,
+                   basis_options=basis_options, lam=lam, **options)
+    times["fit"] = time.perf_counter() - t0
+    decoupled = fit.model
+    train_output_error = _relative_error(decoupled(samples.X), samples.Y)
+    train_jacobian_error = _relative_error(decoupled.jacobian(samples.X), samples.J)
+    del samples
+
+    t0 = time.perf_counter()
+    dtype = next(model.parameters()).dtype
+    layer = FlexibleLayer.from_decoupled(decoupled, output_shape=out_shape).to(
+        device=device, dtype=dtype)
+    compressed = splice(model, resolved, layer)
+    compressed.eval()
+    times["splice"] = time.perf_counter() - t0
+
+    if n_validation:
+        valid_in = _batched(prefix, train_images[valid_idx].to(device), batch_size)
+        valid_out = _batched(span_module, valid_in, batch_size).flatten(1).double()
+        valid_fit = decoupled(valid_in.flatten(1).double())
+        validation_error = _relative_error(valid_fit, valid_out)
+    else:
+        validation_error = float("nan")
+
+    accuracy_before = accuracy_after = None
+    if test_data is not None:
+        t0 = time.perf_counter()
+        accuracy_before = zoo.evaluate(model, test_images, test_labels)
+        accuracy_after = zoo.evaluate(compressed, test_images, test_labels)
+        times["evaluation"] = time.perf_counter() - t0
+
+    finetuned = None
+    finetune_report = None
+    if finetune is not None:
+        finetuned, finetune_report = _finetune(compressed, resolved, train_images, finetune,
+                                               seed, test_data, batch_size, progress)
+        times["finetune"] = finetune_report["time_s"]
+    times["total"] = time.perf_counter() - t_start
+
+    before_span, after_span = count_parameters(span_module), layer.n_parameters
+    before_model = count_parameters(model)
+    after_model = before_model - before_span + after_span
+    report = CompressionReport(
+        span=list(resolved.names), input_shape=list(in_shape), output_shape=list(out_shape),
+        rank=int(rank), basis=str(basis if isinstance(basis, str) else basis.name),
+        n_functions=int(decoupled.n_functions), lam=float(lam), n_samples=int(n_samples),
+        seed=int(seed), parameters_span_before=before_span, parameters_span_after=after_span,
+        parameters_model_before=before_model, parameters_model_after=after_model,
+        fraction_model_kept=after_model / before_model,
+        fit_output_error_train=train_output_error,
+        fit_output_error_validation=validation_error,
+        fit_jacobian_error_train=train_jacobian_error,
+        fit_converged=bool(fit.converged), fit_stop_reason=str(fit.stop_reason),
+        fit_iterations=int(fit.n_iter), times=times, accuracy_before=accuracy_before,
+        accuracy_after=accuracy_after, finetune=finetune_report,
+    )
+    return Compression(model=compressed, layer=layer, report=report, fit=fit,
+                       finetuned_model=finetuned)
+
+
+def _finetune(compressed: nn.Sequential, span: Span, train_images: torch.Tensor,
+              options: dict[str, Any], seed: int, test_data, batch_size: int, progress: bool
+              ) -> tuple[nn.Sequential, dict[str, Any]]:
+    """Fine-tune a copy of ``compressed``: the flexible layer alone or the whole network.
+
+    With ``scope="layer"`` the frozen layers before the flexible layer are run once and
+    their outputs cached, so each epoch only runs the flexible layer and what follows it.
+    """
+    import copy
+
+    from tenflex import zoo
+
+    options = dict(options)
+    labels = torch.as_tensor(options.pop("train_labels"))
+    scope = options.pop("scope", "layer")
+    if scope not in ("layer", "all"):
+        raise ValueError(f"finetune scope must be 'layer' or 'all', got {scope!r}")
+    options.setdefault("epochs", 1)
+    options.setdefault("lr", 1e-3)
+    options.setdefault("seed", seed)
+    model = copy.deepcopy(compressed)
+    t0 = time.perf_counter()
+    if scope == "layer":
+        # The spliced layer sits at index span.start; everything after it is trained.
+        trainable = nn.Sequential(*list(model.children())[span.start:])
+        for p in list(model.children())[span.start + 1:]:
+            p.requires_grad_(False)
+        device = next(model.parameters()).device
+        features = _batched(nn.Sequential(*list(model.children())[:span.start]),
+                            train_images.to(device), batch_size)
+        zoo.train(trainable, (features, labels), progress=progress, **options)
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        zoo.train(model, (train_images, labels), progress=progress, **options)
+    model.eval()
+    report: dict[str, Any] = {"scope": scope, **{k: v for k, v in options.items()
+                                                 if isinstance(v, (int, float, str))}}
+    report["time_s"] = time.perf_counter() - t0
+    if test_data is not None:
+        report["accuracy"] = zoo.evaluate(model, test_data[0], test_data[1])
+    return model, report
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+_FORMAT = "tenflex-compressed-model"
+_FORMAT_VERSION = 1
+
+
+def save_compressed(path: str | os.PathLike, compression: Compression, base: dict[str, Any],
+                    *, finetuned: bool = False) -> None:
+    """Write a compressed model atomically: its state dict plus what rebuilds it.
+
+    Parameters
+    ----------
+    path : path-like
+        Target file (``torch.save`` format). Written to a temporary file in the same
+        folder first and renamed, so an interrupted run never leaves a half-written file.
+    compression : Compression
+    base : dict
+        How to rebuild the uncompressed network: ``{"model": name}`` for
+        :func:`tenflex.zoo.build_model` (plus its keyword arguments under ``"kwargs"``).
+    finetuned : bool
+        Save ``compression.finetuned_model`` instead of ``compression.model``.
+    """
+    import tempfile
+    from pathlib import Path
+
+    model = compression.finetuned_model if finetuned else compression.model
+    if model is None:
+        raise ValueError("finetuned=True but the compression was not fine-tuned")
+    layer = compression.layer
+    payload = {
+        "format": _FORMAT,
+        "version": _FORMAT_VERSION,
+        "base": base,
+        "span": compression.report.span,
+        "layer": {
+            "in_features": layer.in_features,
+            "out_features": layer.out_features,
+            "rank": layer.rank,
+            "basis": layer.basis.config(),
+            "output_shape": compression.report.output_shape,
+        },
+        "report": compression.report.to_dict(),
+        "state_dict": model.state_dict(),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_compressed(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, Any]]:
+    """Rebuild a model written by :func:`save_compressed`.
+
+    Returns
+    -------
+    model : torch.nn.Sequential
+        In eval mode, on the CPU.
+    payload : dict
+        The saved configuration and report (without the state dict).
+    """
+    from pathlib import Path
+
+    from tenflex import zoo
+    from tenflex.basis import make_basis
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"compressed model file {path} does not exist; create it with "
+                                "`tenflex compress ... --out FILE`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable tenflex compressed model ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a tenflex compressed model (no '{_FORMAT}' header)")
+    base = payload["base"]
+    model = zoo.build_model(base["model"], **base.get("kwargs", {}))
+    span = resolve_span(model, tuple(payload["span"]))
+    spec = payload["layer"]
+    layer = FlexibleLayer(spec["in_features"], spec["out_features"], spec["rank"],
+                          basis=make_basis(**spec["basis"]),
+                          output_shape=tuple(spec["output_shape"]))
+    compressed = splice(model, span, layer)
+    compressed.load_state_dict(payload["state_dict"])
+    compressed.eval()
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    return compressed, info

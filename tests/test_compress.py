@@ -1,0 +1,154 @@
+"""Tests of tenflex.nn.compress: compress a span of a network, report, save and load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from tenflex import zoo
+from tenflex.cli import main as cli_main
+from tenflex.nn import FlexibleLayer
+from tenflex.nn import compress as compress_module
+from tenflex.nn.compress import compress, load_compressed, save_compressed
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The 8x8 digits drawn into the MNIST frame, and a briefly trained reference CNN."""
+    torch.manual_seed(0)
+    train_images, train_labels = zoo.digits_tensors("train")
+    test_images, test_labels = zoo.digits_tensors("test")
+    model = zoo.build_model("reference_cnn", seed=0)
+    zoo.train(model, (train_images, train_labels), epochs=2, lr=3e-3, seed=0)
+    model.eval()
+    return model, train_images, train_labels, test_images, test_labels
+
+
+@pytest.fixture(scope="module")
+def compressed(digits):
+    model, train_images, train_labels, test_images, test_labels = digits
+    return compress(model, ("fc1", "fc2"), train_images, rank=6, basis="bspline", n_functions=6,
+                    n_samples=600, n_validation=300, test_data=(test_images, test_labels),
+                    fit_options={"max_iter": 25, "init": "random"}, seed=0,
+                    finetune={"scope": "layer", "epochs": 1, "lr": 1e-3,
+                              "train_labels": train_labels})
+
+
+def test_report_is_consistent(digits, compressed):
+    model = digits[0]
+    report = compressed.report
+    assert report.span == ["fc1", "relu3", "fc2"]
+    assert report.input_shape == [3136] and report.output_shape == [10]
+    assert report.parameters_span_before == 3136 * 128 + 128 + 128 * 10 + 10
+    assert report.parameters_span_after == 6 * (3136 + 10 + 6) + 10
+    assert report.parameters_model_before == sum(p.numel() for p in model.parameters())
+    assert report.parameters_model_after == sum(p.numel() for p in compressed.model.parameters())
+    assert report.fraction_model_kept == pytest.approx(
+        report.parameters_model_after / report.parameters_model_before)
+    assert set(report.times) >= {"sampling", "fit", "splice", "evaluation", "total"}
+    json.dumps(report.to_dict())  # serialisable as is
+
+
+def test_flexible_layer_reproduces_the_span(digits, compressed):
+    model, train_images = digits[0], digits[1]
+    report = compressed.report
+    # The fit explains most of the span's output variation, on samples and on held-out images.
+    assert report.fit_output_error_train < 0.5
+    assert report.fit_output_error_validation < 0.6
+    assert isinstance(compressed.model.flex_fc1_fc2, FlexibleLayer)
+    # The spliced model computes prefix -> flexible layer, exactly.
+    x = train_images[:16]
+    with torch.no_grad():
+        features = model[:7](x)
+        torch.testing.assert_close(compressed.model(x), compressed.layer(features))
+    # The accuracy of the compressed network is close to that of the original.
+    assert report.accuracy_after > report.accuracy_before - 0.1
+    assert report.finetune["scope"] == "layer"
+    assert 0 <= report.finetune["accuracy"] <= 1
+
+
+def test_finetuning_the_layer_leaves_the_rest_untouched(compressed):
+    before, after = compressed.model, compressed.finetuned_model
+    for name in ("conv1", "conv2"):
+        torch.testing.assert_close(getattr(after, name).weight, getattr(before, name).weight)
+    assert not torch.equal(after.flex_fc1_fc2.V, before.flex_fc1_fc2.V)
+
+
+def test_save_and_load_round_trip(tmp_path, digits, compressed):
+    test_images, test_labels = digits[3], digits[4]
+    path = tmp_path / "model.pt"
+    save_compressed(path, compressed, {"model": "reference_cnn"})
+    loaded, info = load_compressed(path)
+    assert info["span"] == ["fc1", "relu3", "fc2"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(test_images[:32]), compressed.model(test_images[:32]))
+    assert zoo.evaluate(loaded, test_images, test_labels) == compressed.report.accuracy_after
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_interrupted_save_leaves_no_file(tmp_path, compressed, monkeypatch):
+    def broken_save(obj, f):
+        with open(f, "wb") as handle:
+            handle.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress_module.torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_compressed(tmp_path / "model.pt", compressed, {"model": "reference_cnn"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tenflex compress"):
+        load_compressed(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_compressed(tmp_path / "junk.pt")
+
+
+def test_evaluate_command_on_a_saved_model(tmp_path, compressed, capsys, monkeypatch):
+    path = tmp_path / "model.pt"
+    save_compressed(path, compressed, {"model": "reference_cnn"})
+    assert cli_main(["evaluate", str(path), "--dataset", "digits"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_accuracy"] == compressed.report.accuracy_after
+    assert result["parameters"] == compressed.report.parameters_model_after
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"span": ["conv2", "fc1"]}, ValueError, "contiguous"),
+        ({"rank": 0}, ValueError, "rank must be an integer >= 1"),
+        ({"rank": 700, "n_samples": 600}, ValueError, "larger than the data supports"),
+        ({"n_samples": 5000}, ValueError, "exceeds the"),
+        ({"train_images": torch.zeros(50, 1, 20, 20)}, ValueError, "expects"),
+        ({"train_images": torch.zeros(50, 28, 28, dtype=torch.uint8)}, TypeError, "float"),
+        ({"finetune": {"epochs": 1}}, ValueError, "train_labels"),
+    ],
+)
+def test_bad_input_fails_before_any_long_computation(digits, monkeypatch, kwargs, error, message):
+    model, train_images = digits[0], digits[1]
+
+    def no_sampling(*args, **kw):  # the checks must come first
+        raise AssertionError("sampling started before the input was validated")
+
+    monkeypatch.setattr("tenflex.sampling.sample_function", no_sampling)
+    arguments = {"span": ("fc1", "fc2"), "train_images": train_images, "rank": 4,
+                 "n_samples": 600, "n_validation": 300}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=message):
+        compress(model, arguments.pop("span"), arguments.pop("train_images"), **arguments)
+
+
+def test_too_few_samples_and_too_much_memory(digits, monkeypatch):
+    model, train_images = digits[0], digits[1]
+    tiny = nn.Sequential(nn.Flatten(), nn.Linear(784, 2), nn.Tanh(), nn.Linear(2, 1))
+    with pytest.raises(ValueError, match="too few sampling points"):  # 3 equations, 12 unknowns
+        compress(tiny, (2, 3), train_images, rank=1, n_samples=1, n_validation=0)
+    monkeypatch.setattr(compress_module, "memory_bytes", lambda: 2**20)
+    with pytest.raises(ValueError, match="needs .* GiB"):
+        compress(model, ("fc1", "fc2"), train_images, rank=4, n_samples=600, n_validation=300)
