@@ -87,4 +87,4 @@ def test_linear_span_fits_a_linear_span(cnn):
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(new(x), cnn(x), rtol=1e-4, atol=1e-4)
-    assert count_parameters(getattr(new, "linear_fc2_fc2")) == 10 * (128 + 10) + 10
+    assert count_parameters(new.linear_fc2_fc2) == 10 * (128 + 10) + 10
