@@ -187,7 +187,9 @@ def compress(
         Test set for the accuracies before and after.
     fit_options : dict, optional
         Extra keyword arguments of :func:`tenflex.fit.cmtf_als` (``max_iter``, ``tol``,
-        ``init``, ``n_starts``, ``ridge``, ...).
+        ``init``, ``n_starts``, ``ridge``, ...). The default ``init="linear"`` starts from
+        the best rank-``R`` linear replacement of the span (reduced-rank regression of the
+        sampled outputs on the inputs); ``"cpd"`` and ``"random"`` are the solver's own.
     finetune : dict, optional
         Fine-tune a copy after splicing: ``{"scope": "layer" | "all", "epochs": 1,
         "lr": 1e-3, "train_labels": labels, ...}``; further keys go to
@@ -288,6 +290,23 @@ def compress(
 
     t0 = time.perf_counter()
     options = dict(fit_options or {})
+    if options.get("init", "linear") == "linear":
+        # Start from the best rank-R linear map of the span (reduced-rank regression on the
+        # same samples), with the activations then fitted exactly by the first C step: the
+        # monotone solver can only improve on the linear replacement's cost from there.
+        from tenflex.nn.baselines import reduced_rank_regression
+
+        P, U, b = reduced_rank_regression(samples.X, samples.Y, min(rank, m, n))
+        if rank > P.shape[1]:
+            # More branches than outputs: seeded random extra directions with small output
+            # weights (zero weights would leave those branches without a gradient to grow).
+            k = rank - P.shape[1]
+            extra_v = torch.randn(m, k, generator=generator, dtype=P.dtype)
+            extra_w = torch.randn(n, k, generator=generator, dtype=U.dtype)
+            P = torch.cat([P, extra_v * P.norm(dim=0).mean() / extra_v.norm(dim=0)], dim=1)
+            U = torch.cat([U, 1e-2 * extra_w * U.norm(dim=0).mean() / extra_w.norm(dim=0)],
+                          dim=1)
+        options["init"] = {"W": U, "V": P, "b": b}
     options.setdefault("seed", seed)
     options.setdefault("verbose", progress)
     fit = cmtf_als(samples.X, samples.Y, samples.J, rank, basis=basis, n_functions=n_functions,

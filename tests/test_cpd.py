@@ -1,0 +1,225 @@
+"""Tests of tenflex.cpd: the Jacobian-tensor products against dense einsum references, the
+CP helpers, the CPD wrapper on exact low-rank tensors, and the small linear-algebra tools."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tenflex.cpd import (
+    DenseJacobian,
+    JacobianTensor,
+    as_jacobian_tensor,
+    cp_norm_sq,
+    cp_to_tensor,
+    cpd,
+    khatri_rao,
+    match_components,
+    pcg,
+    solve_psd,
+)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # Tiny problems are dominated by thread synchronisation on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture
+def dense():
+    n, m, N, R = 3, 5, 17, 4
+    J = _randn(n, m, N, seed=1)
+    W, V, H = _randn(n, R, seed=2), _randn(m, R, seed=3), _randn(N, R, seed=4)
+    return J, W, V, H
+
+
+def test_shape_norm_and_dense_roundtrip(dense):
+    J, *_ = dense
+    Jt = DenseJacobian(J)
+    assert Jt.shape == (3, 5, 17) and (Jt.n, Jt.m, Jt.N) == (3, 5, 17)
+    assert Jt.dtype == torch.float64
+    assert Jt.norm_sq() == pytest.approx(float((J * J).sum()), rel=1e-14)
+    torch.testing.assert_close(Jt.to_dense(), J, rtol=0, atol=0)
+    # the generic base-class densification (contraction with the identity) agrees
+    torch.testing.assert_close(JacobianTensor.to_dense(Jt), J, rtol=0, atol=1e-15)
+
+
+def test_contract_input(dense):
+    J, _, V, _ = dense
+    T = DenseJacobian(J).contract_input(V)
+    torch.testing.assert_close(T, torch.einsum("ijk,jr->ikr", J, V), rtol=1e-13, atol=1e-13)
+
+
+def test_mttkrps_against_einsum(dense):
+    J, W, V, H = dense
+    Jt = DenseJacobian(J)
+    T = Jt.contract_input(V)
+    torch.testing.assert_close(
+        Jt.mttkrp_output(T, H), torch.einsum("ijk,jr,kr->ir", J, V, H), rtol=1e-13, atol=1e-13
+    )
+    torch.testing.assert_close(
+        Jt.mttkrp_input(W, H), torch.einsum("ijk,ir,kr->jr", J, W, H), rtol=1e-13, atol=1e-13
+    )
+    torch.testing.assert_close(
+        Jt.mttkrp_samples(T, W), torch.einsum("ijk,ir,jr->kr", J, W, V), rtol=1e-13, atol=1e-13
+    )
+    # the MTTKRPs against the unfoldings: mode 2 is J_(2) (W kr H), rows (i, k)
+    J2 = J.permute(1, 0, 2).reshape(5, -1)
+    torch.testing.assert_close(Jt.mttkrp_input(W, H), J2 @ khatri_rao(W, H), rtol=1e-13, atol=1e-13)
+
+
+def test_inner_norm_and_residual(dense):
+    J, W, V, H = dense
+    Jt = DenseJacobian(J)
+    K = cp_to_tensor(W, V, H)
+    torch.testing.assert_close(K, torch.einsum("ir,jr,kr->ijk", W, V, H))
+    assert float(Jt.inner(W, V, H)) == pytest.approx(float((J * K).sum()), rel=1e-13)
+    assert float(cp_norm_sq(W, V, H)) == pytest.approx(float((K * K).sum()), rel=1e-13)
+    expected = float(((J - K) ** 2).sum())
+    assert Jt.residual_norm_sq(W, V, H) == pytest.approx(expected, rel=1e-13)
+    # the generic (expanded) residual agrees too
+    assert JacobianTensor.residual_norm_sq(Jt, W, V, H) == pytest.approx(expected, rel=1e-10)
+
+
+def test_residual_is_accurate_when_tiny():
+    W, V, H = _randn(3, 2, seed=5), _randn(4, 2, seed=6), _randn(30, 2, seed=7)
+    J = cp_to_tensor(W, V, H)
+    Jt = DenseJacobian(J)
+    Vp = V * (1 + 1e-10)
+    expected = float(((J - cp_to_tensor(W, Vp, H)) ** 2).sum())
+    # the direct residual resolves a relative error of 1e-10 (squared: 1e-20)
+    assert Jt.residual_norm_sq(W, Vp, H) == pytest.approx(expected, rel=1e-5)
+
+
+def test_layout_without_copy_and_conversions():
+    A = _randn(2, 9, 4)  # (n, N, m) contiguous
+    J = A.permute(0, 2, 1)  # (n, m, N) view
+    Jt = DenseJacobian(J)
+    assert Jt.data.data_ptr() == A.data_ptr()  # no copy
+    Jnp = DenseJacobian(J.numpy())
+    torch.testing.assert_close(Jnp.to_dense(), J)
+    J32 = DenseJacobian(J, dtype=torch.float32)
+    assert J32.dtype == torch.float32
+    assert as_jacobian_tensor(Jt) is Jt
+    assert isinstance(as_jacobian_tensor(J), DenseJacobian)
+
+
+@pytest.mark.parametrize(
+    ("J", "error", "match"),
+    [
+        (torch.zeros(3, 4), ValueError, r"\(n, m, N\)"),
+        (torch.zeros(3, 0, 2), ValueError, r"\(n, m, N\)"),
+        (torch.tensor([[[1.0, float("nan")]]]), ValueError, "NaN or Inf"),
+        (np.array([[["x"]]]), TypeError, "real numbers"),
+        ("J", TypeError, "tensor or array"),
+    ],
+)
+def test_dense_jacobian_bad_input(J, error, match):
+    with pytest.raises(error, match=match):
+        DenseJacobian(J)
+
+
+def _exact_cp(n, m, N, R, seed):
+    W, V, H = _randn(n, R, seed=seed), _randn(m, R, seed=seed + 1), _randn(N, R, seed=seed + 2)
+    return W, V, H, cp_to_tensor(W, V, H)
+
+
+@pytest.mark.parametrize("method", ["tensorly", "nls"])
+def test_cpd_recovers_exact_low_rank_tensor(method):
+    W, V, H, J = _exact_cp(4, 6, 40, 3, seed=10)
+    res = cpd(J, 3, n_starts=2, seed=0, method=method)
+    assert res.relative_error < 1e-12
+    assert len(res.start_errors) == 2 and res.relative_error == min(res.start_errors)
+    # normalised factors, decreasing weights
+    for A in (res.W, res.V, res.H):
+        torch.testing.assert_close(
+            torch.linalg.vector_norm(A, dim=0), torch.ones(3, dtype=torch.float64)
+        )
+    assert torch.all(res.weights[:-1] >= res.weights[1:])
+    K = cp_to_tensor(res.W * res.weights, res.V, res.H)
+    assert float((K - J).norm() / J.norm()) < 1e-12
+    congruence, _ = match_components([W, V, H], [res.W, res.V, res.H])
+    assert congruence.min() > 1 - 1e-10
+
+
+def test_cpd_same_seed_same_result_and_noise_floor():
+    *_, Jc = _exact_cp(3, 5, 30, 2, seed=20)
+    E = 0.01 * _randn(*Jc.shape, seed=99)
+    J = Jc + E
+    a = cpd(J, 2, n_starts=2, seed=3, method="nls")
+    b = cpd(J, 2, n_starts=2, seed=3, method="nls")
+    for x, y in ((a.W, b.W), (a.V, b.V), (a.H, b.H), (a.weights, b.weights)):
+        assert torch.equal(x, y)
+    assert a.relative_error == b.relative_error
+    # the best rank-2 fit is at least as good as the truth (whose residual is the noise)
+    # and cannot absorb much of the noise (76 parameters for 450 entries)
+    noise = float(E.norm() / J.norm())
+    assert 0.8 * noise < a.relative_error <= noise * (1 + 1e-9)
+
+
+def test_cpd_bad_arguments(dense):
+    J, *_ = dense
+    with pytest.raises(ValueError, match="method"):
+        cpd(J, 2, method="magic")
+    with pytest.raises(ValueError, match="rank"):
+        cpd(J, 0)
+    with pytest.raises(TypeError, match="rank"):
+        cpd(J, 2.5)
+    with pytest.raises(ValueError, match="n_starts"):
+        cpd(J, 2, n_starts=0)
+    with pytest.raises(ValueError, match="identically zero"):
+        cpd(torch.zeros(2, 3, 4), 1)
+
+
+def test_match_components_permutation_and_scale():
+    A = _randn(6, 4, seed=30)
+    B = _randn(5, 4, seed=31)
+    perm = np.array([2, 0, 3, 1])
+    scale = torch.tensor([2.0, -0.5, 3.0, -1.0], dtype=torch.float64)
+    cong, p = match_components([A, B], [A[:, perm] * scale, B[:, perm]])
+    np.testing.assert_allclose(cong, 1.0, atol=1e-14)
+    assert np.array_equal(perm[p], np.arange(4))
+    cong2, _ = match_components(A, _randn(6, 4, seed=32))
+    assert cong2.max() < 0.999
+    with pytest.raises(ValueError, match="equal shape"):
+        match_components(A, B)
+
+
+def test_solve_psd_min_norm_on_singular_gram():
+    gen = torch.Generator().manual_seed(0)
+    F = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    F = torch.cat([F, F[:, :1] + F[:, 1:2]], dim=1)  # rank 3 of 4 columns
+    y = torch.randn(2, 50, generator=gen, dtype=torch.float64)
+    X = solve_psd(F.T @ F, y @ F)
+    ref = torch.linalg.lstsq(F, y.T, driver="gelsd").solution.T  # minimum norm
+    torch.testing.assert_close(X, ref, rtol=1e-8, atol=1e-10)
+
+
+def test_pcg_solves_spd_system():
+    gen = torch.Generator().manual_seed(1)
+    B = torch.randn(30, 30, generator=gen, dtype=torch.float64)
+    A = B @ B.T + 30 * torch.eye(30, dtype=torch.float64)
+    b = torch.randn(30, 2, generator=gen, dtype=torch.float64)
+    d = A.diagonal()
+    (x,), it = pcg(
+        lambda v: [A @ v[0]], [b], lambda r: [r[0] / d[:, None]], maxiter=200, rtol=1e-12
+    )
+    torch.testing.assert_close(x, torch.linalg.solve(A, b), rtol=1e-9, atol=1e-10)
+    assert 1 <= it <= 200
+    (x0,), it0 = pcg(
+        lambda v: [A @ v[0]],
+        [torch.zeros(30, 2, dtype=torch.float64)],
+        lambda r: r,
+        maxiter=5,
+        rtol=1e-6,
+    )
+    assert it0 == 0 and torch.count_nonzero(x0) == 0

@@ -1,0 +1,482 @@
+"""Tests of tenflex.fit: exact recovery of decoupled functions, noise floors, monotone cost
+histories, determinism, the lam trade-off, the Gauss-Newton algebra against autograd, and
+input validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tenflex.basis import make_basis
+from tenflex.cpd import DenseJacobian, match_components
+from tenflex.fit import (
+    FitResult,
+    _JointGN,
+    _make_state,
+    _Problem,
+    _VStepper,
+    cmtf_als,
+    decouple_cpd,
+)
+from tenflex.model import DecoupledFunction
+from tenflex.sampling import sample_function
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # Tiny problems are dominated by thread synchronisation on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _truth(n, m, R, name, D, N, seed=0, **options):
+    """Noise-free samples of a random decoupled function; its basis map fitted to X V."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, R, generator=gen, dtype=torch.float64)
+    V = torch.randn(m, R, generator=gen, dtype=torch.float64)
+    C = torch.randn(D, R, generator=gen, dtype=torch.float64)
+    b = torch.randn(n, generator=gen, dtype=torch.float64)
+    X = torch.randn(N, m, generator=gen, dtype=torch.float64)
+    f = DecoupledFunction(W, V, C, b, make_basis(name, D, **options).fit_domain(X @ V))
+    Y, J = f.outputs_and_jacobian(X)
+    return f, X, Y, J
+
+
+def _errors(model, X, Y, J):
+    """Relative output error (to the centred outputs' norm) and Jacobian error."""
+    Yh, Jh = model.outputs_and_jacobian(X)
+    ey = float((Yh - Y).norm() / (Y - Y.mean(0)).norm())
+    ej = float((Jh - J).norm() / J.norm())
+    return ey, ej
+
+
+def _congruence(truth, model):
+    cong, _ = match_components([truth.W, truth.V], [model.W, model.V])
+    return float(cong.min())
+
+
+def _perturbed(f, level, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+
+    def p(A):
+        E = torch.randn(A.shape, generator=gen, dtype=A.dtype)
+        return A + level * E * A.norm() / E.norm()
+
+    return DecoupledFunction(p(f.W), p(f.V), p(f.C), f.b.clone(), f.basis.clone())
+
+
+def _monotone(cost):
+    return bool(np.all(np.diff(cost) <= 0)) and np.all(np.isfinite(cost))
+
+
+CASES = [
+    # n, m, R, basis, D, options
+    (3, 5, 3, "monomial", 3, {}),
+    (4, 6, 2, "chebyshev", 4, {}),
+    (3, 4, 2, "legendre", 3, {}),
+    (4, 5, 3, "bspline", 6, {"degree": 3}),
+]
+
+
+@pytest.mark.parametrize(("n", "m", "R", "name", "D", "options"), CASES)
+def test_decouple_cpd_recovers_decoupled_function(n, m, R, name, D, options):
+    f, X, Y, J = _truth(n, m, R, name, D, 300, seed=n + m + R, **options)
+    res = decouple_cpd(
+        X, Y, J, R, name, D, basis_options=options or None, n_starts=2, cpd_method="nls"
+    )
+    assert isinstance(res, FitResult) and res.method == "decouple_cpd"
+    ey, ej = _errors(res.model, X, Y, J)
+    assert ey < 1e-8 and ej < 1e-8
+    assert _congruence(f, res.model) > 0.999
+    assert res.relative_error_jacobian < 1e-8 and res.info["cpd_relative_error"] < 1e-8
+    assert res.converged and len(res.cost) == 1
+
+
+def test_decouple_cpd_with_tensorly_cpd():
+    f, X, Y, J = _truth(4, 6, 2, "monomial", 3, 200, seed=3)
+    res = decouple_cpd(X, Y, J, 2, "monomial", 3, n_starts=1, cpd_method="tensorly")
+    ey, ej = _errors(res.model, X, Y, J)
+    assert ey < 1e-8 and ej < 1e-8 and _congruence(f, res.model) > 0.999
+
+
+@pytest.mark.parametrize("solver", ["als", "gn"])
+@pytest.mark.parametrize(("n", "m", "R", "name", "D", "options"), CASES[::3])
+def test_cmtf_from_cpd_init_stays_exact(solver, n, m, R, name, D, options):
+    f, X, Y, J = _truth(n, m, R, name, D, 300, seed=n + m + R, **options)
+    res = cmtf_als(
+        X,
+        Y,
+        J,
+        R,
+        name,
+        D,
+        basis_options=options or None,
+        solver=solver,
+        cpd_options={"n_starts": 2, "cpd_method": "nls"},
+    )
+    ey, ej = _errors(res.model, X, Y, J)
+    assert ey < 1e-8 and ej < 1e-8 and _congruence(f, res.model) > 0.999
+    assert _monotone(res.cost) and res.converged
+
+
+@pytest.mark.parametrize("solver", ["als", "gn"])
+@pytest.mark.parametrize(
+    ("n", "m", "R", "name", "D"), [(3, 5, 3, "monomial", 3), (4, 6, 2, "chebyshev", 4)]
+)
+def test_cmtf_recovers_polynomial_truth_from_random_starts(solver, n, m, R, name, D):
+    # From random starts (3 seeded, best kept) both solvers find the decoupled polynomial.
+    f, X, Y, J = _truth(n, m, R, name, D, 300, seed=n + m + R)
+    res = cmtf_als(X, Y, J, R, name, D, init="random", n_starts=3, solver=solver, max_iter=300)
+    ey, ej = _errors(res.model, X, Y, J)
+    assert ey < 1e-8 and ej < 1e-8 and _congruence(f, res.model) > 0.999
+    assert len(res.start_costs) == 3 and res.cost[-1] == min(res.start_costs)
+
+
+def test_cmtf_gn_recovers_bspline_truth_from_perturbed_truth():
+    # B-spline branches are exactly representable only with the truth's knots, i.e. its
+    # affine map: a start that shares the basis configuration reuses that map. From 1%
+    # perturbations of W, V, C the joint Gauss-Newton solver converges to the truth.
+    f, X, Y, J = _truth(4, 5, 3, "bspline", 6, 400, seed=7)
+    res = cmtf_als(X, Y, J, 3, "bspline", 6, init=_perturbed(f, 0.01), solver="gn")
+    ey, ej = _errors(res.model, X, Y, J)
+    assert ey < 1e-8 and ej < 1e-8 and _congruence(f, res.model) > 0.999
+    assert torch.equal(res.model.basis.scale, f.basis.scale)
+    assert _monotone(res.cost) and res.converged
+
+
+def test_cmtf_als_from_perturbed_bspline_truth_converges_monotonically():
+    # Block coordinate descent is slower (linear rate; the V scale and C trade off along
+    # a shallow valley) but its cost decreases monotonically by orders of magnitude.
+    f, X, Y, J = _truth(4, 5, 3, "bspline", 6, 400, seed=7)
+    res = cmtf_als(X, Y, J, 3, "bspline", 6, init=_perturbed(f, 0.01), max_iter=60)
+    assert _monotone(res.cost)
+    assert res.cost_jacobian[-1] < 1e-3 * res.cost_jacobian[0]
+    assert _congruence(f, res.model) > 0.999
+
+
+def _noisy(X, Y, J, sigma, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    EJ = torch.randn(J.shape, generator=gen, dtype=J.dtype)
+    EY = torch.randn(Y.shape, generator=gen, dtype=Y.dtype)
+    EJ *= sigma * J.norm() / EJ.norm()
+    EY *= sigma * (Y - Y.mean(0)).norm() / EY.norm()
+    return Y + EY, J + EJ
+
+
+@pytest.mark.parametrize("solver", ["als", "gn"])
+def test_noise_floor(solver):
+    sigma = 0.01
+    _f, X, Y, J = _truth(4, 5, 3, "monomial", 3, 400, seed=11)
+    Yn, Jn = _noisy(X, Y, J, sigma)
+    res = cmtf_als(
+        X, Yn, Jn, 3, "monomial", 3, solver=solver, cpd_options={"n_starts": 2, "cpd_method": "nls"}
+    )
+    ey, ej = _errors(res.model, X, Yn, Jn)
+    # 42 parameters against 10,000 equations: the residual is the noise, neither much
+    # less (overfitting) nor more (underfitting)
+    assert 0.9 * sigma < ey < 1.1 * sigma
+    assert 0.9 * sigma < ej < 1.1 * sigma
+    # and the model is much closer to the clean function than the data are
+    ey0, ej0 = _errors(res.model, X, Y, J)
+    assert ey0 < 0.2 * sigma and ej0 < 0.2 * sigma
+    assert _monotone(res.cost)
+    # decouple_cpd, which fits the branches to the Jacobians only, is near the floor too
+    dec = decouple_cpd(X, Yn, Jn, 3, "monomial", 3, n_starts=2, cpd_method="nls")
+    ey, ej = _errors(dec.model, X, Yn, Jn)
+    assert 0.9 * sigma < ej < 1.2 * sigma and ey < 2 * sigma
+
+
+@pytest.mark.parametrize(
+    ("solver", "lam", "name", "D", "ridge", "init"),
+    [
+        ("als", 1.0, "bspline", 6, 0.0, "random"),
+        ("als", 0.0, "bspline", 6, 0.0, "random"),
+        ("als", 1.0, "hinge", 5, 1e-6, "random"),
+        ("gn", 1.0, "bspline", 6, 0.0, "random"),
+        ("gn", 0.0, "chebyshev", 4, 1e-6, "random"),
+        ("gn", 10.0, "hinge", 5, 0.0, "cpd"),
+    ],
+)
+def test_cost_history_never_increases(solver, lam, name, D, ridge, init):
+    _f, X, Y, J = _truth(3, 4, 2, "chebyshev", 3, 250, seed=13)
+    Yn, Jn = _noisy(X, Y, J, 0.05)
+    res = cmtf_als(
+        X,
+        Yn,
+        Jn,
+        2,
+        name,
+        D,
+        lam=lam,
+        solver=solver,
+        ridge=ridge,
+        init=init,
+        max_iter=40,
+        seed=4,
+        cpd_options={"n_starts": 1, "cpd_method": "nls"},
+    )
+    cost = res.cost
+    assert len(cost) == res.n_iter + 1 == len(res.cost_jacobian) == len(res.cost_output)
+    assert _monotone(cost)
+    assert np.all(np.diff(cost) <= 1e-12 * cost[:-1])
+    assert cost[-1] < cost[0]
+    # the recorded total is the sum of its terms (plus the ridge penalty)
+    m = res.model
+    penalty = ridge * float((m.W**2).sum() + (m.C**2).sum())
+    assert cost[-1] == pytest.approx(
+        res.cost_jacobian[-1] + lam * res.cost_output[-1] + penalty, rel=1e-12, abs=1e-15
+    )
+    # and it is the cost of the returned model
+    ey, ej = _errors(m, X, Yn, Jn)
+    assert ej**2 == pytest.approx(res.cost_jacobian[-1], rel=1e-8)
+    assert ey**2 == pytest.approx(res.cost_output[-1], rel=1e-8)
+    assert res.stop_reason and isinstance(res.converged, bool) and res.time_s > 0
+
+
+@pytest.mark.parametrize("solver", ["als", "gn"])
+def test_same_seed_bitwise_identical(solver):
+    _f, X, Y, J = _truth(3, 4, 2, "monomial", 3, 200, seed=17)
+    Yn, Jn = _noisy(X, Y, J, 0.02)
+    kw = {"init": "random", "n_starts": 2, "max_iter": 15, "solver": solver}
+    a = cmtf_als(X, Yn, Jn, 2, "bspline", 5, seed=123, **kw)
+    b = cmtf_als(X, Yn, Jn, 2, "bspline", 5, seed=123, **kw)
+    c = cmtf_als(X, Yn, Jn, 2, "bspline", 5, seed=124, **kw)
+    for name in ("W", "V", "C", "b"):
+        assert torch.equal(getattr(a.model, name), getattr(b.model, name))
+    assert np.array_equal(a.cost, b.cost) and np.array_equal(a.start_costs, b.start_costs)
+    assert torch.equal(a.model.basis.scale, b.model.basis.scale)
+    assert not torch.equal(a.model.V, c.model.V)
+
+
+def test_lam_trades_the_two_terms():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    s = sample_function(net, torch.randn(300, 4, generator=torch.Generator().manual_seed(1)))
+    # a tanh network is not a rank-2 decoupled function: the two terms compete
+    for solver, max_iter in (("gn", 100), ("als", 40)):
+        fits = {
+            lam: cmtf_als(
+                s.X,
+                s.Y,
+                s.J,
+                2,
+                "bspline",
+                6,
+                lam=lam,
+                solver=solver,
+                max_iter=max_iter,
+                cpd_options={"n_starts": 2, "cpd_method": "nls"},
+            )
+            for lam in (0.0, 1e4)
+        }
+        assert fits[0.0].cost_jacobian[-1] < fits[1e4].cost_jacobian[-1]
+        assert fits[0.0].cost_output[-1] > fits[1e4].cost_output[-1]
+
+
+def test_jacobian_tensor_input_and_numpy_input_agree():
+    _f, X, Y, J = _truth(3, 4, 2, "monomial", 3, 150, seed=19)
+    Yn, Jn = _noisy(X, Y, J, 0.05)
+    kw = {"init": "random", "max_iter": 10, "solver": "gn"}
+    a = cmtf_als(X, Yn, Jn, 2, "monomial", 3, **kw)
+    b = cmtf_als(X.numpy(), Yn.numpy(), DenseJacobian(Jn), 2, "monomial", 3, **kw)
+    torch.testing.assert_close(a.model.V, b.model.V, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a.cost, b.cost, rtol=1e-12)
+
+
+def test_init_options():
+    f, X, Y, J = _truth(3, 4, 2, "monomial", 3, 150, seed=23)
+    # a DecoupledFunction with the same basis configuration: W, V, C, b and the map reused
+    res = cmtf_als(X, Y, J, 2, "monomial", 3, init=f, max_iter=0)
+    assert res.n_iter == 0 and len(res.cost) == 1 and res.cost[0] < 1e-26
+    torch.testing.assert_close(res.model.C, f.C)
+    # dict(W=, V=): C and b are fitted (exactly, since the truth is polynomial)
+    res = cmtf_als(X, Y, J, 2, "monomial", 3, init={"W": f.W, "V": f.V}, max_iter=0)
+    assert res.cost[0] < 1e-24
+    # a different basis: W, V, b are used, C is fitted in the new basis
+    res = cmtf_als(X, Y, J, 2, "bspline", 6, init=f, max_iter=3)
+    assert res.model.basis.name == "bspline" and _monotone(res.cost)
+    # a Basis instance is cloned, not modified
+    basis = make_basis("chebyshev", 3)
+    res = cmtf_als(X, Y, J, 2, basis, init="random", max_iter=2)
+    assert not basis.is_fitted and res.model.basis is not basis
+
+
+def test_callback_and_verbose(capsys):
+    _f, X, Y, J = _truth(3, 4, 2, "monomial", 3, 150, seed=29)
+    seen = []
+
+    def cb(info):
+        seen.append(info["iteration"])
+        return info["iteration"] == 3
+
+    res = cmtf_als(X, Y, J, 2, "monomial", 3, init="random", callback=cb, max_iter=50, tol=0.0)
+    assert seen == [1, 2, 3] and res.n_iter == 3 and res.stop_reason == "stopped by callback"
+    assert not res.converged
+    assert capsys.readouterr().out == ""
+    cmtf_als(X, Y, J, 2, "monomial", 3, init="random", max_iter=2, verbose=True)
+    assert "cmtf_als it" in capsys.readouterr().out
+
+
+def test_max_iter_stop_reason():
+    _f, X, Y, J = _truth(3, 4, 2, "monomial", 3, 150, seed=31)
+    res = cmtf_als(X, Y, J, 2, "bspline", 6, init="random", max_iter=2, tol=0.0)
+    assert res.n_iter == 2 and not res.converged and "max_iter" in res.stop_reason
+
+
+# ------------------------------------------------------------------ Gauss-Newton algebra
+def _residual_fn(prob, basis, with_b):
+    """Weighted residual vector r(θ) whose squared norm is the cost (without ridge)."""
+    X, Y = prob.X, prob.Y
+    A = prob.Jt.to_dense()
+
+    def r(W, b, C, V):
+        Z = X @ V
+        Phi, dPhi = basis.values_and_derivatives(Z)
+        G = torch.einsum("krd,dr->kr", Phi, C)
+        H = torch.einsum("krd,dr->kr", dPhi, C)
+        K = torch.einsum("ir,jr,kr->ijk", W, V, H)
+        rj = (A - K).reshape(-1) * prob.a_j**0.5
+        if not with_b:
+            return rj
+        ry = (Y - b - G @ W.T).reshape(-1) * prob.a_y**0.5
+        return torch.cat([rj, ry])
+
+    return r
+
+
+# torch's forward-mode AD set-up (torch.func.jvp) scripts its decompositions on first use
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")
+@pytest.mark.parametrize("lam", [0.0, 0.7])
+@pytest.mark.parametrize("name", ["monomial", "bspline"])
+def test_gauss_newton_gradient_and_operator_match_autograd(lam, name):
+    f, X, Y, J = _truth(3, 4, 2, "chebyshev", 3, 40, seed=37)
+    D = 3 if name == "monomial" else 5
+    basis = make_basis(name, D).fit_domain(X @ f.V)
+    prob = _Problem(X, Y + 0.1, DenseJacobian(J + 0.01), basis, lam, 0.0)
+    gen = torch.Generator().manual_seed(0)
+    W, V = f.W + 0.1, f.V - 0.05
+    C = torch.randn(D, 2, generator=gen, dtype=torch.float64)
+    b = torch.randn(3, generator=gen, dtype=torch.float64)
+    st = _make_state(prob, W, V, C, b)
+    with_b = lam > 0
+    r = _residual_fn(prob, basis, with_b)
+    theta = (st.W, st.b, st.C, st.V)
+    d = tuple(torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in theta)
+    res0 = r(*theta)
+    # minus half the gradient = J_r^T r ; Gauss-Newton operator = J_r^T J_r
+    _, vjp = torch.func.vjp(r, *theta)
+    g_ref = tuple(-g for g in vjp(res0))  # r = data - model: -grad/2 = -J_r^T r
+    _, jd = torch.func.jvp(r, theta, d)
+    a_ref = vjp(jd)
+    # cost of the state is |r|^2
+    assert st.total == pytest.approx(float(res0 @ res0), rel=1e-10)
+
+    joint = _JointGN(prob, 10)
+    H2 = prob.second_derivative(st.Z, st.C)
+    parts = joint._linear_parts(st, H2)
+    keep = [0, 1, 2, 3] if with_b else [0, 2, 3]
+    grad = joint.gradient(st, parts)
+    applied = joint._apply(parts, [d[i] for i in keep], with_b)
+    for k, i in enumerate(keep):
+        torch.testing.assert_close(grad[k], g_ref[i], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(applied[k], a_ref[i], rtol=1e-9, atol=1e-12)
+
+    # the V stepper's gradient and operator are the V blocks of the joint ones
+    vs = _VStepper(prob, 10)
+    torch.testing.assert_close(vs.gradient(st, H2), g_ref[3], rtol=1e-9, atol=1e-12)
+    dV = d[3]
+    zero = [torch.zeros_like(t) for t in theta]
+    _, jdv = torch.func.jvp(r, theta, (zero[0], zero[1], zero[2], dV))
+    torch.testing.assert_close(vs.operator(st, H2, 0.0)(dV), vjp(jdv)[3], rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ validation
+@pytest.fixture(scope="module")
+def small():
+    return _truth(3, 4, 2, "monomial", 3, 60, seed=41)
+
+
+@pytest.mark.parametrize("fit", [decouple_cpd, cmtf_als])
+def test_bad_shapes_and_values(small, fit):
+    _f, X, Y, J = small
+    with pytest.raises(ValueError, match=r"X must have shape \(N, m\) = \(60, 4\)"):
+        fit(X[:, :3], Y, J, 2)
+    with pytest.raises(ValueError, match=r"Y must have shape \(N, n\) = \(60, 3\)"):
+        fit(X, Y[:50], J, 2)
+    with pytest.raises(ValueError, match=r"\(n, m, N\)"):
+        fit(X, Y, J[0], 2)
+    Xn = X.clone()
+    Xn[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        fit(Xn, Y, J, 2)
+    Yn = Y.clone()
+    Yn[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="Y contains NaN or Inf"):
+        fit(X, Yn, J, 2)
+    Jn = J.clone()
+    Jn[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="J contains NaN or Inf"):
+        fit(X, Y, Jn, 2)
+    with pytest.raises(ValueError, match="rank must be in"):
+        fit(X, Y, J, 0)
+    with pytest.raises(ValueError, match=r"min\(n\*m, N\)"):
+        fit(X, Y, J, 13)
+    with pytest.raises(TypeError, match="rank must be an int"):
+        fit(X, Y, J, 2.0)
+    with pytest.raises(ValueError, match="unknown basis"):
+        fit(X, Y, J, 2, "wavelet")
+    with pytest.raises(ValueError, match="identically zero"):
+        fit(X, Y, torch.zeros_like(J), 2)
+
+
+def test_too_few_sampling_points():
+    _f, X, Y, J = _truth(2, 3, 2, "monomial", 3, 60, seed=43)
+    # N = 3 points: 3 * (2 * 3 + 2) = 24 equations for 2 * (2 + 3 + 8) + 2 = 28 unknowns
+    with pytest.raises(ValueError, match="too few sampling points"):
+        cmtf_als(X[:3], Y[:3], J[:, :, :3], 2, "bspline", 8)
+    with pytest.raises(ValueError, match="too few sampling points"):
+        decouple_cpd(X[:2], Y[:2], J[:, :, :2], 2, "monomial", 3)
+
+
+def test_bad_options(small):
+    f, X, Y, J = small
+    with pytest.raises(ValueError, match="lam must be"):
+        cmtf_als(X, Y, J, 2, lam=-1.0)
+    with pytest.raises(ValueError, match="ridge must be"):
+        cmtf_als(X, Y, J, 2, ridge=float("nan"))
+    with pytest.raises(ValueError, match="init must be one of"):
+        cmtf_als(X, Y, J, 2, init="zeros")
+    with pytest.raises(TypeError, match="init must be"):
+        cmtf_als(X, Y, J, 2, init=3)
+    with pytest.raises(ValueError, match="keys 'W' and 'V'"):
+        cmtf_als(X, Y, J, 2, init={"W": f.W})
+    with pytest.raises(ValueError, match="init W and V must have shapes"):
+        cmtf_als(X, Y, J, 2, init={"W": f.W, "V": f.V[:3]})
+    with pytest.raises(ValueError, match="init DecoupledFunction"):
+        cmtf_als(X, Y, J, 1, init=f)
+    with pytest.raises(ValueError, match="n_starts=2 needs a random"):
+        cmtf_als(X, Y, J, 2, init=f, n_starts=2)
+    with pytest.raises(ValueError, match="solver must be"):
+        cmtf_als(X, Y, J, 2, solver="sgd")
+    with pytest.raises(ValueError, match="Y is constant"):
+        cmtf_als(X, torch.ones_like(Y), J, 2, lam=1.0)
+    with pytest.raises(TypeError, match="dtype"):
+        cmtf_als(X, Y, DenseJacobian(J, dtype=torch.float32), 2)
+    with pytest.raises(TypeError, match="cpd_options"):
+        cmtf_als(X, Y, J, 2, cpd_options={"colour": 1})
+    with pytest.raises(TypeError, match="basis must be"):
+        cmtf_als(X, Y, J, 2, basis=5)
+
+
+@pytest.mark.parametrize("solver", ["als", "gn"])
+def test_float32(solver):
+    _f, X, Y, J = _truth(3, 5, 3, "monomial", 3, 300, seed=47)
+    res = cmtf_als(
+        X.float(), Y.float(), J.float(), 3, "monomial", 3, dtype=torch.float32, solver=solver
+    )
+    assert res.model.W.dtype == torch.float32 and res.model.basis.scale.dtype == torch.float32
+    ey, ej = _errors(res.model.to(torch.float64), X, Y, J)
+    assert ey < 1e-5 and ej < 1e-5 and _monotone(res.cost)
