@@ -1,0 +1,358 @@
+"""Benchmark: compression of LeNet-5 on MNIST with tensorial and plain low-rank layers.
+
+For every rate (default 5 %, 10 %, 20 %) and every form (reshaped CP / Tucker / tensor
+train and plain CP / Tucker-2 / tensor train, truncated SVD for the fully connected
+layers), the pretrained LeNet-5 (:func:`tenflex.zoo.pretrained`) is compressed with
+:func:`tenflex.nn.compress_tnn.compress_and_train`: its layers conv2, fc1 and fc2 are
+decomposed at the rate, distilled block by block, fine-tuned end to end with
+cross-entropy on the MNIST training set, and evaluated on the MNIST test set. Each
+compressed layer's forward pass is timed against the dense layer's at batch 256 on the CPU
+(inputs: the activations the pretrained network feeds the layer on test images).
+
+The result is a JSON file (default ``benchmarks/results/bench_tnn.json``; with ``--quick``
+``benchmarks/results/bench_tnn_quick.json``) with a machine description, the date, the
+command, the settings, one entry per (form, rate) and the two targets of the chapter:
+
+* at a 10 % rate the best reshaped form is within 0.5 percentage points of the
+  uncompressed network;
+* at each rate every reshaped form is at least as accurate as the plain form of its family.
+
+The file is rewritten after every finished entry; running the same command again skips
+the entries already there (``--fresh`` starts over). Entries made with other settings are
+never mixed in: the script refuses to resume from a file with different settings.
+
+Threads: ``--threads`` (default 1) sets both torch's and the BLAS thread pools. On a CPU
+shared with other jobs, LeNet-5-sized operations run many times slower with two threads
+than with one (threads wait for each other), so one thread is the default.
+
+Usage::
+
+    python benchmarks/bench_tnn.py              # full run (about 30 min of CPU time, 1 core)
+    python benchmarks/bench_tnn.py --quick      # one rate, small data (under a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tenflex import zoo
+from tenflex.nn.compress_tnn import (
+    FAMILY,
+    FORMS,
+    PLAIN,
+    RESHAPED,
+    DenseEvaluation,
+    compress_and_train,
+    default_layers,
+    layer_inputs,
+    time_forward,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RATES = (0.05, 0.1, 0.2)
+
+#: Training settings of the full run and of ``--quick``.
+FULL = {
+    "rates": list(RATES),
+    "n_train": None,          # all 60000 training images
+    "n_test": None,           # all 10000 test images
+    "distill_samples": None,  # distil on all training images
+    "distill_epochs": 2,
+    "distill_lr": 3e-3,
+    "finetune_samples": None,
+    "finetune_epochs": 8,
+    "finetune_lr": 3e-3,
+    "batch_size": 128,
+    "timing_batch": 256,
+    "timing_repeat": 30,
+    "seed": 0,
+}
+QUICK = {
+    **FULL,
+    "rates": [0.1],
+    "n_train": 5000,
+    "n_test": 2000,
+    "distill_samples": 2000,
+    "distill_epochs": 1,
+    "finetune_epochs": 1,
+    "timing_repeat": 5,
+}
+#: Targets: the best reshaped form at this rate within this many points of the dense net.
+TARGET_RATE = 0.1
+TARGET_GAP_PP = 0.5
+
+
+def machine_description(threads: int) -> dict[str, Any]:
+    """Platform, processor, CPU count, library versions, threads, load, date."""
+    processor = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count()
+    import tensorly
+
+    return {
+        "platform": platform.platform(),
+        "processor": processor,
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "blas_threads": threads,
+        "numpy": np.__version__,
+        "tensorly": tensorly.__version__,
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    """Write through a temporary file and ``os.replace``: never a half-written result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1)
+            handle.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result is for everyone
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def entry_key(form: str, rate: float) -> str:
+    return f"{form}@{rate:g}"
+
+
+def targets(result: dict) -> dict[str, Any]:
+    """Evaluate the two targets on the entries present (None where entries are missing)."""
+    dense = result["dense"]["test_accuracy"]
+    entries = result["entries"]
+    out: dict[str, Any] = {}
+    key_rate = TARGET_RATE if TARGET_RATE in result["settings"]["rates"] else None
+    if key_rate is not None:
+        accs = {f: entries[entry_key(f, key_rate)]["accuracy"]["fine_tuned"]
+                for f in RESHAPED if entry_key(f, key_rate) in entries}
+        if len(accs) == len(RESHAPED):
+            best = max(accs, key=accs.get)
+            gap = 100 * (dense - accs[best])
+            out["best_reshaped_within_gap"] = {
+                "rate": key_rate, "best_form": best, "accuracy": accs[best],
+                "dense_accuracy": dense, "gap_pp": gap, "allowed_gap_pp": TARGET_GAP_PP,
+                "holds": bool(gap <= TARGET_GAP_PP),
+            }
+    pairs = []
+    for rate in result["settings"]["rates"]:
+        for reshaped in RESHAPED:
+            plain = next(p for p in PLAIN if FAMILY[p] == FAMILY[reshaped])
+            kr, kp = entry_key(reshaped, rate), entry_key(plain, rate)
+            if kr in entries and kp in entries:
+                ar = entries[kr]["accuracy"]["fine_tuned"]
+                ap = entries[kp]["accuracy"]["fine_tuned"]
+                pairs.append({
+                    "rate": rate, "family": FAMILY[reshaped], "reshaped": reshaped,
+                    "plain": plain, "reshaped_accuracy": ar, "plain_accuracy": ap,
+                    "difference_pp": 100 * (ar - ap), "holds": bool(ar >= ap),
+                })
+    out["reshaped_at_least_plain"] = pairs
+    return out
+
+
+def time_entry(model: torch.nn.Module, pretrained: torch.nn.Module, names: list[str],
+               inputs: dict[str, torch.Tensor], x_net: torch.Tensor, repeat: int) -> dict:
+    """Forward time of every compressed layer next to its dense layer, and of the network."""
+    layers = {}
+    for name in names:
+        layer, dense = model.get_submodule(name), pretrained.get_submodule(name)
+        x = inputs[name]
+        # Dense and compressed timed back to back, twice, so that load changes on a shared
+        # machine hit both alike; the medians of the two rounds are averaged.
+        t_dense, t_comp = [], []
+        for _ in range(2):
+            t_dense.append(time_forward(dense, x, repeat=repeat))
+            t_comp.append(time_forward(layer, x, repeat=repeat))
+        row = {
+            "dense_s": float(np.mean(t_dense)),
+            "compressed_s": float(np.mean(t_comp)),
+            "module": type(layer).__name__,
+        }
+        if hasattr(layer, "ranks") and type(layer).__name__.startswith("Tensorial"):
+            row["formed_kernel_s"] = time_forward(DenseEvaluation(layer), x, repeat=repeat)
+        row["speedup"] = row["dense_s"] / row["compressed_s"]
+        layers[name] = row
+    net = {
+        "dense_s": time_forward(pretrained, x_net, repeat=repeat),
+        "compressed_s": time_forward(model, x_net, repeat=repeat),
+    }
+    return {"layers": layers, "network": net}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="one rate (10 %%), 5000 training / 2000 test images, 1 epoch")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default benchmarks/results/bench_tnn.json, or "
+                             "bench_tnn_quick.json with --quick)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and BLAS threads (default 1, see the module docstring)")
+    parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore entries of an existing result file and start over")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+
+    settings = dict(QUICK if args.quick else FULL)
+    settings["forms"] = list(args.forms)
+    out = args.out or ROOT / "benchmarks" / "results" / (
+        "bench_tnn_quick.json" if args.quick else "bench_tnn.json")
+
+    torch.set_num_threads(args.threads)
+    limiter = contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(args.threads)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+
+    with limiter:
+        return run(settings, out, args)
+
+
+def run(settings: dict, out: Path, args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    pretrained, info = zoo.pretrained("lenet5", return_info=True, progress=not args.no_progress)
+    x_train, y_train = zoo.mnist_tensors("train")
+    x_test, y_test = zoo.mnist_tensors("test")
+    if settings["n_train"] is not None:
+        x_train, y_train = x_train[: settings["n_train"]], y_train[: settings["n_train"]]
+    if settings["n_test"] is not None:
+        x_test, y_test = x_test[: settings["n_test"]], y_test[: settings["n_test"]]
+    names = default_layers(pretrained)
+    settings = {**settings, "layers": names, "pretrained_key": info["key"] if info else None}
+
+    result: dict[str, Any] = {}
+    if out.is_file() and not args.fresh:
+        old = json.loads(out.read_text())
+        if old.get("settings") != settings:
+            print(f"{out} holds a run with other settings; pass --fresh to overwrite it "
+                  "or --out to write elsewhere", file=sys.stderr)
+            return 2
+        result = old
+    if not result:
+        result = {"benchmark": "bench_tnn", "settings": settings, "entries": {}}
+    result["machine"] = machine_description(args.threads)
+    result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    result["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+
+    # The uncompressed network: accuracy, layer sizes, inputs for the timings.
+    gen = torch.Generator().manual_seed(settings["seed"])
+    idx = torch.randperm(x_test.shape[0], generator=gen)[: settings["timing_batch"]]
+    x_net = x_test[idx]
+    inputs = layer_inputs(pretrained, names, x_net)
+    result["dense"] = {
+        "test_accuracy": zoo.evaluate(pretrained, x_test, y_test),
+        "n_parameters": sum(p.numel() for p in pretrained.parameters()),
+        "pretrained_info": info,
+        "layers": {
+            n: {
+                "n_parameters": sum(p.numel() for p in pretrained.get_submodule(n).parameters()),
+                "input_shape": list(inputs[n].shape[1:]),
+                "module": repr(pretrained.get_submodule(n)),
+            }
+            for n in names
+        },
+    }
+
+    todo = [(rate, form) for rate in settings["rates"] for form in settings["forms"]]
+    done = sum(entry_key(f, r) in result["entries"] for r, f in todo)
+    bar = tqdm(total=len(todo), initial=done, desc="bench_tnn", unit="net",
+               disable=args.no_progress)
+    for rate, form in todo:
+        key = entry_key(form, rate)
+        if key in result["entries"]:
+            continue
+        bar.set_postfix(form=form, rate=rate)
+        t0, c0 = time.perf_counter(), time.process_time()
+        model, res = compress_and_train(
+            pretrained, form, rate, (x_train, y_train), (x_test, y_test),
+            distill_samples=settings["distill_samples"],
+            distill_epochs=settings["distill_epochs"], distill_lr=settings["distill_lr"],
+            finetune_samples=settings["finetune_samples"],
+            finetune_epochs=settings["finetune_epochs"], finetune_lr=settings["finetune_lr"],
+            batch_size=settings["batch_size"], seed=settings["seed"],
+        )
+        entry = res.to_dict()
+        entry["timing"] = time_entry(model, pretrained, names, inputs, x_net,
+                                     settings["timing_repeat"])
+        entry["wall_s"] = time.perf_counter() - t0
+        entry["cpu_s"] = time.process_time() - c0  # all threads; unaffected by other jobs
+        result["entries"][key] = entry
+        result["targets"] = targets(result)
+        result["complete"] = False
+        atomic_write_json(out, result)
+        bar.update(1)
+    bar.close()
+
+    result["targets"] = targets(result)
+    result["complete"] = all(entry_key(f, r) in result["entries"] for r in settings["rates"]
+                             for f in FORMS)
+    result["elapsed_s_this_run"] = time.perf_counter() - t_start
+    result["wall_s_entries"] = sum(e["wall_s"] for e in result["entries"].values())
+    cpu = [e["cpu_s"] for e in result["entries"].values() if "cpu_s" in e]
+    result["cpu_s_entries"] = {"total": sum(cpu), "n_entries_measured": len(cpu)}
+    result["machine"]["load_average_at_end"] = (
+        list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
+    atomic_write_json(out, result)
+
+    print(f"wrote {out}")
+    dense = result["dense"]["test_accuracy"]
+    print(f"uncompressed LeNet-5: {100 * dense:.2f} %, {result['dense']['n_parameters']} params")
+    print(f"{'rate':>5} {'form':>7} {'params':>7} {'acc %':>6}  forward ms (conv2 fc1 fc2)")
+    for rate, form in todo:
+        e = result["entries"][entry_key(form, rate)]
+        ms = " ".join(f"{1e3 * e['timing']['layers'][n]['compressed_s']:.3f}" for n in names)
+        print(f"{rate:5.2f} {form:>7} {e['n_compressed_layers']:7d} "
+              f"{100 * e['accuracy']['fine_tuned']:6.2f}  {ms}")
+    t = result["targets"]
+    if "best_reshaped_within_gap" in t:
+        g = t["best_reshaped_within_gap"]
+        print(f"target 1 ({'holds' if g['holds'] else 'MISSED'}): best reshaped form at "
+              f"{g['rate']:g}: {g['best_form']} {100 * g['accuracy']:.2f} %, "
+              f"{g['gap_pp']:.2f} points below the dense network (allowed {TARGET_GAP_PP})")
+    for p in t["reshaped_at_least_plain"]:
+        print(f"target 2 ({'holds' if p['holds'] else 'MISSED'}): rate {p['rate']:g} "
+              f"{p['reshaped']} {100 * p['reshaped_accuracy']:.2f} % vs {p['plain']} "
+              f"{100 * p['plain_accuracy']:.2f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,850 @@
+"""Compress every convolution and fully connected layer of a network at one rate.
+
+The experiment of Su et al. (2018), *Tensorial Neural Networks*: each compressed layer of a
+pretrained network is replaced by a factorized layer with (at most) a given fraction of its
+parameters, the factorized layers are trained block by block to reproduce the pretrained
+layers on the pretrained network's activations, then the whole network is fine-tuned end
+to end, and its test accuracy is compared across forms at the same rate.
+
+Forms and families
+------------------
+==========  ==============================  ==================================
+form        convolution                     fully connected
+==========  ==============================  ==================================
+``rcp``     reshaped CP                     reshaped CP
+``rtk``     reshaped Tucker                 reshaped Tucker
+``rtt``     reshaped tensor train           reshaped tensor train (TT-matrix)
+``cp``      CP (Lebedev et al. 2015)        truncated SVD
+``tucker``  Tucker-2 (Kim et al. 2016)      truncated SVD
+``tt``      tensor train, 4 convolutions    truncated SVD
+==========  ==============================  ==================================
+
+The reshaped forms are :class:`~tenflex.nn.tensorial.TensorialConv2d` and
+:class:`~tenflex.nn.tensorial.TensorialLinear`; the plain ones the layers of
+:mod:`tenflex.nn.lowrank`.
+
+The plain forms of a fully connected layer are all the truncated SVD: a weight matrix is a
+tensor of order two, whose CP, Tucker and tensor-train decompositions are all low-rank
+matrix factorizations, and the SVD is the best of them (Eckart-Young); a Tucker-2 core
+``(R, R)`` would only add parameters.
+
+Policies
+--------
+* **Layers**: by default every ``nn.Conv2d`` and ``nn.Linear`` except the first and the last
+  in module order (:func:`default_layers`). The first layer of an image network sees one
+  (or three) input channels, so there is nothing to reshape on its input side; the last is
+  the small classifier. In LeNet-5 they hold 1.6 % of the parameters.
+* **Rate**: every compressed layer gets the same budget, ``rate`` times its dense
+  parameter count (weight and bias). The ranks are the largest uniform rank within the
+  budget, then (``fill_budget=True``) single ranks are raised one at a time, smallest first,
+  while the layer still fits (:func:`ranks_within_budget`). The bias stays dense and counts
+  against the budget.
+* **Modes**: a convolution's channels are reshaped into 2 modes, a fully connected layer's
+  features into 3 modes, by :func:`~tenflex.nn.tensorial.factorize` (balanced factors, no
+  factor 1); ``modes=`` and ``factors=`` override that per layer.
+* **Training**: :func:`compress_and_train` trains tensorial layers through
+  :class:`DenseEvaluation` (kernel formed from the factors, one dense operation): the same
+  function and gradients as their chain of generalized operations, and much faster on a CPU
+  at these sizes. The returned network holds the tensorial layers themselves.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tenflex.nn.distill import distill_blocks
+from tenflex.nn.lowrank import (
+    CPConv2d,
+    SVDLinear,
+    TTConv2d,
+    TuckerConv2d,
+    lowrank_max_ranks,
+    lowrank_n_parameters,
+    replace_layer,
+)
+from tenflex.nn.tensorial import (
+    TensorialConv2d,
+    TensorialLinear,
+    factorize,
+    tensorial_max_ranks,
+    tensorial_n_parameters,
+)
+
+__all__ = [
+    "FAMILY",
+    "FORMS",
+    "PLAIN",
+    "RESHAPED",
+    "DenseEvaluation",
+    "LayerPlan",
+    "TNNResult",
+    "compress_and_train",
+    "compress_layer",
+    "compress_network",
+    "default_layers",
+    "dense_weight",
+    "layer_inputs",
+    "plan_layer",
+    "ranks_within_budget",
+    "time_forward",
+]
+
+#: The reshaped (tensorial) forms and the plain low-rank forms.
+RESHAPED = ("rcp", "rtk", "rtt")
+PLAIN = ("cp", "tucker", "tt")
+FORMS = RESHAPED + PLAIN
+#: Family of every form: a reshaped form is compared with the plain form of its family.
+FAMILY = {"rcp": "cp", "rtk": "tucker", "rtt": "tt", "cp": "cp", "tucker": "tucker", "tt": "tt"}
+#: Default number of reshaping modes per layer type.
+DEFAULT_MODES = {"Conv2d": 2, "Linear": 3}
+
+_LOWRANK_CONV = {"cp": "cp", "tucker": "tucker2", "tt": "tt"}
+_LOWRANK_CLASSES = {"cp": CPConv2d, "tucker2": TuckerConv2d, "tt": TTConv2d, "svd": SVDLinear}
+
+
+def _check_form(form: Any) -> str:
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; valid forms: {list(FORMS)}")
+    return form
+
+
+def _check_rate(rate: Any) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+        raise TypeError(f"rate must be a number, got {type(rate).__name__}")
+    if not (math.isfinite(rate) and 0 < rate <= 1):
+        raise ValueError(f"rate must be in (0, 1], got {rate!r}")
+    return float(rate)
+
+
+def _kind(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Conv2d):
+        return "Conv2d"
+    if isinstance(layer, nn.Linear):
+        return "Linear"
+    raise TypeError(f"layer must be an nn.Conv2d or nn.Linear, got {type(layer).__name__}")
+
+
+def _dense_count(layer: nn.Module) -> int:
+    return sum(p.numel() for p in (layer.weight, layer.bias) if p is not None)
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Names of the layers compressed by default: every Conv2d / Linear but the first and last.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    list of str
+        Dotted names in ``model.named_modules()`` order.
+
+    Raises
+    ------
+    ValueError
+        When the model has fewer than three Conv2d / Linear layers.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if len(names) < 3:
+        raise ValueError(
+            f"default_layers needs a model with at least 3 Conv2d/Linear layers (the first and "
+            f"last stay dense), found {len(names)}: {names}; pass layers= explicitly"
+        )
+    return names[1:-1]
+
+
+def ranks_within_budget(
+    caps: Sequence[int], count: Callable[[tuple[int, ...]], int], budget: float,
+    *, fill: bool = True, what: str = "layer",
+) -> tuple[int, ...]:
+    """Ranks whose parameter count fits a budget.
+
+    First the largest uniform rank ``r`` (each entry capped at ``caps``) with
+    ``count <= budget``; then, with ``fill``, repeatedly the smallest rank (ties: the one
+    whose increase costs least, then the first) is raised by one while the count still fits,
+    which uses the budget of multi-rank forms (Tucker, tensor trains) more fully.
+
+    Parameters
+    ----------
+    caps : sequence of int
+        Full ranks, one per rank entry.
+    count : callable
+        ``count(ranks) -> int``, parameters at those ranks (bias included).
+    budget : float
+        Parameters allowed.
+    fill : bool
+        Raise single ranks after the uniform one.
+    what : str
+        Names the layer in the error message.
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    ValueError
+        When rank 1 everywhere already exceeds the budget.
+    """
+    caps = tuple(int(c) for c in caps)
+
+    def uniform(r: int) -> tuple[int, ...]:
+        return tuple(min(r, c) for c in caps)
+
+    n1 = count(uniform(1))
+    if n1 > budget:
+        raise ValueError(
+            f"the rate leaves no rank >= 1 for {what}: rank 1 needs {n1} parameters but the "
+            f"budget is {budget:.1f}"
+        )
+    lo, hi = 1, max(caps)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(uniform(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    ranks = list(uniform(lo))
+    while fill:
+        options = []
+        for i, (r, c) in enumerate(zip(ranks, caps)):
+            if r < c:
+                trial = ranks.copy()
+                trial[i] += 1
+                n = count(tuple(trial))
+                if n <= budget:
+                    options.append((r, n, i))
+        if not options:
+            break
+        ranks[min(options)[2]] += 1
+    return tuple(ranks)
+
+
+@dataclass
+class LayerPlan:
+    """How one layer is compressed.
+
+    Attributes
+    ----------
+    name : str
+        Dotted module name.
+    kind : {"Conv2d", "Linear"}
+    form : str
+        One of :data:`FORMS`.
+    method : str
+        What is built: ``"rcp"``, ``"rtk"``, ``"rtt"`` (tensorial), ``"cp"``,
+        ``"tucker2"``, ``"tt"`` (low-rank convolutions) or ``"svd"``.
+    in_factors, out_factors : tuple of int or None
+        Reshaping of the channels (tensorial forms only).
+    ranks : tuple of int
+    max_ranks : tuple of int
+        Ranks at which the form is exact.
+    n_dense : int
+        Parameters of the dense layer (weight and bias).
+    n_compressed : int
+        Parameters of the compressed layer (factors and bias).
+    budget : float
+        ``rate * n_dense``.
+    decomposition_error : float or None
+        ``||W - W_approx|| / ||W||`` of the initial decomposition (filled by
+        :func:`compress_layer`).
+    """
+
+    name: str
+    kind: str
+    form: str
+    method: str
+    in_factors: tuple[int, ...] | None
+    out_factors: tuple[int, ...] | None
+    ranks: tuple[int, ...]
+    max_ranks: tuple[int, ...]
+    n_dense: int
+    n_compressed: int
+    budget: float
+    decomposition_error: float | None = None
+
+    @property
+    def rate(self) -> float:
+        """Achieved fraction ``n_compressed / n_dense``."""
+        return self.n_compressed / self.n_dense
+
+
+def _channel_factors(n: int, modes: int, what: str) -> tuple[int, ...]:
+    try:
+        return factorize(n, modes, allow_ones=False)
+    except ValueError as err:
+        raise ValueError(
+            f"{what}: cannot reshape {n} channels into {modes} modes of size >= 2 ({err}); "
+            "pass fewer modes or explicit factors"
+        ) from None
+
+
+def plan_layer(
+    layer: nn.Module, form: str, rate: float, *, name: str = "layer", modes: int | None = None,
+    factors: tuple[Sequence[int], Sequence[int]] | None = None, fill_budget: bool = True,
+) -> LayerPlan:
+    """Ranks and reshaping of the compressed version of one layer, without decomposing.
+
+    Parameters
+    ----------
+    layer : torch.nn.Conv2d or torch.nn.Linear
+    form : str
+        One of :data:`FORMS`.
+    rate : float
+        Budget as a fraction of the layer's parameters, in ``(0, 1]``.
+    name : str
+        For messages and the plan.
+    modes : int, optional
+        Reshaping modes of a tensorial form (default :data:`DEFAULT_MODES`).
+    factors : (in_factors, out_factors), optional
+        Explicit reshaping instead of ``modes``.
+    fill_budget : bool
+        See :func:`ranks_within_budget`.
+
+    Returns
+    -------
+    LayerPlan
+
+    Raises
+    ------
+    ValueError
+        Unknown form, a rate outside ``(0, 1]``, a rate that leaves no rank, channel counts
+        that cannot be reshaped into ``modes`` factors ``>= 2``, factors whose product is not
+        the channel count.
+    TypeError
+        A layer that is not Conv2d / Linear.
+    """
+    form = _check_form(form)
+    rate = _check_rate(rate)
+    kind = _kind(layer)
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        raise ValueError(f"{name}: grouped convolutions are not supported (groups={layer.groups})")
+    n_dense = _dense_count(layer)
+    budget = rate * n_dense
+    bias = layer.bias is not None
+    what = f"layer {name!r} ({kind}, form {form!r}, rate {rate})"
+    if form in RESHAPED:
+        T, S = layer.weight.shape[:2]
+        kernel = tuple(layer.weight.shape[2:]) if kind == "Conv2d" else None
+        if factors is not None:
+            if modes is not None:
+                raise ValueError(f"{name}: give modes= or factors=, not both")
+            try:
+                s, t = (tuple(int(v) for v in f) for f in factors)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{name}: factors must be a pair (in_factors, out_factors) of int sequences, "
+                    f"got {factors!r}"
+                ) from None
+            if len(s) != len(t) or len(s) < 1:
+                raise ValueError(
+                    f"{name}: in_factors {s} and out_factors {t} must have the same length >= 1"
+                )
+            if math.prod(s) != S or math.prod(t) != T:
+                raise ValueError(
+                    f"{name}: factors {s} x {t} have products ({math.prod(s)}, {math.prod(t)}) "
+                    f"but the layer has {S} input and {T} output channels"
+                )
+        else:
+            m = DEFAULT_MODES[kind] if modes is None else modes
+            if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+                raise ValueError(f"{name}: modes must be an int >= 1, got {m!r}")
+            if kind == "Linear" and m < 2:
+                raise ValueError(f"{name}: a fully connected layer needs modes >= 2, got {m}")
+            s = _channel_factors(S, int(m), f"{name} input")
+            t = _channel_factors(T, int(m), f"{name} output")
+        caps = tensorial_max_ranks(form, s, t, kernel)
+
+        def count(r: tuple[int, ...]) -> int:
+            return tensorial_n_parameters(form, s, t, kernel, r, bias=bias)
+
+        method, in_f, out_f = form, s, t
+    else:
+        method = _LOWRANK_CONV[form] if kind == "Conv2d" else "svd"
+        caps = lowrank_max_ranks(layer, method)
+
+        def count(r: tuple[int, ...]) -> int:
+            return lowrank_n_parameters(layer, method, r)
+
+        in_f = out_f = None
+    ranks = ranks_within_budget(caps, count, budget, fill=fill_budget, what=what)
+    return LayerPlan(
+        name=name, kind=kind, form=form, method=method, in_factors=in_f, out_factors=out_f,
+        ranks=ranks, max_ranks=tuple(caps), n_dense=n_dense, n_compressed=count(ranks),
+        budget=budget,
+    )
+
+
+def compress_layer(
+    layer: nn.Module, plan: LayerPlan, *, seed: int = 0, n_iter_max: int = 100
+) -> nn.Module:
+    """Build the compressed layer of ``plan`` from a decomposition of the pretrained ``layer``.
+
+    Parameters
+    ----------
+    layer : torch.nn.Conv2d or torch.nn.Linear
+    plan : LayerPlan
+        From :func:`plan_layer`; its ``decomposition_error`` is filled in.
+    seed : int
+        Seed of the decomposition (ALS initialisation).
+    n_iter_max : int
+        ALS iterations of the CP and Tucker decompositions (the result is only a starting
+        point for training, so a moderate number suffices).
+
+    Returns
+    -------
+    torch.nn.Module
+        A :class:`TensorialConv2d` / :class:`TensorialLinear` or a low-rank layer, same dtype
+        and device as ``layer``.
+    """
+    if plan.method in RESHAPED:
+        cls = TensorialConv2d if plan.kind == "Conv2d" else TensorialLinear
+        new = cls.from_dense(
+            layer, rank=plan.ranks, form=plan.method, in_factors=plan.in_factors,
+            out_factors=plan.out_factors, seed=seed, n_iter_max=n_iter_max,
+        )
+    else:
+        kwargs = {} if plan.method in ("tt", "svd") else {"seed": seed, "n_iter_max": n_iter_max}
+        new = _LOWRANK_CLASSES[plan.method].from_dense(layer, rank=plan.ranks, **kwargs)
+    n = sum(p.numel() for p in new.parameters())
+    if n != plan.n_compressed:  # pragma: no cover - counts and layers disagree: a bug
+        raise RuntimeError(f"{plan.name}: built {n} parameters, planned {plan.n_compressed}")
+    plan.decomposition_error = new.decomposition_error
+    return new
+
+
+def dense_weight(layer: TensorialConv2d | TensorialLinear) -> torch.Tensor:
+    """The dense weight a tensorial layer represents, contracted core-first.
+
+    Same tensor as ``layer.to_dense_weight()`` (shape ``(T, S, kh, kw)`` or ``(T, S)``),
+    but the operands are ordered so that the pairwise, left-to-right contraction of
+    :func:`torch.einsum` starts from the Tucker core: every intermediate then has at most
+    the size of the weight, where factor-first order builds the outer product of all
+    channel factors with every rank mode (hundreds of millions of entries for the
+    reshaped Tucker form of a 400 x 120 layer).
+
+    Parameters
+    ----------
+    layer : TensorialConv2d or TensorialLinear
+
+    Returns
+    -------
+    torch.Tensor
+        Differentiable in the layer's parameters.
+    """
+    if not isinstance(layer, (TensorialConv2d, TensorialLinear)):
+        raise TypeError(
+            f"layer must be a TensorialConv2d or TensorialLinear, got {type(layer).__name__}"
+        )
+    letters = layer._L
+    M = layer.n_modes
+    terms = [layer._factor_letters(m) for m in range(M)]
+    ops = list(layer.factors)
+    if layer.core is not None:
+        terms.insert(0, layer._core_letters())
+        ops.insert(0, layer.core)
+    if layer.spatial is not None:
+        terms.append(layer._spatial_letters())
+        ops.append(layer.spatial)
+    out = "".join(letters.t[:M]) + "".join(letters.s[:M])
+    shape: tuple[int, ...] = (math.prod(layer.out_factors), math.prod(layer.in_factors))
+    if layer.spatial is not None:
+        out += letters.x + letters.y
+        shape = shape + tuple(layer.kernel_size)
+    return torch.einsum(",".join(terms) + "->" + out, *ops).reshape(shape)
+
+
+class DenseEvaluation(nn.Module):
+    """Evaluate a tensorial layer through its dense weight (for fast training on a CPU).
+
+    Holds the tensorial layer as ``self.layer`` (its parameters are the ones trained) and
+    computes ``conv2d`` / ``linear`` with :func:`dense_weight` and the layer's bias,
+    stride, padding and dilation: the same function and gradients as ``layer(x)``.
+
+    Parameters
+    ----------
+    layer : TensorialConv2d or TensorialLinear
+    """
+
+    def __init__(self, layer: TensorialConv2d | TensorialLinear):
+        super().__init__()
+        if not isinstance(layer, (TensorialConv2d, TensorialLinear)):
+            raise TypeError(
+                f"layer must be a TensorialConv2d or TensorialLinear, got {type(layer).__name__}"
+            )
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, S, H, W) -> (B, T, H', W')`` or ``(..., S) -> (..., T)``."""
+        layer = self.layer
+        w = dense_weight(layer)
+        if isinstance(layer, TensorialConv2d):
+            return torch.nn.functional.conv2d(
+                x, w, layer.bias, layer.stride, layer.padding, layer.dilation
+            )
+        return torch.nn.functional.linear(x, w, layer.bias)
+
+
+def _per_layer(option: Any, name: str) -> Any:
+    if isinstance(option, Mapping):
+        return option.get(name)
+    return option
+
+
+def compress_network(
+    model: nn.Module, form: str, rate: float, *, layers: Sequence[str] | None = None,
+    modes: int | Mapping[str, int] | None = None,
+    factors: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None = None,
+    fill_budget: bool = True, seed: int = 0, n_iter_max: int = 100,
+) -> tuple[nn.Module, list[LayerPlan]]:
+    """Copy of ``model`` whose layers are replaced by compressed ones at ``rate``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Pretrained network (left untouched).
+    form : str
+        One of :data:`FORMS`.
+    rate : float
+        Every compressed layer keeps at most ``rate`` of its parameters.
+    layers : sequence of str, optional
+        Dotted names; default :func:`default_layers`.
+    modes : int or dict name -> int, optional
+        Reshaping modes of the tensorial forms (default 2 for Conv2d, 3 for Linear).
+    factors : dict name -> (in_factors, out_factors), optional
+        Explicit reshaping for some layers.
+    fill_budget : bool
+        See :func:`ranks_within_budget`.
+    seed : int
+        Seed of the decompositions.
+    n_iter_max : int
+        ALS iterations of the decompositions (:func:`compress_layer`).
+
+    Returns
+    -------
+    compressed : torch.nn.Module
+    plans : list of LayerPlan
+        One per compressed layer, with the decomposition errors.
+
+    Raises
+    ------
+    ValueError
+        Unknown layer names (valid ones listed), duplicated names, and everything
+        :func:`plan_layer` raises.
+    """
+    _check_form(form)
+    if isinstance(layers, str):
+        raise TypeError("layers must be a sequence of layer names, not a str")
+    names = default_layers(model) if layers is None else list(layers)
+    if not names:
+        raise ValueError("layers must name at least one layer")
+    if len(set(names)) != len(names):
+        raise ValueError(f"layers has duplicated names: {names}")
+    valid = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"unknown layer name(s) {unknown}; Conv2d/Linear layers: {valid}")
+    factors = {} if factors is None else dict(factors)
+    stray = sorted(set(factors) - set(names))
+    if stray:
+        raise ValueError(f"factors given for layers {stray} that are not compressed ({names})")
+    # Plan every layer first so that a bad rate or reshaping fails before any decomposition.
+    plans = [
+        plan_layer(
+            model.get_submodule(n), form, rate, name=n, modes=_per_layer(modes, n),
+            factors=factors.get(n), fill_budget=fill_budget,
+        )
+        for n in names
+    ]
+    out = copy.deepcopy(model)
+    for plan in plans:
+        new = compress_layer(model.get_submodule(plan.name), plan, seed=seed, n_iter_max=n_iter_max)
+        replace_layer(out, plan.name, new)
+    return out, plans
+
+
+def layer_inputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inputs that the named layers receive when ``model`` runs on ``x`` (forward hooks).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    names : sequence of str
+    x : torch.Tensor, shape (B, *input_shape)
+
+    Returns
+    -------
+    dict
+        name -> tensor ``(B, ...)`` (detached).
+    """
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    for n in names:
+        def hook(_m: nn.Module, args: tuple, _out: Any, n: str = n) -> None:
+            store.setdefault(n, args[0].detach())
+
+        handles.append(model.get_submodule(n).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise ValueError(f"layers {missing} were not called in the forward pass")
+    return store
+
+
+@torch.no_grad()
+def time_forward(module: nn.Module, x: torch.Tensor, *, repeat: int = 20, warmup: int = 3) -> float:
+    """Median wall-clock seconds of ``module(x)`` (no gradients, after warm-up runs).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    x : torch.Tensor
+    repeat : int
+        Timed runs; the median is robust to the odd interruption on a shared machine.
+    warmup : int
+
+    Returns
+    -------
+    float
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    was_training = module.training
+    module.eval()
+    try:
+        for _ in range(warmup):
+            module(x)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - t0)
+    finally:
+        module.train(was_training)
+    return statistics.median(times)
+
+
+@dataclass
+class TNNResult:
+    """One compressed network: its layers and accuracies after each stage.
+
+    Attributes
+    ----------
+    form : str
+    rate : float
+        Requested rate.
+    layers : list of dict
+        :class:`LayerPlan` fields per compressed layer, plus ``achieved_rate``.
+    n_dense_layers, n_compressed_layers : int
+        Parameters of the compressed layers before and after (weights and biases).
+    achieved_rate : float
+        ``n_compressed_layers / n_dense_layers``.
+    n_parameters, n_parameters_dense : int
+        Whole network after and before.
+    accuracy : dict
+        ``"decomposed"`` (right after the decompositions), ``"distilled"`` (after block
+        distillation), ``"fine_tuned"`` (after end-to-end fine-tuning), on the test data.
+    block_error : dict
+        name -> ``{"initial": ..., "final": ...}`` relative squared error of the block
+        output on the distillation inputs (:class:`~tenflex.nn.distill.DistillResult`).
+    time_s : dict
+        Seconds of ``"decompose"``, ``"distill"``, ``"fine_tune"``.
+    settings : dict
+        The training settings used.
+    """
+
+    form: str
+    rate: float
+    layers: list[dict]
+    n_dense_layers: int
+    n_compressed_layers: int
+    achieved_rate: float
+    n_parameters: int
+    n_parameters_dense: int
+    accuracy: dict[str, float] = field(default_factory=dict)
+    block_error: dict[str, dict[str, float]] = field(default_factory=dict)
+    time_s: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dictionary."""
+        return asdict(self)
+
+
+def _plan_dict(plan: LayerPlan) -> dict[str, Any]:
+    d = asdict(plan)
+    for k in ("in_factors", "out_factors", "ranks", "max_ranks"):
+        if d[k] is not None:
+            d[k] = list(d[k])
+    d["achieved_rate"] = plan.rate
+    return d
+
+
+def compress_and_train(
+    pretrained: nn.Module,
+    form: str,
+    rate: float,
+    train_data: tuple[Any, Any],
+    test_data: tuple[Any, Any],
+    *,
+    layers: Sequence[str] | None = None,
+    modes: int | Mapping[str, int] | None = None,
+    factors: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None = None,
+    fill_budget: bool = True,
+    distill_samples: int | None = 10000,
+    distill_epochs: int = 3,
+    distill_lr: float = 3e-3,
+    finetune_samples: int | None = None,
+    finetune_epochs: int = 1,
+    finetune_lr: float = 1e-3,
+    batch_size: int = 128,
+    train_evaluation: str = "dense",
+    n_iter_max: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[nn.Module, TNNResult]:
+    """Compress at ``rate`` with ``form``, distil block by block, fine-tune, evaluate.
+
+    1. :func:`compress_network` (decompositions of the pretrained weights).
+    2. :func:`~tenflex.nn.distill.distill_blocks`: each compressed layer learns, with Adam,
+       to reproduce its pretrained layer on the inputs the pretrained network feeds it
+       (the first ``distill_samples`` training images, ``distill_epochs`` passes).
+    3. End-to-end fine-tuning with cross-entropy (:func:`tenflex.zoo.train`: Adam under the
+       one-cycle schedule, peak ``finetune_lr``) on the first ``finetune_samples``
+       training images.
+    4. Test accuracy after each stage.
+
+    Parameters
+    ----------
+    pretrained : torch.nn.Module
+        Left untouched.
+    form, rate, layers, modes, factors, fill_budget
+        See :func:`compress_network`.
+    train_data, test_data : (images, labels)
+        Normalised images ``(N, *input_shape)`` and integer labels ``(N,)``.
+    distill_samples : int or None
+        Training images used for distillation (None: all).
+    distill_epochs : int
+        0 skips distillation.
+    distill_lr : float
+    finetune_samples : int or None
+        Training images used for fine-tuning (None: all).
+    finetune_epochs : int
+        0 skips fine-tuning.
+    finetune_lr : float
+    batch_size : int
+    train_evaluation : {"dense", "chain"}
+        How tensorial layers evaluate while they are trained and evaluated here.
+        ``"dense"`` wraps each in :class:`DenseEvaluation` (the small kernel is formed
+        from the factors, then one convolution / matrix product): the same function and
+        gradients as the chain of generalized operations, and much faster to train on a
+        CPU at LeNet-5's sizes. The returned model holds the tensorial layers themselves.
+    n_iter_max : int
+        ALS iterations of the initial decompositions.
+    seed : int
+        Seeds the decompositions, the shuffling and the training.
+    progress : bool
+        tqdm bars for the training stages.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The compressed, trained network (eval mode).
+    result : TNNResult
+    """
+    from tenflex.zoo import evaluate, train
+
+    for value, arg in ((distill_epochs, "distill_epochs"), (finetune_epochs, "finetune_epochs")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{arg} must be an int >= 0, got {value!r}")
+    if train_evaluation not in ("dense", "chain"):
+        raise ValueError(
+            f"train_evaluation must be 'dense' or 'chain', got {train_evaluation!r}"
+        )
+    x_train, y_train = train_data
+    x_test, y_test = test_data
+
+    t0 = time.perf_counter()
+    model, plans = compress_network(
+        pretrained, form, rate, layers=layers, modes=modes, factors=factors,
+        fill_budget=fill_budget, seed=seed, n_iter_max=n_iter_max,
+    )
+    times = {"decompose": time.perf_counter() - t0}
+    if train_evaluation == "dense":
+        for plan in plans:
+            layer = model.get_submodule(plan.name)
+            if isinstance(layer, (TensorialConv2d, TensorialLinear)):
+                replace_layer(model, plan.name, DenseEvaluation(layer))
+    accuracy = {"decomposed": evaluate(model, x_test, y_test)}
+
+    block_error: dict[str, dict[str, float]] = {}
+    t0 = time.perf_counter()
+    if distill_epochs > 0:
+        xd = x_train if distill_samples is None else x_train[:distill_samples]
+        res = distill_blocks(
+            model, pretrained, [p.name for p in plans], xd, epochs=distill_epochs,
+            lr=distill_lr, batch_size=batch_size, seed=seed, progress=progress,
+        )
+        block_error = {
+            n: {"initial": res.initial_error[n], "final": res.final_error[n]} for n in res.names
+        }
+        accuracy["distilled"] = evaluate(model, x_test, y_test)
+    times["distill"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if finetune_epochs > 0:
+        n = x_train.shape[0] if finetune_samples is None else finetune_samples
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            train(
+                model, (x_train[:n], y_train[:n]), epochs=finetune_epochs,
+                batch_size=batch_size, lr=finetune_lr, seed=seed, optimizer="adam",
+                schedule="onecycle", progress=progress,
+            )
+        accuracy["fine_tuned"] = evaluate(model, x_test, y_test)
+    times["fine_tune"] = time.perf_counter() - t0
+    for plan in plans:
+        layer = model.get_submodule(plan.name)
+        if isinstance(layer, DenseEvaluation):
+            replace_layer(model, plan.name, layer.layer)
+    model.eval()
+
+    n_dense = sum(p.n_dense for p in plans)
+    n_comp = sum(p.n_compressed for p in plans)
+    result = TNNResult(
+        form=form,
+        rate=float(rate),
+        layers=[_plan_dict(p) for p in plans],
+        n_dense_layers=n_dense,
+        n_compressed_layers=n_comp,
+        achieved_rate=n_comp / n_dense,
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        n_parameters_dense=sum(p.numel() for p in pretrained.parameters()),
+        accuracy=accuracy,
+        block_error=block_error,
+        time_s=times,
+        settings={
+            "distill_samples": distill_samples, "distill_epochs": distill_epochs,
+            "distill_lr": distill_lr, "finetune_samples": finetune_samples,
+            "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
+            "batch_size": batch_size, "seed": seed, "fill_budget": fill_budget,
+            "train_evaluation": train_evaluation, "n_iter_max": n_iter_max,
+        },
+    )
+    return model, result

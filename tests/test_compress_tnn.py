@@ -1,0 +1,309 @@
+"""Tests of tenflex.nn.compress_tnn: whole-network compression with tensorial / low-rank forms."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tenflex import zoo
+from tenflex.nn.compress_tnn import (
+    FAMILY,
+    FORMS,
+    PLAIN,
+    RESHAPED,
+    DenseEvaluation,
+    compress_and_train,
+    compress_layer,
+    compress_network,
+    default_layers,
+    dense_weight,
+    layer_inputs,
+    plan_layer,
+    ranks_within_budget,
+    time_forward,
+)
+from tenflex.nn.lowrank import LowRankLayer, SVDLinear
+from tenflex.nn.tensorial import TensorialConv2d, TensorialLinear
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription on shared CPUs (restored after)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    """LeNet-5 with random weights (seeded): decompositions need no training."""
+    return zoo.build_model("lenet5", seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return zoo.digits_tensors("train"), zoo.digits_tensors("test")
+
+
+@pytest.fixture(scope="module")
+def trained_lenet(digits):
+    """LeNet-5 trained briefly on the 8x8-digits stand-in for MNIST (a few seconds)."""
+    model = zoo.build_model("lenet5", seed=0)
+    zoo.train(model, digits[0], epochs=4, batch_size=64, lr=5e-3, seed=0)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------
+# Rank selection
+# ---------------------------------------------------------------------------------------
+
+
+def _brute_force_uniform(caps, count, budget):
+    best = None
+    for r in range(1, max(caps) + 1):
+        ranks = tuple(min(r, c) for c in caps)
+        if count(ranks) <= budget:
+            best = ranks
+    return best
+
+
+@pytest.mark.parametrize("budget", [60, 137, 400, 1000])
+def test_ranks_within_budget_uniform_then_fill(budget):
+    caps = (4, 9, 6)
+
+    def count(r):  # a Tucker-like count: factors plus core
+        return 5 * r[0] + 7 * r[1] + 3 * r[2] + math.prod(r)
+
+    uniform = _brute_force_uniform(caps, count, budget)
+    assert ranks_within_budget(caps, count, budget, fill=False) == uniform
+    filled = ranks_within_budget(caps, count, budget)
+    assert count(filled) <= budget
+    assert all(f >= u for f, u in zip(filled, uniform))
+    assert all(1 <= f <= c for f, c in zip(filled, caps))
+    # Maximal: no single rank can be raised any more within the budget.
+    for i in range(len(caps)):
+        if filled[i] < caps[i]:
+            trial = list(filled)
+            trial[i] += 1
+            assert count(tuple(trial)) > budget
+
+
+def test_ranks_within_budget_rejects_a_budget_below_rank_one():
+    with pytest.raises(ValueError, match="no rank >= 1.*rank 1 needs 15 parameters"):
+        ranks_within_budget((3, 3), lambda r: 5 * r[0] + 10 * r[1], 14.0, what="toy")
+
+
+# ---------------------------------------------------------------------------------------
+# Plans and layers
+# ---------------------------------------------------------------------------------------
+
+
+def test_default_layers_of_lenet_skip_first_and_last(lenet):
+    assert default_layers(lenet) == ["conv2", "fc1", "fc2"]
+    with pytest.raises(ValueError, match="at least 3"):
+        default_layers(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)))
+
+
+@pytest.mark.parametrize(("name", "form", "rate"),
+                         list(itertools.product(["conv2", "fc2"], FORMS, [0.1, 0.3])))
+def test_plan_fits_budget_and_matches_built_layer(lenet, name, form, rate):
+    layer = lenet.get_submodule(name)
+    plan = plan_layer(layer, form, rate, name=name)
+    dense = sum(p.numel() for p in layer.parameters())
+    assert plan.n_dense == dense
+    assert plan.n_compressed <= rate * dense
+    assert plan.rate == pytest.approx(plan.n_compressed / dense)
+    new = compress_layer(layer, plan, n_iter_max=10)
+    assert sum(p.numel() for p in new.parameters()) == plan.n_compressed
+    assert 0.0 <= plan.decomposition_error <= 1.0 + 1e-9
+    if form in RESHAPED:
+        assert isinstance(new, TensorialConv2d if name == "conv2" else TensorialLinear)
+        assert new.ranks == plan.ranks
+        # Reshaping: 2 modes for a convolution, 3 for a fully connected layer, no factor 1.
+        assert len(plan.in_factors) == (2 if name == "conv2" else 3)
+        assert min(plan.in_factors + plan.out_factors) >= 2
+    else:
+        assert isinstance(new, LowRankLayer)
+        expected = {"cp": "cp", "tucker": "tucker2", "tt": "tt"}[form] if name == "conv2" else "svd"
+        assert plan.method == new.method == expected
+    x = torch.randn(3, *((6, 14, 14) if name == "conv2" else (120,)))
+    with torch.no_grad():
+        y, y_dense = new(x), layer(x)
+    assert y.shape == y_dense.shape
+
+
+def test_plain_forms_of_a_linear_layer_are_the_truncated_svd(lenet):
+    layer = lenet.fc2
+    plans = [plan_layer(layer, f, 0.2) for f in PLAIN]
+    assert {p.method for p in plans} == {"svd"}
+    new = compress_layer(layer, plans[0])
+    assert isinstance(new, SVDLinear)
+    (r,) = plans[0].ranks
+    w = layer.weight.detach().double()
+    s = torch.linalg.svdvals(w)
+    # Eckart-Young: the relative error of the best rank-r approximation.
+    expected = float(s[r:].square().sum().sqrt() / s.square().sum().sqrt())
+    assert plans[0].decomposition_error == pytest.approx(expected, rel=1e-6)
+
+
+def test_fill_budget_uses_more_of_the_budget_for_multi_rank_forms(lenet):
+    layer = lenet.conv2
+    for form in ("rtk", "tucker", "tt"):
+        uniform = plan_layer(layer, form, 0.1, fill_budget=False)
+        filled = plan_layer(layer, form, 0.1)
+        assert uniform.n_compressed <= filled.n_compressed <= 0.1 * uniform.n_dense
+        assert all(f >= u for f, u in zip(filled.ranks, uniform.ranks))
+    assert plan_layer(layer, "rtk", 0.1).n_compressed > plan_layer(
+        layer, "rtk", 0.1, fill_budget=False).n_compressed
+
+
+def test_explicit_factors(lenet):
+    plan = plan_layer(lenet.fc1, "rtt", 0.1, factors=((20, 20), (10, 12)))
+    assert plan.in_factors == (20, 20) and plan.out_factors == (10, 12)
+    new = compress_layer(lenet.fc1, plan, n_iter_max=5)
+    assert new.in_factors == (20, 20) and new.out_factors == (10, 12)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------
+
+
+def test_bad_input_gets_clear_errors(lenet):
+    with pytest.raises(ValueError, match=r"unknown form 'rcpx'.*valid forms"):
+        plan_layer(lenet.fc1, "rcpx", 0.1)
+    with pytest.raises(ValueError, match=r"rate must be in \(0, 1\]"):
+        plan_layer(lenet.fc1, "rcp", 0.0)
+    with pytest.raises(ValueError, match=r"rate must be in \(0, 1\]"):
+        plan_layer(lenet.fc1, "rcp", 1.5)
+    with pytest.raises(TypeError, match="rate must be a number"):
+        plan_layer(lenet.fc1, "rcp", "0.1")
+    # a rate that leaves no rank: conv1 (156 parameters, 6 of them bias) at 5 %
+    with pytest.raises(ValueError, match="leaves no rank >= 1 for layer 'conv1'"):
+        plan_layer(lenet.conv1, "cp", 0.05, name="conv1")
+    # 6 input channels cannot be reshaped into 3 modes of size >= 2
+    with pytest.raises(ValueError, match="cannot reshape 6 channels into 3 modes"):
+        plan_layer(lenet.conv2, "rcp", 0.1, name="conv2", modes=3)
+    with pytest.raises(ValueError, match=r"products \(400, 121\).*400 input and 120 output"):
+        plan_layer(lenet.fc1, "rcp", 0.1, factors=((20, 20), (11, 11)))
+    with pytest.raises(ValueError, match="modes= or factors="):
+        plan_layer(lenet.fc1, "rcp", 0.1, modes=2, factors=((20, 20), (10, 12)))
+    with pytest.raises(ValueError, match="needs modes >= 2"):
+        plan_layer(lenet.fc1, "rcp", 0.1, modes=1)
+    with pytest.raises(TypeError, match="nn.Conv2d or nn.Linear"):
+        plan_layer(nn.ReLU(), "rcp", 0.1)
+    with pytest.raises(ValueError, match=r"unknown layer name\(s\) \['fc9'\]"):
+        compress_network(lenet, "rcp", 0.1, layers=["fc1", "fc9"])
+    with pytest.raises(ValueError, match="duplicated"):
+        compress_network(lenet, "rcp", 0.1, layers=["fc1", "fc1"])
+    with pytest.raises(TypeError, match="not a str"):
+        compress_network(lenet, "rcp", 0.1, layers="fc1")
+    with pytest.raises(ValueError, match="not compressed"):
+        compress_network(lenet, "rcp", 0.1, layers=["fc1"], factors={"fc2": ((4, 5, 6), (3, 4, 7))})
+
+
+# ---------------------------------------------------------------------------------------
+# Whole networks
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_compress_network_replaces_layers_and_leaves_the_original(lenet, form):
+    before = {k: v.clone() for k, v in lenet.state_dict().items()}
+    net, plans = compress_network(lenet, form, 0.2, n_iter_max=5)
+    assert [p.name for p in plans] == ["conv2", "fc1", "fc2"]
+    for k, v in lenet.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert isinstance(lenet.fc1, nn.Linear) and not isinstance(net.fc1, nn.Linear)
+    n_net = sum(p.numel() for p in net.parameters())
+    n_dense = sum(p.numel() for p in lenet.parameters())
+    assert n_net == n_dense - sum(p.n_dense for p in plans) + sum(p.n_compressed for p in plans)
+    assert sum(p.n_compressed for p in plans) <= 0.2 * sum(p.n_dense for p in plans)
+    assert FAMILY[form] in ("cp", "tucker", "tt")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert net(x).shape == (2, 10)
+
+
+def test_layer_inputs_and_time_forward(lenet):
+    x = torch.randn(5, 1, 28, 28)
+    acts = layer_inputs(lenet, ["conv2", "fc1", "fc2"], x)
+    assert acts["conv2"].shape == (5, 6, 14, 14)
+    assert acts["fc1"].shape == (5, 400)
+    assert acts["fc2"].shape == (5, 120)
+    with torch.no_grad():
+        np.testing.assert_allclose(lenet.fc1(acts["fc1"]), lenet[:8](x), rtol=1e-6)
+    seconds = time_forward(lenet.fc1, acts["fc1"], repeat=3, warmup=1)
+    assert 0.0 < seconds < 1.0
+    assert lenet.training is False
+    with pytest.raises(ValueError, match="repeat"):
+        time_forward(lenet.fc1, acts["fc1"], repeat=0)
+
+
+def test_compress_and_train_on_digits(trained_lenet, digits):
+    train, test = digits
+    kwargs = {"distill_samples": 400, "distill_epochs": 2, "finetune_samples": 600,
+              "finetune_epochs": 1, "batch_size": 64, "seed": 3, "n_iter_max": 20}
+    net, result = compress_and_train(trained_lenet, "rcp", 0.1, train, test, **kwargs)
+    dense_acc = zoo.evaluate(trained_lenet, *test)
+    assert dense_acc > 0.8  # the reference learned something
+    assert set(result.accuracy) == {"decomposed", "distilled", "fine_tuned"}
+    assert all(0.0 <= a <= 1.0 for a in result.accuracy.values())
+    assert result.accuracy["fine_tuned"] == pytest.approx(zoo.evaluate(net, *test))
+    # distillation lowers every block's error
+    for name, err in result.block_error.items():
+        assert err["final"] < err["initial"], name
+    assert result.achieved_rate <= 0.1
+    assert result.n_compressed_layers == sum(layer["n_compressed"] for layer in result.layers)
+    assert result.n_parameters == sum(p.numel() for p in net.parameters())
+    # the returned tensorial layers evaluate as chains again; the function is the same
+    tensorial = [m for m in net.modules() if isinstance(m, (TensorialConv2d, TensorialLinear))]
+    assert len(tensorial) == 3 and all(m.evaluation == "chain" for m in tensorial)
+    x = test[0][:16]
+    with torch.no_grad():
+        y_chain = net(x)
+        for m in tensorial:
+            m.evaluation = "dense"
+        y_dense = net(x)
+        for m in tensorial:
+            m.evaluation = "chain"
+    torch.testing.assert_close(y_chain, y_dense, rtol=1e-4, atol=1e-4)
+    # same seed, same network
+    net2, result2 = compress_and_train(trained_lenet, "rcp", 0.1, train, test, **kwargs)
+    assert result2.accuracy == result.accuracy
+    for (k, v), (k2, v2) in zip(net.state_dict().items(), net2.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    json_ready = result.to_dict()
+    assert json_ready["layers"][0]["name"] == "conv2"
+
+
+def test_compress_and_train_rejects_bad_settings(trained_lenet, digits):
+    with pytest.raises(ValueError, match="train_evaluation"):
+        compress_and_train(trained_lenet, "cp", 0.1, *digits, train_evaluation="fast")
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        compress_and_train(trained_lenet, "cp", 0.1, *digits, finetune_epochs=-1)
+
+
+@pytest.mark.parametrize(("form", "name"), list(itertools.product(RESHAPED, ["conv2", "fc2"])))
+def test_dense_weight_and_dense_evaluation_match_the_layer(lenet, form, name):
+    layer = lenet.get_submodule(name)
+    plan = plan_layer(layer, form, 0.05, name=name)
+    new = compress_layer(layer, plan, n_iter_max=5)
+    torch.testing.assert_close(dense_weight(new), new.to_dense_weight(), rtol=1e-5, atol=1e-6)
+    wrapped = DenseEvaluation(new)
+    assert list(wrapped.parameters()) == list(new.parameters())
+    x = torch.randn(4, *((6, 14, 14) if name == "conv2" else (120,)))
+    torch.testing.assert_close(wrapped(x), new(x), rtol=1e-4, atol=1e-5)
+    # gradients agree too
+    g1 = torch.autograd.grad(wrapped(x).square().sum(), list(new.parameters()))
+    g2 = torch.autograd.grad(new(x).square().sum(), list(new.parameters()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    with pytest.raises(TypeError, match="TensorialConv2d or TensorialLinear"):
+        DenseEvaluation(layer)
