@@ -80,19 +80,25 @@ def load_existing(path: Path, fresh: bool) -> dict:
 
 
 def key(entry: dict) -> tuple:
-    return (entry["method"], tuple(entry["span"]), entry.get("rank"), entry.get("basis"))
+    # "lam" is set only on the ablation entries (the main grid uses --lam).
+    return (entry["method"], tuple(entry["span"]), entry.get("rank"), entry.get("basis"),
+            entry.get("lam"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 6, 8, 12, 16, 24])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 6, 8, 12, 16])
     parser.add_argument("--bases", nargs="+", default=["bspline", "chebyshev"])
     parser.add_argument("--n-functions", type=int, default=8)
     parser.add_argument("--n-samples", type=int, default=5000)
-    parser.add_argument("--max-iter", type=int, default=60)
-    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--max-iter", type=int, default=30)
+    parser.add_argument("--lam", type=float, default=100.0)
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--conv-ranks", type=int, nargs="*", default=[12])
+    parser.add_argument("--ablation-rank", type=int, default=12,
+                        help="rank of the lam ablation (B-splines, fully connected part)")
+    parser.add_argument("--ablation-lams", type=float, nargs="*", default=[0.0, 1.0, 10.0],
+                        help="further lam values fitted at --ablation-rank, no fine-tuning")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.ranks, args.bases, args.conv_ranks = [8, 12], ["bspline"], []
+        args.ablation_lams = []
 
     result = load_existing(args.out, args.fresh)
     done = {key(e) for e in result["entries"]}
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     span_samples: dict[tuple, tuple] = {}
     for span_names, rank, basis in jobs:
         span = resolve_span(model, span_names)
-        entry_key = ("flexible", span.names, rank, basis)
+        entry_key = ("flexible", span.names, rank, basis, None)
         if entry_key not in done:
             t0 = time.perf_counter()
             out = compress(model, span_names, train_images, rank=rank, basis=basis,
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         # Baselines at the same parameter budget as this flexible layer.
         flex = next(e for e in result["entries"] if key(e) == entry_key)
         span_budget = flex["report"]["parameters_span_after"]
-        if ("svd", span.names, rank, None) not in done:
+        if ("svd", span.names, rank, None, None) not in done:
             t0 = time.perf_counter()
             svd_model, svd_rank = svd_span(model, span, span_budget)
             record({"method": "svd", "span": list(span.names), "rank": rank, "basis": None,
@@ -161,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
                     "fraction_kept": count_parameters(svd_model) / count_parameters(model),
                     "accuracy": zoo.evaluate(svd_model, test_images, test_labels),
                     "wall_s": time.perf_counter() - t0})
-            done.add(("svd", span.names, rank, None))
-        if ("linear", span.names, rank, None) not in done:
+            done.add(("svd", span.names, rank, None, None))
+        if ("linear", span.names, rank, None, None) not in done:
             t0 = time.perf_counter()
             m = math.prod(flex["report"]["input_shape"])
             n_out = math.prod(flex["report"]["output_shape"])
-            linear_rank = (span_budget - n_out) // (m + n_out)
+            # A linear map has rank at most min(m, n): above that budget it is full rank
+            # (and uses fewer parameters than the flexible layer).
+            linear_rank = min((span_budget - n_out) // (m + n_out), m, n_out)
             if span.names not in span_samples:
                 generator = torch.Generator().manual_seed(args.seed)
                 idx = torch.randperm(len(train_images), generator=generator)[:args.n_samples]
@@ -181,10 +190,28 @@ def main(argv: list[str] | None = None) -> int:
                     "fraction_kept": count_parameters(lin_model) / count_parameters(model),
                     "accuracy": zoo.evaluate(lin_model, test_images, test_labels),
                     "wall_s": time.perf_counter() - t0})
-            done.add(("linear", span.names, rank, None))
+            done.add(("linear", span.names, rank, None, None))
 
-    flexible = [e for e in result["entries"] if e["method"] == "flexible"
-                and tuple(e["span"]) == resolve_span(model, FC_SPAN).names]
+    # The lam ablation: the same layer fitted with other weights of the output term.
+    fc_names = resolve_span(model, FC_SPAN).names
+    for lam in args.ablation_lams:
+        if ("flexible", fc_names, args.ablation_rank, "bspline", lam) in done:
+            continue
+        t0 = time.perf_counter()
+        out = compress(model, FC_SPAN, train_images, rank=args.ablation_rank, basis="bspline",
+                       n_functions=args.n_functions, lam=lam, n_samples=args.n_samples,
+                       test_data=(test_images, test_labels),
+                       fit_options={"max_iter": args.max_iter}, seed=args.seed, progress=True)
+        report = out.report.to_dict()
+        record({"method": "flexible", "span": list(fc_names), "rank": args.ablation_rank,
+                "basis": "bspline", "lam": lam, "parameters": report["parameters_model_after"],
+                "fraction_kept": report["fraction_model_kept"],
+                "accuracy": report["accuracy_after"], "accuracy_finetuned": None,
+                "fit_cost": out.fit.cost.tolist(), "report": report,
+                "wall_s": time.perf_counter() - t0})
+
+    flexible = [e for e in result["entries"] if e["method"] == "flexible" and "lam" not in e
+                and tuple(e["span"]) == fc_names]
     headline = [e for e in flexible if e["fraction_kept"] <= 0.20 and e["accuracy_drop_pp"] <= 0.25]
     beats = []
     for e in flexible:

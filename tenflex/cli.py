@@ -173,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--basis", default="bspline",
                       choices=["monomial", "chebyshev", "legendre", "bspline", "hinge"])
     comp.add_argument("--n-functions", type=int, default=8, help="basis functions D per branch")
-    comp.add_argument("--lam", type=float, default=1.0, help="weight of the output term")
+    comp.add_argument("--lam", type=float, default=100.0,
+                      help="weight of the output term against the Jacobian term (default 100)")
     comp.add_argument("--n-samples", type=int, default=5000, help="sampling points N")
-    comp.add_argument("--max-iter", type=int, default=100, help="ALS sweeps")
+    comp.add_argument("--max-iter", type=int, default=30, help="ALS sweeps (default 30)")
     comp.add_argument("--finetune-epochs", type=int, default=0)
     comp.add_argument("--finetune-scope", default="layer", choices=["layer", "all"])
     comp.add_argument("--finetune-lr", type=float, default=1e-3)

@@ -877,11 +877,67 @@ def decouple_cpd(
 
 
 # ---------------------------------------------------------------------------- cmtf_als
-_INIT_NAMES = ("cpd", "random")
+_INIT_NAMES = ("cpd", "linear", "random")
 
 
 def _same_basis(a: Basis, b: Basis) -> bool:
     return a.config() == b.config()
+
+
+def _linear_start(prob: _Problem, rank: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The best rank-``min(R, n)`` *linear* model ``b + A x`` for the CMTF cost.
+
+    With ``g_r(z) = z`` the cost is ``a_J sum_k ||J_k - A||^2 + a_Y ||Y - 1 b^T - X A^T||^2``:
+    a ridge regression of the outputs pulled towards the mean Jacobian. Its minimiser solves
+    ``A M = a_J sum_k J_k + a_Y Yc^T Xc`` with ``M = a_J N I + a_Y Xc^T Xc`` (positive
+    definite, so well posed even when ``N < m`` or ``X`` is rank deficient, where the plain
+    least-squares fit of the outputs has huge, Jacobian-violating coefficients). The best
+    rank-``R`` approximation in the metric ``M`` keeps the leading eigenvectors ``U`` of the
+    ``n x n`` matrix ``A M A^T``: ``W = U``, ``V = A^T U``. Branches beyond ``n`` get seeded
+    random input directions and small output weights (zero weights would leave them without
+    a gradient).
+
+    Returns
+    -------
+    W : (n, R), V : (m, R), b : (n,)
+    """
+    X, Y, Jt = prob.X, prob.Y, prob.Jt
+    n, m, N = Jt.shape
+    a_j, a_y = prob.a_j, prob.a_y
+    ones = torch.ones(N, n, dtype=X.dtype, device=X.device)
+    eye_n = torch.eye(n, dtype=X.dtype, device=X.device)
+    j_sum = Jt.mttkrp_input(eye_n, ones).T  # (n, m): sum_k J_k
+    x_mean = X.mean(dim=0)
+    Xc = X - x_mean
+    rhs = a_j * j_sum
+    if a_y > 0:
+        rhs = rhs + a_y * (Y - prob.y_mean).T @ Xc
+        # rhs M^{-1}; Woodbury when N < m keeps the solve at the smaller of the two sizes.
+        if N < m:
+            small = (a_j * N / a_y) * torch.eye(N, dtype=X.dtype, device=X.device) + Xc @ Xc.T
+            A = (rhs - torch.linalg.solve(small, Xc @ rhs.T).T @ Xc) / (a_j * N)
+        else:
+            big = a_y * (Xc.T @ Xc)
+            big.diagonal().add_(a_j * N)
+            A = torch.cholesky_solve(rhs.T, torch.linalg.cholesky(big)).T
+        XA = Xc @ A.T
+        metric = a_j * N * (A @ A.T) + a_y * (XA.T @ XA)
+    else:
+        A = rhs / (a_j * N)  # the mean Jacobian
+        metric = A @ A.T
+    k = min(rank, n)
+    _, evecs = torch.linalg.eigh(0.5 * (metric + metric.T))
+    W = evecs[:, -k:].flip(1).contiguous()
+    V = A.T @ W
+    if rank > k:
+        gen = torch.Generator().manual_seed(int(seed))
+        extra_v = torch.randn(m, rank - k, generator=gen, dtype=torch.float64).to(V)
+        extra_w = torch.randn(n, rank - k, generator=gen, dtype=torch.float64).to(W)
+        scale_v = float(torch.linalg.vector_norm(V, dim=0).mean())
+        V = torch.cat([V, extra_v * scale_v / torch.linalg.vector_norm(extra_v, dim=0)], 1)
+        W = torch.cat([W, 1e-2 * extra_w / torch.linalg.vector_norm(extra_w, dim=0)], 1)
+    b = prob.y_mean - x_mean @ V @ W.T
+    return W, V, b
 
 
 def _initial_state(
@@ -915,6 +971,8 @@ def _initial_state(
             prob.basis.set_domain_map(model.basis.scale, model.basis.shift)
             W, V, C, b = model.W, model.V, model.C, model.b
             refit = False
+        elif init == "linear":
+            W, V, b = _linear_start(prob, rank, seed)
         elif init == "random":
             gen = torch.Generator().manual_seed(int(seed))
             W = torch.randn(n, rank, generator=gen, dtype=torch.float64).to(**opts)
@@ -974,7 +1032,9 @@ def _initial_state(
         D = prob.basis.n_functions
         zeros = torch.zeros(D, rank, **opts)
         st0 = _make_state(prob, W, V, zeros, prob.y_mean.clone() if b is None else b, Z=Z)
-        C = _step_c(prob, st0).C
+        # The C step also sets b to its optimum for the new C: a given b belongs to other
+        # branch functions (their constants differ), so it is not reused.
+        return _step_c(prob, st0)
     return _make_state(prob, W, V, C, b, Z=Z)
 
 
@@ -1142,8 +1202,11 @@ def cmtf_als(
         Extra :func:`~tenflex.basis.make_basis` options (e.g. ``degree``).
     lam : float, optional
         Weight ``λ >= 0`` of the output term (default 1).
-    init : {"cpd", "random"}, DecoupledFunction or dict, optional
-        ``"cpd"`` (default): :func:`decouple_cpd` with this basis; ``"random"``: seeded
+    init : {"cpd", "linear", "random"}, DecoupledFunction or dict, optional
+        ``"cpd"`` (default): :func:`decouple_cpd` with this basis; ``"linear"``: the best
+        rank-``R`` linear model ``b + A x`` for the same cost (outputs and Jacobians, same
+        ``lam``; a ridge regression pulled towards the mean Jacobian, cheap and
+        deterministic), whose branches the first C step then bends; ``"random"``: seeded
         normal ``W`` and unit-norm normal ``V``; a :class:`DecoupledFunction` (its W, V, b;
         its C and affine map too when its basis has the same configuration as ``basis``);
         ``dict(W=..., V=...)`` with optional ``C`` (interpreted after fitting the affine

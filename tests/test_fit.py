@@ -304,6 +304,41 @@ def test_init_options():
     assert not basis.is_fitted and res.model.basis is not basis
 
 
+def _linear_samples(n, m, N, rank, seed):
+    """Samples of the affine map ``b + A x`` with ``rank(A) = rank`` (Jacobian ``A`` everywhere)."""
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, rank, generator=gen, dtype=torch.float64) @ torch.randn(
+        rank, m, generator=gen, dtype=torch.float64)
+    b = torch.randn(n, generator=gen, dtype=torch.float64)
+    X = torch.randn(N, m, generator=gen, dtype=torch.float64)
+    return X, X @ A.T + b, A[:, :, None].expand(n, m, N).contiguous()
+
+
+@pytest.mark.parametrize("N", [40, 400])  # N < m (Woodbury) and N > m (Cholesky)
+@pytest.mark.parametrize("lam", [0.0, 1.0, 100.0])
+def test_linear_init_is_exact_for_a_low_rank_affine_map(N, lam):
+    X, Y, J = _linear_samples(4, 60, N, 2, seed=31)
+    res = cmtf_als(X, Y, J, 2, "bspline", 6, lam=lam, init="linear", max_iter=0)
+    assert res.cost[0] < 1e-20
+    ey, ej = _errors(res.model, X, Y, J)
+    assert ey < 1e-10 and ej < 1e-10
+
+
+def test_linear_init_beats_the_mean_on_rank_deficient_inputs():
+    # N < m: the plain least-squares fit of the outputs interpolates them with coefficients
+    # that have nothing to do with the Jacobians; the CMTF-optimal linear start must not.
+    _f, X, Y, J = _truth(3, 80, 2, "chebyshev", 4, 60, seed=37)
+    lin = cmtf_als(X, Y, J, 2, "bspline", 6, lam=10.0, init="linear", max_iter=10)
+    zero = cmtf_als(X, Y, J, 2, "bspline", 6, lam=10.0, init="random", max_iter=0)
+    assert lin.cost[0] < 1.0 + 10.0  # better than W = 0 (cost 1 + lam)
+    assert lin.cost[0] < zero.cost[0] and _monotone(lin.cost)
+    # deterministic up to the random extra branches (R > n)
+    again = cmtf_als(X, Y, J, 2, "bspline", 6, lam=10.0, init="linear", max_iter=10)
+    np.testing.assert_array_equal(lin.cost, again.cost)
+    more = cmtf_als(X, Y, J, 5, "bspline", 6, lam=10.0, init="linear", max_iter=3, seed=2)
+    assert more.model.rank == 5 and _monotone(more.cost)
+
+
 def test_callback_and_verbose(capsys):
     _f, X, Y, J = _truth(3, 4, 2, "monomial", 3, 150, seed=29)
     seen = []
