@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conv-ranks", type=int, nargs="*", default=[12])
     parser.add_argument("--ablation-rank", type=int, default=12,
                         help="rank of the lam ablation (B-splines, fully connected part)")
-    parser.add_argument("--ablation-lams", type=float, nargs="*", default=[0.0, 1.0, 10.0],
+    parser.add_argument("--ablation-lams", type=float, nargs="*",
+                        default=[0.0, 1.0, 10.0, 1000.0],
                         help="further lam values fitted at --ablation-rank, no fine-tuning")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")

@@ -422,13 +422,17 @@ def _v_preconditioner(prob: _Problem, xtx: tuple, gamma: Tensor, mu: float):
     return lambda r: evecs @ ((evecs.T @ r) * inv_k[:, None]) @ ginv
 
 
+#: Largest input dimension for which the V preconditioner uses the exact spectrum of X^T X.
+_XTX_EIGH_MAX_M = 2048
+
+
 def _xtx_spectrum(prob: _Problem) -> tuple:
-    """Eigen-decomposition of ``X^T X / N`` (m <= 2048) or its mean eigenvalue."""
+    """Eigen-decomposition of ``X^T X / N`` (m <= _XTX_EIGH_MAX_M) or its mean eigenvalue."""
     X = prob.X
     N, m = X.shape
     if prob.a_y == 0:
         return (0.0, None)
-    if m <= 2048:
+    if m <= _XTX_EIGH_MAX_M:
         evals, evecs = torch.linalg.eigh(X.T @ X / N)
         return (evals.clamp_min(0), evecs)
     return (float((X * X).sum()) / (N * m), None)
