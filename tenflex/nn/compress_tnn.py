@@ -76,6 +76,7 @@ from tenflex.nn.tensorial import (
     TensorialConv2d,
     TensorialLinear,
     factorize,
+    largest_uniform_ranks,
     tensorial_max_ranks,
     tensorial_n_parameters,
 )
@@ -198,24 +199,11 @@ def ranks_within_budget(
         When rank 1 everywhere already exceeds the budget.
     """
     caps = tuple(int(c) for c in caps)
-
-    def uniform(r: int) -> tuple[int, ...]:
-        return tuple(min(r, c) for c in caps)
-
-    n1 = count(uniform(1))
-    if n1 > budget:
-        raise ValueError(
-            f"the rate leaves no rank >= 1 for {what}: rank 1 needs {n1} parameters but the "
-            f"budget is {budget:.1f}"
-        )
-    lo, hi = 1, max(caps)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(uniform(mid)) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    ranks = list(uniform(lo))
+    ranks = list(largest_uniform_ranks(
+        caps, count, budget,
+        lambda n1: f"the rate leaves no rank >= 1 for {what}: rank 1 needs {n1} parameters "
+        f"but the budget is {budget:.1f}",
+    ))
     while fill:
         options = []
         for i, (r, c) in enumerate(zip(ranks, caps)):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.nn.tensorial import _balance_cp, _exact_cp
+from tenflex.nn.tensorial import _balance_cp, _exact_cp, largest_uniform_ranks
 
 __all__ = [
     "METHODS",
@@ -222,23 +222,11 @@ def rank_for_rate(layer: nn.Module, method: str, rate: float) -> tuple[int, ...]
     dense = sum(p.numel() for p in (layer.weight, layer.bias) if p is not None)
     budget = rate * dense
 
-    def ranks(r: int) -> tuple[int, ...]:
-        return tuple(min(r, c) for c in caps)
-
-    n1 = _count(shape, method, ranks(1), bias)
-    if n1 > budget:
-        raise ValueError(
-            f"rate={rate} leaves no rank >= 1 for method {method!r}: rank 1 needs {n1} "
-            f"parameters but rate * {dense} dense parameters = {budget:.1f}"
-        )
-    lo, hi = 1, max(caps)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _count(shape, method, ranks(mid), bias) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return ranks(lo)
+    return largest_uniform_ranks(
+        caps, lambda r: _count(shape, method, r, bias), budget,
+        lambda n1: f"rate={rate} leaves no rank >= 1 for method {method!r}: rank 1 needs "
+        f"{n1} parameters but rate * {dense} dense parameters = {budget:.1f}",
+    )
 
 
 def _ranks_from(layer: nn.Module, method: str, rank: Any, rate: Any) -> tuple[int, ...]:

@@ -847,22 +847,37 @@ def _check_rate(rate: Any) -> float:
     return float(rate)
 
 
-def _largest_rank_within(
-    budget: float, caps: Sequence[int], count: Any, rate: float, dense: int, what: str
+def largest_uniform_ranks(
+    caps: Sequence[int], count: Any, budget: float, no_rank: Any
 ) -> tuple[int, ...]:
-    """Largest uniform rank r (capped per bond) with count(ranks(r)) <= budget."""
+    """Largest uniform rank ``r`` (capped per entry) with ``count(ranks(r)) <= budget``.
+
+    Parameters
+    ----------
+    caps : sequence of int
+        Full ranks, one per rank entry; the ranks are ``min(r, cap)``.
+    count : callable
+        ``count(ranks) -> int``, the parameters at those ranks.
+    budget : float
+        Parameters allowed.
+    no_rank : callable
+        ``no_rank(n1) -> str``, the error message when rank 1 already needs ``n1 > budget``
+        parameters.
+
+    Returns
+    -------
+    tuple of int
+    """
+    caps = tuple(int(c) for c in caps)
 
     def ranks(r: int) -> tuple[int, ...]:
         return tuple(min(r, c) for c in caps)
 
     n1 = count(ranks(1))
     if n1 > budget:
-        raise ValueError(
-            f"rate={rate} leaves no rank >= 1 for {what}: rank 1 needs {n1} parameters but "
-            f"rate * {dense} dense parameters = {budget:.1f}"
-        )
+        raise ValueError(no_rank(n1))
     lo, hi = 1, max(caps)
-    while lo < hi:
+    while lo < hi:  # count grows with r: bisect for the last r that fits
         mid = (lo + hi + 1) // 2
         if count(ranks(mid)) <= budget:
             lo = mid
@@ -1803,8 +1818,11 @@ def _ranks_from(
     rate = _check_rate(rate)
     dense = _dense_count(layer)
     bias = 0 if layer.bias is None else layer.bias.numel()
-    return _largest_rank_within(
-        rate * dense, caps, lambda r: _count(form, dims, r) + bias, rate, dense, what
+    budget = rate * dense
+    return largest_uniform_ranks(
+        caps, lambda r: _count(form, dims, r) + bias, budget,
+        lambda n1: f"rate={rate} leaves no rank >= 1 for {what}: rank 1 needs {n1} "
+        f"parameters but rate * {dense} dense parameters = {budget:.1f}",
     )
 
 
