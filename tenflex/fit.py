@@ -39,6 +39,7 @@ from tenflex.basis import Basis, make_basis
 from tenflex.cpd import (
     DenseJacobian,
     JacobianTensor,
+    _as_float_tensor,
     as_jacobian_tensor,
     cp_norm_sq,
     cpd,
@@ -122,18 +123,7 @@ class FitResult:
 
 # ---------------------------------------------------------------------------- validation
 def _as_matrix(A: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
-    if isinstance(A, np.ndarray):
-        if not np.issubdtype(A.dtype, np.number) or np.issubdtype(A.dtype, np.complexfloating):
-            raise TypeError(f"{name} must hold real numbers, got dtype {A.dtype}")
-        A = torch.from_numpy(np.ascontiguousarray(A))
-    elif not isinstance(A, Tensor):
-        try:
-            A = torch.as_tensor(np.asarray(A, dtype=np.float64))
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} must be a tensor or array, got {type(A).__name__}") from err
-    if A.is_complex() or A.dtype == torch.bool:
-        raise TypeError(f"{name} must hold real numbers, got dtype {A.dtype}")
-    A = A.detach().to(dtype=dtype, device=device)
+    A = _as_float_tensor(A, name, dtype).to(device=device)
     if not torch.isfinite(A).all():
         raise ValueError(f"{name} contains NaN or Inf values")
     return A
