@@ -119,6 +119,7 @@ def test_layout_without_copy_and_conversions():
         (torch.zeros(3, 4), ValueError, r"\(n, m, N\)"),
         (torch.zeros(3, 0, 2), ValueError, r"\(n, m, N\)"),
         (torch.tensor([[[1.0, float("nan")]]]), ValueError, "NaN or Inf"),
+        (torch.tensor([[[1e308, 1e308, -float("inf")]]]), ValueError, "NaN or Inf"),
         (np.array([[["x"]]]), TypeError, "real numbers"),
         ("J", TypeError, "tensor or array"),
     ],
@@ -126,6 +127,13 @@ def test_layout_without_copy_and_conversions():
 def test_dense_jacobian_bad_input(J, error, match):
     with pytest.raises(error, match=match):
         DenseJacobian(J)
+
+
+def test_dense_jacobian_accepts_finite_entries_whose_sum_overflows():
+    # The finiteness check sums J first; an overflowing sum must fall back to the entries.
+    J = torch.full((2, 3, 4), 1e308, dtype=torch.float64)
+    assert not torch.isfinite(J.sum())
+    assert DenseJacobian(J).shape == (2, 3, 4)
 
 
 def _exact_cp(n, m, N, R, seed):

@@ -1,0 +1,319 @@
+"""Tests of tenflex.gradfit: the recorded costs against cmtf_als and dense references, the
+exact batch decomposition of the structured Jacobian term and its gradient, training on an
+exactly decoupled function, determinism, stopping rules and input validation."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tenflex.basis import make_basis
+from tenflex.cpd import DenseJacobian, JacobianTensor
+from tenflex.fit import cmtf_als
+from tenflex.gradfit import GradientFitResult, _FlexibleCost, fit_by_gradient
+from tenflex.model import DecoupledFunction
+from tenflex.nn.flexible import FlexibleLayer
+
+n, m, N, R, D = 3, 6, 200, 3, 5
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # Tiny problems are dominated by thread synchronisation on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _truth(seed=0, basis="chebyshev"):
+    """Noise-free samples of a random decoupled function (n=3, m=6, R=3, D=5, N=200)."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, R, generator=gen, dtype=torch.float64)
+    V = torch.randn(m, R, generator=gen, dtype=torch.float64)
+    C = torch.randn(D, R, generator=gen, dtype=torch.float64)
+    b = torch.randn(n, generator=gen, dtype=torch.float64)
+    X = torch.randn(N, m, generator=gen, dtype=torch.float64)
+    f = DecoupledFunction(W, V, C, b, make_basis(basis, D).fit_domain(X @ V))
+    Y, J = f.outputs_and_jacobian(X)
+    return f, X, Y, J
+
+
+def _perturbed_layer(f, level=0.1, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+
+    def p(A):
+        E = torch.randn(A.shape, generator=gen, dtype=A.dtype)
+        return A + level * E * A.norm() / E.norm()
+
+    g = DecoupledFunction(p(f.W), p(f.V), p(f.C), f.b.clone(), f.basis.clone())
+    return FlexibleLayer.from_decoupled(g)
+
+
+def _dense_costs(layer, X, Y, J):
+    """Reference costs in NumPy from the model's dense Jacobians and outputs."""
+    with torch.no_grad():
+        df = layer.to_decoupled()
+        Yh, Jh = (A.numpy() for A in df.outputs_and_jacobian(X))
+    X, Y, J = X.numpy(), Y.numpy(), J.numpy()
+    cj = np.sum((J - Jh) ** 2) / np.sum(J**2)
+    co = np.sum((Y - Yh) ** 2) / np.sum((Y - Y.mean(axis=0)) ** 2)
+    return cj, co
+
+
+class _Wrapped(JacobianTensor):
+    """A JacobianTensor that is not a DenseJacobian (only the abstract products)."""
+
+    def __init__(self, J):
+        self._d = DenseJacobian(J)
+
+    shape = property(lambda self: self._d.shape)
+    dtype = property(lambda self: self._d.dtype)
+    device = property(lambda self: self._d.device)
+
+    def norm_sq(self):
+        return self._d.norm_sq()
+
+    def contract_input(self, V):
+        return self._d.contract_input(V)
+
+    def mttkrp_input(self, W, H):
+        return self._d.mttkrp_input(W, H)
+
+
+# ---------------------------------------------------------------------------- ground truth
+@pytest.mark.parametrize("lam, ridge", [(1.0, 0.0), (0.3, 1e-3), (0.0, 0.0)])
+def test_start_cost_equals_cmtf_als_cost(lam, ridge):
+    _, X, Y, J = _truth()
+    gen = torch.Generator().manual_seed(3)
+    Yn = Y + 0.05 * torch.randn(Y.shape, generator=gen, dtype=Y.dtype)  # cost well above 0
+    res = cmtf_als(
+        X, Yn, J, R, basis="chebyshev", n_functions=D, lam=lam, ridge=ridge, init="random",
+        max_iter=4,
+    )
+    assert res.cost[-1] > 1e-4
+    layer = FlexibleLayer.from_decoupled(res.model)
+    out = fit_by_gradient(layer, X, Yn, J, lam=lam, ridge=ridge, epochs=0)
+    assert isinstance(out, GradientFitResult)
+    assert out.n_epochs == 0 and out.epoch.tolist() == [0.0] and out.time_s.tolist() == [0.0]
+    np.testing.assert_allclose(out.cost[0], res.cost[-1], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(out.cost_jacobian[0], res.cost_jacobian[-1], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(out.cost_output[0], res.cost_output[-1], rtol=1e-10, atol=0)
+
+
+def test_costs_equal_dense_reference():
+    f, X, Y, J = _truth()
+    layer = _perturbed_layer(f, level=0.3)
+    cj, co = _dense_costs(layer, X, Y, J)
+    out = fit_by_gradient(layer, X.numpy(), Y.numpy(), J.numpy(), lam=0.7, epochs=0)
+    np.testing.assert_allclose(out.cost_jacobian[0], cj, rtol=1e-12)
+    np.testing.assert_allclose(out.cost_output[0], co, rtol=1e-12)
+    np.testing.assert_allclose(out.cost[0], cj + 0.7 * co, rtol=1e-12)
+    # At the exact solution the tiny residual is computed directly, not by cancellation.
+    exact = fit_by_gradient(FlexibleLayer.from_decoupled(f), X, Y, J, epochs=0)
+    assert exact.cost_jacobian[0] < 1e-26 and exact.cost_output[0] < 1e-26
+
+
+def test_outputs_only_cost_equals_numpy_reference():
+    _, X, Y, _ = _truth()
+    layer = nn.Sequential(nn.Linear(m, 8), nn.Tanh(), nn.Linear(8, n)).double()
+    with torch.no_grad():
+        Yh = layer(X).numpy()
+    Yr = Y.numpy()
+    ref = np.sum((Yr - Yh) ** 2) / np.sum((Yr - Yr.mean(axis=0)) ** 2)
+    for batch_size in (None, 64):  # the records are chunked by batch_size
+        out = fit_by_gradient(layer, X, Y, epochs=0, batch_size=batch_size)
+        np.testing.assert_allclose(out.cost[0], ref, rtol=1e-12)
+        np.testing.assert_allclose(out.cost_output[0], ref, rtol=1e-12)
+        assert np.isnan(out.cost_jacobian[0])
+
+
+# ---------------------------------------------------------------------------- batches
+def test_batch_terms_sum_to_full_data_terms_and_gradients():
+    f, X, Y, J = _truth()
+    layer = _perturbed_layer(f, level=0.3)
+    lam = 0.6
+    prob = _FlexibleCost(layer, X, Y, DenseJacobian(J), lam, 0.0)
+    full_cj, full_co = prob.batch_terms(None)
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(0))
+    parts = [prob.batch_terms(idx) for idx in order.split(64)]  # 64, 64, 64, 8
+    torch.testing.assert_close(sum(p[0] for p in parts), full_cj, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sum(p[1] for p in parts), full_co, rtol=1e-12, atol=0)
+    cj_ref, co_ref = _dense_costs(layer, X, Y, J)
+    np.testing.assert_allclose(float(full_cj.detach()), cj_ref, rtol=1e-12)
+    np.testing.assert_allclose(float(full_co.detach()), co_ref, rtol=1e-12)
+    # Equal batches: the minibatch losses average to the full-data cost.
+    losses = [prob.batch_loss(idx) for idx in order.split(50)]
+    torch.testing.assert_close(sum(losses) / 4, prob.batch_loss(None), rtol=1e-12, atol=0)
+
+    # Gradients: structured full-batch loss vs autograd of the dense formulation, and the
+    # size-weighted minibatch gradients sum to the full-data gradient.
+    params = [layer.W, layer.V, layer.C, layer.b]
+    grads = torch.autograd.grad(prob.batch_loss(None), params)
+    Z = X @ layer.V
+    Phi, dPhi = layer.basis.values_and_derivatives(Z)
+    G = torch.einsum("krd,dr->kr", Phi, layer.C)
+    H = torch.einsum("krd,dr->kr", dPhi, layer.C)
+    Jh = torch.einsum("ir,jr,kr->ijk", layer.W, layer.V, H)
+    Yc = Y - Y.mean(0)
+    dense = ((J - Jh) ** 2).sum() / (J**2).sum() + lam * (
+        (Y - layer.b - G @ layer.W.T) ** 2
+    ).sum() / (Yc**2).sum()
+    for g, r in zip(grads, torch.autograd.grad(dense, params), strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)
+    summed = [torch.zeros_like(p) for p in params]
+    for idx in order.split(64):
+        gb = torch.autograd.grad(prob.batch_loss(idx) * idx.numel() / N, params)
+        summed = [s + g for s, g in zip(summed, gb, strict=True)]
+    for g, s in zip(grads, summed, strict=True):
+        torch.testing.assert_close(s, g, rtol=1e-10, atol=1e-13)
+
+    # A JacobianTensor that is not dense: same loss and gradient via its MTTKRPs.
+    generic = _FlexibleCost(layer, X, Y, _Wrapped(J), lam, 0.0)
+    loss = generic.batch_loss(None)
+    torch.testing.assert_close(loss, prob.batch_loss(None), rtol=1e-12, atol=0)
+    for g, r in zip(torch.autograd.grad(loss, params), grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------- training
+@pytest.mark.parametrize("batch_size", [None, 50])
+def test_training_lowers_cost_on_exactly_decoupled_data(batch_size):
+    f, X, Y, J = _truth()
+    layer = _perturbed_layer(f, level=0.1)
+    out = fit_by_gradient(layer, X, Y, J, lam=1.0, epochs=150, lr=1e-2, batch_size=batch_size)
+    assert out.n_epochs == 150 and out.stop_reason == "reached epochs=150"
+    assert out.cost.shape == out.time_s.shape == out.epoch.shape == (151,)
+    np.testing.assert_array_equal(out.epoch, np.arange(151.0))
+    assert np.all(np.diff(out.time_s) >= 0)
+    assert out.cost[-1] < out.cost[0] / 10
+    # The records describe the trained layer (up to the expanded square's rounding, about
+    # 1e-16 of the normalised cost's scale).
+    cj, co = _dense_costs(layer, X, Y, J)
+    np.testing.assert_allclose(out.cost[-1], cj + co, rtol=1e-10, atol=1e-14)
+
+
+def test_outputs_only_training_any_layer_and_float32():
+    f, X, Y, _ = _truth()
+    layer = _perturbed_layer(f, level=0.1).float()
+    out = fit_by_gradient(layer, X.numpy(), Y.numpy(), epochs=100, lr=1e-2, batch_size=100)
+    assert layer.W.dtype == torch.float32
+    assert np.isnan(out.cost_jacobian).all()
+    assert out.cost[-1] < out.cost[0] / 10
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(m, 16), nn.Tanh(), nn.Linear(16, n)).double()
+    out = fit_by_gradient(mlp, X, Y, epochs=100, lr=1e-2)
+    assert out.cost[-1] < out.cost[0] / 2
+
+
+def test_same_seed_identical_different_seed_differs():
+    f, X, Y, J = _truth()
+
+    def run(seed):
+        layer = _perturbed_layer(f, level=0.1)
+        out = fit_by_gradient(layer, X, Y, J, epochs=5, lr=1e-2, batch_size=30, seed=seed)
+        return layer, out
+
+    a, ra = run(7)
+    b, rb = run(7)
+    c, rc = run(8)
+    for name in ("W", "V", "C", "b"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    for key in ("cost", "cost_jacobian", "cost_output", "epoch"):
+        np.testing.assert_array_equal(getattr(ra, key), getattr(rb, key))
+    assert ra.cost[0] == rc.cost[0]  # same start
+    assert not np.array_equal(ra.cost[1:], rc.cost[1:])
+    assert not torch.equal(a.V, c.V)
+
+
+# ---------------------------------------------------------------------------- stopping
+def test_time_limit_stops_training():
+    f, X, Y, J = _truth()
+    out = fit_by_gradient(_perturbed_layer(f), X, Y, J, epochs=1000, lr=1e-2, time_limit=0.0)
+    assert out.n_epochs == 1 and "time_limit" in out.stop_reason
+    assert out.time_s.shape == (2,) and out.time_s[1] > 0
+
+
+def test_callback_stops_and_its_time_is_not_counted():
+    f, X, Y, J = _truth()
+    layer = _perturbed_layer(f)
+    seen = []
+
+    def callback(info):
+        seen.append(info)
+        time.sleep(0.2)
+        return info["epoch"] == 3
+
+    out = fit_by_gradient(layer, X, Y, J, epochs=100, lr=1e-2, callback=callback)
+    assert out.n_epochs == 3 and out.stop_reason == "stopped by callback"
+    assert [i["epoch"] for i in seen] == [0, 1, 2, 3]
+    assert set(seen[0]) == {"epoch", "time_s", "cost", "cost_jacobian", "cost_output", "layer"}
+    assert seen[0]["layer"] is layer
+    np.testing.assert_array_equal([i["cost"] for i in seen], out.cost)
+    np.testing.assert_array_equal([i["time_s"] for i in seen], out.time_s)
+    assert out.time_s[-1] < 0.2  # four 0.2 s sleeps in the callback are not charged
+    # Stopping at the start: no epoch is trained.
+    out0 = fit_by_gradient(layer, X, Y, J, epochs=10, callback=lambda info: True)
+    assert out0.n_epochs == 0 and out0.cost.shape == (1,)
+    assert out0.stop_reason == "stopped by callback"
+
+
+def test_layer_mode_restored():
+    f, X, Y, J = _truth()
+    layer = _perturbed_layer(f)
+    modes = []
+    layer.eval()
+    fit_by_gradient(layer, X, Y, J, epochs=2, callback=lambda i: modes.append(i["layer"].training))
+    assert modes == [False, False, False] and not layer.training
+
+
+# ---------------------------------------------------------------------------- validation
+def test_bad_inputs_raise_clear_errors():
+    f, X, Y, J = _truth()
+    layer = _perturbed_layer(f)
+    with pytest.raises(ValueError, match=r"X must have shape \(N, m\) = \(200, 6\)"):
+        fit_by_gradient(layer, X[:, :5], Y, J)
+    with pytest.raises(ValueError, match=r"Y must have shape \(N, n\) = \(200, 3\)"):
+        fit_by_gradient(layer, X, Y[:, :2], J)
+    with pytest.raises(ValueError, match=r"J must have shape \(n, m, N\)"):
+        fit_by_gradient(layer, X, Y, J[:, :, 0])
+    with pytest.raises(ValueError, match=r"X must have shape \(N, m\) = \(199, 6\)"):
+        fit_by_gradient(layer, X, Y, J[:, :, :199])
+    with pytest.raises(ValueError, match="Y must have shape"):
+        fit_by_gradient(layer, X, Y[:199])
+    Xbad = X.clone()
+    Xbad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        fit_by_gradient(layer, Xbad, Y, J)
+    Jbad = J.clone()
+    Jbad[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="J contains NaN or Inf"):
+        fit_by_gradient(layer, X, Y, Jbad)
+    with pytest.raises(TypeError, match="must be a tenflex.nn.FlexibleLayer.*Linear"):
+        fit_by_gradient(nn.Linear(m, n).double(), X, Y, J)
+    with pytest.raises(ValueError, match="lam must be >= 0, got -1.0"):
+        fit_by_gradient(layer, X, Y, J, lam=-1.0)
+    with pytest.raises(ValueError, match="epochs must be >= 0, got -1"):
+        fit_by_gradient(layer, X, Y, J, epochs=-1)
+    with pytest.raises(ValueError, match="lr must be > 0, got 0.0"):
+        fit_by_gradient(layer, X, Y, J, lr=0.0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        fit_by_gradient(layer, X, Y, J, batch_size=0)
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        fit_by_gradient(layer, X, Y, J, batch_size=2.5)
+    with pytest.raises(ValueError, match="layer must map m = 6 inputs to n = 3 outputs"):
+        fit_by_gradient(FlexibleLayer(5, n, R, "chebyshev", D, dtype=torch.float64), X, Y, J)
+    with pytest.raises(ValueError, match="needs a dense J"):
+        fit_by_gradient(layer, X, Y, _Wrapped(J), batch_size=10)
+    with pytest.raises(ValueError, match="Y must match the layer's output"):
+        fit_by_gradient(nn.Linear(m, 2).double(), X, Y)
+    with pytest.raises(ValueError, match="Y is constant"):
+        fit_by_gradient(layer, X, torch.ones_like(Y), J)
+    with pytest.raises(ValueError, match="J is identically zero"):
+        fit_by_gradient(layer, X, Y, torch.zeros_like(J))
+    with pytest.raises(TypeError, match="layer must be a torch.nn.Module"):
+        fit_by_gradient(lambda x: x, X, Y)
