@@ -61,6 +61,11 @@ def test_time_to_accuracy_when_als_never_gets_there(bench):
     s = bench.time_to_accuracy_summary(tta)["test_accuracy"]
     assert s["als_time_s"] is None and s["speedup"] is None
     assert s["target_one_fifth"] is False
+    # ALS stopped after 1 s, before a fifth of 50 s: the run cannot tell.
+    assert s["decided"] is False
+    tta["runs"]["als"] = _run([0.0, 1.0, 12.0], [0.90, 0.91, 0.92])
+    s = bench.time_to_accuracy_summary(tta)["test_accuracy"]
+    assert s["decided"] is True and s["target_one_fifth"] is False
     tta["runs"]["als"] = _run([0.0, 1.0, 9.0], [0.90, 0.91, 0.96])
     s = bench.time_to_accuracy_summary(tta)["test_accuracy"]
     assert s["als_time_s"] == 9.0 and s["target_one_fifth"] is True
