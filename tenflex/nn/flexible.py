@@ -25,6 +25,28 @@ def _check_size(value: Any, name: str) -> int:
     return value
 
 
+def _fresh_basis(basis: str | Basis, n_functions: int, basis_options: dict[str, Any] | None
+                 ) -> Basis:
+    """A new basis from a name (errors of :func:`make_basis` pass through) or a copy."""
+    if isinstance(basis, Basis):
+        if basis_options:
+            raise ValueError("basis_options only apply when basis is given by name")
+        return basis.clone()
+    return make_basis(basis, n_functions, **(basis_options or {}))
+
+
+def _check_output_shape(output_shape: Any, n: int) -> tuple[int, ...] | None:
+    """``output_shape`` as a tuple whose product is ``n`` (None stays None)."""
+    if output_shape is None:
+        return None
+    shape = tuple(int(s) for s in output_shape)
+    if math.prod(shape) != n:
+        raise ValueError(
+            f"output_shape must have product n = {n}, got {shape} (product {math.prod(shape)})"
+        )
+    return shape
+
+
 class FlexibleLayer(nn.Module):
     """Flexible layer ``y = b + g(x V) W^T`` with ``g_r = sum_d C[d, r] phi_d``.
 
@@ -92,12 +114,7 @@ class FlexibleLayer(nn.Module):
         m = _check_size(in_features, "in_features")
         n = _check_size(out_features, "out_features")
         R = _check_size(rank, "rank")
-        if isinstance(basis, Basis):
-            if basis_options:
-                raise ValueError("basis_options only apply when basis is given by name")
-            basis = basis.clone()
-        else:
-            basis = make_basis(basis, n_functions, **(basis_options or {}))
+        basis = _fresh_basis(basis, n_functions, basis_options)
         if not basis.is_fitted:
             basis.set_identity(R)
         elif basis.n_branches != R:
@@ -119,18 +136,7 @@ class FlexibleLayer(nn.Module):
         else:
             self.register_parameter("b", None)
         self.basis = basis.to(device=device, dtype=dtype)
-        self.output_shape = self._check_output_shape(output_shape, n)
-
-    @staticmethod
-    def _check_output_shape(output_shape: Any, n: int) -> tuple[int, ...] | None:
-        if output_shape is None:
-            return None
-        shape = tuple(int(s) for s in output_shape)
-        if math.prod(shape) != n:
-            raise ValueError(
-                f"output_shape must have product n = {n}, got {shape} (product {math.prod(shape)})"
-            )
-        return shape
+        self.output_shape = _check_output_shape(output_shape, n)
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tenflex.basis import Basis, BSplineBasis, make_basis
+from tenflex.basis import Basis, BSplineBasis
+from tenflex.nn.flexible import _check_output_shape, _fresh_basis
 
 __all__ = ["KANLayer", "ProjectedKAN", "kan_width_for_budget"]
 
@@ -53,26 +54,6 @@ def _generator(seed: int | torch.Generator | None) -> torch.Generator | None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
     return torch.Generator().manual_seed(int(seed))
-
-
-def _check_output_shape(output_shape: Any, n: int) -> tuple[int, ...] | None:
-    if output_shape is None:
-        return None
-    shape = tuple(int(s) for s in output_shape)
-    if math.prod(shape) != n:
-        raise ValueError(
-            f"output_shape must have product n = {n}, got {shape} (product {math.prod(shape)})"
-        )
-    return shape
-
-
-def _make(basis: str | Basis, n_functions: int, basis_options: dict[str, Any] | None) -> Basis:
-    """A fresh basis from a name (errors of :func:`make_basis` pass through) or a copy."""
-    if isinstance(basis, Basis):
-        if basis_options:
-            raise ValueError("basis_options only apply when basis is given by name")
-        return basis.clone()
-    return make_basis(basis, n_functions, **(basis_options or {}))
 
 
 def _as_float(value: Any, name: str, dtype: torch.dtype | None = None) -> Tensor:
@@ -152,7 +133,7 @@ class KANLayer(nn.Module):
         super().__init__()
         m = _check_size(in_features, "in_features")
         n = _check_size(out_features, "out_features")
-        basis = _make(basis, n_functions, basis_options)
+        basis = _fresh_basis(basis, n_functions, basis_options)
         if not basis.is_fitted:
             basis.set_identity(m)
         elif basis.n_branches != m:
