@@ -34,13 +34,10 @@ from torch import Tensor, nn
 from tenflex.cpd import (
     DenseJacobian,
     JacobianTensor,
-    _as_float_tensor,
     as_jacobian_tensor,
     cp_norm_sq,
 )
-
-# Relative Jacobian costs below _ACCURATE_BELOW are recomputed from the residual, as cmtf_als does.
-from tenflex.fit import _ACCURATE_BELOW
+from tenflex.fit import _as_matrix, _Problem
 from tenflex.nn.flexible import FlexibleLayer
 
 __all__ = ["GradientFitResult", "fit_by_gradient"]
@@ -96,11 +93,9 @@ def _check_number(value: Any, name: str, low: float, strict: bool, integer: bool
 
 
 def _as_data(A: Any, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
-    A = _as_float_tensor(A, name, dtype).to(device=device)
+    A = _as_matrix(A, name, dtype, device)
     if A.ndim < 2:
         raise ValueError(f"{name} must have shape (N, ...) with N samples, got {tuple(A.shape)}")
-    if not torch.isfinite(A).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
     return A
 
 
@@ -160,13 +155,11 @@ class _FlexibleCost:
     ) -> None:
         self.layer, self.X, self.Y, self.Jt = layer, X, Y, Jt
         self.lam, self.ridge = lam, ridge
-        self.norm_j = Jt.norm_sq()
-        if self.norm_j == 0:
+        if Jt.norm_sq() == 0:
             raise ValueError("J is identically zero: there is no first-order information to fit")
-        Yc = Y - Y.mean(dim=0)
-        self.norm_y = float((Yc * Yc).sum())
-        if lam > 0 and self.norm_y == 0:
-            raise ValueError("Y is constant: the output term (lam > 0) has no scale")
+        # The solver's own problem: same normalisations, and its cost for the records.
+        self.problem = _Problem(X, Y, Jt, layer.basis, lam, ridge)
+        self.norm_j, self.norm_y = self.problem.norm_j, self.problem.norm_y
         self.dense = Jt.data if isinstance(Jt, DenseJacobian) else None  # (n, N, m)
         # ||J_k||^2 per sample, so that ||J_B||^2 of a batch is a sum.
         self.sample_norm_sq = None if self.dense is None else (self.dense**2).sum(dim=(0, 2))
@@ -221,18 +214,10 @@ class _FlexibleCost:
     @torch.no_grad()
     def full_costs(self) -> tuple[float, float, float]:
         """``(cost_jacobian, cost_output, total)`` exactly as ``cmtf_als`` computes them."""
-        W, V, Jt = self.layer.W, self.layer.V, self.Jt
+        W, V, C = self.layer.W, self.layer.V, self.layer.C
         G, H = self.branches(self.X @ V)
-        T = Jt.contract_input(V)
-        inner = float((Jt.mttkrp_output(T, H) * W).sum())
-        cj = (self.norm_j - 2 * inner + float(cp_norm_sq(W, V, H))) / self.norm_j
-        if cj < _ACCURATE_BELOW and Jt.exact_residual:
-            cj = Jt.residual_norm_sq(W, V, H) / self.norm_j
-        cj = max(cj, 0.0)
-        E = self.Y - self.bias() - G @ W.T
-        co = float((E * E).sum()) / self.norm_y if self.norm_y > 0 else 0.0
-        total = cj + self.lam * co + float(self.ridge_term())
-        return cj, co, total
+        b = torch.zeros_like(self.Y[0]) + self.bias()
+        return self.problem.costs(W, V, C, b, G, H, self.Jt.contract_input(V))
 
 
 class _OutputCost:
