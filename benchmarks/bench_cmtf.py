@@ -56,9 +56,21 @@ QUICK_GRID = [
 
 
 def make_problem(
-    m: int, n: int, N: int, R: int, D: int, seed: int = 0, dtype: torch.dtype = torch.float64
+    m: int, n: int, N: int, R: int, D: int, seed: int = 0, dtype: torch.dtype = torch.float64,
+    chunk_bytes: int = 2**25,
 ):
-    """Noise-free samples X (N, m), Y (N, n), J (n, m, N) of a random decoupled function."""
+    """Noise-free samples X (N, m), Y (N, n), J (n, m, N) of a random decoupled function.
+
+    ``J`` is filled block by block of samples into its ``(n, N, m)`` storage (the solver's
+    layout, handed over as an ``(n, m, N)`` view), so that building it needs the tensor
+    itself plus a block of at most ``chunk_bytes``, not two tensors of its size: the peak
+    memory of a point is then the solver's, not the test problem's.
+
+    Returns
+    -------
+    truth : DecoupledFunction
+    X : (N, m), Y : (N, n), J : (n, m, N)
+    """
     gen = torch.Generator().manual_seed(seed)
     dt = dtype
     W = torch.randn(n, R, generator=gen, dtype=dt)
@@ -66,12 +78,18 @@ def make_problem(
     C = torch.randn(D, R, generator=gen, dtype=dt)
     b = torch.randn(n, generator=gen, dtype=dt)
     X = torch.randn(N, m, generator=gen, dtype=dt)
-    basis = make_basis("bspline", D).fit_domain(X @ V)
+    Z = X @ V
+    basis = make_basis("bspline", D).fit_domain(Z)
     truth = DecoupledFunction(W, V, C, b, basis)
-    G, H = truth.branch_outputs_and_derivatives(X @ V)
+    G, H = truth.branch_outputs_and_derivatives(Z)
     Y = G @ W.T + b
-    # J built directly in the solver's (n, N, m) layout, handed over as a (n, m, N) view.
-    A = torch.einsum("ir,kr,jr->ikj", W, H, V)
+    A = torch.empty(n, N, m, dtype=dt)
+    step = max(1, chunk_bytes // (n * m * A.element_size()))
+    for k0 in range(0, N, step):
+        Hk = H[k0:k0 + step]
+        # A[i, k, j] = sum_r W[i, r] H[k, r] V[j, r]
+        block = (W[:, None, :] * Hk[None, :, :]).reshape(-1, R) @ V.T
+        A[:, k0:k0 + len(Hk), :] = block.view(n, len(Hk), m)
     return truth, X, Y, A.permute(0, 2, 1)
 
 

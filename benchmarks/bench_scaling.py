@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
@@ -55,11 +54,8 @@ import numpy as np
 import torch
 
 # benchmarks/ is on sys.path when this file runs as a script (also in its subprocesses).
-from bench_cmtf import timeit
+from bench_cmtf import make_problem, timeit
 from bench_compress import machine, write_json
-
-from tenflex.basis import make_basis
-from tenflex.model import DecoupledFunction
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "bench_scaling.json"
@@ -126,44 +122,6 @@ def peak_rss() -> int:
 # One point, in its own process.
 
 
-def make_problem_lean(
-    m: int, n: int, N: int, R: int, D: int, seed: int = 0, dtype: torch.dtype = torch.float64,
-    chunk_bytes: int = 2**25,
-):
-    """The problem of ``bench_cmtf.make_problem`` (same draws), without its memory peak.
-
-    ``J`` is filled block by block of samples into its ``(n, N, m)`` storage (the solver's
-    layout, handed over as an ``(n, m, N)`` view), so that building it needs the tensor
-    itself plus a block of at most ``chunk_bytes``, not two tensors of its size: the peak
-    memory of a point is then the solver's, not the test problem's.
-
-    Returns
-    -------
-    truth : DecoupledFunction
-    X : (N, m), Y : (N, n), J : (n, m, N)
-    """
-    gen = torch.Generator().manual_seed(seed)
-    dt = dtype
-    W = torch.randn(n, R, generator=gen, dtype=dt)
-    V = torch.randn(m, R, generator=gen, dtype=dt) / math.sqrt(m)
-    C = torch.randn(D, R, generator=gen, dtype=dt)
-    b = torch.randn(n, generator=gen, dtype=dt)
-    X = torch.randn(N, m, generator=gen, dtype=dt)
-    Z = X @ V
-    basis = make_basis("bspline", D).fit_domain(Z)
-    truth = DecoupledFunction(W, V, C, b, basis)
-    G, H = truth.branch_outputs_and_derivatives(Z)
-    Y = G @ W.T + b
-    A = torch.empty(n, N, m, dtype=dt)
-    step = max(1, chunk_bytes // (n * m * A.element_size()))
-    for k0 in range(0, N, step):
-        Hk = H[k0:k0 + step]
-        # A[i, k, j] = sum_r W[i, r] H[k, r] V[j, r]
-        block = (W[:, None, :] * Hk[None, :, :]).reshape(-1, R) @ V.T
-        A[:, k0:k0 + len(Hk), :] = block.view(n, len(Hk), m)
-    return truth, X, Y, A.permute(0, 2, 1)
-
-
 def measure_point(point: dict, threads: int, sweeps: int, repeat: int, seed: int) -> dict:
     """Time and memory of CMTF-ALS on one problem size; meant for a fresh process.
 
@@ -188,7 +146,7 @@ def measure_point(point: dict, threads: int, sweeps: int, repeat: int, seed: int
         reset_peak()
 
     t0 = time.perf_counter()
-    _, X, Y, J = make_problem_lean(m, n, N, R, D, seed=seed, dtype=dtype)
+    _, X, Y, J = make_problem(m, n, N, R, D, seed=seed, dtype=dtype)
     data_s = time.perf_counter() - t0
     rss_data = current_rss()
     stage("data")

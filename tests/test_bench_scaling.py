@@ -144,15 +144,17 @@ def test_rerun_skips_measured_points(quick_run, bench, capsys):
     assert ok_points(again) == ok_points(data)
 
 
-def test_lean_problem_matches_bench_cmtf(bench):
+def test_block_filled_problem_is_exact(bench):
     from bench_cmtf import make_problem
 
     for size in ((12, 3, 50, 4, 6), (5, 2, 17, 3, 5)):
-        _, X, Y, J = make_problem(*size, seed=3)
-        _, X2, Y2, J2 = bench.make_problem_lean(*size, seed=3, chunk_bytes=500)
+        truth, X, Y, J = make_problem(*size, seed=3, chunk_bytes=500)
+        _, X2, Y2, _ = make_problem(*size, seed=3)  # one block: the same draws
         assert torch.equal(X, X2) and torch.equal(Y, Y2)
-        torch.testing.assert_close(J2, J, rtol=1e-12, atol=1e-12)
-        assert J2.permute(0, 2, 1).is_contiguous()  # the solver's (n, N, m) layout
+        H = truth.branch_outputs_and_derivatives(X @ truth.V)[1]
+        reference = torch.einsum("ir,kr,jr->ijk", truth.W, H, truth.V)  # (n, m, N)
+        torch.testing.assert_close(J, reference, rtol=1e-12, atol=1e-12)
+        assert J.permute(0, 2, 1).is_contiguous()  # the solver's (n, N, m) layout
 
 
 def test_loglog_slope(bench):
