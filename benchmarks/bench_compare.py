@@ -54,6 +54,7 @@ from torch import nn
 from tenflex import zoo
 from tenflex.fit import cmtf_als, decouple_cpd
 from tenflex.gradfit import fit_by_gradient
+from tenflex.model import DecoupledFunction
 from tenflex.nn.baselines import LinearReplacement, reduced_rank_regression
 from tenflex.nn.compress import count_parameters
 from tenflex.nn.compress_tnn import DenseEvaluation, compress_layer, plan_layer, time_forward
@@ -120,8 +121,9 @@ class Workbench:
         self.m, self.n = self.X.shape[1], self.Y.shape[1]
 
     def accuracy(self, replacement: nn.Module) -> float:
-        return zoo.evaluate(replacement, self.test_features.to(_dtype(replacement)),
-                            self.test_labels)
+        dtype = _dtype(replacement)
+        x = self.test_x64 if dtype == torch.float64 else self.test_features.to(dtype)
+        return zoo.evaluate(replacement, x, self.test_labels)
 
     def finetune(self, replacement: nn.Module, epochs: int, seed: int) -> tuple[nn.Module, float]:
         tuned = copy.deepcopy(replacement).float()
@@ -147,11 +149,8 @@ def _dtype(module: nn.Module) -> torch.dtype:
 
 def _test_accuracy_of_state(bench: Workbench, basis, info: dict) -> float:
     """Test accuracy of ``b + W g(V^T x)`` from a CMTF-ALS callback's parameters."""
-    with torch.no_grad():
-        Z = bench.test_x64 @ info["V"]
-        G = torch.einsum("krd,dr->kr", basis(Z), info["C"])
-        logits = G @ info["W"].T + info["b"]
-    return float((logits.argmax(1) == bench.test_labels).double().mean())
+    model = DecoupledFunction(info["W"], info["V"], info["C"], info["b"], basis)
+    return bench.accuracy(FlexibleLayer.from_decoupled(model))
 
 
 def fit_method(bench: Workbench, method: str, rank: int, args) -> tuple[nn.Module, dict]:
@@ -252,9 +251,8 @@ def time_to_accuracy(bench: Workbench, args, start_kind: str = "linear") -> dict
     runs: dict = {}
 
     # ALS: wall time of the solver only (the callback's evaluation is subtracted).
-    curve = {"time_s": [0.0], "accuracy": [_test_accuracy_of_state(bench, basis, {
-        "W": start.model.W, "V": start.model.V, "C": start.model.C, "b": start.model.b})],
-        "cost": [float(start.cost[-1])]}
+    curve = {"time_s": [0.0], "accuracy": [bench.accuracy(FlexibleLayer.from_decoupled(
+        start.model))], "cost": [float(start.cost[-1])]}
     excluded = [0.0]
     t_start = time.perf_counter()
 
@@ -276,10 +274,7 @@ def time_to_accuracy(bench: Workbench, args, start_kind: str = "linear") -> dict
         def on_epoch(info: dict) -> None:
             out["time_s"].append(info["time_s"])
             out["cost"].append(float(info["cost"]))
-            with torch.no_grad():
-                out["accuracy"].append(float(
-                    (info["layer"](bench.test_x64).argmax(1) == bench.test_labels)
-                    .double().mean()))
+            out["accuracy"].append(bench.accuracy(info["layer"]))
 
         fit_by_gradient(layer, X, Y, J if with_jacobian else None, lam=args.lam,
                         epochs=10**6, lr=lr, batch_size=args.tta_batch, seed=args.seed,
@@ -304,6 +299,24 @@ def _first_time(times: list[float], values: list[float], reached) -> float | Non
     return next((t for t, v in zip(times, values) if reached(v)), None)
 
 
+def _race(als: dict, name: str, run: dict, what: str) -> dict:
+    """When ALS first does as well as the final ``what`` ("accuracy", higher is better, or
+    "cost", lower is better) of the gradient ``run``, and whether that is a fifth of the time.
+    """
+    target = run[what][-1]
+    reached = (lambda v: v >= target) if what == "accuracy" else (lambda v: v <= target)
+    t_grad = _first_time(run["time_s"], run[what], reached)
+    t_als = _first_time(als["time_s"], als[what], reached)
+    return {
+        "gradient_run": name, f"gradient_{what}": target, "gradient_time_s": t_grad,
+        "als_time_s": t_als, f"als_final_{what}": als[what][-1],
+        f"start_{what}": als[what][0], "als_stopped_s": als["time_s"][-1],
+        # ALS must have got there, or have run for a fifth of the gradient time.
+        "decided": t_grad > 0 and (t_als is not None or als["time_s"][-1] >= t_grad / 5),
+        "speedup": None if not t_als else t_grad / t_als,
+        "target_one_fifth": t_als is not None and t_grad > 0 and t_als <= t_grad / 5}
+
+
 def time_to_accuracy_summary(tta: dict) -> dict:
     """When CMTF-ALS reaches what gradient training reached, in test accuracy and in cost.
 
@@ -319,34 +332,13 @@ def time_to_accuracy_summary(tta: dict) -> dict:
     fifth of the gradient time without getting there.
     """
     runs = tta["runs"]
-    als = runs["als"]
-    out = {}
     adam = [k for k in runs if k != "als"]
     name = max(adam, key=lambda k: runs[k]["accuracy"][-1])
-    target = runs[name]["accuracy"][-1]
-    t_grad = _first_time(runs[name]["time_s"], runs[name]["accuracy"], lambda a: a >= target)
-    t_als = _first_time(als["time_s"], als["accuracy"], lambda a: a >= target)
-    out["test_accuracy"] = {
-        "gradient_run": name, "gradient_accuracy": target, "gradient_time_s": t_grad,
-        "als_time_s": t_als, "als_final_accuracy": als["accuracy"][-1],
-        "start_accuracy": als["accuracy"][0], "als_stopped_s": als["time_s"][-1],
-        "decided": t_grad > 0 and (t_als is not None or als["time_s"][-1] >= t_grad / 5),
-        "speedup": None if not t_als else t_grad / t_als,
-        "target_one_fifth": t_als is not None and t_grad > 0 and t_als <= t_grad / 5}
+    out = {"test_accuracy": _race(runs["als"], name, runs[name], "accuracy")}
     same_cost = [k for k in adam if runs[k].get("with_jacobian")]
     if same_cost:
         name = min(same_cost, key=lambda k: runs[k]["cost"][-1])
-        target = runs[name]["cost"][-1]
-        t_grad = _first_time(runs[name]["time_s"], runs[name]["cost"], lambda c: c <= target)
-        t_als = _first_time(als["time_s"], als["cost"], lambda c: c <= target)
-        out["cost"] = {
-            "gradient_run": name, "gradient_cost": target, "gradient_time_s": t_grad,
-            "als_time_s": t_als, "als_final_cost": als["cost"][-1],
-            "start_cost": als["cost"][0], "als_stopped_s": als["time_s"][-1],
-            # ALS must have got there, or have run for a fifth of the gradient time.
-            "decided": t_grad > 0 and (t_als is not None or als["time_s"][-1] >= t_grad / 5),
-            "speedup": None if not t_als else t_grad / t_als,
-            "target_one_fifth": t_als is not None and t_grad > 0 and t_als <= t_grad / 5}
+        out["cost"] = _race(runs["als"], name, runs[name], "cost")
     return out
 
 
@@ -463,12 +455,14 @@ def finish(result: dict, args) -> None:
 
     # Targets: CMTF on the Pareto front at every budget (before and after fine-tuning).
     cmtf = [m for m in METHODS if m.startswith("cmtf-")]
-    on_front = {}
+    on_front, fronts = {}, {}
     for column in ("accuracy", "accuracy_finetuned"):
         points = [(e["parameters"], e[column], f"{e['method']}@{e['budget_rank']}")
                   for e in result["entries"]]
         front = pareto_front(points)
+        fronts[column] = sorted(front)
         on_front[column] = {str(r): any(f"{m}@{r}" in front for m in cmtf) for r in args.ranks}
+    result["pareto_front"] = fronts  # "method@budget_rank" of the points on each front
     decided = {}
     for start_kind, key in TTA_KEYS.items():
         tta = time_to_accuracy_summary(result[key])
