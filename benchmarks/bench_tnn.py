@@ -11,15 +11,25 @@ compressed layer's forward pass is timed against the dense layer's at batch 256 
 
 The result is a JSON file (default ``benchmarks/results/bench_tnn.json``; with ``--quick``
 ``benchmarks/results/bench_tnn_quick.json``) with a machine description, the date, the
-command, the settings, one entry per (form, rate) and the two targets of the chapter:
+command, the settings, one entry per (form, rate, seed) and the two targets of the
+chapter, on the accuracy averaged over the seeds run:
 
 * at a 10 % rate the best reshaped form is within 0.5 percentage points of the
   uncompressed network;
 * at each rate every reshaped form is at least as accurate as the plain form of its family.
 
+Seeds: ``--seeds 0 1 2`` trains every network once per seed (the seed sets the order of
+the training batches; the decompositions start from SVDs of the pretrained weights, the same
+for every seed). At a generous rate the forms differ by a few test images in ten thousand,
+as much as two seeds of the same form do; only an average over seeds can order them. The
+comparison of two forms uses the seeds run for both and records the standard error of the
+difference.
+
 The file is rewritten after every finished entry; running the same command again skips
 the entries already there (``--fresh`` starts over). Entries made with other settings are
-never mixed in: the script refuses to resume from a file with different settings.
+never mixed in: the script refuses to resume from a file with different settings. Several
+runs may write the same file at once (say, one per seed, one per core): each write merges
+the entries on disk under a lock.
 
 Threads: ``--threads`` (default 1) sets both torch's and the BLAS thread pools. On a CPU
 shared with other jobs, LeNet-5-sized operations run many times slower with two threads
@@ -27,8 +37,10 @@ than with one (threads wait for each other), so one thread is the default.
 
 Usage::
 
-    python benchmarks/bench_tnn.py              # full run (about 30 min of CPU time, 1 core)
+    python benchmarks/bench_tnn.py              # full run: 54 networks, about 90 min, 1 core
     python benchmarks/bench_tnn.py --quick      # one rate, small data (under a minute)
+    # the same full run on three cores, one seed each, into the same file:
+    for s in 0 1 2; do python benchmarks/bench_tnn.py --seeds $s & done; wait
 """
 
 from __future__ import annotations
@@ -36,7 +48,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import fcntl
 import json
+import math
 import os
 import platform
 import sys
@@ -78,7 +92,6 @@ FULL = {
     "batch_size": 128,
     "timing_batch": 256,
     "timing_repeat": 30,
-    "seed": 0,
 }
 QUICK = {
     **FULL,
@@ -93,6 +106,8 @@ QUICK = {
 #: Targets: the best reshaped form at this rate within this many points of the dense net.
 TARGET_RATE = 0.1
 TARGET_GAP_PP = 0.5
+#: Seed of the inputs the layers are timed on (the same for every entry).
+TIMING_SEED = 0
 
 
 def machine_description(threads: int) -> dict[str, Any]:
@@ -142,42 +157,102 @@ def atomic_write_json(path: Path, data: dict) -> None:
         raise
 
 
-def entry_key(form: str, rate: float) -> str:
-    return f"{form}@{rate:g}"
+def entry_key(form: str, rate: float, seed: int) -> str:
+    return f"{form}@{rate:g}#{seed}"
+
+
+def seed_accuracies(entries: dict, form: str, rate: float) -> dict[int, float]:
+    """Fine-tuned test accuracy of ``form`` at ``rate``, by seed."""
+    return {e["seed"]: e["accuracy"]["fine_tuned"] for e in entries.values()
+            if e["form"] == form and e["rate"] == rate}
+
+
+def compare(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean accuracies of two forms over the seeds run for both, and the difference's
+    standard error in points (None with fewer than two seeds); None without common seeds."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    xa, xb = [a[s] for s in seeds], [b[s] for s in seeds]
+    mean_a, mean_b = sum(xa) / len(xa), sum(xb) / len(xb)
+    se = None
+    if len(seeds) > 1:
+        var = (np.var(xa, ddof=1) + np.var(xb, ddof=1)) / len(seeds)
+        se = 100 * math.sqrt(float(var))
+    return {"seeds": seeds, "mean": [mean_a, mean_b], "difference_pp": 100 * (mean_a - mean_b),
+            "standard_error_pp": se}
 
 
 def targets(result: dict) -> dict[str, Any]:
-    """Evaluate the two targets on the entries present (None where entries are missing)."""
+    """Evaluate the two targets on the entries present, on accuracies averaged over seeds
+    (a target whose entries are missing is left out)."""
     dense = result["dense"]["test_accuracy"]
     entries = result["entries"]
     out: dict[str, Any] = {}
-    key_rate = TARGET_RATE if TARGET_RATE in result["settings"]["rates"] else None
-    if key_rate is not None:
-        accs = {f: entries[entry_key(f, key_rate)]["accuracy"]["fine_tuned"]
-                for f in RESHAPED if entry_key(f, key_rate) in entries}
-        if len(accs) == len(RESHAPED):
-            best = max(accs, key=accs.get)
-            gap = 100 * (dense - accs[best])
+    if TARGET_RATE in result["settings"]["rates"]:
+        accs = {f: seed_accuracies(entries, f, TARGET_RATE) for f in RESHAPED}
+        if all(accs.values()):
+            means = {f: sum(a.values()) / len(a) for f, a in accs.items()}
+            best = max(means, key=means.get)
+            gap = 100 * (dense - means[best])
             out["best_reshaped_within_gap"] = {
-                "rate": key_rate, "best_form": best, "accuracy": accs[best],
-                "dense_accuracy": dense, "gap_pp": gap, "allowed_gap_pp": TARGET_GAP_PP,
-                "holds": bool(gap <= TARGET_GAP_PP),
+                "rate": TARGET_RATE, "best_form": best, "accuracy": means[best],
+                "seeds": sorted(accs[best]), "dense_accuracy": dense, "gap_pp": gap,
+                "allowed_gap_pp": TARGET_GAP_PP, "holds": bool(gap <= TARGET_GAP_PP),
             }
     pairs = []
     for rate in result["settings"]["rates"]:
         for reshaped in RESHAPED:
             plain = next(p for p in PLAIN if FAMILY[p] == FAMILY[reshaped])
-            kr, kp = entry_key(reshaped, rate), entry_key(plain, rate)
-            if kr in entries and kp in entries:
-                ar = entries[kr]["accuracy"]["fine_tuned"]
-                ap = entries[kp]["accuracy"]["fine_tuned"]
+            c = compare(seed_accuracies(entries, reshaped, rate),
+                        seed_accuracies(entries, plain, rate))
+            if c is not None:
                 pairs.append({
                     "rate": rate, "family": FAMILY[reshaped], "reshaped": reshaped,
-                    "plain": plain, "reshaped_accuracy": ar, "plain_accuracy": ap,
-                    "difference_pp": 100 * (ar - ap), "holds": bool(ar >= ap),
+                    "plain": plain, "seeds": c["seeds"], "reshaped_accuracy": c["mean"][0],
+                    "plain_accuracy": c["mean"][1], "difference_pp": c["difference_pp"],
+                    "standard_error_pp": c["standard_error_pp"],
+                    "holds": bool(c["difference_pp"] >= 0),
                 })
     out["reshaped_at_least_plain"] = pairs
     return out
+
+
+def complete(result: dict) -> bool:
+    """Whether every seed present has an entry for every form at every rate."""
+    entries, settings = result["entries"], result["settings"]
+    seeds = {e["seed"] for e in entries.values()}
+    return bool(seeds) and all(entry_key(f, r, s) in entries for s in seeds
+                               for r in settings["rates"] for f in FORMS)
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """An exclusive lock on ``folder`` (held by one writer at a time, across processes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def merge_and_write(out: Path, result: dict) -> None:
+    """Write ``result`` with the entries other runs have written to ``out`` meanwhile, and
+    the targets recomputed on all of them; ``result`` is updated in place."""
+    with locked(out.parent):
+        if out.is_file():
+            disk = json.loads(out.read_text())
+            if disk.get("settings") == result["settings"]:
+                result["entries"] = {**disk["entries"], **result["entries"]}
+        result["targets"] = targets(result)
+        result["complete"] = complete(result)
+        result["seeds"] = sorted({e["seed"] for e in result["entries"].values()})
+        result["wall_s_entries"] = sum(e["wall_s"] for e in result["entries"].values())
+        cpu = [e["cpu_s"] for e in result["entries"].values() if "cpu_s" in e]
+        result["cpu_s_entries"] = {"total": sum(cpu), "n_entries_measured": len(cpu)}
+        atomic_write_json(out, result)
 
 
 def time_entry(model: torch.nn.Module, pretrained: torch.nn.Module, names: list[str],
@@ -219,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and BLAS threads (default 1, see the module docstring)")
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="train every network once per seed (default: 0 1 2; with "
+                             "--quick: 0)")
     parser.add_argument("--fresh", action="store_true",
                         help="ignore entries of an existing result file and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -226,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be >= 1")
 
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1, 2]
+    if any(s < 0 for s in args.seeds):
+        parser.error("--seeds must be integers >= 0")
     settings = dict(QUICK if args.quick else FULL)
     settings["forms"] = list(args.forms)
     out = args.out or ROOT / "benchmarks" / "results" / (
@@ -273,7 +355,7 @@ def run(settings: dict, out: Path, args: argparse.Namespace) -> int:
     result["command"] = " ".join([Path(sys.executable).name, *sys.argv])
 
     # The uncompressed network: accuracy, layer sizes, inputs for the timings.
-    gen = torch.Generator().manual_seed(settings["seed"])
+    gen = torch.Generator().manual_seed(TIMING_SEED)
     idx = torch.randperm(x_test.shape[0], generator=gen)[: settings["timing_batch"]]
     x_net = x_test[idx]
     inputs = layer_inputs(pretrained, names, x_net)
@@ -291,15 +373,17 @@ def run(settings: dict, out: Path, args: argparse.Namespace) -> int:
         },
     }
 
-    todo = [(rate, form) for rate in settings["rates"] for form in settings["forms"]]
-    done = sum(entry_key(f, r) in result["entries"] for r, f in todo)
+    # Seeds outermost: a run stopped early leaves whole seeds, each one comparing all forms.
+    todo = [(seed, rate, form) for seed in args.seeds for rate in settings["rates"]
+            for form in settings["forms"]]
+    done = sum(entry_key(f, r, s) in result["entries"] for s, r, f in todo)
     bar = tqdm(total=len(todo), initial=done, desc="bench_tnn", unit="net",
                disable=args.no_progress)
-    for rate, form in todo:
-        key = entry_key(form, rate)
+    for seed, rate, form in todo:
+        key = entry_key(form, rate, seed)
         if key in result["entries"]:
             continue
-        bar.set_postfix(form=form, rate=rate)
+        bar.set_postfix(form=form, rate=rate, seed=seed)
         t0, c0 = time.perf_counter(), time.process_time()
         model, res = compress_and_train(
             pretrained, form, rate, (x_train, y_train), (x_test, y_test),
@@ -307,50 +391,47 @@ def run(settings: dict, out: Path, args: argparse.Namespace) -> int:
             distill_epochs=settings["distill_epochs"], distill_lr=settings["distill_lr"],
             finetune_samples=settings["finetune_samples"],
             finetune_epochs=settings["finetune_epochs"], finetune_lr=settings["finetune_lr"],
-            batch_size=settings["batch_size"], seed=settings["seed"],
+            batch_size=settings["batch_size"], seed=seed,
         )
-        entry = res.to_dict()
+        entry = {**res.to_dict(), "seed": seed}
         entry["timing"] = time_entry(model, pretrained, names, inputs, x_net,
                                      settings["timing_repeat"])
         entry["wall_s"] = time.perf_counter() - t0
         entry["cpu_s"] = time.process_time() - c0  # all threads; unaffected by other jobs
         result["entries"][key] = entry
-        result["targets"] = targets(result)
-        result["complete"] = False
-        atomic_write_json(out, result)
+        merge_and_write(out, result)
         bar.update(1)
     bar.close()
 
-    result["targets"] = targets(result)
-    result["complete"] = all(entry_key(f, r) in result["entries"] for r in settings["rates"]
-                             for f in FORMS)
     result["elapsed_s_this_run"] = time.perf_counter() - t_start
-    result["wall_s_entries"] = sum(e["wall_s"] for e in result["entries"].values())
-    cpu = [e["cpu_s"] for e in result["entries"].values() if "cpu_s" in e]
-    result["cpu_s_entries"] = {"total": sum(cpu), "n_entries_measured": len(cpu)}
     result["machine"]["load_average_at_end"] = (
         list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
-    atomic_write_json(out, result)
+    merge_and_write(out, result)
 
     print(f"wrote {out}")
     dense = result["dense"]["test_accuracy"]
     print(f"uncompressed LeNet-5: {100 * dense:.2f} %, {result['dense']['n_parameters']} params")
-    print(f"{'rate':>5} {'form':>7} {'params':>7} {'acc %':>6}  forward ms (conv2 fc1 fc2)")
-    for rate, form in todo:
-        e = result["entries"][entry_key(form, rate)]
+    print(f"{'seed':>4} {'rate':>5} {'form':>7} {'params':>7} {'acc %':>6}  "
+          "forward ms (conv2 fc1 fc2)")
+    for seed, rate, form in todo:
+        e = result["entries"][entry_key(form, rate, seed)]
         ms = " ".join(f"{1e3 * e['timing']['layers'][n]['compressed_s']:.3f}" for n in names)
-        print(f"{rate:5.2f} {form:>7} {e['n_compressed_layers']:7d} "
+        print(f"{seed:4d} {rate:5.2f} {form:>7} {e['n_compressed_layers']:7d} "
               f"{100 * e['accuracy']['fine_tuned']:6.2f}  {ms}")
     t = result["targets"]
     if "best_reshaped_within_gap" in t:
         g = t["best_reshaped_within_gap"]
         print(f"target 1 ({'holds' if g['holds'] else 'MISSED'}): best reshaped form at "
-              f"{g['rate']:g}: {g['best_form']} {100 * g['accuracy']:.2f} %, "
+              f"{g['rate']:g}: {g['best_form']} {100 * g['accuracy']:.2f} % (mean of seeds "
+              f"{g['seeds']}), "
               f"{g['gap_pp']:.2f} points below the dense network (allowed {TARGET_GAP_PP})")
     for p in t["reshaped_at_least_plain"]:
+        se = p["standard_error_pp"]
         print(f"target 2 ({'holds' if p['holds'] else 'MISSED'}): rate {p['rate']:g} "
               f"{p['reshaped']} {100 * p['reshaped_accuracy']:.2f} % vs {p['plain']} "
-              f"{100 * p['plain_accuracy']:.2f} %")
+              f"{100 * p['plain_accuracy']:.2f} % (seeds {p['seeds']}"
+              + (f", difference {p['difference_pp']:+.2f} ± {se:.2f} points)" if se is not None
+                 else ")"))
     return 0
 
 

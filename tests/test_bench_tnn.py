@@ -1,0 +1,112 @@
+"""The decision rules of the TNN benchmark: accuracies averaged over seeds, merged writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+BENCH = "bench_tnn"  # the script the `bench` fixture imports
+SCRIPTS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+
+
+def _entry(form, rate, seed, acc):
+    return {"form": form, "rate": rate, "seed": seed, "accuracy": {"fine_tuned": acc},
+            "wall_s": 1.0, "cpu_s": 1.0}
+
+
+def _result(bench, accuracies, rates=(0.1,)):
+    """``accuracies[(form, rate)] = [acc of seed 0, acc of seed 1, ...]``."""
+    entries = {}
+    for (form, rate), accs in accuracies.items():
+        for seed, acc in enumerate(accs):
+            entries[bench.entry_key(form, rate, seed)] = _entry(form, rate, seed, acc)
+    return {"settings": {"rates": list(rates)}, "dense": {"test_accuracy": 0.99},
+            "entries": entries}
+
+
+def test_compare_uses_common_seeds_and_the_standard_error(bench):
+    a = {0: 0.990, 1: 0.992, 2: 0.994}
+    b = {0: 0.991, 1: 0.991}  # seed 2 not run: left out of both means
+    c = bench.compare(a, b)
+    assert c["seeds"] == [0, 1]
+    assert c["mean"] == pytest.approx([0.991, 0.991])
+    assert c["difference_pp"] == pytest.approx(0.0, abs=1e-12)
+    # sample variances 2e-6 and 0, over 2 seeds: SE = sqrt(1e-6) = 1e-3 = 0.1 points
+    assert c["standard_error_pp"] == pytest.approx(0.1)
+    one = bench.compare({0: 0.99}, {0: 0.98})
+    assert one["standard_error_pp"] is None and one["difference_pp"] == pytest.approx(1.0)
+    assert bench.compare({0: 0.99}, {1: 0.98}) is None
+
+
+def test_targets_average_over_seeds(bench):
+    acc = {("rcp", 0.1): [0.985, 0.989], ("rtk", 0.1): [0.987, 0.987],
+           ("rtt", 0.1): [0.980, 0.982], ("cp", 0.1): [0.990, 0.982],
+           ("tucker", 0.1): [0.986, 0.986], ("tt", 0.1): [0.982, 0.982]}
+    t = bench.targets(_result(bench, acc))
+    best = t["best_reshaped_within_gap"]
+    # rcp and rtk both average 0.987; the first of them counts as the best
+    assert best["best_form"] == "rcp" and best["accuracy"] == pytest.approx(0.987)
+    assert best["gap_pp"] == pytest.approx(0.3) and best["holds"]
+    pairs = {p["reshaped"]: p for p in t["reshaped_at_least_plain"]}
+    # cp wins seed 0 by 0.5 points and loses seed 1 by 0.7: on average rcp is ahead
+    assert pairs["rcp"]["holds"] and pairs["rcp"]["difference_pp"] == pytest.approx(0.1)
+    assert pairs["rtk"]["holds"] and pairs["rtk"]["difference_pp"] == pytest.approx(0.1)
+    assert not pairs["rtt"]["holds"] and pairs["rtt"]["difference_pp"] == pytest.approx(-0.1)
+    # sample variances 8e-6 (rcp) and 32e-6 (cp), 2 seeds: SE = sqrt(40e-6 / 2)
+    assert pairs["rcp"]["standard_error_pp"] == pytest.approx(100 * math.sqrt(20e-6))
+
+
+def test_target1_waits_for_every_reshaped_form(bench):
+    t = bench.targets(_result(bench, {("rcp", 0.1): [0.99], ("cp", 0.1): [0.98]}))
+    assert "best_reshaped_within_gap" not in t
+    assert [p["reshaped"] for p in t["reshaped_at_least_plain"]] == ["rcp"]
+
+
+def test_complete_needs_every_form_and_rate_for_every_seed(bench):
+    full = {(f, r): [0.98, 0.98] for f in bench.FORMS for r in (0.1, 0.2)}
+    result = _result(bench, full, rates=(0.1, 0.2))
+    assert bench.complete(result)
+    del result["entries"][bench.entry_key("tt", 0.2, 1)]
+    assert not bench.complete(result)
+
+
+def _write_entries(out, seed, n):
+    import sys
+
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_tnn
+
+    result = {"settings": {"rates": [0.1]}, "dense": {"test_accuracy": 0.99}, "entries": {}}
+    for i in range(n):
+        form = bench_tnn.FORMS[i % len(bench_tnn.FORMS)]
+        result["entries"][f"{form}@0.1#{seed}"] = _entry(form, 0.1, seed, 0.98)
+        bench_tnn.merge_and_write(Path(out), result)
+
+
+def test_concurrent_writers_keep_every_entry(bench, tmp_path):
+    out = tmp_path / "result.json"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_entries, args=(str(out), seed, 6)) for seed in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    result = json.loads(out.read_text())
+    assert len(result["entries"]) == 18 and result["seeds"] == [0, 1, 2]
+    assert result["complete"] is True  # every form at the one rate, for every seed
+    assert result["wall_s_entries"] == 18.0
+
+
+def test_merge_ignores_a_file_with_other_settings(bench, tmp_path):
+    out = tmp_path / "result.json"
+    out.write_text(json.dumps({"settings": {"rates": [0.2]}, "entries": {"x": {}}}))
+    result = _result(bench, {("rcp", 0.1): [0.99]})
+    bench.merge_and_write(out, result)
+    assert set(json.loads(out.read_text())["entries"]) == {"rcp@0.1#0"}
