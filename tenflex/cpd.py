@@ -167,6 +167,28 @@ class JacobianTensor(abc.ABC):
             ``M[j, r] = sum_{i, k} J[i, j, k] W[i, r] H[k, r]``.
         """
 
+    def contract_input_adjoint(self, T: Tensor) -> Tensor:
+        """Adjoint of :meth:`contract_input`: ``M[j, r] = sum_{i, k} J[i, j, k] T[i, k, r]``.
+
+        The default takes one :meth:`mttkrp_input` per output ``i``.
+
+        Parameters
+        ----------
+        T : torch.Tensor, shape (n, N, R)
+
+        Returns
+        -------
+        torch.Tensor, shape (m, R)
+            ``sum_k J_k^T T[:, k, :]``.
+        """
+        n, R = self.n, T.shape[2]
+        out = torch.zeros(self.m, R, dtype=T.dtype, device=T.device)
+        for i in range(n):
+            unit = torch.zeros(n, R, dtype=T.dtype, device=T.device)
+            unit[i] = 1
+            out += self.mttkrp_input(unit, T[i])
+        return out
+
     @property
     def n(self) -> int:
         """Output dimension."""
@@ -313,6 +335,10 @@ class DenseJacobian(JacobianTensor):
     def mttkrp_input(self, W: Tensor, H: Tensor) -> Tensor:
         n, m, N = self._shape
         return self._A.reshape(n * N, m).T @ khatri_rao(W, H)
+
+    def contract_input_adjoint(self, T: Tensor) -> Tensor:
+        n, m, N = self._shape
+        return self._A.reshape(n * N, m).T @ T.reshape(n * N, T.shape[2])
 
     exact_residual = True
 

@@ -871,14 +871,53 @@ def decouple_cpd(
 
 
 # ---------------------------------------------------------------------------- cmtf_als
-_INIT_NAMES = ("cpd", "linear", "random")
+_INIT_NAMES = ("cpd", "linear", "linear+jacobian", "random")
 
 
 def _same_basis(a: Basis, b: Basis) -> bool:
     return a.config() == b.config()
 
 
-def _linear_start(prob: _Problem, rank: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def _jacobian_variation(Jt: JacobianTensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Output and input directions along which the Jacobians vary most about their mean.
+
+    For a decoupled ``f``, ``J_k - mean_k J_k = W diag(h_k - mean h) V^T``: the affine
+    branches drop out, and the leading right singular vectors of the stacked centred
+    Jacobians ``[J_1 - Jbar; ...; J_N - Jbar]`` (``n N x m``) span the input directions of
+    the nonlinear branches. They come from a randomized subspace iteration (Halko, Martinsson
+    and Tropp 2011) on the ``m x m`` Gram ``sum_k (J_k - Jbar)^T (J_k - Jbar)``, applied
+    through :meth:`~tenflex.cpd.JacobianTensor.contract_input` and its adjoint, never formed.
+    Each direction's output direction is the leading left singular vector of its
+    Jacobian-vector products ``(J_k - Jbar) v`` over the samples.
+
+    Returns
+    -------
+    W : (n, k) and V : (m, k), unit columns, ``V`` by decreasing variation.
+    """
+    m = Jt.m
+    p = min(m, k + 8)  # oversampling makes the subspace iteration accurate to k directions
+
+    def gram(Q: Tensor) -> Tensor:
+        T = Jt.contract_input(Q)
+        # sum_k (J_k - Jbar)^T (J_k - Jbar) Q: centring the products once is enough.
+        return Jt.contract_input_adjoint(T - T.mean(dim=1, keepdim=True))
+
+    gen = torch.Generator().manual_seed(int(seed))
+    Q = torch.randn(m, p, generator=gen, dtype=torch.float64).to(Jt.dtype).to(Jt.device)
+    for _ in range(4):
+        Q = torch.linalg.qr(gram(Q))[0]
+    small = Q.T @ gram(Q)
+    _, vecs = torch.linalg.eigh(0.5 * (small + small.T))
+    V = Q @ vecs[:, -k:].flip(1)
+    T = Jt.contract_input(V)
+    T = T - T.mean(dim=1, keepdim=True)  # (n, N, k)
+    W = torch.linalg.svd(T.permute(2, 0, 1), full_matrices=False)[0][:, :, 0].T
+    return W.contiguous(), V.contiguous()
+
+
+def _linear_start(
+    prob: _Problem, rank: int, seed: int, extra: str = "random"
+) -> tuple[Tensor, Tensor, Tensor]:
     """The best rank-``min(R, n)`` *linear* model ``b + A x`` for the CMTF cost.
 
     With ``g_r(z) = z`` the cost is ``a_J sum_k ||J_k - A||^2 + a_Y ||Y - 1 b^T - X A^T||^2``:
@@ -889,7 +928,8 @@ def _linear_start(prob: _Problem, rank: int, seed: int) -> tuple[Tensor, Tensor,
     rank-``R`` approximation in the metric ``M`` keeps the leading eigenvectors ``U`` of the
     ``n x n`` matrix ``A M A^T``: ``W = U``, ``V = A^T U``. Branches beyond ``n`` get seeded
     random input directions and small output weights (zero weights would leave them without
-    a gradient).
+    a gradient) with ``extra="random"``, or with ``extra="jacobian"`` the directions along
+    which the Jacobians vary most (:func:`_jacobian_variation`), where ``f`` is nonlinear.
 
     Returns
     -------
@@ -923,7 +963,12 @@ def _linear_start(prob: _Problem, rank: int, seed: int) -> tuple[Tensor, Tensor,
     _, evecs = torch.linalg.eigh(0.5 * (metric + metric.T))
     W = evecs[:, -k:].flip(1).contiguous()
     V = A.T @ W
-    if rank > k:
+    if rank > k and extra == "jacobian":
+        extra_w, extra_v = _jacobian_variation(Jt, rank - k, seed)
+        scale_v = float(torch.linalg.vector_norm(V, dim=0).mean())
+        V = torch.cat([V, extra_v * scale_v], 1)
+        W = torch.cat([W, extra_w], 1)
+    elif rank > k:
         gen = torch.Generator().manual_seed(int(seed))
         extra_v = torch.randn(m, rank - k, generator=gen, dtype=torch.float64).to(V)
         extra_w = torch.randn(n, rank - k, generator=gen, dtype=torch.float64).to(W)
@@ -965,8 +1010,9 @@ def _initial_state(
             prob.basis.set_domain_map(model.basis.scale, model.basis.shift)
             W, V, C, b = model.W, model.V, model.C, model.b
             refit = False
-        elif init == "linear":
-            W, V, b = _linear_start(prob, rank, seed)
+        elif init in ("linear", "linear+jacobian"):
+            extra = "jacobian" if init == "linear+jacobian" else "random"
+            W, V, b = _linear_start(prob, rank, seed, extra)
         elif init == "random":
             gen = torch.Generator().manual_seed(int(seed))
             W = torch.randn(n, rank, generator=gen, dtype=torch.float64).to(**opts)
@@ -1196,11 +1242,15 @@ def cmtf_als(
         Extra :func:`~tenflex.basis.make_basis` options (e.g. ``degree``).
     lam : float, optional
         Weight ``λ >= 0`` of the output term (default 1).
-    init : {"cpd", "linear", "random"}, DecoupledFunction or dict, optional
+    init : {"cpd", "linear", "linear+jacobian", "random"}, DecoupledFunction or dict, optional
         ``"cpd"`` (default): :func:`decouple_cpd` with this basis; ``"linear"``: the best
         rank-``R`` linear model ``b + A x`` for the same cost (outputs and Jacobians, same
         ``lam``; a ridge regression pulled towards the mean Jacobian, cheap and
-        deterministic), whose branches the first C step then bends; ``"random"``: seeded
+        deterministic), whose branches the first C step then bends; a linear model has rank
+        at most ``n``, and branches beyond ``n`` start on seeded random directions;
+        ``"linear+jacobian"``: the same, with the branches beyond ``n`` on the input and
+        output directions along which the Jacobians vary most about their mean (where the
+        function is nonlinear; seeded randomized subspace iteration); ``"random"``: seeded
         normal ``W`` and unit-norm normal ``V``; a :class:`DecoupledFunction` (its W, V, b;
         its C and affine map too when its basis has the same configuration as ``basis``);
         ``dict(W=..., V=...)`` with optional ``C`` (interpreted after fitting the affine

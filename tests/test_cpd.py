@@ -77,6 +77,20 @@ def test_mttkrps_against_einsum(dense):
     torch.testing.assert_close(Jt.mttkrp_input(W, H), J2 @ khatri_rao(W, H), rtol=1e-13, atol=1e-13)
 
 
+def test_contract_input_adjoint(dense):
+    J, _, V, _ = dense
+    Jt = DenseJacobian(J)
+    T = _randn(J.shape[0], J.shape[2], V.shape[1], seed=7)
+    expected = torch.einsum("ijk,ikr->jr", J, T)
+    torch.testing.assert_close(Jt.contract_input_adjoint(T), expected, rtol=1e-13, atol=1e-13)
+    # the generic default (one mode-2 MTTKRP per output) agrees
+    torch.testing.assert_close(JacobianTensor.contract_input_adjoint(Jt, T), expected,
+                               rtol=1e-13, atol=1e-13)
+    # it is the adjoint: <contract_input(V), T> = <V, contract_input_adjoint(T)>
+    assert float((Jt.contract_input(V) * T).sum()) == pytest.approx(
+        float((V * Jt.contract_input_adjoint(T)).sum()), rel=1e-12)
+
+
 def test_inner_norm_and_residual(dense):
     J, W, V, H = dense
     Jt = DenseJacobian(J)
