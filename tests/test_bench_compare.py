@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = "bench_compare"  # the script the `bench` fixture imports
 
 
-@pytest.fixture(scope="module")
-def bench():
-    """Import the script as a module (benchmarks/ is not a package)."""
-    monkey = pytest.MonkeyPatch()
-    monkey.syspath_prepend(str(SCRIPTS))
-    import bench_compare
-
-    yield bench_compare
-    monkey.undo()
 
 
 def test_pareto_front_against_brute_force(bench):

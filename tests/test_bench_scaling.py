@@ -15,19 +15,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_scaling.py"
+BENCH = "bench_scaling"  # the script the `bench` fixture imports
 HUGE_N = 10**11  # a Jacobian tensor of terabytes: must be skipped by the memory guard
 ARGS = ["--quick", "--threads", "1", "--N", "200", "800", str(HUGE_N), "--R", "4"]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    """Import the script as a module (benchmarks/ is not a package)."""
-    monkey = pytest.MonkeyPatch()
-    monkey.syspath_prepend(str(SCRIPT.parent))
-    import bench_scaling
-
-    yield bench_scaling
-    monkey.undo()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,20 @@
+"""Shared fixtures of the unit tests."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench(request):
+    """The benchmark script named by the test module's ``BENCH``, imported as a module
+    (benchmarks/ is not a package)."""
+    monkey = pytest.MonkeyPatch()
+    monkey.syspath_prepend(str(BENCHMARKS))
+    yield importlib.import_module(request.module.BENCH)
+    monkey.undo()
