@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -18,3 +19,13 @@ def bench(request):
     monkey.syspath_prepend(str(BENCHMARKS))
     yield importlib.import_module(request.module.BENCH)
     monkey.undo()
+
+
+@pytest.fixture
+def single_thread():
+    """Run the test with one torch thread: tiny problems are dominated by thread
+    synchronisation on a busy 2-core machine (``pytestmark`` of the modules that use it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,14 +20,8 @@ from tenflex.cpd import (
     solve_psd,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny problems are dominated by thread synchronisation on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny problems: one thread (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _randn(*shape, seed=0):

@@ -23,14 +23,8 @@ from tenflex.fit import (
 from tenflex.model import DecoupledFunction
 from tenflex.sampling import sample_function
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny problems are dominated by thread synchronisation on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny problems: one thread (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _truth(n, m, R, name, D, N, seed=0, **options):

@@ -21,13 +21,8 @@ from tenflex.nn.flexible import FlexibleLayer
 n, m, N, R, D = 3, 6, 200, 3, 5
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny problems are dominated by thread synchronisation on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny problems: one thread (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _truth(seed=0, basis="chebyshev"):

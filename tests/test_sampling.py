@@ -10,14 +10,8 @@ from torch import nn
 
 from tenflex.sampling import Samples, sample_function
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny problems are dominated by thread synchronisation on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny problems: one thread (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _tanh_net(m: int, hidden: int, n: int, seed: int = 0) -> nn.Sequential:
