@@ -963,18 +963,20 @@ def _linear_start(
     _, evecs = torch.linalg.eigh(0.5 * (metric + metric.T))
     W = evecs[:, -k:].flip(1).contiguous()
     V = A.T @ W
-    if rank > k and extra == "jacobian":
-        extra_w, extra_v = _jacobian_variation(Jt, rank - k, seed)
+    if rank > k:
+        # Input directions of the linear branches' typical length.
         scale_v = float(torch.linalg.vector_norm(V, dim=0).mean())
-        V = torch.cat([V, extra_v * scale_v], 1)
+        if extra == "jacobian":
+            extra_w, extra_v = _jacobian_variation(Jt, rank - k, seed)
+            extra_v = extra_v * scale_v
+        else:
+            gen = torch.Generator().manual_seed(int(seed))
+            extra_v = torch.randn(m, rank - k, generator=gen, dtype=torch.float64).to(V)
+            extra_w = torch.randn(n, rank - k, generator=gen, dtype=torch.float64).to(W)
+            extra_v = extra_v * scale_v / torch.linalg.vector_norm(extra_v, dim=0)
+            extra_w = 1e-2 * extra_w / torch.linalg.vector_norm(extra_w, dim=0)
+        V = torch.cat([V, extra_v], 1)
         W = torch.cat([W, extra_w], 1)
-    elif rank > k:
-        gen = torch.Generator().manual_seed(int(seed))
-        extra_v = torch.randn(m, rank - k, generator=gen, dtype=torch.float64).to(V)
-        extra_w = torch.randn(n, rank - k, generator=gen, dtype=torch.float64).to(W)
-        scale_v = float(torch.linalg.vector_norm(V, dim=0).mean())
-        V = torch.cat([V, extra_v * scale_v / torch.linalg.vector_norm(extra_v, dim=0)], 1)
-        W = torch.cat([W, 1e-2 * extra_w / torch.linalg.vector_norm(extra_w, dim=0)], 1)
     b = prob.y_mean - x_mean @ V @ W.T
     return W, V, b
 
