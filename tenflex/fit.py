@@ -929,7 +929,8 @@ def _linear_start(
     ``n x n`` matrix ``A M A^T``: ``W = U``, ``V = A^T U``. Branches beyond ``n`` get seeded
     random input directions and small output weights (zero weights would leave them without
     a gradient) with ``extra="random"``, or with ``extra="jacobian"`` the directions along
-    which the Jacobians vary most (:func:`_jacobian_variation`), where ``f`` is nonlinear.
+    which the Jacobians vary most (:func:`_jacobian_variation`), where ``f`` is nonlinear
+    (at most ``m`` of them; branches beyond ``n + m`` start random).
 
     Returns
     -------
@@ -966,15 +967,17 @@ def _linear_start(
     if rank > k:
         # Input directions of the linear branches' typical length.
         scale_v = float(torch.linalg.vector_norm(V, dim=0).mean())
+        gen = torch.Generator().manual_seed(int(seed))
+        extra_v = torch.randn(m, rank - k, generator=gen, dtype=torch.float64).to(V)
+        extra_w = torch.randn(n, rank - k, generator=gen, dtype=torch.float64).to(W)
+        extra_v = extra_v * scale_v / torch.linalg.vector_norm(extra_v, dim=0)
+        extra_w = 1e-2 * extra_w / torch.linalg.vector_norm(extra_w, dim=0)
         if extra == "jacobian":
-            extra_w, extra_v = _jacobian_variation(Jt, rank - k, seed)
-            extra_v = extra_v * scale_v
-        else:
-            gen = torch.Generator().manual_seed(int(seed))
-            extra_v = torch.randn(m, rank - k, generator=gen, dtype=torch.float64).to(V)
-            extra_w = torch.randn(n, rank - k, generator=gen, dtype=torch.float64).to(W)
-            extra_v = extra_v * scale_v / torch.linalg.vector_norm(extra_v, dim=0)
-            extra_w = 1e-2 * extra_w / torch.linalg.vector_norm(extra_w, dim=0)
+            # The Jacobians vary along at most m input directions; any further branches
+            # keep their random start.
+            n_dir = min(rank - k, m)
+            jac_w, jac_v = _jacobian_variation(Jt, n_dir, seed)
+            extra_w[:, :n_dir], extra_v[:, :n_dir] = jac_w, jac_v * scale_v
         V = torch.cat([V, extra_v], 1)
         W = torch.cat([W, extra_w], 1)
     b = prob.y_mean - x_mean @ V @ W.T
@@ -1252,7 +1255,8 @@ def cmtf_als(
         at most ``n``, and branches beyond ``n`` start on seeded random directions;
         ``"linear+jacobian"``: the same, with the branches beyond ``n`` on the input and
         output directions along which the Jacobians vary most about their mean (where the
-        function is nonlinear; seeded randomized subspace iteration); ``"random"``: seeded
+        function is nonlinear; seeded randomized subspace iteration; at most ``m`` such
+        directions, further branches start random); ``"random"``: seeded
         normal ``W`` and unit-norm normal ``V``; a :class:`DecoupledFunction` (its W, V, b;
         its C and affine map too when its basis has the same configuration as ``basis``);
         ``dict(W=..., V=...)`` with optional ``C`` (interpreted after fitting the affine

@@ -379,6 +379,18 @@ def test_linear_jacobian_init_starts_the_extra_branches_where_f_bends(seed):
     np.testing.assert_array_equal(a, b)
 
 
+def test_linear_jacobian_init_with_more_extra_branches_than_inputs():
+    # n = 3, m = 6, R = 12: nine extra branches, but the Jacobians vary along at most six
+    # input directions; the other three start random (this used to fail inside einsum).
+    _f, X, Y, J = _affine_and_nonlinear(seed=46)
+    _W, V = _jacobian_variation(DenseJacobian(J), 6, seed=3)
+    torch.testing.assert_close(V.T @ V, torch.eye(6, dtype=V.dtype))
+    runs = [cmtf_als(X, Y, J, 12, "chebyshev", 4, lam=1.0, init="linear+jacobian",
+                     max_iter=3, seed=5) for _ in range(2)]
+    assert runs[0].model.rank == 12 and _monotone(runs[0].cost)
+    np.testing.assert_array_equal(runs[0].cost, runs[1].cost)
+
+
 def test_callback_and_verbose(capsys):
     _f, X, Y, J = _truth(3, 4, 2, "monomial", 3, 150, seed=29)
     seen = []
