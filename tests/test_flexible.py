@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
@@ -158,6 +159,15 @@ def test_bad_inputs_raise():
         FlexibleLayer(6, 2, rank=0)
     with pytest.raises(ValueError, match="in_features must be a positive int"):
         FlexibleLayer(-1, 2, rank=2)
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        FlexibleLayer(6, 2, rank=2.0)
+    # a fractional seed is refused rather than silently truncated
+    with pytest.raises(TypeError, match="seed must be an int"):
+        FlexibleLayer(6, 2, rank=2, seed=1.5)
+    # NumPy integers (e.g. from a rank grid) are sizes and seeds like Python ints
+    np_layer = FlexibleLayer(np.int64(6), np.int32(2), rank=np.int64(3), seed=np.int64(5))
+    assert np_layer.rank == 3 and isinstance(np_layer.rank, int)
+    assert torch.equal(np_layer.V, FlexibleLayer(6, 2, rank=3, seed=5).V)
     with pytest.raises(ValueError, match="output_shape must have product n = 2"):
         FlexibleLayer(6, 2, rank=2, output_shape=(3,))
     with pytest.raises(ValueError, match="expected rank = 2"):

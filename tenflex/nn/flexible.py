@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -20,9 +21,19 @@ __all__ = ["FlexibleLayer"]
 
 
 def _check_size(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """A positive Python or NumPy integer, as ``int`` (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
+
+
+def _generator(seed: int | torch.Generator | None) -> torch.Generator | None:
+    """The generator a layer draws its initial parameters from (None: torch's global one)."""
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
+    return torch.Generator().manual_seed(int(seed))
 
 
 def _fresh_basis(basis: str | Basis, n_functions: int, basis_options: dict[str, Any] | None
@@ -121,13 +132,7 @@ class FlexibleLayer(nn.Module):
             raise ValueError(f"basis has {basis.n_branches} branches, expected rank = {R}")
         D = basis.n_functions
         dtype = dtype if dtype is not None else torch.get_default_dtype()
-        if isinstance(seed, torch.Generator):
-            gen = seed
-        elif seed is None:
-            gen = None
-        else:
-            gen = torch.Generator().manual_seed(int(seed))
-        kw = {"dtype": dtype, "generator": gen}
+        kw = {"dtype": dtype, "generator": _generator(seed)}
         self.W = nn.Parameter(torch.randn(n, R, **kw).to(device) / math.sqrt(R))
         self.V = nn.Parameter(torch.randn(m, R, **kw).to(device) / math.sqrt(m))
         self.C = nn.Parameter(torch.randn(D, R, **kw).to(device) / math.sqrt(D))

@@ -37,23 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from tenflex.basis import Basis, BSplineBasis
-from tenflex.nn.flexible import _check_output_shape, _fresh_basis
+from tenflex.nn.flexible import _check_output_shape, _check_size, _fresh_basis, _generator
 
 __all__ = ["KANLayer", "ProjectedKAN", "kan_width_for_budget"]
-
-
-def _check_size(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _generator(seed: int | torch.Generator | None) -> torch.Generator | None:
-    if seed is None or isinstance(seed, torch.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
-    return torch.Generator().manual_seed(int(seed))
 
 
 def _as_float(value: Any, name: str, dtype: torch.dtype | None = None) -> Tensor:
