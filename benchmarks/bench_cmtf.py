@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import machine_description, write_json
 
 from tenflex.basis import make_basis
 from tenflex.cpd import DenseJacobian
@@ -217,20 +215,6 @@ def bench_solver(
     }
 
 
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "mkl": torch.backends.mkl.is_available(),
-        "openmp": torch.backends.openmp.is_available(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small grid (seconds)")
@@ -296,12 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench_cmtf",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
+        "machine": machine_description(),
         "note": "wall-clock times; the machine may be shared with other processes",
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from bench_compress import machine, write_json  # the same JSON conventions
+from results_io import machine_description, write_json
 from torch import nn
 
 from tenflex import zoo
@@ -409,7 +409,7 @@ def run_jobs(result: dict, jobs: list[tuple[int, str]], args) -> None:
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     bench = Workbench(args.n_samples, args.seed)
     if jobs or "reference" not in result:
-        result.update({"machine": machine(), "date": now,
+        result.update({"machine": machine_description(), "date": now,
                        "command": " ".join([Path(sys.executable).name, *sys.argv])})
         result["reference"] = {
             "model_parameters": bench.model_parameters, "span": list(SPAN),

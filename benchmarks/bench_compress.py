@@ -30,15 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from results_io import machine_description, write_json
 
 from tenflex import zoo
 from tenflex.nn.baselines import linear_span, svd_span
@@ -54,25 +52,6 @@ CONV_SPAN = ("conv2", "fc2")
 #: Reported by Zniyed, Usevich, Miron and Brie (2021) for their character-classification CNN.
 PAPER_HEADLINE = {"fraction_kept": 0.415, "accuracy_drop_pp": 0.25,
                   "source": "Zniyed, Usevich, Miron, Brie (2021), arXiv:2106.13542"}
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        json.dump(data, out, indent=1)
-    os.replace(tmp, path)
 
 
 def load_existing(path: Path, fresh: bool) -> dict:
@@ -124,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     done = {key(e) for e in result["entries"]}
     result.update({
         "benchmark": "bench_compress",
-        "machine": machine(),
+        "machine": machine_description(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "fresh")},

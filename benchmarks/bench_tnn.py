@@ -52,15 +52,14 @@ import fcntl
 import json
 import math
 import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from results_io import machine_description, write_json
 
 from tenflex import zoo
 from tenflex.nn.compress_tnn import (
@@ -108,53 +107,6 @@ TARGET_RATE = 0.1
 TARGET_GAP_PP = 0.5
 #: Seed of the inputs the layers are timed on (the same for every entry).
 TIMING_SEED = 0
-
-
-def machine_description(threads: int) -> dict[str, Any]:
-    """Platform, processor, CPU count, library versions, threads, load, date."""
-    processor = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                processor = line.split(":", 1)[1].strip()
-                break
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count()
-    import tensorly
-
-    return {
-        "platform": platform.platform(),
-        "processor": processor,
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": usable,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "blas_threads": threads,
-        "numpy": np.__version__,
-        "tensorly": tensorly.__version__,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    """Write through a temporary file and ``os.replace``: never a half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def entry_key(form: str, rate: float, seed: int) -> str:
@@ -252,7 +204,7 @@ def merge_and_write(out: Path, result: dict) -> None:
         result["wall_s_entries"] = sum(e["wall_s"] for e in result["entries"].values())
         cpu = [e["cpu_s"] for e in result["entries"].values() if "cpu_s" in e]
         result["cpu_s_entries"] = {"total": sum(cpu), "n_entries_measured": len(cpu)}
-        atomic_write_json(out, result)
+        write_json(out, result)
 
 
 def time_entry(model: torch.nn.Module, pretrained: torch.nn.Module, names: list[str],
@@ -350,7 +302,7 @@ def run(settings: dict, out: Path, args: argparse.Namespace) -> int:
         result = old
     if not result:
         result = {"benchmark": "bench_tnn", "settings": settings, "entries": {}}
-    result["machine"] = machine_description(args.threads)
+    result["machine"] = machine_description(blas_threads=args.threads)
     result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     result["command"] = " ".join([Path(sys.executable).name, *sys.argv])
 
