@@ -55,7 +55,7 @@ import torch
 
 # benchmarks/ is on sys.path when this file runs as a script (also in its subprocesses).
 from bench_cmtf import make_problem, timeit
-from bench_compress import machine, write_json
+from results_io import machine_description, write_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "bench_scaling.json"
@@ -286,7 +286,9 @@ def analyse(points: list[dict], base: dict, sweeps: dict, mem: dict) -> tuple[di
         slope, intercept = np.polyfit([p["N"] for p in pts], [p["peak_rss_bytes"] for p in pts], 1)
         limit["bytes_per_sample_fitted"] = float(slope)
         limit["intercept_bytes"] = float(intercept)
-        if slope > 0:
+        # Peak RSS comes in kB pages: under a byte per sample it did not grow with N (a
+        # tiny problem, where the interpreter dominates), and RAM sets no limit on N.
+        if slope >= 1.0:
             for name, ram in (("max_N_estimate", mem["MemTotal"]),
                               ("max_N_available_estimate", mem["MemAvailable"])):
                 if ram is not None:
@@ -358,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     result.update({
         "benchmark": "bench_scaling",
         # This process computes nothing: the threads are those of the points' subprocesses.
-        "machine": {**machine(), "threads": args.threads, "mem_total_bytes": mem["MemTotal"],
+        "machine": {**machine_description(), "threads": args.threads,
+                    "mem_total_bytes": mem["MemTotal"],
                     "mem_available_at_start_bytes": mem["MemAvailable"]},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
