@@ -167,10 +167,10 @@ def _load(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
             f"{image_path} holds images of shape {images.shape} and dtype {images.dtype}; "
             f"expected ({count}, 28, 28) uint8 for the {dataset} {split} split. To fetch it: {hint}."
         )
-    if labels.shape != (count,):
+    if labels.shape != (count,) or labels.dtype != np.uint8:
         raise DataError(
-            f"{label_path} holds {labels.shape[0]} labels; expected {count} for the "
-            f"{dataset} {split} split. To fetch it: {hint}."
+            f"{label_path} holds {labels.shape[0]} labels of dtype {labels.dtype}; expected "
+            f"{count} uint8 labels for the {dataset} {split} split. To fetch it: {hint}."
         )
     if labels.max(initial=0) > 9:
         raise DataError(

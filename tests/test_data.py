@@ -116,6 +116,17 @@ def test_wrong_counts(mnist_copy):
         load_mnist("test")
 
 
+@pytest.mark.parametrize(("code", "dtype"), [(0x09, ">i1"), (0x0D, ">f4")])
+def test_labels_that_are_not_uint8(mnist_copy, code, dtype):
+    # int8 labels may be negative and float labels fractional or NaN: a damaged file, not
+    # digits (they used to load, -3 and 2.7 and NaN becoming int64 labels).
+    path = mnist_copy / "t10k-labels-idx1-ubyte"
+    payload = np.full(10000, -3 if code == 0x09 else 2.7).astype(dtype).tobytes()
+    path.write_bytes(b"\x00\x00" + bytes([code, 1]) + (10000).to_bytes(4, "big") + payload)
+    with pytest.raises(DataError, match="expected 10000 uint8 labels"):
+        load_mnist("test")
+
+
 def test_read_idx_expected_ndim(mnist_copy):
     with pytest.raises(DataError, match="declares 1 dimensions, expected 3"):
         read_idx(mnist_copy / "t10k-labels-idx1-ubyte", expected_ndim=3)
