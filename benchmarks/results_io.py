@@ -11,12 +11,13 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from tenflex.files import atomic_write
 
 
 def machine_description(**extra: Any) -> dict[str, Any]:
@@ -55,18 +56,4 @@ def machine_description(**extra: Any) -> dict[str, Any]:
 
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` to ``path`` atomically, readable by everyone like any other file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=1) + "\n"), mode="w")

@@ -69,16 +69,9 @@ def _write_json(path: str | None, data: dict) -> None:
     if path is None:
         print(text)
         return
-    import os
-    import tempfile
-    from pathlib import Path
+    from tenflex.files import atomic_write
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        out.write(text + "\n")
-    os.replace(tmp, target)
+    atomic_write(path, lambda handle: handle.write(text + "\n"), mode="w")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import time
 import warnings
 from collections import OrderedDict
@@ -42,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tenflex.files import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -819,27 +820,6 @@ def cache_paths(
     return folder / f"{stem}.pt", folder / f"{stem}.json"
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    An interrupted write leaves no partial ``path``: the temporary file is removed on
-    any exception (only a killed process can leave a hidden ``.tmp`` file behind).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened exclusively (not mkstemp, whose 0600 mode ignores the umask).
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, mode.replace("w", "x")) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _load_cached(model: nn.Module, weights: Path) -> bool:
     """Load ``weights`` into ``model``; False (with a warning) if the file is damaged."""
     try:
@@ -946,7 +926,7 @@ def pretrained(
         "n_test": int(x_test.shape[0]),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(sidecar, lambda f: f.write(json.dumps(info, indent=2) + "\n"), mode="w")
-    _atomic_write(weights, lambda f: torch.save(state, f))
+    atomic_write(sidecar, lambda f: f.write(json.dumps(info, indent=2) + "\n"), mode="w")
+    atomic_write(weights, lambda f: torch.save(state, f))
     model.eval()
     return (model, info) if return_info else model

@@ -90,9 +90,8 @@ def test_save_and_load_round_trip(tmp_path, digits, compressed):
 
 
 def test_interrupted_save_leaves_no_file(tmp_path, compressed, monkeypatch):
-    def broken_save(obj, f):
-        with open(f, "wb") as handle:
-            handle.write(b"half")
+    def broken_save(obj, handle):
+        handle.write(b"half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(compress_module.torch, "save", broken_save)

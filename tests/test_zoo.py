@@ -17,6 +17,7 @@ from torch import nn
 
 from tenflex import zoo
 from tenflex.data import DataError
+from tenflex.files import atomic_write
 
 # A pretrained() configuration that trains in a fraction of a second.
 TINY = {"dataset": "digits", "epochs": 1, "n_train": 200}
@@ -377,7 +378,7 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        zoo._atomic_write(target, failing)
+        atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [weights.name, sidecar.name, "x.bin"]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tenflex.files import atomic_write
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
 
@@ -426,9 +427,6 @@ def save_compressed(path: str | os.PathLike, compression: Compression, base: dic
     finetuned : bool
         Save ``compression.finetuned_model`` instead of ``compression.model``.
     """
-    import tempfile
-    from pathlib import Path
-
     model = compression.finetuned_model if finetuned else compression.model
     if model is None:
         raise ValueError("finetuned=True but the compression was not fine-tuned")
@@ -448,16 +446,7 @@ def save_compressed(path: str | os.PathLike, compression: Compression, base: dic
         "report": compression.report.to_dict(),
         "state_dict": model.state_dict(),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_compressed(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, Any]]:
