@@ -40,7 +40,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     """Check that a data set loads; print its shapes or the error that says how to fetch it."""
     from tenflex import data
 
-    loader = {"mnist": data.load_mnist, "fashion-mnist": data.load_fashion_mnist}[args.dataset]
+    loader = {"mnist": data.load_mnist, "fashion_mnist": data.load_fashion_mnist}[args.dataset]
     status = 0
     for split in ("train", "test"):
         try:
@@ -52,6 +52,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(f"{args.dataset} {split}: images {images.shape} {images.dtype}, "
               f"labels {labels.shape}, classes {sorted(set(labels.tolist()))}")
     return status
+
+
+def _dataset_name(text: str) -> str:
+    """``fashion-mnist`` (the data package's name) and ``fashion_mnist`` both name it."""
+    return text.replace("-", "_")
 
 
 def _parse_span(text: str):
@@ -90,7 +95,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from tenflex import zoo
     from tenflex.nn.compress import compress, save_compressed
 
-    model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.seed, progress=True)
+    model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.model_seed, progress=True)
     train_images, train_labels = zoo.dataset_tensors(args.dataset, "train")
     test_images, test_labels = zoo.dataset_tensors(args.dataset, "test")
     finetune = None
@@ -142,14 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     check = commands.add_parser("data", help="check that a data set is installed and readable")
-    check.add_argument("dataset", nargs="?", default="mnist", choices=["mnist", "fashion-mnist"])
+    check.add_argument("dataset", nargs="?", default="mnist", type=_dataset_name,
+                       choices=["mnist", "fashion_mnist"], help="mnist or fashion-mnist")
     check.set_defaults(func=_cmd_data)
 
     models = ["reference_cnn", "lenet5"]
     datasets = ["mnist", "fashion_mnist", "digits"]
     train = commands.add_parser("train", help="train a reference network (cached) and report it")
     train.add_argument("--model", default="reference_cnn", choices=models)
-    train.add_argument("--dataset", default="mnist", choices=datasets)
+    train.add_argument("--dataset", default="mnist", type=_dataset_name, choices=datasets)
     train.add_argument("--epochs", type=int, default=None, help="override the default epochs")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cache-dir", default=None, help="where trained weights are kept")
@@ -159,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = commands.add_parser("compress", help="replace a span of a network by a flexible layer")
     comp.add_argument("--model", default="reference_cnn", choices=models)
-    comp.add_argument("--dataset", default="mnist", choices=datasets)
+    comp.add_argument("--dataset", default="mnist", type=_dataset_name, choices=datasets)
     comp.add_argument("--span", type=_parse_span, default=("fc1", "fc2"),
                       help="LAYER or FIRST:LAST by name or index (default fc1:fc2)")
     comp.add_argument("--rank", type=int, required=True, help="branches R of the flexible layer")
@@ -173,14 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--finetune-epochs", type=int, default=0)
     comp.add_argument("--finetune-scope", default="layer", choices=["layer", "all"])
     comp.add_argument("--finetune-lr", type=float, default=1e-3)
-    comp.add_argument("--seed", type=int, default=0)
+    comp.add_argument("--seed", type=int, default=0,
+                      help="seeds the sampling points, the fit and fine-tuning")
+    comp.add_argument("--model-seed", type=int, default=0,
+                      help="training seed of the pretrained network to compress (default 0, "
+                      "as `tenflex train`; another seed trains and caches another network)")
     comp.add_argument("--out", required=True, help="compressed model file (.pt)")
     comp.add_argument("--report", default=None, help="write the JSON report here")
     comp.set_defaults(func=_cmd_compress)
 
     evaluate = commands.add_parser("evaluate", help="test accuracy of a model file or network")
     evaluate.add_argument("model", help="a file written by `tenflex compress`, or a network name")
-    evaluate.add_argument("--dataset", default="mnist", choices=datasets)
+    evaluate.add_argument("--dataset", default="mnist", type=_dataset_name, choices=datasets)
     evaluate.add_argument("--report", default=None, help="write the JSON result here")
     evaluate.set_defaults(func=_cmd_evaluate)
     return parser
@@ -193,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        # The library's errors say what was expected and how to fix it: print the message
+        # as argparse prints its own (no traceback), with its exit status.
+        parser.exit(2, f"tenflex {args.command}: error: {exc}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

