@@ -127,6 +127,19 @@ def test_evaluate_command_on_a_saved_model(tmp_path, compressed, capsys, monkeyp
         ({"train_images": torch.zeros(50, 1, 20, 20)}, ValueError, "expects"),
         ({"train_images": torch.zeros(50, 28, 28, dtype=torch.uint8)}, TypeError, "float"),
         ({"finetune": {"epochs": 1}}, ValueError, "train_labels"),
+        ({"finetune": {"train_labels": torch.zeros(3, dtype=torch.long)}}, ValueError,
+         r"train_labels'\] must have shape"),
+        ({"finetune": {"train_labels": None, "scope": "head"}}, ValueError, "'layer' or 'all'"),
+        ({"finetune": {"train_labels": None, "epochz": 2}}, ValueError, "unknown keys"),
+        ({"n_samples": 0}, ValueError, "n_samples must be an integer >= 1"),
+        ({"batch_size": 0}, ValueError, "batch_size must be an integer >= 1"),
+        ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
+        ({"basis": "rbf"}, ValueError, "valid names"),
+        ({"basis_options": {"degre": 2}}, TypeError, "degre"),
+        ({"lam": -1.0}, ValueError, "lam"),
+        ({"n_functions": 700}, ValueError, "N must be >= D"),
+        ({"fit_options": {"max_iters": 5}}, ValueError, "unknown keys"),
+        ({"fit_options": {"init": "svd"}}, ValueError, "init"),
     ],
 )
 def test_bad_input_fails_before_any_long_computation(digits, monkeypatch, kwargs, error, message):
@@ -139,6 +152,10 @@ def test_bad_input_fails_before_any_long_computation(digits, monkeypatch, kwargs
     arguments = {"span": ("fc1", "fc2"), "train_images": train_images, "rank": 4,
                  "n_samples": 600, "n_validation": 300}
     arguments.update(kwargs)
+    finetune = arguments.get("finetune")
+    if finetune is not None and finetune.get("train_labels", 0) is None:
+        # labels that fit: another setting is wrong
+        arguments["finetune"] = {**finetune, "train_labels": digits[2]}
     with pytest.raises(error, match=message):
         compress(model, arguments.pop("span"), arguments.pop("train_images"), **arguments)
 

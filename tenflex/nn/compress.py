@@ -141,6 +141,66 @@ def _check_images(images: Any, name: str, model_input_shape: tuple | None = None
     return images
 
 
+# What compress sets itself; the other keyword arguments of cmtf_als may go in fit_options.
+_SET_BY_COMPRESS = ("X", "Y", "J", "rank", "basis", "n_functions", "basis_options", "lam")
+
+
+def _check_fit_settings(basis: Any, n_functions: Any, basis_options: Any, lam: Any,
+                        fit_options: dict[str, Any] | None, rank: int, n: int, m: int,
+                        n_samples: int, seed: int, progress: bool) -> dict[str, Any]:
+    """The checks :func:`tenflex.fit.cmtf_als` would make after sampling, made before it.
+
+    Returns the keyword arguments of ``cmtf_als`` beyond the data and the basis.
+    """
+    import inspect
+
+    from tenflex.fit import _INIT_NAMES, _check_float, _check_sizes, _prepare_basis, cmtf_als
+
+    base = _prepare_basis(basis, n_functions, basis_options)  # unknown names, bad options
+    _check_float(lam, "lam")
+    options = dict(fit_options or {})
+    allowed = [p for p in inspect.signature(cmtf_als).parameters if p not in _SET_BY_COMPRESS]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"fit_options has unknown keys {unknown}; cmtf_als takes {allowed} "
+                         f"(compress sets {list(_SET_BY_COMPRESS[3:])} itself)")
+    init = options.setdefault("init", "linear")
+    if isinstance(init, str) and init not in _INIT_NAMES:
+        raise ValueError(f"fit_options['init'] must be one of {list(_INIT_NAMES)}, a "
+                         f"DecoupledFunction or a dict, got {init!r}")
+    # From the linear start most of the gain comes in the first sweeps (chapter 4).
+    options.setdefault("max_iter", 30)
+    options.setdefault("seed", seed)
+    options.setdefault("verbose", progress)
+    _check_sizes(rank, n, m, n_samples, base.n_functions, float(lam) > 0)
+    return options
+
+
+def _check_finetune(finetune: Any, n_train: int) -> None:
+    """Fine-tuning settings that :func:`_finetune` can run, checked before the fit."""
+    import inspect
+
+    from tenflex import zoo
+
+    if not isinstance(finetune, dict):
+        raise TypeError(f"finetune must be a dict or None, got {type(finetune).__name__}")
+    if "train_labels" not in finetune:
+        raise ValueError("finetune needs 'train_labels', the labels of train_images")
+    labels = torch.as_tensor(finetune["train_labels"])
+    if labels.shape != (n_train,):
+        raise ValueError(f"finetune['train_labels'] must have shape ({n_train},) like "
+                         f"train_images, got {tuple(labels.shape)}")
+    scope = finetune.get("scope", "layer")
+    if scope not in ("layer", "all"):
+        raise ValueError(f"finetune scope must be 'layer' or 'all', got {scope!r}")
+    allowed = ["train_labels", "scope"] + [
+        p for p in inspect.signature(zoo.train).parameters
+        if p not in ("model", "train_data", "progress")]
+    unknown = sorted(set(finetune) - set(allowed))
+    if unknown:
+        raise ValueError(f"finetune has unknown keys {unknown}; valid keys: {allowed}")
+
+
 def compress(
     model: nn.Sequential,
     span: Any,
@@ -218,7 +278,9 @@ def compress(
         Before any long computation: a span that is not a contiguous chain, a rank below 1
         or larger than the data supports, training images of the wrong shape, too few
         sampling points for the number of unknowns, a Jacobian tensor that would not fit
-        in memory, fine-tuning without labels.
+        in memory, an unknown basis or basis option, a negative ``lam`` or ``seed``, unknown
+        ``fit_options`` keys or ``init`` names, fine-tuning without labels (or with labels of
+        the wrong length, an unknown scope or unknown keys).
     """
     from tenflex.fit import cmtf_als
     from tenflex.sampling import sample_function
@@ -240,6 +302,10 @@ def compress(
     m, n = math.prod(in_shape), math.prod(out_shape)
 
     # Every check that can fail is done here, before sampling and fitting.
+    for name, value, low in (("n_samples", n_samples, 1), ("n_validation", n_validation, 0),
+                             ("batch_size", batch_size, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
         raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
     if rank > min(m, n_samples):
@@ -247,9 +313,6 @@ def compress(
             f"rank R = {rank} is larger than the data supports: the span maps R^{m} to R^{n} "
             f"and is sampled at N = {n_samples} points, so R <= min(m, N) = {min(m, n_samples)}"
         )
-    if n_samples < 1 or n_validation < 0:
-        raise ValueError(f"n_samples must be >= 1 and n_validation >= 0, got {n_samples}, "
-                         f"{n_validation}")
     if n_samples + n_validation > len(train_images):
         raise ValueError(
             f"n_samples + n_validation = {n_samples + n_validation} exceeds the "
@@ -272,8 +335,10 @@ def compress(
             f"{available / 2**30:.1f} GiB; use fewer sampling points (n_samples <= "
             f"{int(_MEMORY_FRACTION * available / (8 * n * m))})"
         )
-    if finetune is not None and "train_labels" not in finetune:
-        raise ValueError("finetune needs 'train_labels', the labels of train_images")
+    options = _check_fit_settings(basis, n_functions, basis_options, lam, fit_options, rank, n,
+                                  m, n_samples, seed, progress)
+    if finetune is not None:
+        _check_finetune(finetune, len(train_images))
     if test_data is not None:
         test_images = _check_images(test_data[0], "test_data[0]", tuple(train_images.shape[1:]))
         test_labels = torch.as_tensor(test_data[1])
@@ -295,12 +360,6 @@ def compress(
     times["sampling"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    options = dict(fit_options or {})
-    options.setdefault("init", "linear")
-    # From the linear start most of the gain comes in the first sweeps (chapter 4).
-    options.setdefault("max_iter", 30)
-    options.setdefault("seed", seed)
-    options.setdefault("verbose", progress)
     fit = cmtf_als(samples.X, samples.Y, samples.J, rank, basis=basis, n_functions=n_functions,
                    basis_options=basis_options, lam=lam, **options)
     times["fit"] = time.perf_counter() - t0
