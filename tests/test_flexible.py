@@ -168,8 +168,12 @@ def test_bad_inputs_raise():
     np_layer = FlexibleLayer(np.int64(6), np.int32(2), rank=np.int64(3), seed=np.int64(5))
     assert np_layer.rank == 3 and isinstance(np_layer.rank, int)
     assert torch.equal(np_layer.V, FlexibleLayer(6, 2, rank=3, seed=5).V)
-    with pytest.raises(ValueError, match="output_shape must have product n = 2"):
+    with pytest.raises(ValueError, match="output_shape must be positive sizes with product n = 2"):
         FlexibleLayer(6, 2, rank=2, output_shape=(3,))
+    with pytest.raises(ValueError, match="output_shape must be positive sizes"):
+        FlexibleLayer(6, 6, rank=2, output_shape=(-2, -3))
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's"):
+        layer(torch.randn(4, 6, dtype=torch.float64))
     with pytest.raises(ValueError, match="expected rank = 2"):
         FlexibleLayer(6, 2, rank=2, basis=make_basis("hinge", 3, n_branches=3))
     with pytest.raises(ValueError, match="basis_options only apply"):

@@ -351,5 +351,10 @@ def test_bad_inputs_raise():
         model(torch.randn(6))
     with pytest.raises(ValueError, match="x contains NaN or Inf"):
         model.fit_domain(torch.full((3, 2, 3), float("nan")))
-    with pytest.raises(ValueError, match="output_shape must have product n = 2"):
+    with pytest.raises(ValueError, match="output_shape must be positive sizes with product n = 2"):
         ProjectedKAN(6, 2, 3, output_shape=(3,))
+    # inputs in another dtype than the parameters: a TypeError that says how to convert
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's"):
+        model(torch.randn(3, 6, dtype=torch.float64))
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's"):
+        KANLayer(4, 2, seed=0)(torch.randn(3, 4, dtype=torch.float64))

@@ -36,6 +36,15 @@ def _generator(seed: int | torch.Generator | None) -> torch.Generator | None:
     return torch.Generator().manual_seed(int(seed))
 
 
+def _check_input_dtype(x: Tensor, parameter: Tensor) -> None:
+    """Inputs in the layer's dtype: matmul would fail with a less helpful message."""
+    if x.dtype != parameter.dtype:
+        raise TypeError(
+            f"x has dtype {x.dtype} but the layer's parameters are {parameter.dtype}; convert "
+            f"one of them (e.g. x.to({parameter.dtype}) or layer.to({x.dtype}))"
+        )
+
+
 def _fresh_basis(basis: str | Basis, n_functions: int, basis_options: dict[str, Any] | None
                  ) -> Basis:
     """A new basis from a name (errors of :func:`make_basis` pass through) or a copy."""
@@ -47,13 +56,13 @@ def _fresh_basis(basis: str | Basis, n_functions: int, basis_options: dict[str, 
 
 
 def _check_output_shape(output_shape: Any, n: int) -> tuple[int, ...] | None:
-    """``output_shape`` as a tuple whose product is ``n`` (None stays None)."""
+    """``output_shape`` as a tuple of positive sizes whose product is ``n`` (None stays None)."""
     if output_shape is None:
         return None
     shape = tuple(int(s) for s in output_shape)
-    if math.prod(shape) != n:
+    if math.prod(shape) != n or any(s < 1 for s in shape):
         raise ValueError(
-            f"output_shape must have product n = {n}, got {shape} (product {math.prod(shape)})"
+            f"output_shape must be positive sizes with product n = {n}, got {shape}"
         )
     return shape
 
@@ -189,6 +198,7 @@ class FlexibleLayer(nn.Module):
                 f"x must have shape (B, m) or (B, *in_shape) with m = {self.in_features} "
                 f"features, got {tuple(x.shape)}"
             )
+        _check_input_dtype(x, self.V)
         z = x.reshape(x.shape[0], -1) @ self.V
         g = torch.einsum("brd,dr->br", self.basis(z), self.C)
         y = g @ self.W.T

@@ -37,7 +37,13 @@ import torch
 from torch import Tensor, nn
 
 from tenflex.basis import Basis, BSplineBasis
-from tenflex.nn.flexible import _check_output_shape, _check_size, _fresh_basis, _generator
+from tenflex.nn.flexible import (
+    _check_input_dtype,
+    _check_output_shape,
+    _check_size,
+    _fresh_basis,
+    _generator,
+)
 
 __all__ = ["KANLayer", "ProjectedKAN", "kan_width_for_budget"]
 
@@ -217,6 +223,7 @@ class KANLayer(nn.Module):
         y : torch.Tensor, shape (B, n)
         """
         x = self._check_x(x)
+        _check_input_dtype(x, self.coef)
         Phi = self.basis(x)  # (B, m, D)
         # One contraction over (i, d): a (B, m D) x (m D, n) matrix product inside einsum.
         y = torch.einsum("bid,jid->bj", Phi, self.coef)
@@ -388,7 +395,9 @@ class ProjectedKAN(nn.Module):
 
     def project(self, x: Tensor) -> Tensor:
         """Projected features ``z = x P``, shape (B, w), for ``x`` (B, m) or (B, *in_shape)."""
-        return self._flatten(x) @ self.P
+        x = self._flatten(x)
+        _check_input_dtype(x, self.P)
+        return x @ self.P
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the projection and the KAN layer.
