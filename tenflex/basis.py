@@ -201,8 +201,10 @@ class Basis(nn.Module):
             Z = Z.to(torch.float64)
         if not torch.isfinite(Z).all():
             raise ValueError("Z contains NaN or Inf values")
-        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        if (isinstance(margin, bool) or not isinstance(margin, (int, float, np.integer, np.floating))
+                or not math.isfinite(margin) or margin < 0):
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+        margin = float(margin)
         lo, hi = self.domain
         with torch.no_grad():
             Z = Z.detach()
@@ -217,6 +219,12 @@ class Basis(nn.Module):
             safe_width = torch.where(const, torch.ones_like(width), width)
             scale = torch.where(const, torch.ones_like(width), (hi - lo) / safe_width)
             shift = torch.where(const, 0.5 * (lo + hi) - zmin, lo - scale * zmin)
+        if not (torch.isfinite(shift).all() and (scale > 0).all()):
+            # A range wider than the dtype can hold (max - min overflows to Inf).
+            raise ValueError(
+                f"Z's column ranges are too wide for {Z.dtype} (from {float(zmin.min()):.3g} "
+                f"to {float(zmax.max()):.3g}); rescale the data"
+            )
         self.scale = scale.clone()
         self.shift = shift.clone()
         return self

@@ -326,6 +326,15 @@ def test_bad_inputs_raise():
         make_basis("hinge", 3).fit_domain(torch.zeros(5))
     with pytest.raises(ValueError, match="margin"):
         make_basis("hinge", 3).fit_domain(torch.zeros(5, 1), margin=-1)
+    with pytest.raises(ValueError, match="margin"):
+        make_basis("hinge", 3).fit_domain(torch.zeros(5, 1), margin=True)
+    # NumPy scalars are numbers like any other
+    a = make_basis("hinge", 3).fit_domain(torch.arange(5.0)[:, None], margin=np.float32(0.25))
+    b = make_basis("hinge", 3).fit_domain(torch.arange(5.0)[:, None], margin=0.25)
+    assert torch.equal(a.scale, b.scale) and torch.equal(a.shift, b.shift)
+    # a range that overflows the dtype would give scale 0 and a NaN shift
+    with pytest.raises(ValueError, match="too wide for torch.float64"):
+        make_basis("hinge", 3).fit_domain(torch.tensor([[-1e308], [1e308]], dtype=torch.float64))
     with pytest.raises(ValueError, match="scale must be nonzero"):
         make_basis("hinge", 3).set_domain_map([1.0, 0.0], [0.0, 0.0])
     with pytest.raises(ValueError, match=r"shape \(R,\)"):
