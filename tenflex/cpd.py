@@ -388,6 +388,10 @@ class CPDResult:
         Index of the kept start.
     n_iter : int
         Iterations of the kept start.
+    fallback_starts : list of int
+        Starts (method ``"tensorly"``) on which tensorly's ALS failed (a singular normal
+        system, typically for a rank above the tensor's rank, or non-finite factors) and that
+        the Gauss-Newton solver computed instead, from the start ``method="nls"`` would use.
     """
 
     W: Tensor
@@ -398,6 +402,7 @@ class CPDResult:
     start_errors: list[float] = field(default_factory=list)
     best_start: int = 0
     n_iter: int = 0
+    fallback_starts: list[int] = field(default_factory=list)
 
 
 def _normalize(W: Tensor, V: Tensor, H: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -646,7 +651,7 @@ def cpd(
         Number of random starts (seeded from ``seed``); the start with the smallest
         relative error is kept.
     seed : int, optional
-        Seed of the random initialisations; same seed, same result.
+        Seed of the random initialisations, a non-negative int; same seed, same result.
     n_iter_max : int, optional
         Maximum number of iterations per start (for each of tensorly's ALS and the
         Gauss-Newton polish).
@@ -656,7 +661,12 @@ def cpd(
         the relative change of the cost or of the factors is at most ``tol``.
     method : {"tensorly", "nls"}, optional
         ``"tensorly"`` (default): :func:`tensorly.decomposition.parafac` (ALS) with the NumPy
-        backend on the dense tensor (float64), random initialisation. ``"nls"``: the
+        backend on the dense tensor (float64), random initialisation. A start on which
+        tensorly's ALS fails (its normal equations can be exactly singular, e.g. for a rank
+        above the tensor's rank; NumPy then raises ``LinAlgError``) or returns non-finite
+        factors is computed by the Gauss-Newton solver instead, from the random start that
+        ``"nls"`` would use (listed in :attr:`CPDResult.fallback_starts`), so that every rank
+        gives a valid decomposition. ``"nls"``: the
         package's damped Gauss-Newton from a random (normal) initialisation, which uses only
         the :class:`JacobianTensor` products (no dense unfoldings; suited to large ``J``).
         A :class:`JacobianTensor` that is not a :class:`DenseJacobian` needs ``"nls"``.
@@ -676,12 +686,21 @@ def cpd(
 
     Raises
     ------
-    ValueError
+    ValueError, TypeError
         Bad shapes, NaN/Inf, ``rank``/``n_starts``/``n_iter_max`` out of range, unknown
-        ``method``, ``J`` identically zero.
+        ``method``, ``seed`` not a non-negative int, ``J`` identically zero (all entries
+        exactly zero).
+
+    Notes
+    -----
+    A dense ``J`` whose squared norm lies outside about ``[1e-231, 1e231]`` (float64; the
+    solvers' Gram products would over- or underflow, e.g. ``J * 1e160`` gave NaN) is
+    decomposed after an exact scaling by a power of two, and the weights are scaled back.
+    Inside that range nothing is rescaled.
     """
     if method not in ("tensorly", "nls"):
         raise ValueError(f"method must be 'tensorly' or 'nls', got {method!r}")
+    seed = _check_seed(seed)
     Jt = as_jacobian_tensor(J)
     n, m, N = Jt.shape
     _check_count(rank, "rank", 1, max(n * m * N, 1))
@@ -691,33 +710,51 @@ def cpd(
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     if method == "tensorly" and not isinstance(Jt, DenseJacobian):
         raise ValueError("method='tensorly' needs a dense J; use method='nls'")
-    if Jt.norm_sq() == 0:
+    if _is_zero(Jt):
         raise ValueError("J is identically zero; it has no CPD of rank >= 1")
+    Jt, exponent = _rescaled(Jt)
 
-    seeds = np.random.SeedSequence(int(seed)).generate_state(n_starts)
+    seeds = np.random.SeedSequence(seed).generate_state(n_starts)
     results = []
+    fallbacks = []
     for start in range(n_starts):
+        factors = None
         if method == "tensorly":
             # tensorly's error estimate cannot resolve relative errors below ~1e-8: leave the
             # last digits to the Gauss-Newton polish.
             tl_tol = max(tol, 1e-8) if polish else tol
-            W, V, H, it = _cpd_tensorly(Jt, rank, int(seeds[start]), n_iter_max, tl_tol, linesearch)
-            if polish:
+            try:
+                factors = _cpd_tensorly(
+                    Jt, rank, int(seeds[start]), n_iter_max, tl_tol, linesearch
+                )
+            except np.linalg.LinAlgError:
+                # Exactly singular ALS normal equations (e.g. a rank above the tensor's):
+                # the damped Gauss-Newton iteration below never solves a singular system.
+                pass
+            if factors is not None and not all(_all_finite(A) for A in factors[:3]):
+                factors = None
+            if factors is None:
+                fallbacks.append(start)
+            elif polish:
+                W, V, H, it = factors
                 W, V, H, it2 = _cpd_nls(Jt, W, V, H, n_iter_max, tol)
-                it += it2
-        else:
+                factors = (W, V, H, it + it2)
+        if factors is None:
             gen = torch.Generator().manual_seed(int(seeds[start]))
             W, V, H = (
                 torch.randn(size, rank, generator=gen, dtype=Jt.dtype).to(Jt.device)
                 for size in (n, m, N)
             )
-            W, V, H, it = _cpd_nls(Jt, W, V, H, n_iter_max, tol)
+            factors = _cpd_nls(Jt, W, V, H, n_iter_max, tol)
+        W, V, H, it = factors
         err = math.sqrt(Jt.residual_norm_sq(W, V, H) / Jt.norm_sq())
         results.append((err, W, V, H, it))
     errors = [r[0] for r in results]
     best = int(np.argmin(errors))
     err, W, V, H, it = results[best]
     W, V, H, weights = _normalize(W, V, H)
+    if exponent:
+        weights = _ldexp(weights, -exponent)
     return CPDResult(
         W=W,
         V=V,
@@ -727,6 +764,7 @@ def cpd(
         start_errors=errors,
         best_start=best,
         n_iter=it,
+        fallback_starts=fallbacks,
     )
 
 
@@ -763,6 +801,66 @@ def _check_count(value: Any, name: str, low: int, high: int) -> int:
     if not low <= int(value) <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
     return int(value)
+
+
+def _check_seed(seed: Any, name: str = "seed") -> int:
+    """A seed: a non-negative Python or NumPy int (bools, floats, None and others refused).
+
+    Shared by the public functions of :mod:`tenflex.cpd` and :mod:`tenflex.fit`, so that a
+    fractional seed is not silently truncated and a negative one is not reported by NumPy
+    without the argument's name.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(
+            f"{name} must be a non-negative int (Python or NumPy integer), got "
+            f"{type(seed).__name__} ({seed!r})"
+        )
+    if seed < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {seed}")
+    return int(seed)
+
+
+def _is_zero(Jt: JacobianTensor) -> bool:
+    """Whether ``J`` is identically zero: an exact test of the entries for a dense ``J``
+    (a squared norm underflows to zero for entries below about ``1e-162``)."""
+    if isinstance(Jt, DenseJacobian):
+        return not bool(Jt.data.any())
+    return Jt.norm_sq() == 0
+
+
+def _ldexp(A: Tensor, exponent: int) -> Tensor:
+    """``A * 2**exponent`` in two exact steps (``2**exponent`` alone may overflow)."""
+    half = exponent // 2
+    return A * 2.0**half * 2.0 ** (exponent - half)
+
+
+def _safe_norm_range(dtype: torch.dtype) -> tuple[float, float]:
+    """Squared norms of ``J`` for which the CPD solvers run without over- or underflow.
+
+    The Gauss-Newton and ALS iterations form Gram matrices and products of three of them
+    (up to about ``||J||^2`` times the rank) and divide by ``||J||^2``; ``tiny**0.75`` and
+    ``max**0.75`` leave ample room for both (float64: about ``1e-231`` and ``1e231``).
+    """
+    info = torch.finfo(dtype)
+    return info.tiny**0.75, info.max**0.75
+
+
+def _rescaled(Jt: JacobianTensor) -> tuple[JacobianTensor, int]:
+    """``(J * 2**e, e)``: ``J`` scaled by a power of two (exact) so that its largest entry
+    lies in ``[0.5, 1)`` when its squared norm is outside :func:`_safe_norm_range`
+    (it may overflow to ``inf`` or underflow to zero); ``(J, 0)`` otherwise."""
+    low, high = _safe_norm_range(Jt.dtype)
+    if low <= Jt.norm_sq() <= high:
+        return Jt, 0
+    if isinstance(Jt, DenseJacobian):
+        lo, hi = torch.aminmax(Jt.data)
+        exponent = -math.frexp(max(-float(lo), float(hi)))[1]
+        return DenseJacobian(_ldexp(Jt.data, exponent).permute(0, 2, 1)), exponent
+    raise ValueError(
+        f"J is too {'large' if Jt.norm_sq() > high else 'small'} in magnitude: its squared "
+        f"norm {Jt.norm_sq():g} is outside [{low:.3g}, {high:.3g}] (over- or underflow in "
+        f"{Jt.dtype}); rescale J (the CPD of c J is that of J with weights times c)"
+    )
 
 
 def match_components(reference: Tensor | np.ndarray, estimate: Tensor | np.ndarray):

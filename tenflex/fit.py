@@ -40,6 +40,8 @@ from tenflex.cpd import (
     DenseJacobian,
     JacobianTensor,
     _as_float_tensor,
+    _check_seed,
+    _is_zero,
     as_jacobian_tensor,
     cp_norm_sq,
     cpd,
@@ -57,6 +59,8 @@ _ACCURATE_BELOW = 1e-10
 _COST_FLOOR = 1e-28
 #: Largest Jacobian tensor (entries) handed to tensorly by ``cpd_method="auto"``.
 _TENSORLY_MAX_ENTRIES = 10**7
+#: Accepted ``cpd_method`` values of :func:`decouple_cpd`.
+_CPD_METHODS = ("auto", "tensorly", "nls")
 
 
 @dataclass
@@ -173,22 +177,72 @@ def _prepare_data(
             f"Y must have shape (N, n) = ({N}, {n}) to match J of shape (n, m, N) = "
             f"{(n, m, N)}, got {tuple(Y.shape)}"
         )
-    if Jt.norm_sq() == 0:
+    if _is_zero(Jt):
         raise ValueError("J is identically zero: there is no first-order information to fit")
+    _check_magnitude(Jt.norm_sq(), "J", dtype)
+    Yc = Y - Y.mean(dim=0)
+    if bool(Yc.any()):
+        _check_magnitude(float((Yc * Yc).sum()), "Y (centred)", dtype)
+    if bool(X.any()):
+        _check_magnitude(float((X * X).sum()), "X", dtype)
     return X, Y, Jt
 
 
+def _check_magnitude(sum_sq: float, name: str, dtype: torch.dtype) -> None:
+    """Refuse data whose sum of squares (the norms and Gram matrices the cost is normalised
+    by) overflows or underflows ``dtype``: the fit would silently return NaN."""
+    info = torch.finfo(dtype)
+    if not math.isfinite(sum_sq):
+        raise ValueError(
+            f"{name} is too large in magnitude: its sum of squares overflows {dtype} "
+            f"(largest value {info.max:.3g}); rescale the data (e.g. divide X, Y and J by "
+            "constants and map the fitted model back)"
+        )
+    if sum_sq < info.tiny:
+        raise ValueError(
+            f"{name} is too small in magnitude: its sum of squares {sum_sq:.3g} underflows "
+            f"{dtype} (smallest normal value {info.tiny:.3g}); rescale the data (e.g. "
+            "multiply X, Y and J by constants and map the fitted model back)"
+        )
+
+
 def _prepare_basis(basis: Any, n_functions: int, basis_options: dict | None) -> Basis:
-    """A fresh (cloned or newly built) basis; its affine map is fitted later."""
+    """A fresh (cloned or newly built) basis; its affine map is fitted later.
+
+    Refuses a basis whose derivatives vanish identically (e.g. B-splines of degree 0):
+    the branch derivatives ``H`` would be zero whatever ``C``, so the Jacobian term could
+    not be fitted at all.
+    """
     if isinstance(basis, Basis):
         if basis_options:
             raise TypeError("basis_options are only used with a basis name, not a Basis")
-        return basis.clone()
-    if isinstance(basis, str):
-        return make_basis(basis, n_functions, **(basis_options or {}))
-    raise TypeError(
-        f"basis must be a basis name (str) or a tenflex.basis.Basis, got {type(basis).__name__}"
-    )
+        basis = basis.clone()
+    elif isinstance(basis, str):
+        basis = make_basis(basis, n_functions, **(basis_options or {}))
+    else:
+        raise TypeError(
+            "basis must be a basis name (str) or a tenflex.basis.Basis, got "
+            f"{type(basis).__name__}"
+        )
+    if not _has_derivatives(basis):
+        raise ValueError(
+            f"basis {basis.config()} has identically zero derivatives (piecewise constant "
+            "functions, e.g. B-splines of degree 0): the Jacobian term cannot be fitted; use "
+            "a basis with nonzero derivatives (e.g. basis_options={'degree': 1} or higher)"
+        )
+    return basis
+
+
+def _has_derivatives(basis: Basis) -> bool:
+    """Whether some basis derivative is nonzero on a fine grid over (and beyond) the
+    basis' natural domain (identity affine map)."""
+    lo, hi = (float(v) for v in basis.domain)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        lo, hi = -1.0, 1.0
+    width = hi - lo
+    t = torch.linspace(lo - 0.25 * width, hi + 0.25 * width, 1537, dtype=torch.float64)
+    probe = basis.clone().set_identity(1)
+    return bool(probe.derivatives(t[:, None]).any())
 
 
 def _check_sizes(rank: Any, n: int, m: int, N: int, D: int, with_outputs: bool) -> int:
@@ -801,11 +855,13 @@ def decouple_cpd(
     basis_options : dict, optional
         Extra options for :func:`~tenflex.basis.make_basis` (e.g. ``degree``).
     n_starts, seed : int, optional
-        Seeded CPD starts (default 5, seed 0).
+        Seeded CPD starts (default 5; seed 0, a non-negative int).
     cpd_method : {"auto", "tensorly", "nls"}, optional
         See :func:`tenflex.cpd.cpd`. ``"auto"`` (default): ``"tensorly"`` (ALS with
         Gauss-Newton polish) for a dense ``J`` of at most ``10**7`` entries, else ``"nls"``
         (tensorly unfolds, i.e. copies, the whole tensor three times per iteration).
+        A start on which tensorly's ALS fails (a singular system, e.g. for a rank above the
+        data's) is computed by ``"nls"`` instead, so every rank gives a valid CPD.
     n_iter_max : int, optional
         Maximum CPD iterations per start.
     tol : float, optional
@@ -824,9 +880,17 @@ def decouple_cpd(
     Raises
     ------
     ValueError, TypeError
-        Mismatched shapes, NaN/Inf, rank out of range, too few sampling points, bad basis.
+        Mismatched shapes, NaN/Inf, data whose sums of squares over- or underflow, rank out
+        of range, too few sampling points, bad basis (or one with identically zero
+        derivatives), unknown ``cpd_method``, ``seed`` not a non-negative int.
     """
     t0 = time.perf_counter()
+    seed = _check_seed(seed)
+    if not isinstance(cpd_method, str) or cpd_method not in _CPD_METHODS:
+        raise ValueError(
+            f"cpd_method must be one of {', '.join(map(repr, _CPD_METHODS))}, got "
+            f"{cpd_method!r}"
+        )
     X, Y, Jt = _prepare_data(X, Y, J, dtype)
     n, m, N = Jt.shape
     basis = _prepare_basis(basis, n_functions, basis_options)
@@ -984,6 +1048,55 @@ def _linear_start(
     return W, V, b
 
 
+def _check_n_starts(n_starts: int, init: Any, rank: int, n: int) -> None:
+    """Several starts only from an init that uses the seed (else they are all the same)."""
+    if not isinstance(n_starts, (int, np.integer)) or n_starts <= 1:
+        return  # (a bad n_starts is reported by its own check)
+    if not isinstance(init, str):
+        why = f"a given {type(init).__name__} init is deterministic"
+    elif init in ("linear", "linear+jacobian") and rank <= n:
+        why = f"init={init!r} with rank={rank} <= n={n} is deterministic (it uses no seed)"
+    else:
+        return
+    raise ValueError(
+        f"n_starts={n_starts} needs a random initialisation (an init that uses the seed): "
+        "'cpd', 'random', or 'linear' / 'linear+jacobian' with rank > n (init names: "
+        f"{', '.join(map(repr, _INIT_NAMES))}); {why}: use n_starts=1"
+    )
+
+
+def _init_type_message(init: Any) -> str:
+    return (
+        f"init must be one of {', '.join(map(repr, _INIT_NAMES))}, a DecoupledFunction or "
+        f"dict(W=..., V=...), got {type(init).__name__}"
+    )
+
+
+def _check_dead_branches(what: str, W: Tensor, V: Tensor, C: Tensor | None) -> None:
+    """Refuse a given start with an all-zero column in ``W``, ``V`` or ``C``.
+
+    Such a branch contributes nothing, and the block updates keep it so: with ``w_r = 0``
+    or ``v_r = 0`` the exact C step gives ``c_r = 0`` (``v_r = 0`` also makes ``z_r``
+    constant), and with ``c_r = 0`` or ``v_r = 0`` the minimum-norm W step gives
+    ``w_r = 0`` and the V step's gradient for ``v_r`` vanishes, so the fit "converges" with
+    one branch fewer. (With the other two blocks given nonzero, a single zero block is
+    sometimes revived, e.g. by ``solver="gn"``; such a start is refused all the same.)
+    """
+    zero = {
+        name: torch.nonzero(~A.any(dim=0)).flatten().tolist()
+        for name, A in (("W", W), ("V", V), ("C", C))
+        if A is not None
+    }
+    zero = {name: cols for name, cols in zero.items() if cols}
+    if zero:
+        listed = "; ".join(f"{name} columns {cols}" for name, cols in zero.items())
+        raise ValueError(
+            f"{what} has all-zero columns ({listed}): those branches are dead (every block "
+            "update keeps them at zero, and the fit would stop with fewer branches); start "
+            "them from small nonzero values (e.g. seeded random columns) instead"
+        )
+
+
 def _initial_state(
     prob: _Problem,
     init: Any,
@@ -1040,6 +1153,7 @@ def _initial_state(
             prob.basis.set_domain_map(init.basis.scale, init.basis.shift)
             C = init.C.to(**opts).clone()
             refit = False
+        _check_dead_branches("init DecoupledFunction", W, V, C)
     elif isinstance(init, dict):
         unknown = set(init) - {"W", "V", "C", "b"}
         if unknown or not {"W", "V"} <= set(init):
@@ -1064,11 +1178,9 @@ def _initial_state(
             b = _as_matrix(init["b"], "init['b']", X.dtype, X.device).reshape(-1)
             if b.shape != (n,):
                 raise ValueError(f"init b must have shape (n,) = ({n},), got {tuple(b.shape)}")
+        _check_dead_branches("init dict", W, V, C)
     else:
-        raise TypeError(
-            "init must be 'cpd', 'random', a DecoupledFunction or dict(W=..., V=...), got "
-            f"{type(init).__name__}"
-        )
+        raise TypeError(_init_type_message(init))
     Z = X @ V
     if refit:
         prob.basis.fit_domain(Z, margin=margin)
@@ -1260,11 +1372,18 @@ def cmtf_als(
         normal ``W`` and unit-norm normal ``V``; a :class:`DecoupledFunction` (its W, V, b;
         its C and affine map too when its basis has the same configuration as ``basis``);
         ``dict(W=..., V=...)`` with optional ``C`` (interpreted after fitting the affine
-        map to ``X V``) and ``b``. Missing ``C`` comes from an exact C step.
+        map to ``X V``) and ``b``. Missing ``C`` comes from an exact C step. A given
+        ``W``, ``V`` or ``C`` with an all-zero column raises ValueError (the block updates
+        would keep that branch at zero).
     n_starts : int, optional
-        Number of seeded starts (``"cpd"`` or ``"random"`` init), keep the lowest final cost.
+        Number of seeded starts; the lowest final cost is kept. ``n_starts > 1`` needs an
+        init that uses the seed: ``"cpd"``, ``"random"``, or ``"linear"`` /
+        ``"linear+jacobian"`` with ``rank > n`` (their branches beyond ``n`` are seeded);
+        a deterministic init (``"linear"`` or ``"linear+jacobian"`` with ``rank <= n``, a
+        DecoupledFunction or a dict) with ``n_starts > 1`` raises ValueError.
     seed : int, optional
-        Seed of the starts; same seed, bitwise identical result (same machine and threads).
+        Seed of the starts, a non-negative int; same seed, bitwise identical result (same
+        machine and threads).
     max_iter : int, optional
         Maximum number of sweeps per start (default 200).
     tol : float, optional
@@ -1300,6 +1419,7 @@ def cmtf_als(
     callback : callable, optional
         Called after each sweep with a dict (``iteration``, ``cost``, ``cost_jacobian``,
         ``cost_output``, ``W``, ``V``, ``C``, ``b``); returning True stops the iteration.
+        Must be callable or None (checked on entry).
 
     Returns
     -------
@@ -1309,11 +1429,27 @@ def cmtf_als(
     Raises
     ------
     ValueError, TypeError
-        Mismatched shapes, NaN/Inf, rank out of range, too few sampling points for the
-        unknowns, negative ``lam``/``ridge``, unknown ``init``, constant ``Y`` with
-        ``lam > 0``, ``n_starts > 1`` with a deterministic init.
+        Mismatched shapes, NaN/Inf, data whose sums of squares over- or underflow, rank out
+        of range, too few sampling points for the unknowns, negative ``lam``/``ridge``,
+        unknown ``init``, an init with all-zero columns, constant ``Y`` with ``lam > 0``,
+        ``n_starts > 1`` with a deterministic init, a basis with identically zero
+        derivatives, ``seed`` not a non-negative int, ``callback`` not callable.
     """
     t0 = time.perf_counter()
+    seed = _check_seed(seed)
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"callback must be callable (called with a dict after each sweep) or None, got "
+            f"{type(callback).__name__} ({callback!r})"
+        )
+    if isinstance(init, str):
+        if init not in _INIT_NAMES:
+            raise ValueError(
+                f"init must be one of {', '.join(map(repr, _INIT_NAMES))}, a "
+                f"DecoupledFunction or dict(W=..., V=...), got {init!r}"
+            )
+    elif not isinstance(init, (DecoupledFunction, dict)):
+        raise TypeError(_init_type_message(init))
     X, Y, Jt = _prepare_data(X, Y, J, dtype)
     n, m, N = Jt.shape
     base_basis = _prepare_basis(basis, n_functions, basis_options)
@@ -1329,17 +1465,18 @@ def cmtf_als(
     cg_maxiter = _check_int(cg_maxiter, "cg_maxiter", 1, None)
     if solver not in ("als", "gn"):
         raise ValueError(f"solver must be 'als' or 'gn', got {solver!r}")
-    if n_starts > 1 and not isinstance(init, str):
-        raise ValueError(
-            f"n_starts={n_starts} needs a random initialisation (init='cpd' or 'random'); "
-            f"a given {type(init).__name__} init is deterministic"
-        )
+    _check_n_starts(n_starts, init, rank, n)
     cpd_options = {"n_starts": 3, **(cpd_options or {})}
     bad = set(cpd_options) - {"n_starts", "cpd_method", "n_iter_max", "tol"}
     if bad:
         raise TypeError(f"unknown cpd_options {sorted(bad)}")
+    if cpd_options.get("cpd_method", "auto") not in _CPD_METHODS:
+        raise ValueError(
+            f"cpd_options['cpd_method'] must be one of {', '.join(map(repr, _CPD_METHODS))}, "
+            f"got {cpd_options['cpd_method']!r}"
+        )
 
-    seeds = np.random.SeedSequence(int(seed)).generate_state(n_starts)
+    seeds = np.random.SeedSequence(seed).generate_state(n_starts)
     best = None
     start_costs = []
     for start in range(n_starts):

@@ -196,6 +196,86 @@ def test_cpd_bad_arguments(dense):
         cpd(torch.zeros(2, 3, 4), 1)
 
 
+@pytest.mark.parametrize(("shape", "ranks"), [((2, 3, 40), (5, 6)), ((3, 6, 5), (5,))])
+def test_cpd_rank_above_the_true_rank_falls_back_to_gauss_newton(shape, ranks):
+    # tensorly's ALS hits exactly singular normal equations on some starts when the rank
+    # exceeds the tensor's (here 2; also with N < m): those starts are computed by the
+    # Gauss-Newton solver from the start method="nls" uses, and every start is valid.
+    *_, J = _exact_cp(*shape, 2, seed=10)
+    fallbacks = 0
+    for rank in ranks:
+        for seed in range(6):
+            res = cpd(J, rank, n_starts=1, seed=seed)
+            for A in (res.W, res.V, res.H, res.weights):
+                assert A.shape[-1] == rank and bool(torch.isfinite(A).all())
+            assert res.relative_error < 1e-8
+            K = cp_to_tensor(res.W * res.weights, res.V, res.H)
+            assert float((K - J).norm() / J.norm()) < 1e-8
+            if res.fallback_starts:
+                assert res.fallback_starts == [0]
+                fallbacks += 1
+                ref = cpd(J, rank, n_starts=1, seed=seed, method="nls")
+                assert torch.equal(res.W, ref.W) and torch.equal(res.H, ref.H)
+                assert res.relative_error == ref.relative_error
+    assert fallbacks > 0  # the fallback was exercised
+
+
+def test_cpd_fallback_with_several_starts_keeps_the_best():
+    *_, J = _exact_cp(2, 3, 40, 2, seed=12)
+    res = cpd(J, 6, n_starts=4, seed=0)
+    assert res.fallback_starts  # some of the four starts failed in tensorly
+    assert len(res.start_errors) == 4 and np.isfinite(res.start_errors).all()
+    assert res.relative_error == min(res.start_errors) < 1e-8
+
+
+@pytest.mark.parametrize("seed", [-1, None, 1.5, True, "0", np.float64(2.0)])
+def test_cpd_seed_must_be_a_non_negative_int(dense, seed):
+    J, *_ = dense
+    error = ValueError if seed == -1 and not isinstance(seed, bool) else TypeError
+    with pytest.raises(error, match="seed must be a non-negative int"):
+        cpd(J, 2, seed=seed, n_starts=1)
+
+
+def test_cpd_accepts_numpy_integer_seeds(dense):
+    J, *_ = dense
+    a = cpd(J, 2, seed=np.int64(3), n_starts=1, method="nls")
+    b = cpd(J, 2, seed=3, n_starts=1, method="nls")
+    assert torch.equal(a.W, b.W) and a.relative_error == b.relative_error
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-170, 2.0**-1000])
+@pytest.mark.parametrize("method", ["tensorly", "nls"])
+def test_cpd_of_huge_or_tiny_tensors(scale, method):
+    # ||J||^2 overflows (1e160) or underflows to zero (1e-170): the CPD runs on J scaled by a
+    # power of two, the weights are scaled back.
+    W, V, H, J = _exact_cp(3, 4, 30, 2, seed=40)
+    ref = cpd(J, 2, n_starts=1, seed=0, method=method)
+    res = cpd(J * scale, 2, n_starts=1, seed=0, method=method)
+    assert res.relative_error < 1e-12
+    torch.testing.assert_close(res.weights / scale, ref.weights, rtol=1e-10, atol=0)
+    congruence, _ = match_components([W, V, H], [res.W, res.V, res.H])
+    assert congruence.min() > 1 - 1e-10
+
+
+def test_cpd_of_a_float32_tensor_whose_squared_norm_overflows():
+    *_, J = _exact_cp(3, 4, 30, 2, seed=41)
+    J32 = (J * 1e25).to(torch.float32)
+    assert not np.isfinite(DenseJacobian(J32).norm_sq())
+    res = cpd(J32, 2, n_starts=1, seed=0, method="nls")
+    assert res.weights.dtype == torch.float32 and bool(torch.isfinite(res.weights).all())
+    assert res.relative_error < 1e-4
+
+
+def test_cpd_zero_test_is_exact():
+    J = torch.zeros(2, 3, 4, dtype=torch.float64)
+    J[1, 2, 3] = 1e-200  # its square underflows to zero, the tensor is not zero
+    res = cpd(J, 1, n_starts=1, method="nls")
+    assert res.relative_error < 1e-14
+    assert res.weights[0] == pytest.approx(1e-200, rel=1e-14)
+    with pytest.raises(ValueError, match="identically zero"):
+        cpd(torch.zeros(2, 3, 4, dtype=torch.float64), 1)
+
+
 def test_match_components_permutation_and_scale():
     A = _randn(6, 4, seed=30)
     B = _randn(5, 4, seed=31)

@@ -567,3 +567,125 @@ def test_float32(solver):
     assert res.model.W.dtype == torch.float32 and res.model.basis.scale.dtype == torch.float32
     ey, ej = _errors(res.model.to(torch.float64), X, Y, J)
     assert ey < 1e-5 and ej < 1e-5 and _monotone(res.cost)
+
+
+# ------------------------------------------------------------------ robustness
+@pytest.mark.parametrize(
+    ("n", "m", "N", "D", "ranks", "seeds"),
+    [(2, 3, 40, 3, (5, 6), (0, 1, 2)), (3, 6, 5, 2, (5,), (0, 2))],  # N < m in the second
+)
+def test_ranks_above_the_true_rank_give_valid_fits(n, m, N, D, ranks, seeds):
+    # Up to the largest rank min(n m, N), on data of rank 2: tensorly's ALS meets singular
+    # normal equations on some CPD starts (then the Gauss-Newton CPD takes over).
+    _f, X, Y, J = _truth(n, m, 2, "monomial", D, N, seed=0)
+    for rank in ranks:
+        for seed in seeds:
+            res = decouple_cpd(X, Y, J, rank, "monomial", D, seed=seed)
+            assert res.model.rank == rank and np.isfinite(res.cost).all()
+            assert res.info["cpd_relative_error"] < 1e-8
+            for A in (res.model.W, res.model.V, res.model.C, res.model.b):
+                assert bool(torch.isfinite(A).all())
+            fit = cmtf_als(X, Y, J, rank, "monomial", D, init="cpd", seed=seed, max_iter=20)
+            assert fit.model.rank == rank and _monotone(fit.cost)
+            assert fit.cost[-1] < 1e-5  # the exact rank-2 function is still fitted
+
+
+@pytest.mark.parametrize("fit", [decouple_cpd, cmtf_als])
+@pytest.mark.parametrize("seed", [-1, None, 1.5, True, np.float64(0.0)])
+def test_seed_must_be_a_non_negative_int(small, fit, seed):
+    _f, X, Y, J = small
+    error = ValueError if isinstance(seed, int) and not isinstance(seed, bool) else TypeError
+    with pytest.raises(error, match="seed must be a non-negative int"):
+        fit(X, Y, J, 2, seed=seed)
+
+
+def test_numpy_integer_seed_equals_int_seed(small):
+    _f, X, Y, J = small
+    a = cmtf_als(X, Y, J, 2, "monomial", 3, init="random", seed=np.int32(5), max_iter=3)
+    b = cmtf_als(X, Y, J, 2, "monomial", 3, init="random", seed=5, max_iter=3)
+    assert np.array_equal(a.cost, b.cost) and torch.equal(a.model.V, b.model.V)
+
+
+def test_basis_with_zero_derivatives_is_refused(small):
+    # Degree-0 B-splines are piecewise constant: H = 0 whatever C, so J cannot be fitted.
+    _f, X, Y, J = small
+    for fit in (decouple_cpd, cmtf_als):
+        with pytest.raises(ValueError, match="identically zero derivatives"):
+            fit(X, Y, J, 2, "bspline", 4, basis_options={"degree": 0})
+        with pytest.raises(ValueError, match="identically zero derivatives"):
+            fit(X, Y, J, 2, make_basis("bspline", 4, degree=0))
+    # degree 1 (piecewise linear) has derivatives: accepted
+    res = cmtf_als(X, Y, J, 2, "bspline", 4, basis_options={"degree": 1}, max_iter=2)
+    assert res.cost_jacobian[-1] < 1.0
+
+
+def test_init_with_all_zero_columns_is_refused(small):
+    # A branch with a zero column in W, V or C never moves (its block updates are all zero)
+    # and the fit would report convergence with one branch fewer.
+    f, X, Y, J = small
+    for key, col in (("W", 1), ("V", 0), ("C", 1)):
+        init = {"W": f.W.clone(), "V": f.V.clone(), "C": f.C.clone()}
+        init[key][:, col] = 0
+        with pytest.raises(ValueError, match=rf"init dict has all-zero columns \({key} columns "
+                           rf"\[{col}\]\)"):
+            cmtf_als(X, Y, J, 2, "monomial", 3, init=init)
+    W = f.W.clone()
+    W[:, 0] = 0
+    with pytest.raises(ValueError, match=r"init DecoupledFunction .*W columns \[0\]"):
+        cmtf_als(X, Y, J, 2, "monomial", 3, init=DecoupledFunction(W, f.V, f.C, f.b, f.basis))
+    # both W and V zero in branch 1, without C
+    V = f.V.clone()
+    V[:, 1] = 0
+    W[:, 0] = f.W[:, 0]
+    W[:, 1] = 0
+    with pytest.raises(ValueError, match=r"W columns \[1\]; V columns \[1\]"):
+        cmtf_als(X, Y, J, 2, "monomial", 3, init={"W": W, "V": V})
+
+
+def test_several_starts_need_a_seeded_init(small):
+    f, X, Y, J = small  # n = 3
+    names = ("'cpd'", "'linear'", "'linear+jacobian'", "'random'")
+    for init in ("linear", "linear+jacobian", f, {"W": f.W, "V": f.V}):
+        with pytest.raises(ValueError, match="n_starts=3 needs a random initialisation") as e:
+            cmtf_als(X, Y, J, 2, "monomial", 3, init=init, n_starts=3, max_iter=1)
+        assert all(name in str(e.value) for name in names)
+    with pytest.raises(TypeError, match="init must be one of") as e:
+        cmtf_als(X, Y, J, 2, init=3)
+    assert all(name in str(e.value) for name in names)
+    # rank > n: the extra branches of the linear inits are seeded, so the starts differ
+    _f, X2, Y2, J2 = _truth(2, 3, 2, "monomial", 3, 40, seed=0)
+    res = cmtf_als(X2, Y2, J2, 3, "monomial", 3, init="linear", n_starts=2, max_iter=0)
+    assert len(res.start_costs) == 2 and res.start_costs[0] != res.start_costs[1]
+
+
+def test_callback_is_checked_on_entry(small):
+    _f, X, Y, J = small
+    for max_iter in (0, 3):  # max_iter=0: no sweep, the callback is never called
+        with pytest.raises(TypeError, match="callback must be callable"):
+            cmtf_als(X, Y, J, 2, "monomial", 3, init="random", max_iter=max_iter, callback=3)
+
+
+def test_cpd_method_is_named_with_its_values(small):
+    _f, X, Y, J = small
+    message = r"cpd_method.* must be one of 'auto', 'tensorly', 'nls', got 'als'"
+    with pytest.raises(ValueError, match=message):
+        decouple_cpd(X, Y, J, 2, cpd_method="als")
+    with pytest.raises(ValueError, match=message):
+        cmtf_als(X, Y, J, 2, "monomial", 3, cpd_options={"cpd_method": "als"})
+
+
+@pytest.mark.parametrize("fit", [decouple_cpd, cmtf_als])
+def test_data_of_extreme_magnitude_is_refused_not_nan(small, fit):
+    # Sums of squares that overflow (or underflow) float64 used to give all-NaN costs.
+    _f, X, Y, J = small
+    with pytest.raises(ValueError, match="J is too large in magnitude.*rescale"):
+        fit(X, Y, J * 1e160, 2, "monomial", 3)
+    with pytest.raises(ValueError, match="X is too large in magnitude"):
+        fit(X * 1e160, Y, J, 2, "monomial", 3)
+    with pytest.raises(ValueError, match=r"Y \(centred\) is too large in magnitude"):
+        fit(X, Y * 1e160, J, 2, "monomial", 3)
+    # a tiny J is not "identically zero": its entries are not all zero
+    with pytest.raises(ValueError, match="J is too small in magnitude"):
+        fit(X, Y, J * 1e-170, 2, "monomial", 3)
+    with pytest.raises(ValueError, match="J is identically zero"):
+        fit(X, Y, J * 0, 2, "monomial", 3)
