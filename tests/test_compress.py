@@ -140,6 +140,7 @@ def test_evaluate_command_on_a_saved_model(tmp_path, compressed, capsys, monkeyp
         ({"n_functions": 700}, ValueError, "N must be >= D"),
         ({"fit_options": {"max_iters": 5}}, ValueError, "unknown keys"),
         ({"fit_options": {"init": "svd"}}, ValueError, "init"),
+        ({"fit_options": {"n_starts": 3}}, ValueError, "n_starts=3 needs a random"),
     ],
 )
 def test_bad_input_fails_before_any_long_computation(digits, monkeypatch, kwargs, error, message):

@@ -154,7 +154,14 @@ def _check_fit_settings(basis: Any, n_functions: Any, basis_options: Any, lam: A
     """
     import inspect
 
-    from tenflex.fit import _INIT_NAMES, _check_float, _check_sizes, _prepare_basis, cmtf_als
+    from tenflex.fit import (
+        _INIT_NAMES,
+        _check_float,
+        _check_n_starts,
+        _check_sizes,
+        _prepare_basis,
+        cmtf_als,
+    )
 
     base = _prepare_basis(basis, n_functions, basis_options)  # unknown names, bad options
     _check_float(lam, "lam")
@@ -173,6 +180,7 @@ def _check_fit_settings(basis: Any, n_functions: Any, basis_options: Any, lam: A
     options.setdefault("seed", seed)
     options.setdefault("verbose", progress)
     _check_sizes(rank, n, m, n_samples, base.n_functions, float(lam) > 0)
+    _check_n_starts(options.get("n_starts", 1), init, rank, n)
     return options
 
 
