@@ -208,6 +208,30 @@ def test_bad_input_gets_clear_errors(lenet):
         compress_network(lenet, "rcp", 0.1, layers=["fc1"], factors={"fc2": ((4, 5, 6), (3, 4, 7))})
 
 
+def test_per_layer_modes_for_unknown_layers_are_refused_like_factors(lenet):
+    # used to be ignored silently while the same mistake in factors= raised
+    with pytest.raises(ValueError, match=r"modes given for layers \['unknown'\] that are not "
+                       r"compressed \(\['fc1'\]\)"):
+        compress_network(lenet, "rcp", 0.1, layers=["fc1"], modes={"unknown": 1})
+    with pytest.raises(ValueError, match=r"modes given for layers \['fc2'\]"):
+        compress_network(lenet, "rcp", 0.1, layers=["fc1"], modes={"fc1": 2, "fc2": 2})
+    # known names still apply per layer
+    _, plans = compress_network(lenet, "rtt", 0.2, layers=["conv2", "fc1"], modes={"fc1": 2},
+                                n_iter_max=5)
+    assert [len(p.in_factors) for p in plans] == [2, 2]
+
+
+def test_compress_network_checks_seed_and_n_iter_max(lenet):
+    for form in ("rcp", "tt"):
+        with pytest.raises(ValueError, match="n_iter_max must be an int >= 1, got 0"):
+            compress_network(lenet, form, 0.2, layers=["fc1"], n_iter_max=0)
+        with pytest.raises(TypeError, match="seed must be an int"):
+            compress_network(lenet, form, 0.2, layers=["fc1"], seed=0.5)
+    plan = plan_layer(lenet.conv2, "tt", 0.3, name="conv2")
+    with pytest.raises(ValueError, match="n_iter_max must be an int >= 1, got -1"):
+        compress_layer(lenet.conv2, plan, n_iter_max=-1)
+
+
 # ---------------------------------------------------------------------------------------
 # Whole networks
 # ---------------------------------------------------------------------------------------
@@ -244,6 +268,15 @@ def test_layer_inputs_and_time_forward(lenet):
     assert lenet.training is False
     with pytest.raises(ValueError, match="repeat"):
         time_forward(lenet.fc1, acts["fc1"], repeat=0)
+
+
+def test_layer_inputs_unknown_name_lists_valid_names(lenet):
+    x = torch.randn(2, 1, 28, 28)
+    # used to raise AttributeError from get_submodule
+    with pytest.raises(ValueError, match=r"no submodule\(s\) \['99'\]; valid names: .*'conv2'"):
+        layer_inputs(lenet, ["conv2", "99"], x)
+    with pytest.raises(TypeError, match="not a str"):
+        layer_inputs(lenet, "conv2", x)
 
 
 def test_compress_and_train_on_digits(trained_lenet, digits):

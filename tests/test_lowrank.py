@@ -193,6 +193,88 @@ def test_float32_layer_keeps_dtype():
     torch.testing.assert_close(layer(x), conv(x), rtol=0, atol=1e-5)
 
 
+def _dense(method, seed=0, bias=True):
+    if method == "svd":
+        torch.manual_seed(seed)
+        return nn.Linear(7, 5, bias=bias).to(DT)
+    return make_conv(bias=bias, seed=seed, padding=1)
+
+
+def _input(method):
+    return rand(3, 7) if method == "svd" else rand(2, 4, 6, 5)
+
+
+@pytest.mark.parametrize("method", CONV_METHODS + ["svd"])
+@pytest.mark.parametrize("rank", [1, 2, "full"])
+def test_all_zero_weight_gives_exact_zero_factors(method, rank):
+    # A dead (all-zero) layer: ALS used to fail with "Singular matrix" for CP.
+    dense = _dense(method)
+    with torch.no_grad():
+        dense.weight.zero_()
+    r = max(lowrank_max_ranks(dense, method)) if rank == "full" else rank
+    layer = decompose_layer(dense, method, rank=r)
+    assert layer.decomposition_error == 0.0
+    bias = layer[-1].bias
+    for p in layer.parameters():
+        if p is not bias:
+            assert not torch.any(p)
+    torch.testing.assert_close(bias, dense.bias, rtol=0, atol=0)
+    x = _input(method)
+    # the compressed layer outputs the bias, exactly as the dense one
+    torch.testing.assert_close(layer(x), dense(x), rtol=0, atol=0)
+    assert not torch.any(layer.to_dense_weight())
+
+
+@pytest.mark.parametrize("method", CONV_METHODS + ["svd"])
+@pytest.mark.parametrize(("where", "value"), [
+    ("weight", float("nan")), ("weight", float("inf")), ("bias", float("-inf")),
+])
+def test_non_finite_weight_or_bias_is_refused(method, where, value):
+    dense = _dense(method)
+    with torch.no_grad():
+        getattr(dense, where).view(-1)[1] = value
+    with pytest.raises(ValueError, match=rf"layer\.{where} .*must be finite, it has 1 NaN/Inf"):
+        decompose_layer(dense, method, rank=1)
+
+
+@pytest.mark.parametrize("cls", [CPConv2d, TuckerConv2d])
+def test_iterative_methods_check_n_iter_max_and_seed(cls):
+    conv = make_conv()
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=rf"n_iter_max must be an int >= 1, got {bad}"):
+            cls.from_dense(conv, rank=2, n_iter_max=bad)
+    with pytest.raises(TypeError, match="n_iter_max must be an int"):
+        cls.from_dense(conv, rank=2, n_iter_max=2.5)
+    for bad in (1.5, "a", True):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            cls.from_dense(conv, rank=2, seed=bad)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        cls.from_dense(conv, rank=2, seed=-1)
+    # NumPy ints are ints: the same decomposition as the Python int
+    a = cls.from_dense(conv, rank=2, seed=np.int64(3), n_iter_max=np.int32(20))
+    b = cls.from_dense(conv, rank=2, seed=3, n_iter_max=20)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("method", ["tt", "svd"])
+def test_deterministic_methods_accept_and_ignore_seed(method):
+    dense = _dense(method)
+    ref = decompose_layer(dense, method, rank=2)
+    for kwargs in ({"seed": 0}, {"seed": 7, "n_iter_max": 3}):
+        layer = decompose_layer(dense, method, rank=2, **kwargs)
+        for p, q in zip(layer.parameters(), ref.parameters()):
+            assert torch.equal(p, q)
+        assert layer.decomposition_error == ref.decomposition_error
+    # checked all the same
+    with pytest.raises(TypeError, match="seed must be an int"):
+        decompose_layer(dense, method, rank=2, seed=0.5)
+    with pytest.raises(ValueError, match="n_iter_max must be an int >= 1"):
+        decompose_layer(dense, method, rank=2, n_iter_max=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        decompose_layer(dense, method, rank=2, foo=1)
+
+
 # ---------------------------------------------------------------------------------------
 # replace_layer
 # ---------------------------------------------------------------------------------------

@@ -335,6 +335,31 @@ def test_factorize_errors():
         factorize(4, 0)
 
 
+def test_factorize_more_modes_than_prime_factors():
+    # The extra modes are 1 (allow_ones=True: always possible); this used to recurse once
+    # per mode and raise RecursionError.
+    assert factorize(8, 2000) == (1,) * 1997 + (2, 2, 2)
+    assert factorize(1, 500) == (1,) * 500
+    assert factorize(2**10 * 3, 64) == (1,) * 53 + (2,) * 10 + (3,)
+    with pytest.raises(ValueError, match="only 3 prime factors"):
+        factorize(8, 2000, allow_ones=False)
+
+    def best_key(n, m):  # brute force over all factorizations: smallest (max, -min)
+        if m == 1:
+            return (n, -n)
+        keys = [
+            (max(d, k[0]), max(-d, k[1]))
+            for d in range(1, n + 1) if n % d == 0
+            for k in [best_key(n // d, m - 1)]
+        ]
+        return min(keys)
+
+    for n, m in [(60, 5), (12, 4), (36, 6), (30, 7)]:
+        f = factorize(n, m)
+        assert math.prod(f) == n and len(f) == m and list(f) == sorted(f)
+        assert (max(f), -min(f)) == best_key(n, m)
+
+
 # ---------------------------------------------------------------------------------------
 # Tensorial layers
 # ---------------------------------------------------------------------------------------
@@ -516,6 +541,120 @@ def test_tensorize_dispatch_and_bad_inputs():
     layer = TensorialConv2d(4, 4, 3)
     with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
         layer(torch.zeros(1, 3, 5, 5))
+
+
+def _dense_layer(kind, bias=True):
+    if kind == "conv":
+        return dense_conv(4, 6, 3, padding=1, bias=bias)
+    torch.manual_seed(0)
+    return nn.Linear(12, 8, bias=bias).to(DT)
+
+
+def _layer_input(kind):
+    return rand(2, 4, 6, 5) if kind == "conv" else rand(3, 12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+@pytest.mark.parametrize("rank", [1, 2, "full"])
+def test_from_dense_all_zero_weight_gives_exact_zero_factors(form, kind, rank):
+    dense = _dense_layer(kind)
+    with torch.no_grad():
+        dense.weight.zero_()
+    if rank == "full":
+        s, t = factorize(dense.weight.shape[1], 2), factorize(dense.weight.shape[0], 2)
+        rank = tensorial_max_ranks(form, s, t, (3, 3) if kind == "conv" else None)
+    # "rcp" used to fail with "Singular matrix" inside parafac's ALS
+    layer = tensorize(dense, rank=rank, form=form)
+    assert layer.decomposition_error == 0.0
+    for p in layer.parameters():
+        if p is not layer.bias:
+            assert not torch.any(p)
+    torch.testing.assert_close(layer.bias, dense.bias, rtol=0, atol=0)
+    x = _layer_input(kind)
+    torch.testing.assert_close(layer(x), dense(x), rtol=0, atol=0)  # the bias only
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+@pytest.mark.parametrize(("where", "value"), [
+    ("weight", float("nan")), ("weight", float("-inf")), ("bias", float("nan")),
+])
+def test_from_dense_refuses_non_finite_weight_or_bias(form, kind, where, value):
+    dense = _dense_layer(kind)
+    with torch.no_grad():
+        getattr(dense, where).view(-1)[0] = value
+    cls = TensorialConv2d if kind == "conv" else TensorialLinear
+    with pytest.raises(ValueError, match=rf"from_dense: layer\.{where} .*must be finite"):
+        cls.from_dense(dense, rank=2, form=form)
+    with pytest.raises(ValueError, match=rf"layer\.{where} .*1 NaN/Inf"):
+        tensorize(dense, rate=0.5, form=form)
+
+
+@pytest.mark.parametrize("cls", [TensorialConv2d, TensorialLinear])
+def test_seed_must_be_a_non_negative_int(cls):
+    args = (4, 6, 3) if cls is TensorialConv2d else (12, 8)
+    for bad in (1.5, "a", 2.0, True, torch.Generator()):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            cls(*args, rank=2, seed=bad)
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+        cls(*args, rank=2, seed=-1)
+    # NumPy ints are ints; None keeps meaning seed 0
+    for same in (np.int64(3), np.uint8(3)):
+        a, b = cls(*args, rank=2, seed=same), cls(*args, rank=2, seed=3)
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    a, b = cls(*args, rank=2, seed=None), cls(*args, rank=2, seed=0)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+    dense = _dense_layer("conv" if cls is TensorialConv2d else "linear")
+    for bad in (1.5, "a"):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            cls.from_dense(dense, rank=2, seed=bad)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        cls.from_dense(dense, rank=2, seed=-2)
+    a = cls.from_dense(dense, rank=2, seed=np.int64(1))
+    b = cls.from_dense(dense, rank=2, seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("cls", [TensorialConv2d, TensorialLinear])
+def test_from_dense_n_iter_max_must_be_positive(form, cls):
+    dense = _dense_layer("conv" if cls is TensorialConv2d else "linear")
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=rf"n_iter_max must be an int >= 1, got {bad}"):
+            cls.from_dense(dense, rank=2, form=form, n_iter_max=bad)
+    with pytest.raises(TypeError, match="n_iter_max must be an int"):
+        cls.from_dense(dense, rank=2, form=form, n_iter_max=10.0)
+
+
+def test_max_ranks_and_counts_check_the_factor_lists():
+    with pytest.raises(ValueError, match="same length"):
+        tensorial_max_ranks("rcp", (2, 2), (2,))
+    with pytest.raises(ValueError, match="same length"):
+        tensorial_n_parameters("rtt", (2, 2), (2, 2, 1), (3, 3), 1)
+    with pytest.raises(ValueError, match="in_factors must be one or more ints >= 1"):
+        tensorial_max_ranks("rtk", (2, 0), (2, 2))
+    with pytest.raises(ValueError, match="kernel_size must be >= 1"):
+        tensorial_max_ranks("rtk", (2, 2), (2, 2), (0, 3))
+    # One mode without a kernel: refused like TensorialLinear(modes=1), for every form
+    # (for "rtt" there would be no bond at all).
+    for form in FORMS:
+        with pytest.raises(ValueError, match="needs at least 2 modes"):
+            tensorial_n_parameters(form, (4,), (4,), None, 1)
+        with pytest.raises(ValueError, match="needs at least 2 modes"):
+            tensorial_max_ranks(form, (4,), (4,))
+        with pytest.raises(ValueError, match="modes must be >= 2"):
+            TensorialLinear(4, 4, form=form, modes=1)
+    # One mode with a kernel is a valid TensorialConv2d: counts agree with the layer.
+    for form in FORMS:
+        caps = tensorial_max_ranks(form, (4,), (6,), (3, 3))
+        layer = TensorialConv2d(4, 6, 3, form=form, rank=caps, modes=1)
+        assert layer.max_ranks == caps
+        assert layer.n_parameters == tensorial_n_parameters(form, (4,), (6,), (3, 3), caps)
+    # "rtt", one mode: a single bond of full rank min(24, 9) = 9
+    assert tensorial_max_ranks("rtt", (4,), (6,), (3, 3)) == (9,)
+    assert tensorial_n_parameters("rtt", (4,), (6,), (3, 3), 9) == 24 * 9 + 9 * 9 + 6
 
 
 @pytest.mark.parametrize("form, modes", [("rtt", 2), ("rtt", 3), ("rtk", 2), ("rcp", 2)])

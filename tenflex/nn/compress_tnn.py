@@ -75,6 +75,8 @@ from tenflex.nn.lowrank import (
 from tenflex.nn.tensorial import (
     TensorialConv2d,
     TensorialLinear,
+    _check_n_iter_max,
+    _check_seed,
     factorize,
     largest_uniform_ranks,
     tensorial_max_ranks,
@@ -403,8 +405,10 @@ def compress_layer(
             out_factors=plan.out_factors, seed=seed, n_iter_max=n_iter_max,
         )
     else:
-        kwargs = {} if plan.method in ("tt", "svd") else {"seed": seed, "n_iter_max": n_iter_max}
-        new = _LOWRANK_CLASSES[plan.method].from_dense(layer, rank=plan.ranks, **kwargs)
+        # "tt" and "svd" are direct decompositions: they check seed/n_iter_max and ignore them
+        new = _LOWRANK_CLASSES[plan.method].from_dense(
+            layer, rank=plan.ranks, seed=seed, n_iter_max=n_iter_max
+        )
     n = sum(p.numel() for p in new.parameters())
     if n != plan.n_compressed:  # pragma: no cover - counts and layers disagree: a bug
         raise RuntimeError(f"{plan.name}: built {n} parameters, planned {plan.n_compressed}")
@@ -528,8 +532,11 @@ def compress_network(
     Raises
     ------
     ValueError
-        Unknown layer names (valid ones listed), duplicated names, and everything
-        :func:`plan_layer` raises.
+        Unknown layer names (valid ones listed), duplicated names, ``modes`` or
+        ``factors`` entries for layers that are not compressed, ``n_iter_max < 1``, and
+        everything :func:`plan_layer` raises.
+    TypeError
+        ``seed`` or ``n_iter_max`` not an int.
     """
     _check_form(form)
     if isinstance(layers, str):
@@ -543,10 +550,18 @@ def compress_network(
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ValueError(f"unknown layer name(s) {unknown}; Conv2d/Linear layers: {valid}")
+    _check_seed(seed)
+    _check_n_iter_max(n_iter_max)
     factors = {} if factors is None else dict(factors)
-    stray = sorted(set(factors) - set(names))
-    if stray:
-        raise ValueError(f"factors given for layers {stray} that are not compressed ({names})")
+    per_layer = {"factors": factors}
+    if isinstance(modes, Mapping):
+        per_layer["modes"] = modes
+    for option, given in per_layer.items():
+        stray = sorted(set(given) - set(names), key=str)
+        if stray:
+            raise ValueError(
+                f"{option} given for layers {stray} that are not compressed ({names})"
+            )
     # Plan every layer first so that a bad rate or reshaping fails before any decomposition.
     plans = [
         plan_layer(
@@ -575,7 +590,22 @@ def layer_inputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dic
     -------
     dict
         name -> tensor ``(B, ...)`` (detached).
+
+    Raises
+    ------
+    TypeError
+        ``names`` is a str.
+    ValueError
+        A name that is no submodule of ``model`` (the valid names are listed), or a layer
+        the forward pass does not call.
     """
+    if isinstance(names, str):
+        raise TypeError("names must be a sequence of layer names, not a str")
+    valid = [n for n, _ in model.named_modules() if n]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        shown = valid if len(valid) <= 40 else valid[:40] + ["..."]
+        raise ValueError(f"model has no submodule(s) {unknown}; valid names: {shown}")
     store: dict[str, torch.Tensor] = {}
     handles = []
     for n in names:

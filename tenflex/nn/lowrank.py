@@ -26,7 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.nn.tensorial import _balance_cp, _exact_cp, largest_uniform_ranks
+from tenflex.nn.tensorial import (
+    _balance_cp,
+    _check_finite_layer,
+    _check_n_iter_max,
+    _check_seed,
+    _exact_cp,
+    largest_uniform_ranks,
+)
 
 __all__ = [
     "METHODS",
@@ -237,6 +244,13 @@ def _ranks_from(layer: nn.Module, method: str, rank: Any, rate: Any) -> tuple[in
     return rank_for_rate(layer, method, rate)
 
 
+def _check_ignored(seed: Any, n_iter_max: Any) -> None:
+    """Options of the iterative methods that a direct decomposition ignores: still typed."""
+    _check_seed(seed)
+    if n_iter_max is not None:
+        _check_n_iter_max(n_iter_max)
+
+
 def _conv_geometry(layer: nn.Conv2d) -> dict[str, Any]:
     return {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation}
 
@@ -312,7 +326,8 @@ class SVDLinear(LowRankLayer):
 
     @classmethod
     def from_dense(
-        cls, layer: nn.Linear, *, rank: int | None = None, rate: float | None = None
+        cls, layer: nn.Linear, *, rank: int | None = None, rate: float | None = None,
+        seed: int | None = None, n_iter_max: int | None = None,
     ) -> SVDLinear:
         """Truncated SVD of ``layer``.
 
@@ -323,16 +338,30 @@ class SVDLinear(LowRankLayer):
             ``1 <= rank <= min(S, T)``.
         rate : float, optional
             Target parameter fraction instead of ``rank`` (:func:`rank_for_rate`).
+        seed, n_iter_max : int, optional
+            Accepted (and checked) for a uniform interface with the other methods, and
+            ignored: the SVD is deterministic and not iterative.
 
         Returns
         -------
         SVDLinear
+            An all-zero weight gives all-zero factors (``decomposition_error`` 0).
+
+        Raises
+        ------
+        ValueError
+            A weight or bias with NaN/Inf, a rank or rate out of range.
         """
         _check_layer(layer, "svd")
+        _check_finite_layer(layer, "SVDLinear.from_dense")
+        _check_ignored(seed, n_iter_max)
         (r,) = _ranks_from(layer, "svd", rank, rate)
         T, S = _shape(layer)
         w = layer.weight.detach().to("cpu", torch.float64).numpy()
-        u, sig, vt = np.linalg.svd(w, full_matrices=False)
+        if np.any(w):
+            u, sig, vt = np.linalg.svd(w, full_matrices=False)
+        else:
+            u, sig, vt = np.zeros((T, r)), np.zeros(r), np.zeros((r, S))
         root = np.sqrt(sig[:r])
         out = cls(S, T, r, bias=layer.bias is not None).to(layer.weight)
         with torch.no_grad():
@@ -397,20 +426,34 @@ class CPConv2d(LowRankLayer):
             ``1 <= rank <=`` the full rank of :func:`lowrank_max_ranks`.
         rate : float, optional
             Target parameter fraction instead of ``rank``.
-        seed : int
-            ``random_state`` of parafac.
+        seed : int or None
+            ``random_state`` of parafac, an int ``>= 0``.
         n_iter_max : int
-            ALS iterations.
+            ALS iterations, ``>= 1``.
 
         Returns
         -------
         CPConv2d
+            An all-zero kernel gives all-zero factors (``decomposition_error`` 0; ALS
+            would solve with singular Gram matrices).
+
+        Raises
+        ------
+        TypeError
+            ``seed`` or ``n_iter_max`` not an int.
+        ValueError
+            A weight or bias with NaN/Inf, a rank or rate out of range, ``n_iter_max < 1``.
         """
         _check_layer(layer, "cp")
+        _check_finite_layer(layer, "CPConv2d.from_dense")
+        seed = _check_seed(seed)
+        n_iter_max = _check_n_iter_max(n_iter_max)
         (r,) = _ranks_from(layer, "cp", rank, rate)
         T, S, kh, kw = _shape(layer)
         w = layer.weight.detach().to("cpu", torch.float64).numpy()
-        if r >= lowrank_max_ranks(layer, "cp")[0]:
+        if not np.any(w):
+            fs = [np.zeros((d, r)) for d in (T, S, kh, kw)]
+        elif r >= lowrank_max_ranks(layer, "cp")[0]:
             fs = _exact_cp(w)
         else:
             from tensorly.decomposition import parafac
@@ -485,27 +528,39 @@ class TuckerConv2d(LowRankLayer):
         rate : float, optional
             Target parameter fraction instead of ``rank``.
         seed, n_iter_max
-            Passed to ``partial_tucker``.
+            Passed to ``partial_tucker`` (an int ``>= 0`` or None, an int ``>= 1``).
 
         Returns
         -------
         TuckerConv2d
+            An all-zero kernel gives all-zero factors and core (``decomposition_error`` 0).
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`CPConv2d.from_dense`.
         """
         _check_layer(layer, "tucker2")
+        _check_finite_layer(layer, "TuckerConv2d.from_dense")
+        seed = _check_seed(seed)
+        n_iter_max = _check_n_iter_max(n_iter_max)
         r1, r2 = _ranks_from(layer, "tucker2", rank, rate)
         T, S, kh, kw = _shape(layer)
         w = layer.weight.detach().to("cpu", torch.float64).numpy()
-        from tensorly.decomposition import partial_tucker
+        if np.any(w):
+            from tensorly.decomposition import partial_tucker
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            res = partial_tucker(
-                w, rank=[r2, r1], modes=[0, 1], init="svd", n_iter_max=n_iter_max,
-                tol=1e-10, random_state=seed,
-            )
-        # tensorly >= 0.8 returns ((core, factors), errors); older versions (core, factors)
-        core, (u_t, u_s) = res[0] if isinstance(res[0], (tuple, list)) else res
-        core, u_t, u_s = np.asarray(core), np.asarray(u_t), np.asarray(u_s)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                res = partial_tucker(
+                    w, rank=[r2, r1], modes=[0, 1], init="svd", n_iter_max=n_iter_max,
+                    tol=1e-10, random_state=seed,
+                )
+            # tensorly >= 0.8 returns ((core, factors), errors); older (core, factors)
+            core, (u_t, u_s) = res[0] if isinstance(res[0], (tuple, list)) else res
+            core, u_t, u_s = np.asarray(core), np.asarray(u_t), np.asarray(u_s)
+        else:
+            core, u_t, u_s = np.zeros((r2, r1, kh, kw)), np.zeros((T, r2)), np.zeros((S, r1))
         out = cls(
             S, T, (kh, kw), (r1, r2), bias=layer.bias is not None, **_conv_geometry(layer)
         ).to(layer.weight)
@@ -562,7 +617,7 @@ class TTConv2d(LowRankLayer):
     @classmethod
     def from_dense(
         cls, layer: nn.Conv2d, *, rank: int | Sequence[int] | None = None,
-        rate: float | None = None,
+        rate: float | None = None, seed: int | None = None, n_iter_max: int | None = None,
     ) -> TTConv2d:
         """TT-SVD of the kernel by ``tensorly.decomposition.tensor_train``.
 
@@ -573,22 +628,39 @@ class TTConv2d(LowRankLayer):
             Bond ranks ``(R_1, R_2, R_3)``; an int is capped at each full rank.
         rate : float, optional
             Target parameter fraction instead of ``rank``.
+        seed, n_iter_max : int, optional
+            Accepted (and checked) for a uniform interface with the other methods, and
+            ignored: TT-SVD is deterministic and not iterative.
 
         Returns
         -------
         TTConv2d
+            An all-zero kernel gives all-zero cores (``decomposition_error`` 0).
+
+        Raises
+        ------
+        ValueError
+            A weight or bias with NaN/Inf, a rank or rate out of range.
         """
         _check_layer(layer, "tt")
+        _check_finite_layer(layer, "TTConv2d.from_dense")
+        _check_ignored(seed, n_iter_max)
         ranks = _ranks_from(layer, "tt", rank, rate)
         T, S, kh, kw = _shape(layer)
         w = layer.weight.detach().to("cpu", torch.float64).numpy()
-        from tensorly.decomposition import tensor_train
+        r1, r2, r3 = ranks
+        if np.any(w):
+            from tensorly.decomposition import tensor_train
 
-        w_perm = w.transpose(1, 2, 3, 0)  # (S, kh, kw, T)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            tt = tensor_train(w_perm, rank=[1, *ranks, 1])
-        g1, g2, g3, g4 = (np.asarray(c) for c in tt.factors)
+            w_perm = w.transpose(1, 2, 3, 0)  # (S, kh, kw, T)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                tt = tensor_train(w_perm, rank=[1, *ranks, 1])
+            g1, g2, g3, g4 = (np.asarray(c) for c in tt.factors)
+        else:
+            g1, g2, g3, g4 = (
+                np.zeros(sh) for sh in ((1, S, r1), (r1, kh, r2), (r2, kw, r3), (r3, T, 1))
+            )
         out = cls(
             S, T, (kh, kw), ranks, bias=layer.bias is not None, **_conv_geometry(layer)
         ).to(layer.weight)
@@ -636,7 +708,9 @@ def decompose_layer(
     rank, rate
         Exactly one: explicit rank(s), or a target fraction of the parameters.
     **kwargs
-        Passed to the class' ``from_dense`` (``seed``, ``n_iter_max``).
+        Passed to the class' ``from_dense``: ``seed`` (int ``>= 0``) and ``n_iter_max``
+        (int ``>= 1``) seed and bound the ALS of ``"cp"`` and ``"tucker2"``; ``"svd"`` and
+        ``"tt"`` are deterministic direct decompositions, which check and ignore them.
 
     Returns
     -------
@@ -647,8 +721,8 @@ def decompose_layer(
     TypeError
         A layer other than Conv2d/Linear, or one that does not fit the method.
     ValueError
-        Unknown method, ``groups != 1``, a rank above the full rank, a rate that leaves
-        no rank.
+        Unknown method, ``groups != 1``, a weight or bias with NaN/Inf, a rank above the
+        full rank, a rate that leaves no rank, ``n_iter_max < 1``, ``seed < 0``.
     """
     _check_method(method)
     return _CLASSES[method].from_dense(layer, rank=rank, rate=rate, **kwargs)

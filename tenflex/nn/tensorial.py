@@ -699,6 +699,43 @@ def _check_positive_int(v: Any, name: str) -> int:
     return int(v)
 
 
+def _check_seed(seed: Any, *, allow_none: bool = True) -> int | None:
+    """A seed: a Python / NumPy int ``>= 0`` (or None where allowed), never truncated."""
+    if seed is None and allow_none:
+        return None
+    if not _is_int(seed):
+        expected = "an int >= 0 or None" if allow_none else "an int >= 0"
+        raise TypeError(f"seed must be {expected}, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    return int(seed)
+
+
+def _check_n_iter_max(n_iter_max: Any) -> int:
+    if not _is_int(n_iter_max):
+        raise TypeError(
+            f"n_iter_max must be an int >= 1, got {type(n_iter_max).__name__} {n_iter_max!r}"
+        )
+    if n_iter_max < 1:
+        raise ValueError(f"n_iter_max must be an int >= 1, got {n_iter_max!r}")
+    return int(n_iter_max)
+
+
+def _check_finite_layer(layer: nn.Module, where: str) -> None:
+    """Refuse a dense layer whose weight or bias holds NaN or Inf (no decomposition of it
+    is meaningful, and the SVDs inside the decompositions fail on it)."""
+    for name in ("weight", "bias"):
+        p = getattr(layer, name, None)
+        if p is None:
+            continue
+        bad = int((~torch.isfinite(p.detach())).sum())
+        if bad:
+            raise ValueError(
+                f"{where}: layer.{name} (shape {tuple(p.shape)}) must be finite, it has {bad} "
+                "NaN/Inf entries"
+            )
+
+
 def _prime_factors(n: int) -> list[int]:
     out, f = [], 2
     while f * f <= n:
@@ -724,8 +761,9 @@ def factorize(n: int, modes: int, *, allow_ones: bool = True) -> tuple[int, ...]
     modes : int
         Number of factors ``M >= 1``.
     allow_ones : bool
-        Allow factors equal to 1 (always possible). With ``False``, a ``ValueError``
-        is raised when ``n`` has fewer than ``modes`` prime factors.
+        Allow factors equal to 1 (always possible: with more modes than ``n`` has prime
+        factors, the extra factors are 1). With ``False``, a ``ValueError`` is raised when
+        ``n`` has fewer than ``modes`` prime factors.
 
     Returns
     -------
@@ -752,6 +790,11 @@ def factorize(n: int, modes: int, *, allow_ones: bool = True) -> tuple[int, ...]
 
     def rec(rest: int, k: int, start: int, acc: tuple[int, ...]) -> None:
         nonlocal best
+        # With 2**k > rest only the factor 1 fits (f**k <= rest fails for every f >= 2):
+        # take those forced ones at once, so the depth stays below log2(n) for any modes.
+        if start == 1 and k > 1 and k >= rest.bit_length():
+            ones = k - max(rest.bit_length() - 1, 1)
+            acc, k = acc + (1,) * ones, k - ones
         if k == 1:
             if rest >= start:
                 cand = acc + (rest,)
@@ -886,6 +929,39 @@ def largest_uniform_ranks(
     return ranks(lo)
 
 
+def _checked_dims(
+    in_factors: Any, out_factors: Any, kernel_size: Any
+) -> tuple[int, ...]:
+    """:func:`_reshaped_dims` after the checks the layers make on their factors."""
+    fs = []
+    for name, f in (("in_factors", in_factors), ("out_factors", out_factors)):
+        if isinstance(f, (str, bytes)) or not isinstance(f, Sequence):
+            raise TypeError(f"{name} must be a sequence of ints, got {type(f).__name__}")
+        if len(f) < 1 or not all(_is_int(v) and v >= 1 for v in f):
+            raise ValueError(f"{name} must be one or more ints >= 1, got {f!r}")
+        fs.append(tuple(int(v) for v in f))
+    s, t = fs
+    if len(s) != len(t):
+        raise ValueError(
+            f"in_factors {s} and out_factors {t} must have the same length (one input and one "
+            f"output factor per mode), got {len(s)} and {len(t)}"
+        )
+    if len(s) > _MAX_MODES:
+        raise ValueError(f"modes must be <= {_MAX_MODES}, got {len(s)}")
+    if kernel_size is None:
+        if len(s) < 2:
+            # As TensorialLinear: one mode is the dense weight itself (rtt has no bond).
+            raise ValueError(
+                f"a fully connected tensorial layer (kernel_size=None) needs at least 2 modes, "
+                f"got in_factors={s}, out_factors={t}"
+            )
+        return _reshaped_dims(s, t, None)
+    ks = _pair(kernel_size, "kernel_size")
+    if min(ks) < 1:
+        raise ValueError(f"kernel_size must be >= 1, got {kernel_size!r}")
+    return _reshaped_dims(s, t, ks)
+
+
 def tensorial_max_ranks(
     form: str,
     in_factors: Sequence[int],
@@ -903,16 +979,23 @@ def tensorial_max_ranks(
     ----------
     form : {"rcp", "rtk", "rtt"}
     in_factors, out_factors : sequence of int
-        ``(s_1, ..., s_M)`` and ``(t_1, ..., t_M)``.
+        ``(s_1, ..., s_M)`` and ``(t_1, ..., t_M)``, the same length ``M`` (``M >= 1``
+        for a convolution, ``M >= 2`` for a linear layer, as the layers require).
     kernel_size : (int, int), optional
         Spatial kernel size of a convolution; ``None`` for a linear layer.
 
     Returns
     -------
     tuple of int
+
+    Raises
+    ------
+    ValueError
+        Unknown form, factor lists of different lengths or with entries ``< 1``, a single
+        mode without ``kernel_size``.
     """
     _check_form(form)
-    return _caps(form, _reshaped_dims(in_factors, out_factors, kernel_size))
+    return _caps(form, _checked_dims(in_factors, out_factors, kernel_size))
 
 
 def tensorial_n_parameters(
@@ -940,9 +1023,14 @@ def tensorial_n_parameters(
     Returns
     -------
     int
+
+    Raises
+    ------
+    ValueError
+        As :func:`tensorial_max_ranks`, and ranks out of range.
     """
     _check_form(form)
-    dims = _reshaped_dims(in_factors, out_factors, kernel_size)
+    dims = _checked_dims(in_factors, out_factors, kernel_size)
     caps = _caps(form, dims)
     r = _normalize_ranks(ranks, caps, f"form {form!r}")
     return _count(form, dims, r) + (math.prod(out_factors) if bias else 0)
@@ -991,8 +1079,13 @@ def cp_factors(
     """CP factors ``A_i (dims[i], rank)`` of ``tensor``, norms balanced across factors.
 
     ``tensorly.decomposition.parafac`` (ALS, SVD initialisation, seeded); at the full rank
-    ``prod(dims) / max(dims)`` an exact decomposition is built directly.
+    ``prod(dims) / max(dims)`` an exact decomposition is built directly, and an all-zero
+    tensor gets all-zero factors (ALS would solve with singular Gram matrices).
     """
+    seed = _check_seed(seed)
+    n_iter_max = _check_n_iter_max(n_iter_max)
+    if not np.any(tensor):
+        return [np.zeros((d, rank)) for d in tensor.shape]
     full = math.prod(tensor.shape) // max(tensor.shape)
     if rank >= full:
         return _exact_cp(tensor)
@@ -1174,8 +1267,9 @@ class _TensorialBase(nn.Module):
     # -- initialisation --------------------------------------------------------------
     @torch.no_grad()
     def _random_init(self, seed: int | None) -> None:
+        seed = _check_seed(seed)
         g = torch.Generator(device="cpu")
-        g.manual_seed(0 if seed is None else int(seed))
+        g.manual_seed(0 if seed is None else seed)
         fan_in = math.prod(self.in_factors) * (
             math.prod(self.kernel_size) if self.kernel_size is not None else 1
         )
@@ -1198,7 +1292,16 @@ class _TensorialBase(nn.Module):
     # -- loading a decomposition -----------------------------------------------------
     @torch.no_grad()
     def _load_from_weight(self, weight: np.ndarray, seed: int, n_iter_max: int) -> None:
-        """Decompose ``weight`` ((T, S, kh, kw) or (T, S), float64) into this layer's cores."""
+        """Decompose ``weight`` ((T, S, kh, kw) or (T, S), float64) into this layer's cores.
+
+        An all-zero weight gets all-zero cores (exact, error 0) without a decomposition.
+        """
+        if not np.any(weight):
+            for p in (*self.factors, self.spatial, self.core):
+                if p is not None:
+                    p.zero_()
+            self.decomposition_error = 0.0
+            return
         M = self.n_modes
         t, s = self.out_factors, self.in_factors
         spatial = () if self.kernel_size is None else tuple(self.kernel_size)
@@ -1456,9 +1559,10 @@ class TensorialConv2d(_TensorialBase):
         As :class:`torch.nn.Conv2d` (zero padding; ``padding`` may be ``"same"`` or
         ``"valid"``).
     bias : bool
-    seed : int
+    seed : int or None
         Seeds the random initialisation (factors scaled so the effective kernel has the
-        variance of PyTorch's default initialisation).
+        variance of PyTorch's default initialisation); a Python or NumPy int ``>= 0``,
+        None means 0. Anything else raises ``TypeError`` (never truncated).
     dtype, device
         Of the parameters.
 
@@ -1560,30 +1664,36 @@ class TensorialConv2d(_TensorialBase):
             Explicit rank(s) instead of ``rate`` (exactly one of the two).
         form, modes, in_factors, out_factors
             See the class.
-        seed : int
-            ``random_state`` of the decomposition.
+        seed : int or None
+            ``random_state`` of the decomposition, an int ``>= 0`` (None: tensorly's
+            global random state).
         n_iter_max : int
-            ALS iterations of ``parafac`` / ``tucker``.
+            ALS iterations of ``parafac`` / ``tucker``, ``>= 1``.
 
         Returns
         -------
         TensorialConv2d
-            Same dtype and device as ``layer``.
+            Same dtype and device as ``layer``. An all-zero kernel gives all-zero factors
+            (``decomposition_error`` 0; the layer outputs its bias).
 
         Raises
         ------
         TypeError
-            ``layer`` is not an ``nn.Conv2d``.
+            ``layer`` is not an ``nn.Conv2d``; ``seed`` or ``n_iter_max`` not an int.
         ValueError
-            ``groups != 1``, non-zero padding mode, both or neither of rate/rank, a rate
-            that leaves no rank >= 1, a rank above the full rank, factors whose product
-            is not the channel count.
+            ``groups != 1``, non-zero padding mode, a weight or bias with NaN/Inf, both or
+            neither of rate/rank, a rate that leaves no rank >= 1, a rank above the full
+            rank, factors whose product is not the channel count, ``n_iter_max < 1``,
+            ``seed < 0``.
         """
         _check_layer_args(layer, nn.Conv2d, "TensorialConv2d.from_dense")
         if layer.groups != 1:
             raise ValueError(f"grouped convolutions are not supported (groups={layer.groups})")
         if layer.padding_mode != "zeros":
             raise ValueError(f"only padding_mode='zeros' is supported, got {layer.padding_mode!r}")
+        _check_finite_layer(layer, "TensorialConv2d.from_dense")
+        seed = _check_seed(seed)
+        n_iter_max = _check_n_iter_max(n_iter_max)
         T, S, kh, kw = layer.weight.shape
         s, t = _modes_and_factors(S, T, modes, in_factors, out_factors, 1)
         ranks = _ranks_from(layer, rate, rank, form, s, t, (kh, kw), "TensorialConv2d.from_dense")
@@ -1745,8 +1855,17 @@ class TensorialLinear(_TensorialBase):
         Returns
         -------
         TensorialLinear
+            An all-zero weight gives all-zero factors (``decomposition_error`` 0).
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`TensorialConv2d.from_dense`.
         """
         _check_layer_args(layer, nn.Linear, "TensorialLinear.from_dense")
+        _check_finite_layer(layer, "TensorialLinear.from_dense")
+        seed = _check_seed(seed)
+        n_iter_max = _check_n_iter_max(n_iter_max)
         T, S = layer.weight.shape
         s, t = _modes_and_factors(S, T, modes, in_factors, out_factors, 2)
         ranks = _ranks_from(layer, rate, rank, form, s, t, None, "TensorialLinear.from_dense")
