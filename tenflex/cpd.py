@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tenflex.checks import check_seed
+
 __all__ = [
     "CPDResult",
     "DenseJacobian",
@@ -700,7 +702,7 @@ def cpd(
     """
     if method not in ("tensorly", "nls"):
         raise ValueError(f"method must be 'tensorly' or 'nls', got {method!r}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     Jt = as_jacobian_tensor(J)
     n, m, N = Jt.shape
     _check_count(rank, "rank", 1, max(n * m * N, 1))
@@ -801,23 +803,6 @@ def _check_count(value: Any, name: str, low: int, high: int) -> int:
     if not low <= int(value) <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
     return int(value)
-
-
-def _check_seed(seed: Any, name: str = "seed") -> int:
-    """A seed: a non-negative Python or NumPy int (bools, floats, None and others refused).
-
-    Shared by the public functions of :mod:`tenflex.cpd` and :mod:`tenflex.fit`, so that a
-    fractional seed is not silently truncated and a negative one is not reported by NumPy
-    without the argument's name.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(
-            f"{name} must be a non-negative int (Python or NumPy integer), got "
-            f"{type(seed).__name__} ({seed!r})"
-        )
-    if seed < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {seed}")
-    return int(seed)
 
 
 def _is_zero(Jt: JacobianTensor) -> bool:

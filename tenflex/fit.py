@@ -36,11 +36,11 @@ import torch
 from torch import Tensor
 
 from tenflex.basis import Basis, make_basis
+from tenflex.checks import check_seed
 from tenflex.cpd import (
     DenseJacobian,
     JacobianTensor,
     _as_float_tensor,
-    _check_seed,
     _is_zero,
     as_jacobian_tensor,
     cp_norm_sq,
@@ -885,7 +885,7 @@ def decouple_cpd(
         derivatives), unknown ``cpd_method``, ``seed`` not a non-negative int.
     """
     t0 = time.perf_counter()
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not isinstance(cpd_method, str) or cpd_method not in _CPD_METHODS:
         raise ValueError(
             f"cpd_method must be one of {', '.join(map(repr, _CPD_METHODS))}, got "
@@ -1436,7 +1436,7 @@ def cmtf_als(
         derivatives, ``seed`` not a non-negative int, ``callback`` not callable.
     """
     t0 = time.perf_counter()
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if callback is not None and not callable(callback):
         raise TypeError(
             f"callback must be callable (called with a dict after each sweep) or None, got "

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tenflex.checks import check_seed
 from tenflex.files import atomic_write
 
 __all__ = [
@@ -269,7 +270,7 @@ def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Sequ
     _check_model_name(name)
     if seed is None:
         return MODELS[name](**kwargs)
-    _check_seed(seed)
+    check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MODELS[name](**kwargs)
@@ -484,11 +485,6 @@ def one_cycle_factor(step: int, total_steps: int) -> float:
     return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * progress)) / 2.0
 
 
-def _check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-
-
 def _as_images_labels(data: Any, argname: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"{argname} must be a pair (images, labels), got {type(data).__name__}")
@@ -619,7 +615,7 @@ def train(
     x, y = _as_images_labels(train_data, "train_data")
     _check_positive_int(epochs, "epochs")
     _check_positive_int(batch_size, "batch_size")
-    _check_seed(seed)
+    check_seed(seed)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
@@ -769,7 +765,7 @@ def _pretrained_config(
     _check_model_name(name)
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid names: {list(DATASETS)}")
-    _check_seed(seed)
+    check_seed(seed)
     config = dict(DEFAULT_TRAIN_CONFIG[name])
     if epochs is not None:
         _check_positive_int(epochs, "epochs")

@@ -232,7 +232,7 @@ def test_cpd_fallback_with_several_starts_keeps_the_best():
 def test_cpd_seed_must_be_a_non_negative_int(dense, seed):
     J, *_ = dense
     error = ValueError if seed == -1 and not isinstance(seed, bool) else TypeError
-    with pytest.raises(error, match="seed must be a non-negative int"):
+    with pytest.raises(error, match="seed must be an int >= 0"):
         cpd(J, 2, seed=seed, n_starts=1)
 
 

@@ -595,7 +595,7 @@ def test_ranks_above_the_true_rank_give_valid_fits(n, m, N, D, ranks, seeds):
 def test_seed_must_be_a_non_negative_int(small, fit, seed):
     _f, X, Y, J = small
     error = ValueError if isinstance(seed, int) and not isinstance(seed, bool) else TypeError
-    with pytest.raises(error, match="seed must be a non-negative int"):
+    with pytest.raises(error, match="seed must be an int >= 0"):
         fit(X, Y, J, 2, seed=seed)
 
 

@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tenflex.checks import check_seed
 from tenflex.nn.distill import distill_blocks
 from tenflex.nn.lowrank import (
     CPConv2d,
@@ -76,7 +77,6 @@ from tenflex.nn.tensorial import (
     TensorialConv2d,
     TensorialLinear,
     _check_n_iter_max,
-    _check_seed,
     factorize,
     largest_uniform_ranks,
     tensorial_max_ranks,
@@ -550,7 +550,7 @@ def compress_network(
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ValueError(f"unknown layer name(s) {unknown}; Conv2d/Linear layers: {valid}")
-    _check_seed(seed)
+    check_seed(seed, allow_none=True)
     _check_n_iter_max(n_iter_max)
     factors = {} if factors is None else dict(factors)
     per_layer = {"factors": factors}

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from tenflex.basis import Basis, make_basis
+from tenflex.checks import check_seed
 from tenflex.model import DecoupledFunction
 
 __all__ = ["FlexibleLayer"]
@@ -31,9 +32,7 @@ def _generator(seed: int | torch.Generator | None) -> torch.Generator | None:
     """The generator a layer draws its initial parameters from (None: torch's global one)."""
     if seed is None or isinstance(seed, torch.Generator):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator().manual_seed(check_seed(seed))
 
 
 def _check_input_dtype(x: Tensor, parameter: Tensor) -> None:

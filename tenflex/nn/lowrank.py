@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from tenflex.checks import check_seed, is_int
 from tenflex.nn.tensorial import (
     _balance_cp,
     _check_finite_layer,
     _check_n_iter_max,
-    _check_seed,
     _exact_cp,
     largest_uniform_ranks,
 )
@@ -51,10 +51,6 @@ __all__ = [
 
 #: Decomposition methods: layer type they apply to.
 METHODS = {"svd": "Linear", "cp": "Conv2d", "tucker2": "Conv2d", "tt": "Conv2d"}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _check_method(method: Any) -> str:
@@ -145,7 +141,7 @@ def _count(shape: tuple[int, ...], method: str, ranks: Sequence[int], bias: bool
 
 
 def _normalize_ranks(rank: Any, caps: tuple[int, ...], method: str) -> tuple[int, ...]:
-    if _is_int(rank):
+    if is_int(rank):
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
         if rank > max(caps):
@@ -160,7 +156,7 @@ def _normalize_ranks(rank: Any, caps: tuple[int, ...], method: str) -> tuple[int
                 f"rank for method {method!r} must be an int or {len(caps)} ints, got {rank!r}"
             )
         for i, (r, c) in enumerate(zip(rank, caps)):
-            if not _is_int(r) or r < 1 or r > c:
+            if not is_int(r) or r < 1 or r > c:
                 raise ValueError(
                     f"rank[{i}] for method {method!r} must be an int in [1, {c}], got {r!r}"
                 )
@@ -246,7 +242,7 @@ def _ranks_from(layer: nn.Module, method: str, rank: Any, rate: Any) -> tuple[in
 
 def _check_ignored(seed: Any, n_iter_max: Any) -> None:
     """Options of the iterative methods that a direct decomposition ignores: still typed."""
-    _check_seed(seed)
+    check_seed(seed, allow_none=True)
     if n_iter_max is not None:
         _check_n_iter_max(n_iter_max)
 
@@ -446,7 +442,7 @@ class CPConv2d(LowRankLayer):
         """
         _check_layer(layer, "cp")
         _check_finite_layer(layer, "CPConv2d.from_dense")
-        seed = _check_seed(seed)
+        seed = check_seed(seed, allow_none=True)
         n_iter_max = _check_n_iter_max(n_iter_max)
         (r,) = _ranks_from(layer, "cp", rank, rate)
         T, S, kh, kw = _shape(layer)
@@ -542,7 +538,7 @@ class TuckerConv2d(LowRankLayer):
         """
         _check_layer(layer, "tucker2")
         _check_finite_layer(layer, "TuckerConv2d.from_dense")
-        seed = _check_seed(seed)
+        seed = check_seed(seed, allow_none=True)
         n_iter_max = _check_n_iter_max(n_iter_max)
         r1, r2 = _ranks_from(layer, "tucker2", rank, rate)
         T, S, kh, kw = _shape(layer)
@@ -688,7 +684,7 @@ def _pairs(stride: Any, padding: Any, dilation: Any) -> tuple[Any, Any, Any]:
     def pair(v: Any) -> Any:
         if isinstance(v, str):
             return v
-        return (v, v) if _is_int(v) else tuple(v)
+        return (v, v) if is_int(v) else tuple(v)
 
     return pair(stride), pair(padding), pair(dilation)
 

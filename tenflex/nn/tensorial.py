@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tenflex.checks import check_seed, is_int
+
 __all__ = [
     "FORMS",
     "TensorOpSpec",
@@ -230,10 +232,6 @@ def conv_output_length(
     return (length + pl + pr - dilation * (kernel_size - 1) - 1) // stride + 1
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def _conv_options(opts: Any, letter: str) -> dict[str, Any]:
     if opts is None:
         opts = {}
@@ -251,7 +249,7 @@ def _conv_options(opts: Any, letter: str) -> dict[str, Any]:
     dilation = opts.get("dilation", 1)
     flip = opts.get("flip", False)
     for name, v in (("stride", stride), ("dilation", dilation)):
-        if not _is_int(v) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"conv[{letter!r}][{name!r}] must be an int >= 1, got {v!r}")
     if not isinstance(flip, bool):
         raise TypeError(f"conv[{letter!r}]['flip'] must be a bool, got {flip!r}")
@@ -285,14 +283,14 @@ def _resolve_padding(
             f"conv[{letter!r}]['padding'] must be an int, a pair (left, right) or one of "
             f"{list(_PADDING_NAMES)}, got {padding!r}"
         )
-    if _is_int(padding):
+    if is_int(padding):
         if padding < 0:
             raise ValueError(f"conv[{letter!r}]['padding'] must be >= 0, got {padding}")
         return int(padding), int(padding)
     if (
         isinstance(padding, (tuple, list))
         and len(padding) == 2
-        and all(_is_int(p) and p >= 0 for p in padding)
+        and all(is_int(p) and p >= 0 for p in padding)
     ):
         return int(padding[0]), int(padding[1])
     raise ValueError(
@@ -694,25 +692,13 @@ def _conv_native(
 
 
 def _check_positive_int(v: Any, name: str) -> int:
-    if not _is_int(v) or v < 1:
+    if not is_int(v) or v < 1:
         raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     return int(v)
 
 
-def _check_seed(seed: Any, *, allow_none: bool = True) -> int | None:
-    """A seed: a Python / NumPy int ``>= 0`` (or None where allowed), never truncated."""
-    if seed is None and allow_none:
-        return None
-    if not _is_int(seed):
-        expected = "an int >= 0 or None" if allow_none else "an int >= 0"
-        raise TypeError(f"seed must be {expected}, got {type(seed).__name__} {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    return int(seed)
-
-
 def _check_n_iter_max(n_iter_max: Any) -> int:
-    if not _is_int(n_iter_max):
+    if not is_int(n_iter_max):
         raise TypeError(
             f"n_iter_max must be an int >= 1, got {type(n_iter_max).__name__} {n_iter_max!r}"
         )
@@ -820,7 +806,7 @@ def _resolve_factors(
     if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
         raise TypeError(f"{name} must be a sequence of ints, got {type(factors).__name__}")
     fs = tuple(factors)
-    if len(fs) != modes or not all(_is_int(f) and f >= 1 for f in fs):
+    if len(fs) != modes or not all(is_int(f) and f >= 1 for f in fs):
         raise ValueError(f"{name} must be {modes} ints >= 1, got {factors!r}")
     if math.prod(fs) != n:
         raise ValueError(f"{name}={fs} has product {math.prod(fs)} but {channels} = {n}")
@@ -861,7 +847,7 @@ def _count(form: str, dims: Sequence[int], ranks: Sequence[int]) -> int:
 
 
 def _normalize_ranks(rank: Any, caps: Sequence[int], what: str) -> tuple[int, ...]:
-    if _is_int(rank):
+    if is_int(rank):
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
         if rank > max(caps):
@@ -876,7 +862,7 @@ def _normalize_ranks(rank: Any, caps: Sequence[int], what: str) -> tuple[int, ..
                 f"rank for {what} must be an int or a tuple of {len(caps)} ints, got {rank!r}"
             )
         for i, (r, c) in enumerate(zip(rank, caps)):
-            if not _is_int(r) or r < 1 or r > c:
+            if not is_int(r) or r < 1 or r > c:
                 raise ValueError(f"rank[{i}] for {what} must be an int in [1, {c}], got {r!r}")
         return tuple(int(r) for r in rank)
     raise TypeError(f"rank must be an int or a tuple of ints, got {type(rank).__name__}")
@@ -937,7 +923,7 @@ def _checked_dims(
     for name, f in (("in_factors", in_factors), ("out_factors", out_factors)):
         if isinstance(f, (str, bytes)) or not isinstance(f, Sequence):
             raise TypeError(f"{name} must be a sequence of ints, got {type(f).__name__}")
-        if len(f) < 1 or not all(_is_int(v) and v >= 1 for v in f):
+        if len(f) < 1 or not all(is_int(v) and v >= 1 for v in f):
             raise ValueError(f"{name} must be one or more ints >= 1, got {f!r}")
         fs.append(tuple(int(v) for v in f))
     s, t = fs
@@ -1082,7 +1068,7 @@ def cp_factors(
     ``prod(dims) / max(dims)`` an exact decomposition is built directly, and an all-zero
     tensor gets all-zero factors (ALS would solve with singular Gram matrices).
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed, allow_none=True)
     n_iter_max = _check_n_iter_max(n_iter_max)
     if not np.any(tensor):
         return [np.zeros((d, rank)) for d in tensor.shape]
@@ -1159,9 +1145,9 @@ def _conv_pair_options(
 
 
 def _pair(v: Any, name: str) -> tuple[int, int]:
-    if _is_int(v):
+    if is_int(v):
         v = (v, v)
-    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(u) for u in v)):
+    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(is_int(u) for u in v)):
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
     return int(v[0]), int(v[1])
 
@@ -1267,7 +1253,7 @@ class _TensorialBase(nn.Module):
     # -- initialisation --------------------------------------------------------------
     @torch.no_grad()
     def _random_init(self, seed: int | None) -> None:
-        seed = _check_seed(seed)
+        seed = check_seed(seed, allow_none=True)
         g = torch.Generator(device="cpu")
         g.manual_seed(0 if seed is None else seed)
         fan_in = math.prod(self.in_factors) * (
@@ -1692,7 +1678,7 @@ class TensorialConv2d(_TensorialBase):
         if layer.padding_mode != "zeros":
             raise ValueError(f"only padding_mode='zeros' is supported, got {layer.padding_mode!r}")
         _check_finite_layer(layer, "TensorialConv2d.from_dense")
-        seed = _check_seed(seed)
+        seed = check_seed(seed, allow_none=True)
         n_iter_max = _check_n_iter_max(n_iter_max)
         T, S, kh, kw = layer.weight.shape
         s, t = _modes_and_factors(S, T, modes, in_factors, out_factors, 1)
@@ -1864,7 +1850,7 @@ class TensorialLinear(_TensorialBase):
         """
         _check_layer_args(layer, nn.Linear, "TensorialLinear.from_dense")
         _check_finite_layer(layer, "TensorialLinear.from_dense")
-        seed = _check_seed(seed)
+        seed = check_seed(seed, allow_none=True)
         n_iter_max = _check_n_iter_max(n_iter_max)
         T, S = layer.weight.shape
         s, t = _modes_and_factors(S, T, modes, in_factors, out_factors, 2)

@@ -1,0 +1,37 @@
+"""Argument checks shared by the package's modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_seed", "is_int"]
+
+
+def is_int(value: Any) -> bool:
+    """A Python or NumPy integer (``bool`` is not one here)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_seed(seed: Any, *, allow_none: bool = False, name: str = "seed") -> int | None:
+    """A seed as ``int``: a Python or NumPy integer ``>= 0`` (None too where allowed).
+
+    Floats are refused rather than truncated (``1.5`` is not seed 1), and a negative seed
+    gets an error that names the argument (NumPy's own does not).
+
+    Raises
+    ------
+    TypeError
+        ``seed`` is not an integer (nor None where allowed).
+    ValueError
+        ``seed`` is negative.
+    """
+    if seed is None and allow_none:
+        return None
+    if not is_int(seed):
+        expected = "an int >= 0 or None" if allow_none else "an int >= 0"
+        raise TypeError(f"{name} must be {expected}, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {seed!r}")
+    return int(seed)
