@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tenflex.checks import check_seed, is_int
 from tenflex.files import atomic_write
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
@@ -311,9 +312,10 @@ def compress(
 
     # Every check that can fail is done here, before sampling and fitting.
     for name, value, low in (("n_samples", n_samples, 1), ("n_validation", n_validation, 0),
-                             ("batch_size", batch_size, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                             ("batch_size", batch_size, 1)):
+        if not is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    seed = check_seed(seed)
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
         raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
     if rank > min(m, n_samples):
