@@ -8,6 +8,9 @@ import numpy as np
 
 __all__ = ["check_seed", "is_int"]
 
+#: Largest seed: torch.Generator.manual_seed takes a signed 64-bit integer.
+_MAX_SEED = 2**63 - 1
+
 
 def is_int(value: Any) -> bool:
     """A Python or NumPy integer (``bool`` is not one here)."""
@@ -25,13 +28,13 @@ def check_seed(seed: Any, *, allow_none: bool = False, name: str = "seed") -> in
     TypeError
         ``seed`` is not an integer (nor None where allowed).
     ValueError
-        ``seed`` is negative.
+        ``seed`` is negative or does not fit in 63 bits (torch's generators take int64).
     """
     if seed is None and allow_none:
         return None
     if not is_int(seed):
         expected = "an int >= 0 or None" if allow_none else "an int >= 0"
         raise TypeError(f"{name} must be {expected}, got {type(seed).__name__} {seed!r}")
-    if seed < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {seed!r}")
+    if not 0 <= seed <= _MAX_SEED:
+        raise ValueError(f"{name} must be an int >= 0 (and < 2**63), got {seed!r}")
     return int(seed)

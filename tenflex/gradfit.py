@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tenflex.checks import check_seed
 from tenflex.cpd import (
     DenseJacobian,
     JacobianTensor,
@@ -377,7 +378,7 @@ def fit_by_gradient(
     ridge = _check_number(ridge, "ridge", 0.0, strict=False, integer=False)
     epochs = _check_number(epochs, "epochs", 0, strict=False, integer=True)
     lr = _check_number(lr, "lr", 0.0, strict=True, integer=False)
-    seed = _check_number(seed, "seed", -math.inf, strict=False, integer=True)
+    seed = check_seed(seed)
     if batch_size is not None:
         batch_size = _check_number(batch_size, "batch_size", 1, strict=False, integer=True)
     if time_limit is not None:

@@ -321,6 +321,9 @@ def test_compress_and_train_rejects_bad_settings(trained_lenet, digits):
         compress_and_train(trained_lenet, "cp", 0.1, *digits, train_evaluation="fast")
     with pytest.raises(ValueError, match="finetune_epochs"):
         compress_and_train(trained_lenet, "cp", 0.1, *digits, finetune_epochs=-1)
+    # the seed also seeds the global RNG of training: None is refused here
+    with pytest.raises(TypeError, match="seed must be an int >= 0, got"):
+        compress_and_train(trained_lenet, "cp", 0.1, *digits, seed=None)
 
 
 @pytest.mark.parametrize(("form", "name"), list(itertools.product(RESHAPED, ["conv2", "fc2"])))

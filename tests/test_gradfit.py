@@ -223,6 +223,10 @@ def test_same_seed_identical_different_seed_differs():
     assert ra.cost[0] == rc.cost[0]  # same start
     assert not np.array_equal(ra.cost[1:], rc.cost[1:])
     assert not torch.equal(a.V, c.V)
+    # seeds torch's generator cannot take are refused before any work (2**70 overflowed it)
+    for bad, error in ((2**70, ValueError), (-1, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match="seed must be an int >= 0"):
+            fit_by_gradient(_perturbed_layer(f), X, Y, J, epochs=1, seed=bad)
 
 
 # ---------------------------------------------------------------------------- stopping

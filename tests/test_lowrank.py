@@ -393,3 +393,8 @@ def test_distill_bad_names():
         distill_blocks(compressed_copy(pretrained), pretrained, ["conv9"], torch.zeros(4, 2, 6, 6))
     with pytest.raises(ValueError, match="epochs"):
         distill_blocks(pretrained, pretrained, "conv1", torch.zeros(4, 2, 6, 6), epochs=0)
+    with pytest.raises(TypeError, match="seed must be an int >= 0"):
+        distill_blocks(pretrained, pretrained, "conv1", torch.zeros(4, 2, 6, 6), seed=1.5)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        fine_tune(pretrained, (torch.zeros(4, 2, 6, 6), torch.zeros(4, dtype=torch.long)),
+                  seed=-1)

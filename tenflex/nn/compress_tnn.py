@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import check_seed
+from tenflex.checks import check_seed, is_int
 from tenflex.nn.distill import distill_blocks
 from tenflex.nn.lowrank import (
     CPConv2d,
@@ -789,8 +789,9 @@ def compress_and_train(
     from tenflex.zoo import evaluate, train
 
     for value, arg in ((distill_epochs, "distill_epochs"), (finetune_epochs, "finetune_epochs")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        if not is_int(value) or value < 0:
             raise ValueError(f"{arg} must be an int >= 0, got {value!r}")
+    seed = check_seed(seed)  # it also seeds the global RNG below: None is not a seed here
     if train_evaluation not in ("dense", "chain"):
         raise ValueError(
             f"train_evaluation must be 'dense' or 'chain', got {train_evaluation!r}"

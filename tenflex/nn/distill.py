@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tenflex.checks import check_seed
+
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
 
 
@@ -198,8 +200,7 @@ def distill_blocks(
     epochs = _check_positive_int(epochs, "epochs")
     batch_size = _check_positive_int(batch_size, "batch_size")
     lr = _check_lr(lr)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    seed = check_seed(seed)
     pairs = [(n, _get(compressed, n, "compressed"), _get(pretrained, n, "pretrained"))
              for n in names]
     device, _ = _device_dtype(compressed)
@@ -289,8 +290,7 @@ def fine_tune(
     """
     from tenflex.zoo import train
 
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    seed = check_seed(seed)
     with _seeded_rng(seed, _device_dtype(model)[0]):
         return train(
             model, train_data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
