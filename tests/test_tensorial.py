@@ -597,7 +597,7 @@ def test_seed_must_be_a_non_negative_int(cls):
     for bad in (1.5, "a", 2.0, True, torch.Generator()):
         with pytest.raises(TypeError, match="seed must be an int"):
             cls(*args, rank=2, seed=bad)
-    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"seed must be an int >= 0 \(and < 2\*\*63\), got -1"):
         cls(*args, rank=2, seed=-1)
     # NumPy ints are ints; None keeps meaning seed 0
     for same in (np.int64(3), np.uint8(3)):
