@@ -193,6 +193,8 @@ class Basis(nn.Module):
         puts its value at the centre of the domain, rather than an infinite scale.
         """
         Z = torch.as_tensor(Z)
+        if Z.is_complex():
+            raise TypeError(f"Z must hold real numbers, got dtype {Z.dtype}")
         if Z.ndim != 2 or Z.shape[0] < 1 or Z.shape[1] < 1:
             raise ValueError(
                 f"Z must have shape (N, R) with N >= 1 and R >= 1, got {tuple(Z.shape)}"
@@ -302,6 +304,8 @@ class Basis(nn.Module):
         self._check_fitted()
         if not isinstance(Z, Tensor):
             Z = torch.as_tensor(Z)
+        if Z.is_complex():
+            raise TypeError(f"Z must hold real numbers, got dtype {Z.dtype}")
         if not Z.is_floating_point():
             Z = Z.to(self.scale.dtype)
         R = self.n_branches

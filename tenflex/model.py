@@ -33,6 +33,14 @@ __all__ = ["DecoupledFunction"]
 ArrayLike = Tensor | np.ndarray
 
 
+def _real_tensor(A: ArrayLike, name: str) -> Tensor:
+    """``A`` as a tensor of real numbers (complex input would lose its imaginary part)."""
+    t = torch.as_tensor(A)
+    if t.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    return t
+
+
 def _common_dtype(arrays: list[Any], dtype: torch.dtype | None) -> torch.dtype:
     """Requested dtype, else the promoted float dtype of the inputs (float64 if none is float)."""
     if dtype is not None:
@@ -115,10 +123,10 @@ class DecoupledFunction:
         if device is None:
             device = W.device if isinstance(W, Tensor) else torch.device("cpu")
 
-        def conv(A: ArrayLike) -> Tensor:
-            return torch.as_tensor(A).to(dtype=dtype, device=device)
+        def conv(A: ArrayLike, name: str) -> Tensor:
+            return _real_tensor(A, name).to(dtype=dtype, device=device)
 
-        W, V, C = conv(W), conv(V), conv(C)
+        W, V, C = conv(W, "W"), conv(V, "V"), conv(C, "C")
         _check_matrix("W", W, (None, None), "(n, R)")
         n, R = W.shape
         if R < 1 or n < 1:
@@ -130,7 +138,7 @@ class DecoupledFunction:
         _check_matrix("C", C, (D, R), f"(D, R) = ({D}, {R}) (D from basis, R from W)")
         if b is None:
             b = torch.zeros(n, dtype=dtype, device=device)
-        b = conv(b)
+        b = conv(b, "b")
         if b.shape != (n,):
             raise ValueError(f"b must have shape (n,) = ({n},), got {tuple(b.shape)}")
         if not torch.isfinite(b).all():
@@ -188,7 +196,7 @@ class DecoupledFunction:
 
     # ------------------------------------------------------------------ evaluation
     def _inputs(self, X: ArrayLike) -> Tensor:
-        X = torch.as_tensor(X).to(dtype=self.dtype, device=self.device)
+        X = _real_tensor(X, "X").to(dtype=self.dtype, device=self.device)
         if X.ndim != 2 or X.shape[1] != self.m:
             raise ValueError(f"X must have shape (N, m) with m = {self.m}, got {tuple(X.shape)}")
         if not _all_finite(X):
@@ -219,7 +227,7 @@ class DecoupledFunction:
         -------
         G : torch.Tensor, shape (N, R)
         """
-        Z = torch.as_tensor(Z).to(dtype=self.dtype, device=self.device)
+        Z = _real_tensor(Z, "Z").to(dtype=self.dtype, device=self.device)
         return torch.einsum("...rd,dr->...r", self.basis(Z), self.C)
 
     def branch_derivatives(self, Z: ArrayLike) -> Tensor:
@@ -233,12 +241,12 @@ class DecoupledFunction:
         -------
         H : torch.Tensor, shape (N, R)
         """
-        Z = torch.as_tensor(Z).to(dtype=self.dtype, device=self.device)
+        Z = _real_tensor(Z, "Z").to(dtype=self.dtype, device=self.device)
         return torch.einsum("...rd,dr->...r", self.basis.derivatives(Z), self.C)
 
     def branch_outputs_and_derivatives(self, Z: ArrayLike) -> tuple[Tensor, Tensor]:
         """``(G, H)``, both (N, R), in one basis evaluation."""
-        Z = torch.as_tensor(Z).to(dtype=self.dtype, device=self.device)
+        Z = _real_tensor(Z, "Z").to(dtype=self.dtype, device=self.device)
         Phi, dPhi = self.basis.values_and_derivatives(Z)
         return (
             torch.einsum("...rd,dr->...r", Phi, self.C),

@@ -167,5 +167,16 @@ def test_bad_inputs_raise():
         df.jacobian(torch.ones(5))
     with pytest.raises(ValueError, match="X contains NaN"):
         df(torch.full((2, 5), float("inf")))
+    # complex input would be cast to its real part with only a warning
+    with pytest.raises(TypeError, match="X must hold real numbers, got dtype torch.complex64"):
+        df(torch.ones(2, 5, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="Z must hold real numbers"):
+        df.branch_outputs(np.ones((2, 2), dtype=np.complex128))
+    with pytest.raises(TypeError, match="Z must hold real numbers"):
+        basis(torch.ones(2, 2, dtype=torch.complex128))
+    with pytest.raises(TypeError, match="Z must hold real numbers"):
+        make_basis("hinge", 3).fit_domain(torch.ones(2, 1, dtype=torch.complex128))
+    with pytest.raises(TypeError, match="V must hold real numbers"):
+        DecoupledFunction(W, V.to(torch.complex64), C, None, basis)
     with pytest.raises(ValueError, match="R = 2 branches"):
         df.branch_outputs(torch.ones(3, 3))
