@@ -54,6 +54,18 @@ def _fresh_basis(basis: str | Basis, n_functions: int, basis_options: dict[str, 
     return make_basis(basis, n_functions, **(basis_options or {}))
 
 
+def _branch_basis(basis: str | Basis, n_functions: int, basis_options: dict[str, Any] | None,
+                  n_branches: int, what: str) -> Basis:
+    """A fresh basis with ``n_branches`` branches: identity affine maps for a new one, and a
+    given fitted one must already have them (``what`` names the size in the error)."""
+    basis = _fresh_basis(basis, n_functions, basis_options)
+    if not basis.is_fitted:
+        basis.set_identity(n_branches)
+    elif basis.n_branches != n_branches:
+        raise ValueError(f"basis has {basis.n_branches} branches, expected {what} = {n_branches}")
+    return basis
+
+
 def _check_output_shape(output_shape: Any, n: int) -> tuple[int, ...] | None:
     """``output_shape`` as a tuple of positive sizes whose product is ``n`` (None stays None)."""
     if output_shape is None:
@@ -133,11 +145,7 @@ class FlexibleLayer(nn.Module):
         m = _check_size(in_features, "in_features")
         n = _check_size(out_features, "out_features")
         R = _check_size(rank, "rank")
-        basis = _fresh_basis(basis, n_functions, basis_options)
-        if not basis.is_fitted:
-            basis.set_identity(R)
-        elif basis.n_branches != R:
-            raise ValueError(f"basis has {basis.n_branches} branches, expected rank = {R}")
+        basis = _branch_basis(basis, n_functions, basis_options, R, "rank")
         D = basis.n_functions
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         kw = {"dtype": dtype, "generator": _generator(seed)}

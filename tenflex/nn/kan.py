@@ -38,10 +38,10 @@ from torch import Tensor, nn
 
 from tenflex.basis import Basis, BSplineBasis
 from tenflex.nn.flexible import (
+    _branch_basis,
     _check_input_dtype,
     _check_output_shape,
     _check_size,
-    _fresh_basis,
     _generator,
 )
 
@@ -125,13 +125,7 @@ class KANLayer(nn.Module):
         super().__init__()
         m = _check_size(in_features, "in_features")
         n = _check_size(out_features, "out_features")
-        basis = _fresh_basis(basis, n_functions, basis_options)
-        if not basis.is_fitted:
-            basis.set_identity(m)
-        elif basis.n_branches != m:
-            raise ValueError(
-                f"basis has {basis.n_branches} branches, expected in_features = {m}"
-            )
+        basis = _branch_basis(basis, n_functions, basis_options, m, "in_features")
         D = basis.n_functions
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         gen = _generator(seed)
