@@ -55,6 +55,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tenflex.checks import check_int
+
 __all__ = [
     "BASIS_NAMES",
     "MAX_FUNCTIONS",
@@ -69,16 +71,6 @@ __all__ = [
 
 #: Largest accepted number of basis functions per branch.
 MAX_FUNCTIONS = 1000
-
-
-def _check_int(value: Any, name: str, low: int, high: int) -> int:
-    """Return ``value`` as an int after checking ``low <= value <= high``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    value = int(value)
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-    return value
 
 
 def _all_finite(t: Tensor) -> bool:
@@ -133,7 +125,7 @@ class Basis(nn.Module):
 
     def __init__(self, n_functions: int, *, n_branches: int | None = None) -> None:
         super().__init__()
-        self.n_functions = _check_int(n_functions, "n_functions", 1, MAX_FUNCTIONS)
+        self.n_functions = check_int(n_functions, "n_functions", 1, MAX_FUNCTIONS)
         self.check_finite = True
         self.register_buffer("scale", torch.empty(0, dtype=torch.float64))
         self.register_buffer("shift", torch.empty(0, dtype=torch.float64))
@@ -264,7 +256,7 @@ class Basis(nn.Module):
 
     def set_identity(self, n_branches: int) -> Basis:
         """Set the identity map (``scale = 1``, ``shift = 0``) for ``n_branches`` branches."""
-        R = _check_int(n_branches, "n_branches", 1, 10**9)
+        R = check_int(n_branches, "n_branches", 1, 10**9)
         dtype, device = self.scale.dtype, self.scale.device
         self.scale = torch.ones(R, dtype=dtype, device=device)
         self.shift = torch.zeros(R, dtype=dtype, device=device)
@@ -504,7 +496,7 @@ class BSplineBasis(Basis):
 
     def __init__(self, n_functions: int, degree: int = 3, *, n_branches: int | None = None):
         super().__init__(n_functions, n_branches=n_branches)
-        self.degree = _check_int(degree, "degree", 0, MAX_FUNCTIONS)
+        self.degree = check_int(degree, "degree", 0, MAX_FUNCTIONS)
         if self.n_functions < self.degree + 1:
             raise ValueError(
                 f"a B-spline basis of degree {self.degree} needs n_functions >= degree + 1 = "

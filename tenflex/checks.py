@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_seed", "is_int"]
+__all__ = ["check_int", "check_positive_int", "check_seed", "is_int"]
 
 #: Largest seed: torch.Generator.manual_seed takes a signed 64-bit integer.
 _MAX_SEED = 2**63 - 1
@@ -15,6 +15,31 @@ _MAX_SEED = 2**63 - 1
 def is_int(value: Any) -> bool:
     """A Python or NumPy integer (``bool`` is not one here)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
+    """``value`` as ``int`` after checking it is an integer in ``[low, high]`` (or ``>= low``).
+
+    Raises
+    ------
+    TypeError
+        Not a Python or NumPy integer.
+    ValueError
+        Out of range.
+    """
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` as ``int`` after checking it is an integer ``>= 1`` (a ValueError if not)."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def check_seed(seed: Any, *, allow_none: bool = False, name: str = "seed") -> int | None:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tenflex.checks import check_seed
+from tenflex.checks import check_int, check_seed
 
 __all__ = [
     "CPDResult",
@@ -705,9 +705,9 @@ def cpd(
     seed = check_seed(seed)
     Jt = as_jacobian_tensor(J)
     n, m, N = Jt.shape
-    _check_count(rank, "rank", 1, max(n * m * N, 1))
-    _check_count(n_starts, "n_starts", 1, 10**6)
-    _check_count(n_iter_max, "n_iter_max", 1, 10**9)
+    check_int(rank, "rank", 1, max(n * m * N, 1))
+    check_int(n_starts, "n_starts", 1, 10**6)
+    check_int(n_iter_max, "n_iter_max", 1, 10**9)
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     if method == "tensorly" and not isinstance(Jt, DenseJacobian):
@@ -795,14 +795,6 @@ def _cpd_tensorly(
     V = torch.as_tensor(np.asarray(V)).to(**opts)
     H = torch.as_tensor(np.asarray(H)).to(**opts)
     return W, V, H, len(errors)
-
-
-def _check_count(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-    return int(value)
 
 
 def _is_zero(Jt: JacobianTensor) -> bool:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from tenflex.basis import Basis, make_basis
-from tenflex.checks import check_seed
+from tenflex.checks import check_int, check_seed
 from tenflex.cpd import (
     DenseJacobian,
     JacobianTensor,
@@ -131,15 +131,6 @@ def _as_matrix(A: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
     if not torch.isfinite(A).all():
         raise ValueError(f"{name} contains NaN or Inf values")
     return A
-
-
-def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {'in ' if high is not None else ''}{bound}, got {value}")
-    return int(value)
 
 
 def _check_float(value: Any, name: str, low: float = 0.0) -> float:
@@ -248,7 +239,7 @@ def _has_derivatives(basis: Basis) -> bool:
 def _check_sizes(rank: Any, n: int, m: int, N: int, D: int, with_outputs: bool) -> int:
     """Rank in range and enough equations for the unknowns."""
     bound = min(n * m, N)
-    rank = _check_int(rank, "rank", -(10**18), None)
+    rank = check_int(rank, "rank", -(10**18), None)
     if not 1 <= rank <= bound:
         raise ValueError(
             f"rank must be in [1, min(n*m, N)] = [1, {bound}] (n={n}, m={m}, N={N}): the "
@@ -1458,11 +1449,11 @@ def cmtf_als(
     tol = _check_float(tol, "tol")
     margin = _check_float(domain_margin, "domain_margin")
     rank = _check_sizes(rank, n, m, N, base_basis.n_functions, lam > 0)
-    n_starts = _check_int(n_starts, "n_starts", 1, 10**6)
-    max_iter = _check_int(max_iter, "max_iter", 0, None)
+    n_starts = check_int(n_starts, "n_starts", 1, 10**6)
+    max_iter = check_int(max_iter, "max_iter", 0, None)
     if cg_maxiter is None:
         cg_maxiter = 50 if solver == "gn" else 5
-    cg_maxiter = _check_int(cg_maxiter, "cg_maxiter", 1, None)
+    cg_maxiter = check_int(cg_maxiter, "cg_maxiter", 1, None)
     if solver not in ("als", "gn"):
         raise ValueError(f"solver must be 'als' or 'gn', got {solver!r}")
     _check_n_starts(n_starts, init, rank, n)

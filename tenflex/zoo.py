@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tenflex.checks import check_seed
+from tenflex.checks import check_positive_int, check_seed
 from tenflex.files import atomic_write
 
 __all__ = [
@@ -521,11 +521,6 @@ def _check_images_labels(
     return x, y.to(torch.int64)
 
 
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 @contextlib.contextmanager
 def _deterministic(enabled: bool):
     """Temporarily ask torch for deterministic kernels; restores the previous setting."""
@@ -613,8 +608,8 @@ def train(
     ``torch.set_num_threads`` is left to the caller.
     """
     x, y = _as_images_labels(train_data, "train_data")
-    _check_positive_int(epochs, "epochs")
-    _check_positive_int(batch_size, "batch_size")
+    check_positive_int(epochs, "epochs")
+    check_positive_int(batch_size, "batch_size")
     check_seed(seed)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
@@ -720,7 +715,7 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
         Fraction of samples whose arg-max logit equals the label, in ``[0, 1]``.
     """
     x, y = _check_images_labels(images, labels, "images/labels")
-    _check_positive_int(batch_size, "batch_size")
+    check_positive_int(batch_size, "batch_size")
     device = _model_device(model)
     was_training = model.training
     model.eval()
@@ -768,10 +763,10 @@ def _pretrained_config(
     check_seed(seed)
     config = dict(DEFAULT_TRAIN_CONFIG[name])
     if epochs is not None:
-        _check_positive_int(epochs, "epochs")
+        check_positive_int(epochs, "epochs")
         config["epochs"] = int(epochs)
     if n_train is not None:
-        _check_positive_int(n_train, "n_train")
+        check_positive_int(n_train, "n_train")
     config.update(
         model=name,
         dataset=dataset,

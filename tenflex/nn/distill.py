@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import check_seed
+from tenflex.checks import check_positive_int, check_seed
 
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
 
@@ -47,12 +47,6 @@ class DistillResult:
     initial_error: dict[str, float] = field(default_factory=dict)
     final_error: dict[str, float] = field(default_factory=dict)
     time_s: float = 0.0
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _check_lr(lr: Any) -> float:
@@ -197,8 +191,8 @@ def distill_blocks(
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ValueError("names must name at least one block")
-    epochs = _check_positive_int(epochs, "epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
     lr = _check_lr(lr)
     seed = check_seed(seed)
     pairs = [(n, _get(compressed, n, "compressed"), _get(pretrained, n, "pretrained"))

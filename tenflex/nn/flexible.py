@@ -10,22 +10,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from tenflex.basis import Basis, make_basis
-from tenflex.checks import check_seed
+from tenflex.checks import check_positive_int, check_seed
 from tenflex.model import DecoupledFunction
 
 __all__ = ["FlexibleLayer"]
-
-
-def _check_size(value: Any, name: str) -> int:
-    """A positive Python or NumPy integer, as ``int`` (bools and floats are refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _generator(seed: int | torch.Generator | None) -> torch.Generator | None:
@@ -142,9 +134,9 @@ class FlexibleLayer(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        m = _check_size(in_features, "in_features")
-        n = _check_size(out_features, "out_features")
-        R = _check_size(rank, "rank")
+        m = check_positive_int(in_features, "in_features")
+        n = check_positive_int(out_features, "out_features")
+        R = check_positive_int(rank, "rank")
         basis = _branch_basis(basis, n_functions, basis_options, R, "rank")
         D = basis.n_functions
         dtype = dtype if dtype is not None else torch.get_default_dtype()

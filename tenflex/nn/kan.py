@@ -37,11 +37,11 @@ import torch
 from torch import Tensor, nn
 
 from tenflex.basis import Basis, BSplineBasis
+from tenflex.checks import check_positive_int
 from tenflex.nn.flexible import (
     _branch_basis,
     _check_input_dtype,
     _check_output_shape,
-    _check_size,
     _generator,
 )
 
@@ -123,8 +123,8 @@ class KANLayer(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        m = _check_size(in_features, "in_features")
-        n = _check_size(out_features, "out_features")
+        m = check_positive_int(in_features, "in_features")
+        n = check_positive_int(out_features, "out_features")
         basis = _branch_basis(basis, n_functions, basis_options, m, "in_features")
         D = basis.n_functions
         dtype = dtype if dtype is not None else torch.get_default_dtype()
@@ -322,9 +322,9 @@ class ProjectedKAN(nn.Module):
         output_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
-        m = _check_size(in_features, "in_features")
-        n = _check_size(out_features, "out_features")
-        w = _check_size(width, "width")
+        m = check_positive_int(in_features, "in_features")
+        n = check_positive_int(out_features, "out_features")
+        w = check_positive_int(width, "width")
         self.output_shape = _check_output_shape(output_shape, n)
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         gen = _generator(seed)
@@ -551,9 +551,9 @@ def kan_width_for_budget(
     ValueError
         If even ``w = 1`` does not fit (the message gives both numbers).
     """
-    m = _check_size(in_features, "in_features")
-    n = _check_size(out_features, "out_features")
-    D = _check_size(n_functions, "n_functions")
+    m = check_positive_int(in_features, "in_features")
+    n = check_positive_int(out_features, "out_features")
+    D = check_positive_int(n_functions, "n_functions")
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
         raise TypeError(f"budget must be a number, got {type(budget).__name__} ({budget!r})")
     if not math.isfinite(budget):

@@ -702,9 +702,7 @@ def _check_n_iter_max(n_iter_max: Any) -> int:
         raise TypeError(
             f"n_iter_max must be an int >= 1, got {type(n_iter_max).__name__} {n_iter_max!r}"
         )
-    if n_iter_max < 1:
-        raise ValueError(f"n_iter_max must be an int >= 1, got {n_iter_max!r}")
-    return int(n_iter_max)
+    return _check_positive_int(n_iter_max, "n_iter_max")
 
 
 def _check_finite_layer(layer: nn.Module, where: str) -> None:
