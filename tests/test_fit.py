@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from problems import decoupled_samples as _truth
 
 from tenflex.basis import make_basis
 from tenflex.cpd import DenseJacobian, match_components
@@ -25,19 +26,6 @@ from tenflex.sampling import sample_function
 
 # Tiny problems: one thread (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _truth(n, m, R, name, D, N, seed=0, **options):
-    """Noise-free samples of a random decoupled function; its basis map fitted to X V."""
-    gen = torch.Generator().manual_seed(seed)
-    W = torch.randn(n, R, generator=gen, dtype=torch.float64)
-    V = torch.randn(m, R, generator=gen, dtype=torch.float64)
-    C = torch.randn(D, R, generator=gen, dtype=torch.float64)
-    b = torch.randn(n, generator=gen, dtype=torch.float64)
-    X = torch.randn(N, m, generator=gen, dtype=torch.float64)
-    f = DecoupledFunction(W, V, C, b, make_basis(name, D, **options).fit_domain(X @ V))
-    Y, J = f.outputs_and_jacobian(X)
-    return f, X, Y, J
 
 
 def _errors(model, X, Y, J):

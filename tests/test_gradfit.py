@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from problems import decoupled_samples
 from torch import nn
 
-from tenflex.basis import make_basis
 from tenflex.cpd import DenseJacobian, JacobianTensor
 from tenflex.fit import cmtf_als
 from tenflex.gradfit import GradientFitResult, _FlexibleCost, fit_by_gradient
@@ -27,15 +27,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def _truth(seed=0, basis="chebyshev"):
     """Noise-free samples of a random decoupled function (n=3, m=6, R=3, D=5, N=200)."""
-    gen = torch.Generator().manual_seed(seed)
-    W = torch.randn(n, R, generator=gen, dtype=torch.float64)
-    V = torch.randn(m, R, generator=gen, dtype=torch.float64)
-    C = torch.randn(D, R, generator=gen, dtype=torch.float64)
-    b = torch.randn(n, generator=gen, dtype=torch.float64)
-    X = torch.randn(N, m, generator=gen, dtype=torch.float64)
-    f = DecoupledFunction(W, V, C, b, make_basis(basis, D).fit_domain(X @ V))
-    Y, J = f.outputs_and_jacobian(X)
-    return f, X, Y, J
+    return decoupled_samples(n, m, R, basis, D, N, seed=seed)
 
 
 def _perturbed_layer(f, level=0.1, seed=1):

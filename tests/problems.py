@@ -1,0 +1,25 @@
+"""Test problems shared by several test modules (imported, not collected: no ``test_`` prefix)."""
+
+from __future__ import annotations
+
+import torch
+
+from tenflex.basis import make_basis
+from tenflex.model import DecoupledFunction
+
+
+def decoupled_samples(n, m, R, name, D, N, seed=0, **options):
+    """Noise-free samples of a random decoupled function; its basis map fitted to X V.
+
+    Returns ``f, X (N, m), Y (N, n), J (n, m, N)``, all float64, drawn from one seeded
+    generator (W, V, C, b, then X).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, R, generator=gen, dtype=torch.float64)
+    V = torch.randn(m, R, generator=gen, dtype=torch.float64)
+    C = torch.randn(D, R, generator=gen, dtype=torch.float64)
+    b = torch.randn(n, generator=gen, dtype=torch.float64)
+    X = torch.randn(N, m, generator=gen, dtype=torch.float64)
+    f = DecoupledFunction(W, V, C, b, make_basis(name, D, **options).fit_domain(X @ V))
+    Y, J = f.outputs_and_jacobian(X)
+    return f, X, Y, J
