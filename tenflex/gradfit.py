@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tenflex.checks import check_seed
+from tenflex.checks import check_int, check_seed
 from tenflex.cpd import (
     DenseJacobian,
     JacobianTensor,
@@ -81,12 +81,10 @@ class GradientFitResult:
 
 
 # ---------------------------------------------------------------------------- validation
-def _check_number(value: Any, name: str, low: float, strict: bool, integer: bool) -> Any:
-    kind = "an int" if integer else "a number"
-    types = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, types):
-        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} ({value!r})")
-    value = int(value) if integer else float(value)
+def _check_number(value: Any, name: str, low: float, strict: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    value = float(value)
     ok = math.isfinite(value) and (value > low if strict else value >= low)
     if not ok:
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low:g}, got {value!r}")
@@ -374,15 +372,15 @@ def fit_by_gradient(
     dtype, device = params[0].dtype, params[0].device
     if not dtype.is_floating_point:
         raise TypeError(f"layer parameters must be floating point, got dtype {dtype}")
-    lam = _check_number(lam, "lam", 0.0, strict=False, integer=False)
-    ridge = _check_number(ridge, "ridge", 0.0, strict=False, integer=False)
-    epochs = _check_number(epochs, "epochs", 0, strict=False, integer=True)
-    lr = _check_number(lr, "lr", 0.0, strict=True, integer=False)
+    lam = _check_number(lam, "lam", 0.0, strict=False)
+    ridge = _check_number(ridge, "ridge", 0.0, strict=False)
+    epochs = check_int(epochs, "epochs", 0)
+    lr = _check_number(lr, "lr", 0.0, strict=True)
     seed = check_seed(seed)
     if batch_size is not None:
-        batch_size = _check_number(batch_size, "batch_size", 1, strict=False, integer=True)
+        batch_size = check_int(batch_size, "batch_size", 1)
     if time_limit is not None:
-        time_limit = _check_number(time_limit, "time_limit", 0.0, strict=False, integer=False)
+        time_limit = _check_number(time_limit, "time_limit", 0.0, strict=False)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
 
