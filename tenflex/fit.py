@@ -175,7 +175,9 @@ def _prepare_data(
     if bool(Yc.any()):
         _check_magnitude(float((Yc * Yc).sum()), "Y (centred)", dtype)
     if bool(X.any()):
-        _check_magnitude(float((X * X).sum()), "X", dtype)
+        # the norm, not X * X: no temporary of the size of X (N x m) on every fit
+        norm_x = float(torch.linalg.vector_norm(X))
+        _check_magnitude(norm_x * norm_x, "X", dtype)
     return X, Y, Jt
 
 
