@@ -27,6 +27,18 @@ def _generator(seed: int | torch.Generator | None) -> torch.Generator | None:
     return torch.Generator().manual_seed(check_seed(seed))
 
 
+def _flat_input(x: Any, m: int, name: str = "x") -> Tensor:
+    """``x`` (B, m) or (B, *in_shape) with ``prod(in_shape) = m``, as a (B, m) tensor."""
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(x)
+    if x.ndim < 2 or math.prod(x.shape[1:]) != m:
+        raise ValueError(
+            f"{name} must have shape (B, m) or (B, *in_shape) with m = {m} features, "
+            f"got {tuple(x.shape)}"
+        )
+    return x.reshape(x.shape[0], m)
+
+
 def _check_input_dtype(x: Tensor, parameter: Tensor) -> None:
     """Inputs in the layer's dtype: matmul would fail with a less helpful message."""
     if x.dtype != parameter.dtype:
@@ -192,13 +204,9 @@ class FlexibleLayer(nn.Module):
         -------
         y : torch.Tensor, shape (B, n), or (B, *output_shape) if set
         """
-        if x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features:
-            raise ValueError(
-                f"x must have shape (B, m) or (B, *in_shape) with m = {self.in_features} "
-                f"features, got {tuple(x.shape)}"
-            )
+        x = _flat_input(x, self.in_features)
         _check_input_dtype(x, self.V)
-        z = x.reshape(x.shape[0], -1) @ self.V
+        z = x @ self.V
         g = torch.einsum("brd,dr->br", self.basis(z), self.C)
         y = g @ self.W.T
         if self.b is not None:

@@ -42,6 +42,7 @@ from tenflex.nn.flexible import (
     _branch_basis,
     _check_input_dtype,
     _check_output_shape,
+    _flat_input,
     _generator,
 )
 
@@ -377,15 +378,7 @@ class ProjectedKAN(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _flatten(self, x: Any, name: str = "x") -> Tensor:
-        if not isinstance(x, Tensor):
-            x = torch.as_tensor(x)
-        m = self.in_features
-        if x.ndim < 2 or math.prod(x.shape[1:]) != m:
-            raise ValueError(
-                f"{name} must have shape (B, m) or (B, *in_shape) with m = {m} features, "
-                f"got {tuple(x.shape)}"
-            )
-        return x.reshape(x.shape[0], m)
+        return _flat_input(x, self.in_features, name)
 
     def project(self, x: Tensor) -> Tensor:
         """Projected features ``z = x P``, shape (B, w), for ``x`` (B, m) or (B, *in_shape)."""
