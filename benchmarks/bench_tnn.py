@@ -102,6 +102,12 @@ QUICK = {
     "finetune_epochs": 1,
     "timing_repeat": 5,
 }
+#: Reshaping policies of the tensorial forms: extra settings, passed to compress_and_train.
+#: "balanced" adds none, so that result files from before the option stay valid.
+RESHAPINGS = {
+    "balanced": {},
+    "layout": {"modes": 2, "reshape_by_layout": True},
+}
 #: Targets: the best reshaped form at this rate within this many points of the dense net.
 TARGET_RATE = 0.1
 TARGET_GAP_PP = 0.5
@@ -171,11 +177,11 @@ def targets(result: dict) -> dict[str, Any]:
 
 
 def complete(result: dict) -> bool:
-    """Whether every seed present has an entry for every form at every rate."""
+    """Whether every seed present has an entry for every form run (``--forms``) at every rate."""
     entries, settings = result["entries"], result["settings"]
     seeds = {e["seed"] for e in entries.values()}
     return bool(seeds) and all(entry_key(f, r, s) in entries for s in seeds
-                               for r in settings["rates"] for f in FORMS)
+                               for r in settings["rates"] for f in settings["forms"])
 
 
 @contextlib.contextmanager
@@ -249,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="train every network once per seed (default: 0 1 2; with "
                              "--quick: 0)")
+    parser.add_argument("--reshaping", choices=sorted(RESHAPINGS), default="balanced",
+                        help="reshaping of the tensorial forms: 'balanced' (the package's "
+                             "default: 2 balanced modes for conv2, 3 for fc1 and fc2) or "
+                             "'layout' (2 modes everywhere, fc1's along its 16 x 5 x 5 "
+                             "layout); default balanced")
     parser.add_argument("--fresh", action="store_true",
                         help="ignore entries of an existing result file and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -262,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be integers >= 0")
     settings = dict(QUICK if args.quick else FULL)
     settings["forms"] = list(args.forms)
+    settings.update(RESHAPINGS[args.reshaping])
+    name = "bench_tnn" + ("" if args.reshaping == "balanced" else f"_{args.reshaping}")
     out = args.out or ROOT / "benchmarks" / "results" / (
-        "bench_tnn_quick.json" if args.quick else "bench_tnn.json")
+        f"{name}_quick.json" if args.quick else f"{name}.json")
 
     torch.set_num_threads(args.threads)
     limiter = contextlib.nullcontext()
@@ -344,6 +357,8 @@ def run(settings: dict, out: Path, args: argparse.Namespace) -> int:
             finetune_samples=settings["finetune_samples"],
             finetune_epochs=settings["finetune_epochs"], finetune_lr=settings["finetune_lr"],
             batch_size=settings["batch_size"], seed=seed,
+            modes=settings.get("modes"),
+            reshape_by_layout=settings.get("reshape_by_layout", False),
         )
         entry = {**res.to_dict(), "seed": seed}
         entry["timing"] = time_entry(model, pretrained, names, inputs, x_net,

@@ -26,8 +26,8 @@ def _result(bench, accuracies, rates=(0.1,)):
     for (form, rate), accs in accuracies.items():
         for seed, acc in enumerate(accs):
             entries[bench.entry_key(form, rate, seed)] = _entry(form, rate, seed, acc)
-    return {"settings": {"rates": list(rates)}, "dense": {"test_accuracy": 0.99},
-            "entries": entries}
+    return {"settings": {"rates": list(rates), "forms": list(bench.FORMS)},
+            "dense": {"test_accuracy": 0.99}, "entries": entries}
 
 
 def test_compare_uses_common_seeds_and_the_standard_error(bench):
@@ -74,6 +74,11 @@ def test_complete_needs_every_form_and_rate_for_every_seed(bench):
     assert bench.complete(result)
     del result["entries"][bench.entry_key("tt", 0.2, 1)]
     assert not bench.complete(result)
+    # a run of some forms (--forms) is complete with those
+    result["settings"]["forms"] = ["rcp", "cp", "tucker"]
+    assert bench.complete(result)
+    del result["entries"][bench.entry_key("rcp", 0.1, 0)]
+    assert not bench.complete(result)
 
 
 def _write_entries(out, seed, n):
@@ -82,7 +87,8 @@ def _write_entries(out, seed, n):
     sys.path.insert(0, str(SCRIPTS))
     import bench_tnn
 
-    result = {"settings": {"rates": [0.1]}, "dense": {"test_accuracy": 0.99}, "entries": {}}
+    result = {"settings": {"rates": [0.1], "forms": list(bench_tnn.FORMS)},
+              "dense": {"test_accuracy": 0.99}, "entries": {}}
     for i in range(n):
         form = bench_tnn.FORMS[i % len(bench_tnn.FORMS)]
         result["entries"][f"{form}@0.1#{seed}"] = _entry(form, 0.1, seed, 0.98)

@@ -22,6 +22,7 @@ from tenflex.nn.compress_tnn import (
     compress_network,
     default_layers,
     dense_weight,
+    feature_shapes,
     layer_inputs,
     plan_layer,
     ranks_within_budget,
@@ -168,6 +169,89 @@ def test_explicit_factors(lenet):
     assert plan.in_factors == (20, 20) and plan.out_factors == (10, 12)
     new = compress_layer(lenet.fc1, plan, n_iter_max=5)
     assert new.in_factors == (20, 20) and new.out_factors == (10, 12)
+
+
+# ---------------------------------------------------------------------------------------
+# Reshaping along the layout of flattened features
+# ---------------------------------------------------------------------------------------
+
+
+class _ViewLeNet(nn.Module):
+    """LeNet-like net that flattens in forward() (no nn.Flatten) and has a batch norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 5)
+        self.bn = nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(4)
+        self.fc1 = nn.Linear(16 * 6 * 6, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.pool(torch.relu(self.bn(self.conv(x))))
+        return self.fc2(torch.relu(self.fc1(h.view(h.shape[0], -1))))
+
+
+def test_feature_shapes_finds_the_layout_before_flattening(lenet):
+    x = torch.randn(1, 1, 28, 28)
+    assert feature_shapes(lenet, ["conv2", "fc1", "fc2"], x) == {"fc1": (16, 5, 5)}
+    net = _ViewLeNet().train()
+    stats = net.bn.running_mean.clone()
+    assert feature_shapes(net, ["fc1", "fc2"], x) == {"fc1": (16, 6, 6)}
+    # a batch of one in eval mode: the statistics are untouched and the modes restored
+    assert torch.equal(net.bn.running_mean, stats) and net.training and net.bn.training
+    with pytest.raises(ValueError, match=r"no submodule\(s\) \['fc9'\]"):
+        feature_shapes(lenet, ["fc9"], x)
+
+
+def test_plan_follows_the_feature_layout(lenet):
+    layout = (16, 5, 5)
+    # the output factors stay balanced (120 = 10 x 12 = 4 x 5 x 6)
+    for modes, s, t in ((2, (16, 25), (10, 12)), (3, (16, 5, 5), (4, 5, 6))):
+        plan = plan_layer(lenet.fc1, "rcp", 0.1, modes=modes, input_shape=layout)
+        assert (plan.in_factors, plan.out_factors) == (s, t)
+    balanced = plan_layer(lenet.fc1, "rcp", 0.1)
+    assert (balanced.in_factors, balanced.out_factors) == ((5, 8, 10), (4, 5, 6))
+    # more modes than the layout has axes: balanced factors, as without a layout
+    assert plan_layer(lenet.fc1, "rtt", 0.1, modes=4, input_shape=layout).in_factors == (
+        plan_layer(lenet.fc1, "rtt", 0.1, modes=4).in_factors)
+    # plain forms and convolutions ignore it
+    assert plan_layer(lenet.fc1, "cp", 0.1, input_shape=layout) == plan_layer(lenet.fc1, "cp", 0.1)
+    with pytest.raises(ValueError, match=r"input_shape \(16, 5, 4\) holds 320 features but "
+                       r"the layer has 400 inputs"):
+        plan_layer(lenet.fc1, "rcp", 0.1, name="fc1", input_shape=(16, 5, 4))
+    with pytest.raises(ValueError, match="input_shape must be a sequence of positive ints"):
+        plan_layer(lenet.fc1, "rcp", 0.1, input_shape=(16, 25.0))
+
+
+def test_layout_reshaping_is_exact_for_a_channel_position_kronecker_weight():
+    # W = A (x) B: output mode 1 mixes channels (A), output mode 2 mixes positions (B).
+    # Reshaped along (channels, positions) it is a rank-1 paired CP; balanced, it is not.
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(10, 16, generator=g), torch.randn(12, 25, generator=g)
+    layer = nn.Linear(400, 120)
+    with torch.no_grad():
+        layer.weight.copy_(torch.kron(A, B))
+    rate = (10 * 16 + 12 * 25 + 120) / 48120  # exactly rank 1 with the layout's factors
+    plan = plan_layer(layer, "rcp", rate, modes=2, input_shape=(16, 5, 5))
+    assert (plan.in_factors, plan.out_factors, plan.ranks) == ((16, 25), (10, 12), (1,))
+    new = compress_layer(layer, plan, n_iter_max=50)
+    assert new.in_factors == (16, 25)
+    x = torch.randn(8, 400, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), layer(x), rtol=1e-4, atol=1e-4)
+    assert plan.decomposition_error < 1e-4
+    balanced = plan_layer(layer, "rcp", rate, modes=2)
+    assert balanced.in_factors == (20, 20) and balanced.ranks == (1,)
+    compress_layer(layer, balanced, n_iter_max=50)
+    assert balanced.decomposition_error > 0.3
+    # compress_network finds the layout from an example input
+    net = nn.Sequential(nn.Unflatten(1, (16, 5, 5)), nn.Flatten(), layer)
+    _, plans = compress_network(net, "rcp", rate, layers=["2"], modes=2,
+                                example_input=torch.randn(1, 400), n_iter_max=50)
+    assert plans[0].in_factors == (16, 25) and plans[0].decomposition_error < 1e-4
+    _, plans = compress_network(net, "rcp", rate, layers=["2"], modes=2, n_iter_max=50)
+    assert plans[0].in_factors == (20, 20)
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,6 +408,19 @@ def test_compress_and_train_rejects_bad_settings(trained_lenet, digits):
     # the seed also seeds the global RNG of training: None is refused here
     with pytest.raises(TypeError, match="seed must be an int >= 0, got"):
         compress_and_train(trained_lenet, "cp", 0.1, *digits, seed=None)
+    with pytest.raises(TypeError, match="reshape_by_layout must be a bool"):
+        compress_and_train(trained_lenet, "rcp", 0.1, *digits, reshape_by_layout="yes")
+
+
+def test_compress_and_train_reshapes_by_layout_on_request(trained_lenet, digits):
+    kwargs = {"distill_epochs": 0, "finetune_epochs": 0, "n_iter_max": 5}
+    _, by_layout = compress_and_train(trained_lenet, "rtt", 0.2, *digits, modes=2,
+                                      reshape_by_layout=True, **kwargs)
+    _, balanced = compress_and_train(trained_lenet, "rtt", 0.2, *digits, modes=2, **kwargs)
+    fc1 = [next(x for x in r.layers if x["name"] == "fc1") for r in (by_layout, balanced)]
+    assert [list(x["in_factors"]) for x in fc1] == [[16, 25], [20, 20]]
+    assert by_layout.settings["reshape_by_layout"] is True
+    assert balanced.settings["reshape_by_layout"] is False
 
 
 @pytest.mark.parametrize(("form", "name"), list(itertools.product(RESHAPED, ["conv2", "fc2"])))

@@ -41,7 +41,11 @@ Policies
   against the budget.
 * **Modes**: a convolution's channels are reshaped into 2 modes, a fully connected layer's
   features into 3 modes, by :func:`~tenflex.nn.tensorial.factorize` (balanced factors, no
-  factor 1); ``modes=`` and ``factors=`` override that per layer.
+  factor 1); ``modes=`` and ``factors=`` override that per layer. Features that are a
+  flattened feature map can instead follow its layout (channels, positions):
+  :func:`feature_shapes` finds it, ``plan_layer(input_shape=)``,
+  ``compress_network(example_input=)`` and ``compress_and_train(reshape_by_layout=True)``
+  use it.
 * **Training**: :func:`compress_and_train` trains tensorial layers through
   :class:`DenseEvaluation` (kernel formed from the factors, one dense operation): the same
   function and gradients as their chain of generalized operations, and much faster on a CPU
@@ -96,6 +100,7 @@ __all__ = [
     "compress_network",
     "default_layers",
     "dense_weight",
+    "feature_shapes",
     "layer_inputs",
     "plan_layer",
     "ranks_within_budget",
@@ -270,6 +275,95 @@ class LayerPlan:
         return self.n_compressed / self.n_dense
 
 
+def feature_shapes(
+    model: nn.Module, names: Sequence[str], x: torch.Tensor
+) -> dict[str, tuple[int, ...]]:
+    """Shape the features of each named fully connected layer had before they were flattened.
+
+    LeNet-5's fc1 reads 400 features that are the ``16 x 5 x 5`` output of its last pooling
+    layer, flattened row-major (``nn.Flatten``, ``view``, ``reshape``): channel ``c``, row
+    ``i``, column ``j`` is feature ``25 c + 5 i + j``. A reshaping of those features into
+    modes that follow this layout (channels, positions) keeps related weights together;
+    :func:`plan_layer` uses it (``input_shape=``).
+
+    ``model`` runs once on ``x`` with forward hooks on its leaf modules. From each named
+    ``nn.Linear``, the walk goes back through the modules that ran before it while their
+    output holds ``in_features`` values per sample; the nearest multi-dimensional output
+    on the way is the layer's feature shape. Layers whose input was never multi-dimensional
+    (fc2 of LeNet-5) and convolutions are left out. A permutation done outside modules
+    between the two would go unseen: the shape only chooses a reshaping, the compressed
+    layer is the same function class either way.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    names : sequence of str
+        Dotted names of layers (others than ``nn.Linear`` are ignored).
+    x : torch.Tensor, shape (B, *input_shape)
+        Any input the model accepts (one sample is enough).
+
+    Returns
+    -------
+    dict
+        name -> per-sample shape, e.g. ``{"fc1": (16, 5, 5)}``.
+
+    Raises
+    ------
+    ValueError
+        Unknown names or layers the forward pass does not call (as :func:`layer_inputs`).
+    """
+    param = next(model.parameters(), None)
+    if param is not None:
+        x = x.to(param.device)
+    # Output shapes (per sample) of the leaf modules, in the order they ran.
+    ran: list[tuple[nn.Module, tuple[int, ...] | None]] = []
+
+    def record(module: nn.Module, _args: tuple, out: Any) -> None:
+        shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) and out.ndim else None
+        ran.append((module, shape))
+
+    # Eval mode: a batch-norm layer in training mode would update its statistics (and
+    # refuse a batch of one); each module's own mode is restored afterwards.
+    training_flags = {m: m.training for m in model.modules()}
+    model.eval()
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    try:
+        targets = {n: model.get_submodule(n) for n in layer_inputs(model, names, x)}
+        ran.clear()  # layer_inputs' own pass (it checks the names) ran through the hooks too
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in training_flags.items():
+            m.training = training
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, layer in targets.items():
+        if not isinstance(layer, nn.Linear):
+            continue
+        position = next(i for i, (m, _) in enumerate(ran) if m is layer)
+        for _, shape in reversed(ran[:position]):
+            if shape is None or math.prod(shape) != layer.in_features:
+                break
+            if len([d for d in shape if d > 1]) >= 2:
+                shapes[name] = shape
+                break
+    return shapes
+
+
+def _structured_factors(shape: Sequence[int], modes: int) -> tuple[int, ...] | None:
+    """Input factors that follow a feature shape: its first ``modes - 1`` axes, the rest merged.
+
+    ``(16, 5, 5)`` gives ``(16, 5, 5)`` for 3 modes and ``(16, 25)`` for 2 (channels,
+    positions). None when the shape has fewer than ``modes`` axes longer than 1.
+    """
+    dims = [int(d) for d in shape if d > 1]
+    if len(dims) < modes:
+        return None
+    return (*dims[: modes - 1], math.prod(dims[modes - 1:]))
+
+
 def _channel_factors(n: int, modes: int, what: str) -> tuple[int, ...]:
     try:
         return factorize(n, modes, allow_ones=False)
@@ -283,6 +377,7 @@ def _channel_factors(n: int, modes: int, what: str) -> tuple[int, ...]:
 def plan_layer(
     layer: nn.Module, form: str, rate: float, *, name: str = "layer", modes: int | None = None,
     factors: tuple[Sequence[int], Sequence[int]] | None = None, fill_budget: bool = True,
+    input_shape: Sequence[int] | None = None,
 ) -> LayerPlan:
     """Ranks and reshaping of the compressed version of one layer, without decomposing.
 
@@ -301,6 +396,11 @@ def plan_layer(
         Explicit reshaping instead of ``modes``.
     fill_budget : bool
         See :func:`ranks_within_budget`.
+    input_shape : sequence of int, optional
+        For an ``nn.Linear``: the shape its features had before they were flattened
+        (:func:`feature_shapes`), e.g. ``(16, 5, 5)``. The input factors of a tensorial
+        form then follow that layout (channels, then positions) instead of a balanced
+        factorization: its first ``modes - 1`` axes, the rest merged.
 
     Returns
     -------
@@ -352,7 +452,22 @@ def plan_layer(
                 raise ValueError(f"{name}: modes must be an int >= 1, got {m!r}")
             if kind == "Linear" and m < 2:
                 raise ValueError(f"{name}: a fully connected layer needs modes >= 2, got {m}")
-            s = _channel_factors(S, int(m), f"{name} input")
+            s = None
+            if input_shape is not None and kind == "Linear":
+                input_shape = tuple(input_shape)
+                if not input_shape or not all(is_int(d) and d >= 1 for d in input_shape):
+                    raise ValueError(
+                        f"{name}: input_shape must be a sequence of positive ints, "
+                        f"got {input_shape!r}"
+                    )
+                if math.prod(input_shape) != S:
+                    raise ValueError(
+                        f"{name}: input_shape {tuple(input_shape)} holds {math.prod(input_shape)} "
+                        f"features but the layer has {S} inputs"
+                    )
+                s = _structured_factors(input_shape, int(m))
+            if s is None:
+                s = _channel_factors(S, int(m), f"{name} input")
             t = _channel_factors(T, int(m), f"{name} output")
         caps = tensorial_max_ranks(form, s, t, kernel)
 
@@ -499,6 +614,7 @@ def compress_network(
     modes: int | Mapping[str, int] | None = None,
     factors: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None = None,
     fill_budget: bool = True, seed: int = 0, n_iter_max: int = 100,
+    example_input: torch.Tensor | None = None,
 ) -> tuple[nn.Module, list[LayerPlan]]:
     """Copy of ``model`` whose layers are replaced by compressed ones at ``rate``.
 
@@ -513,7 +629,8 @@ def compress_network(
     layers : sequence of str, optional
         Dotted names; default :func:`default_layers`.
     modes : int or dict name -> int, optional
-        Reshaping modes of the tensorial forms (default 2 for Conv2d, 3 for Linear).
+        Reshaping modes of the tensorial forms (default :data:`DEFAULT_MODES`: 2 for
+        Conv2d, 3 for Linear).
     factors : dict name -> (in_factors, out_factors), optional
         Explicit reshaping for some layers.
     fill_budget : bool
@@ -522,6 +639,10 @@ def compress_network(
         Seed of the decompositions.
     n_iter_max : int
         ALS iterations of the decompositions (:func:`compress_layer`).
+    example_input : torch.Tensor, optional
+        An input batch of ``model`` (one sample is enough): the tensorial forms of fully
+        connected layers then reshape their features along the layout they had before
+        flattening (:func:`feature_shapes`). Without it, balanced factors.
 
     Returns
     -------
@@ -562,11 +683,12 @@ def compress_network(
             raise ValueError(
                 f"{option} given for layers {stray} that are not compressed ({names})"
             )
+    shapes = {} if example_input is None else feature_shapes(model, names, example_input)
     # Plan every layer first so that a bad rate or reshaping fails before any decomposition.
     plans = [
         plan_layer(
             model.get_submodule(n), form, rate, name=n, modes=_per_layer(modes, n),
-            factors=factors.get(n), fill_budget=fill_budget,
+            factors=factors.get(n), fill_budget=fill_budget, input_shape=shapes.get(n),
         )
         for n in names
     ]
@@ -725,6 +847,7 @@ def compress_and_train(
     modes: int | Mapping[str, int] | None = None,
     factors: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None = None,
     fill_budget: bool = True,
+    reshape_by_layout: bool = False,
     distill_samples: int | None = 10000,
     distill_epochs: int = 3,
     distill_lr: float = 3e-3,
@@ -754,6 +877,10 @@ def compress_and_train(
         Left untouched.
     form, rate, layers, modes, factors, fill_budget
         See :func:`compress_network`.
+    reshape_by_layout : bool
+        Reshape the features of fully connected layers that read a flattened feature map
+        along its layout (:func:`feature_shapes`, found from the first training image)
+        instead of into balanced factors.
     train_data, test_data : (images, labels)
         Normalised images ``(N, *input_shape)`` and integer labels ``(N,)``.
     distill_samples : int or None
@@ -792,6 +919,8 @@ def compress_and_train(
         if not is_int(value) or value < 0:
             raise ValueError(f"{arg} must be an int >= 0, got {value!r}")
     seed = check_seed(seed)  # it also seeds the global RNG below: None is not a seed here
+    if not isinstance(reshape_by_layout, bool):
+        raise TypeError(f"reshape_by_layout must be a bool, got {reshape_by_layout!r}")
     if train_evaluation not in ("dense", "chain"):
         raise ValueError(
             f"train_evaluation must be 'dense' or 'chain', got {train_evaluation!r}"
@@ -803,6 +932,7 @@ def compress_and_train(
     model, plans = compress_network(
         pretrained, form, rate, layers=layers, modes=modes, factors=factors,
         fill_budget=fill_budget, seed=seed, n_iter_max=n_iter_max,
+        example_input=x_train[:1] if reshape_by_layout else None,
     )
     times = {"decompose": time.perf_counter() - t0}
     if train_evaluation == "dense":
@@ -863,6 +993,7 @@ def compress_and_train(
             "distill_lr": distill_lr, "finetune_samples": finetune_samples,
             "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
             "batch_size": batch_size, "seed": seed, "fill_budget": fill_budget,
+            "reshape_by_layout": reshape_by_layout,
             "train_evaluation": train_evaluation, "n_iter_max": n_iter_max,
         },
     )
