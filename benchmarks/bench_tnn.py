@@ -41,6 +41,8 @@ Usage::
     python benchmarks/bench_tnn.py --quick      # one rate, small data (under a minute)
     # the same full run on three cores, one seed each, into the same file:
     for s in 0 1 2; do python benchmarks/bench_tnn.py --seeds $s & done; wait
+    # the reshaped forms with the other reshaping (chapter 5), into bench_tnn_layout.json:
+    python benchmarks/bench_tnn.py --reshaping layout --forms rcp rtk rtt
 """
 
 from __future__ import annotations
