@@ -329,10 +329,8 @@ def feature_shapes(
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(record) for m in leaves]
     try:
+        # layer_inputs checks the names and runs the one forward pass the hooks record.
         targets = {n: model.get_submodule(n) for n in layer_inputs(model, names, x)}
-        ran.clear()  # layer_inputs' own pass (it checks the names) ran through the hooks too
-        with torch.no_grad():
-            model(x)
     finally:
         for h in handles:
             h.remove()
