@@ -1058,11 +1058,15 @@ def _check_n_starts(n_starts: int, init: Any, rank: int, n: int) -> None:
     )
 
 
-def _init_type_message(init: Any) -> str:
-    return (
-        f"init must be one of {', '.join(map(repr, _INIT_NAMES))}, a DecoupledFunction or "
-        f"dict(W=..., V=...), got {type(init).__name__}"
-    )
+def _check_init(init: Any, name: str = "init") -> None:
+    """An init name (ValueError if unknown), a DecoupledFunction or a dict (else TypeError)."""
+    expected = (f"{name} must be one of {', '.join(map(repr, _INIT_NAMES))}, a "
+                "DecoupledFunction or dict(W=..., V=...), got ")
+    if isinstance(init, str):
+        if init not in _INIT_NAMES:
+            raise ValueError(expected + repr(init))
+    elif not isinstance(init, (DecoupledFunction, dict)):
+        raise TypeError(expected + type(init).__name__)
 
 
 def _check_dead_branches(what: str, W: Tensor, V: Tensor, C: Tensor | None) -> None:
@@ -1098,7 +1102,8 @@ def _initial_state(
     margin: float,
     cpd_options: dict[str, Any],
 ) -> _State:
-    """Initial W, V, C, b per ``init``; fits the basis' affine map (unless reused)."""
+    """Initial W, V, C, b per ``init`` (checked by :func:`_check_init`); fits the basis'
+    affine map (unless reused)."""
     X, Y, Jt = prob.X, prob.Y, prob.Jt
     n, m = Jt.shape[:2]
     opts = {"dtype": X.dtype, "device": X.device}
@@ -1124,16 +1129,11 @@ def _initial_state(
         elif init in ("linear", "linear+jacobian"):
             extra = "jacobian" if init == "linear+jacobian" else "random"
             W, V, b = _linear_start(prob, rank, seed, extra)
-        elif init == "random":
+        else:  # "random" (cmtf_als checked the name)
             gen = torch.Generator().manual_seed(int(seed))
             W = torch.randn(n, rank, generator=gen, dtype=torch.float64).to(**opts)
             V = torch.randn(m, rank, generator=gen, dtype=torch.float64).to(**opts)
             V = V / torch.linalg.vector_norm(V, dim=0)
-        else:
-            raise ValueError(
-                f"init must be one of {', '.join(map(repr, _INIT_NAMES))}, a "
-                f"DecoupledFunction or dict(W=..., V=...), got {init!r}"
-            )
     elif isinstance(init, DecoupledFunction):
         if init.n != n or init.m != m or init.rank != rank:
             raise ValueError(
@@ -1147,7 +1147,7 @@ def _initial_state(
             C = init.C.to(**opts).clone()
             refit = False
         _check_dead_branches("init DecoupledFunction", W, V, C)
-    elif isinstance(init, dict):
+    else:  # a dict (cmtf_als checked the type)
         unknown = set(init) - {"W", "V", "C", "b"}
         if unknown or not {"W", "V"} <= set(init):
             raise ValueError(
@@ -1172,8 +1172,6 @@ def _initial_state(
             if b.shape != (n,):
                 raise ValueError(f"init b must have shape (n,) = ({n},), got {tuple(b.shape)}")
         _check_dead_branches("init dict", W, V, C)
-    else:
-        raise TypeError(_init_type_message(init))
     Z = X @ V
     if refit:
         prob.basis.fit_domain(Z, margin=margin)
@@ -1435,14 +1433,7 @@ def cmtf_als(
             f"callback must be callable (called with a dict after each sweep) or None, got "
             f"{type(callback).__name__} ({callback!r})"
         )
-    if isinstance(init, str):
-        if init not in _INIT_NAMES:
-            raise ValueError(
-                f"init must be one of {', '.join(map(repr, _INIT_NAMES))}, a "
-                f"DecoupledFunction or dict(W=..., V=...), got {init!r}"
-            )
-    elif not isinstance(init, (DecoupledFunction, dict)):
-        raise TypeError(_init_type_message(init))
+    _check_init(init)
     X, Y, Jt = _prepare_data(X, Y, J, dtype)
     n, m, N = Jt.shape
     base_basis = _prepare_basis(basis, n_functions, basis_options)

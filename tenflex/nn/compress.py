@@ -156,8 +156,8 @@ def _check_fit_settings(basis: Any, n_functions: Any, basis_options: Any, lam: A
     import inspect
 
     from tenflex.fit import (
-        _INIT_NAMES,
         _check_float,
+        _check_init,
         _check_n_starts,
         _check_sizes,
         _prepare_basis,
@@ -173,9 +173,7 @@ def _check_fit_settings(basis: Any, n_functions: Any, basis_options: Any, lam: A
         raise ValueError(f"fit_options has unknown keys {unknown}; cmtf_als takes {allowed} "
                          f"(compress sets {list(_SET_BY_COMPRESS[3:])} itself)")
     init = options.setdefault("init", "linear")
-    if isinstance(init, str) and init not in _INIT_NAMES:
-        raise ValueError(f"fit_options['init'] must be one of {list(_INIT_NAMES)}, a "
-                         f"DecoupledFunction or a dict, got {init!r}")
+    _check_init(init, "fit_options['init']")
     # From the linear start most of the gain comes in the first sweeps (chapter 4).
     options.setdefault("max_iter", 30)
     options.setdefault("seed", seed)
