@@ -133,6 +133,13 @@ def _as_matrix(A: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
     return A
 
 
+def _check_cpd_method(value: Any, name: str = "cpd_method") -> None:
+    if not isinstance(value, str) or value not in _CPD_METHODS:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, _CPD_METHODS))}, got {value!r}"
+        )
+
+
 def _check_float(value: Any, name: str, low: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
@@ -879,11 +886,7 @@ def decouple_cpd(
     """
     t0 = time.perf_counter()
     seed = check_seed(seed)
-    if not isinstance(cpd_method, str) or cpd_method not in _CPD_METHODS:
-        raise ValueError(
-            f"cpd_method must be one of {', '.join(map(repr, _CPD_METHODS))}, got "
-            f"{cpd_method!r}"
-        )
+    _check_cpd_method(cpd_method)
     X, Y, Jt = _prepare_data(X, Y, J, dtype)
     n, m, N = Jt.shape
     basis = _prepare_basis(basis, n_functions, basis_options)
@@ -1454,11 +1457,7 @@ def cmtf_als(
     bad = set(cpd_options) - {"n_starts", "cpd_method", "n_iter_max", "tol"}
     if bad:
         raise TypeError(f"unknown cpd_options {sorted(bad)}")
-    if cpd_options.get("cpd_method", "auto") not in _CPD_METHODS:
-        raise ValueError(
-            f"cpd_options['cpd_method'] must be one of {', '.join(map(repr, _CPD_METHODS))}, "
-            f"got {cpd_options['cpd_method']!r}"
-        )
+    _check_cpd_method(cpd_options.get("cpd_method", "auto"), "cpd_options['cpd_method']")
 
     seeds = np.random.SeedSequence(seed).generate_state(n_starts)
     best = None
