@@ -309,13 +309,11 @@ def compress(
     m, n = math.prod(in_shape), math.prod(out_shape)
 
     # Every check that can fail is done here, before sampling and fitting.
-    for name, value, low in (("n_samples", n_samples, 1), ("n_validation", n_validation, 0),
-                             ("batch_size", batch_size, 1)):
+    for name, value, low in (("rank", rank, 1), ("n_samples", n_samples, 1),
+                             ("n_validation", n_validation, 0), ("batch_size", batch_size, 1)):
         if not is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     seed = check_seed(seed)
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
     if rank > min(m, n_samples):
         raise ValueError(
             f"rank R = {rank} is larger than the data supports: the span maps R^{m} to R^{n} "
