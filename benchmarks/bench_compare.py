@@ -57,7 +57,7 @@ from tenflex.gradfit import fit_by_gradient
 from tenflex.model import DecoupledFunction
 from tenflex.nn.baselines import LinearReplacement, reduced_rank_regression
 from tenflex.nn.compress import count_parameters
-from tenflex.nn.compress_tnn import DenseEvaluation, compress_layer, plan_layer, time_forward
+from tenflex.nn.compress_tnn import compress_layer, plan_layer, time_forward
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.kan import ProjectedKAN, kan_width_for_budget
 from tenflex.nn.lowrank import SVDLinear
@@ -217,7 +217,8 @@ def fit_method(bench: Workbench, method: str, rank: int, args) -> tuple[nn.Modul
         fc1 = copy.deepcopy(bench.fc1).double()
         rate = (budget - count_parameters(bench.fc2)) / count_parameters(bench.fc1)
         plan = plan_layer(fc1, method, rate, name="fc1")
-        layer = DenseEvaluation(compress_layer(fc1, plan, seed=args.seed))
+        layer = compress_layer(fc1, plan, seed=args.seed)
+        layer.evaluation = "dense"  # trained through the formed kernel: fast on a CPU
         with torch.no_grad():
             target = fc1(X)
         history = fit_by_gradient(layer, X, target, epochs=args.gd_epochs, lr=args.gd_lr,

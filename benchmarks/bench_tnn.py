@@ -69,7 +69,6 @@ from tenflex.nn.compress_tnn import (
     FORMS,
     PLAIN,
     RESHAPED,
-    DenseEvaluation,
     compress_and_train,
     default_layers,
     layer_inputs,
@@ -217,7 +216,16 @@ def merge_and_write(out: Path, result: dict) -> None:
 
 def time_entry(model: torch.nn.Module, pretrained: torch.nn.Module, names: list[str],
                inputs: dict[str, torch.Tensor], x_net: torch.Tensor, repeat: int) -> dict:
-    """Forward time of every compressed layer next to its dense layer, and of the network."""
+    """Forward time of every compressed layer next to its dense layer, and of the network.
+
+    Tensorial layers are timed on their chain of generalized operations
+    (``compressed_s``, also in the network's time) and through the formed kernel
+    (``formed_kernel_s``); ``benchmarks/bench_route.py`` times the automatic choice.
+    """
+    tensorial = [m for m in model.modules() if type(m).__name__.startswith("Tensorial")]
+    routes = [m.evaluation for m in tensorial]
+    for m in tensorial:
+        m.evaluation = "chain"
     layers = {}
     for name in names:
         layer, dense = model.get_submodule(name), pretrained.get_submodule(name)
@@ -234,13 +242,17 @@ def time_entry(model: torch.nn.Module, pretrained: torch.nn.Module, names: list[
             "module": type(layer).__name__,
         }
         if hasattr(layer, "ranks") and type(layer).__name__.startswith("Tensorial"):
-            row["formed_kernel_s"] = time_forward(DenseEvaluation(layer), x, repeat=repeat)
+            layer.evaluation = "dense"
+            row["formed_kernel_s"] = time_forward(layer, x, repeat=repeat)
+            layer.evaluation = "chain"
         row["speedup"] = row["dense_s"] / row["compressed_s"]
         layers[name] = row
     net = {
         "dense_s": time_forward(pretrained, x_net, repeat=repeat),
         "compressed_s": time_forward(model, x_net, repeat=repeat),
     }
+    for m, route in zip(tensorial, routes):
+        m.evaluation = route
     return {"layers": layers, "network": net}
 
 

@@ -16,12 +16,10 @@ from tenflex.nn.compress_tnn import (
     FORMS,
     PLAIN,
     RESHAPED,
-    DenseEvaluation,
     compress_and_train,
     compress_layer,
     compress_network,
     default_layers,
-    dense_weight,
     feature_shapes,
     layer_inputs,
     plan_layer,
@@ -379,18 +377,18 @@ def test_compress_and_train_on_digits(trained_lenet, digits):
     assert result.achieved_rate <= 0.1
     assert result.n_compressed_layers == sum(layer["n_compressed"] for layer in result.layers)
     assert result.n_parameters == sum(p.numel() for p in net.parameters())
-    # the returned tensorial layers evaluate as chains again; the function is the same
+    # the returned tensorial layers are back on their own route; every route, same function
     tensorial = [m for m in net.modules() if isinstance(m, (TensorialConv2d, TensorialLinear))]
-    assert len(tensorial) == 3 and all(m.evaluation == "chain" for m in tensorial)
+    assert len(tensorial) == 3 and all(m.evaluation == "auto" for m in tensorial)
     x = test[0][:16]
     with torch.no_grad():
-        y_chain = net(x)
+        y_auto = net(x)
+        for route in ("chain", "dense"):
+            for m in tensorial:
+                m.evaluation = route
+            torch.testing.assert_close(net(x), y_auto, rtol=1e-4, atol=1e-4)
         for m in tensorial:
-            m.evaluation = "dense"
-        y_dense = net(x)
-        for m in tensorial:
-            m.evaluation = "chain"
-    torch.testing.assert_close(y_chain, y_dense, rtol=1e-4, atol=1e-4)
+            m.evaluation = "auto"
     # same seed, same network
     net2, result2 = compress_and_train(trained_lenet, "rcp", 0.1, train, test, **kwargs)
     assert result2.accuracy == result.accuracy
@@ -401,7 +399,7 @@ def test_compress_and_train_on_digits(trained_lenet, digits):
 
 
 def test_compress_and_train_rejects_bad_settings(trained_lenet, digits):
-    with pytest.raises(ValueError, match="train_evaluation"):
+    with pytest.raises(ValueError, match="train_evaluation must be one of"):
         compress_and_train(trained_lenet, "cp", 0.1, *digits, train_evaluation="fast")
     with pytest.raises(ValueError, match="finetune_epochs"):
         compress_and_train(trained_lenet, "cp", 0.1, *digits, finetune_epochs=-1)
@@ -424,19 +422,18 @@ def test_compress_and_train_reshapes_by_layout_on_request(trained_lenet, digits)
 
 
 @pytest.mark.parametrize(("form", "name"), list(itertools.product(RESHAPED, ["conv2", "fc2"])))
-def test_dense_weight_and_dense_evaluation_match_the_layer(lenet, form, name):
+def test_evaluation_routes_agree_on_compressed_lenet_layers(lenet, form, name):
     layer = lenet.get_submodule(name)
     plan = plan_layer(layer, form, 0.05, name=name)
     new = compress_layer(layer, plan, n_iter_max=5)
-    torch.testing.assert_close(dense_weight(new), new.to_dense_weight(), rtol=1e-5, atol=1e-6)
-    wrapped = DenseEvaluation(new)
-    assert list(wrapped.parameters()) == list(new.parameters())
+    assert new.evaluation == "auto"
     x = torch.randn(4, *((6, 14, 14) if name == "conv2" else (120,)))
-    torch.testing.assert_close(wrapped(x), new(x), rtol=1e-4, atol=1e-5)
-    # gradients agree too
-    g1 = torch.autograd.grad(wrapped(x).square().sum(), list(new.parameters()))
-    g2 = torch.autograd.grad(new(x).square().sum(), list(new.parameters()))
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
-    with pytest.raises(TypeError, match="TensorialConv2d or TensorialLinear"):
-        DenseEvaluation(layer)
+    out, grads = {}, {}
+    for route in ("chain", "dense", "auto"):
+        new.evaluation = route
+        out[route] = new(x)
+        grads[route] = torch.autograd.grad(out[route].square().sum(), list(new.parameters()))
+    for route in ("dense", "auto"):
+        torch.testing.assert_close(out[route], out["chain"], rtol=1e-4, atol=1e-5)
+        for a, b in zip(grads[route], grads["chain"]):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

@@ -14,6 +14,8 @@ from tensorly.decomposition import tucker
 from torch import nn
 
 from tenflex.nn.tensorial import (
+    CHAIN_FLOP_ADVANTAGE,
+    EVALUATIONS,
     FORMS,
     TensorialConv2d,
     TensorialLinear,
@@ -431,6 +433,91 @@ def test_forward_equals_conv_with_reconstructed_weight(form, conv_kw):
     layer.evaluation = "fast"
     with pytest.raises(ValueError, match="evaluation must be"):
         layer(x)
+
+
+def _routes_output(layer, x):
+    out = {}
+    for route in EVALUATIONS:
+        layer.evaluation = route
+        out[route] = layer(x)
+    layer.evaluation = "auto"
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kernel", "in_factors", "out_factors"),
+    [((5, 5), (2, 3), (4, 4)), ((3, 3), (4, 4), (4, 4)), ((2, 1), (2, 2, 2), (3, 1, 2))],
+)
+def test_rcp_kernel_is_the_sum_of_its_rank_one_terms(kernel, in_factors, out_factors):
+    # covers both contraction orders of to_dense_weight: the spatial factor last (5 x 5
+    # kernel, 4 x 3 last mode) and before the last channel factor (3 x 3, 4 x 4)
+    layer = TensorialConv2d(math.prod(in_factors), math.prod(out_factors), kernel,
+                            form="rcp", rank=3, in_factors=in_factors,
+                            out_factors=out_factors, dtype=DT, seed=2)
+    M = len(in_factors)
+    ref = 0
+    for r in range(3):
+        term = layer.factors[0][r]  # (t_0, s_0)
+        for m in range(1, M):
+            # (t_0..t_{m-1}, s_0..s_{m-1}) x (t_m, s_m): t modes first, then s modes
+            a = term.reshape(math.prod(out_factors[:m]), math.prod(in_factors[:m]))
+            term = torch.einsum("ts,uv->tusv", a, layer.factors[m][r])
+        term = term.reshape(math.prod(out_factors), math.prod(in_factors))
+        ref = ref + term[:, :, None, None] * layer.spatial[r]
+    torch.testing.assert_close(layer.to_dense_weight(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_route_flops_counts_the_dense_product_and_scale_with_the_batch():
+    layer = TensorialLinear(40, 30, form="rcp", rank=3, in_factors=(5, 8), out_factors=(5, 6))
+    chain1, dense1 = layer.route_flops((1, 40))
+    chain7, dense7 = layer.route_flops((7, 40))
+    # the formed kernel costs the same for any batch; each sample adds one 30 x 40 product
+    assert dense7 - dense1 == 6 * 2 * 30 * 40
+    # forming the kernel: (r t0 s0) x (r t1 s1) -> (t0 s0 t1 s1), summing over r
+    assert dense1 == 2 * 30 * 40 * 3 + 2 * 30 * 40
+    assert chain7 == 7 * chain1 > 0  # every step of the chain is per sample
+    # counting runs on meta tensors: parameters untouched, route restored
+    before = [p.detach().clone() for p in layer.parameters()]
+    assert layer.evaluation == "auto"
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+
+
+def test_reshaped_tucker_kernel_is_formed_core_first():
+    # factor-first contraction would build a 1.4e8-entry intermediate for this layer
+    layer = TensorialLinear(400, 120, form="rtk", rank=(15, 14, 14), in_factors=(5, 8, 10),
+                            out_factors=(4, 5, 6))
+    _, dense = layer.route_flops((1, 400))
+    assert dense < 1e7
+
+
+def test_auto_route_takes_the_chain_only_when_it_is_much_cheaper():
+    # a wide layer of rank 2 on one sample: the chain needs ~1e4 operations, forming the
+    # 1024 x 1024 kernel ~1e7
+    wide = TensorialLinear(1024, 1024, form="rcp", rank=2, modes=2, seed=0)
+    x = torch.randn(1, 1024)
+    chain, dense = wide.route_flops(x.shape)
+    assert chain < CHAIN_FLOP_ADVANTAGE * dense
+    out = _routes_output(wide, x)
+    assert torch.equal(out["auto"], out["chain"])
+    torch.testing.assert_close(out["dense"], out["chain"], rtol=1e-4, atol=1e-5)
+    # LeNet-5's conv2 at rate 10 %, batch 64: the formed kernel wins
+    conv = TensorialConv2d(6, 16, 5, form="rcp", rank=5, in_factors=(2, 3), out_factors=(4, 4))
+    xc = torch.randn(64, 6, 14, 14)
+    chain, dense = conv.route_flops(xc.shape)
+    assert chain > CHAIN_FLOP_ADVANTAGE * dense
+    out = _routes_output(conv, xc)
+    assert torch.equal(out["auto"], out["dense"])
+    torch.testing.assert_close(out["chain"], out["dense"], rtol=1e-4, atol=1e-5)
+    # the unbatched input is routed like a batch of one
+    assert torch.equal(conv(xc[0]), conv(xc[:1])[0])
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_new_layers_choose_their_route(form):
+    layer = TensorialLinear(24, 10, form=form, rank=2, modes=3, dtype=DT)
+    conv = TensorialConv2d(6, 4, 3, form=form, rank=2, dtype=DT)
+    assert layer.evaluation == conv.evaluation == "auto"
+    assert TensorialLinear.from_dense(nn.Linear(24, 10), rank=2, form=form).evaluation == "auto"
 
 
 @pytest.mark.parametrize("form", FORMS)

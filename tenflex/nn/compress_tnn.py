@@ -46,10 +46,10 @@ Policies
   :func:`feature_shapes` finds it, ``plan_layer(input_shape=)``,
   ``compress_network(example_input=)`` and ``compress_and_train(reshape_by_layout=True)``
   use it.
-* **Training**: :func:`compress_and_train` trains tensorial layers through
-  :class:`DenseEvaluation` (kernel formed from the factors, one dense operation): the same
+* **Training**: :func:`compress_and_train` trains tensorial layers with
+  ``evaluation="dense"`` (kernel formed from the factors, one dense operation): the same
   function and gradients as their chain of generalized operations, and much faster on a CPU
-  at these sizes. The returned network holds the tensorial layers themselves.
+  at these sizes. The returned layers are back on their own ``evaluation`` (``"auto"``).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ from tenflex.nn.lowrank import (
     replace_layer,
 )
 from tenflex.nn.tensorial import (
+    EVALUATIONS,
     TensorialConv2d,
     TensorialLinear,
     _check_n_iter_max,
@@ -92,14 +93,12 @@ __all__ = [
     "FORMS",
     "PLAIN",
     "RESHAPED",
-    "DenseEvaluation",
     "LayerPlan",
     "TNNResult",
     "compress_and_train",
     "compress_layer",
     "compress_network",
     "default_layers",
-    "dense_weight",
     "feature_shapes",
     "layer_inputs",
     "plan_layer",
@@ -529,78 +528,6 @@ def compress_layer(
     return new
 
 
-def dense_weight(layer: TensorialConv2d | TensorialLinear) -> torch.Tensor:
-    """The dense weight a tensorial layer represents, contracted core-first.
-
-    Same tensor as ``layer.to_dense_weight()`` (shape ``(T, S, kh, kw)`` or ``(T, S)``),
-    but the operands are ordered so that the pairwise, left-to-right contraction of
-    :func:`torch.einsum` starts from the Tucker core: every intermediate then has at most
-    the size of the weight, where factor-first order builds the outer product of all
-    channel factors with every rank mode (hundreds of millions of entries for the
-    reshaped Tucker form of a 400 x 120 layer).
-
-    Parameters
-    ----------
-    layer : TensorialConv2d or TensorialLinear
-
-    Returns
-    -------
-    torch.Tensor
-        Differentiable in the layer's parameters.
-    """
-    if not isinstance(layer, (TensorialConv2d, TensorialLinear)):
-        raise TypeError(
-            f"layer must be a TensorialConv2d or TensorialLinear, got {type(layer).__name__}"
-        )
-    letters = layer._L
-    M = layer.n_modes
-    terms = [layer._factor_letters(m) for m in range(M)]
-    ops = list(layer.factors)
-    if layer.core is not None:
-        terms.insert(0, layer._core_letters())
-        ops.insert(0, layer.core)
-    if layer.spatial is not None:
-        terms.append(layer._spatial_letters())
-        ops.append(layer.spatial)
-    out = "".join(letters.t[:M]) + "".join(letters.s[:M])
-    shape: tuple[int, ...] = (math.prod(layer.out_factors), math.prod(layer.in_factors))
-    if layer.spatial is not None:
-        out += letters.x + letters.y
-        shape = shape + tuple(layer.kernel_size)
-    return torch.einsum(",".join(terms) + "->" + out, *ops).reshape(shape)
-
-
-class DenseEvaluation(nn.Module):
-    """Evaluate a tensorial layer through its dense weight (for fast training on a CPU).
-
-    Holds the tensorial layer as ``self.layer`` (its parameters are the ones trained) and
-    computes ``conv2d`` / ``linear`` with :func:`dense_weight` and the layer's bias,
-    stride, padding and dilation: the same function and gradients as ``layer(x)``.
-
-    Parameters
-    ----------
-    layer : TensorialConv2d or TensorialLinear
-    """
-
-    def __init__(self, layer: TensorialConv2d | TensorialLinear):
-        super().__init__()
-        if not isinstance(layer, (TensorialConv2d, TensorialLinear)):
-            raise TypeError(
-                f"layer must be a TensorialConv2d or TensorialLinear, got {type(layer).__name__}"
-            )
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, S, H, W) -> (B, T, H', W')`` or ``(..., S) -> (..., T)``."""
-        layer = self.layer
-        w = dense_weight(layer)
-        if isinstance(layer, TensorialConv2d):
-            return torch.nn.functional.conv2d(
-                x, w, layer.bias, layer.stride, layer.padding, layer.dilation
-            )
-        return torch.nn.functional.linear(x, w, layer.bias)
-
-
 def _per_layer(option: Any, name: str) -> Any:
     if isinstance(option, Mapping):
         return option.get(name)
@@ -892,12 +819,13 @@ def compress_and_train(
         0 skips fine-tuning.
     finetune_lr : float
     batch_size : int
-    train_evaluation : {"dense", "chain"}
-        How tensorial layers evaluate while they are trained and evaluated here.
-        ``"dense"`` wraps each in :class:`DenseEvaluation` (the small kernel is formed
-        from the factors, then one convolution / matrix product): the same function and
-        gradients as the chain of generalized operations, and much faster to train on a
-        CPU at LeNet-5's sizes. The returned model holds the tensorial layers themselves.
+    train_evaluation : {"dense", "chain", "auto"}
+        The ``evaluation`` route of the tensorial layers while they are trained and
+        evaluated here (see :class:`~tenflex.nn.tensorial.TensorialConv2d`). ``"dense"``
+        forms the small kernel from the factors, then runs one convolution / matrix
+        product: the same function and gradients as the chain of generalized operations,
+        and much faster to train on a CPU at LeNet-5's sizes. The returned layers are set
+        back to the route they had (``"auto"`` for new layers).
     n_iter_max : int
         ALS iterations of the initial decompositions.
     seed : int
@@ -919,9 +847,9 @@ def compress_and_train(
     seed = check_seed(seed)  # it also seeds the global RNG below: None is not a seed here
     if not isinstance(reshape_by_layout, bool):
         raise TypeError(f"reshape_by_layout must be a bool, got {reshape_by_layout!r}")
-    if train_evaluation not in ("dense", "chain"):
+    if train_evaluation not in EVALUATIONS:
         raise ValueError(
-            f"train_evaluation must be 'dense' or 'chain', got {train_evaluation!r}"
+            f"train_evaluation must be one of {EVALUATIONS}, got {train_evaluation!r}"
         )
     x_train, y_train = train_data
     x_test, y_test = test_data
@@ -933,11 +861,10 @@ def compress_and_train(
         example_input=x_train[:1] if reshape_by_layout else None,
     )
     times = {"decompose": time.perf_counter() - t0}
-    if train_evaluation == "dense":
-        for plan in plans:
-            layer = model.get_submodule(plan.name)
-            if isinstance(layer, (TensorialConv2d, TensorialLinear)):
-                replace_layer(model, plan.name, DenseEvaluation(layer))
+    tensorial = [m for m in model.modules() if isinstance(m, (TensorialConv2d, TensorialLinear))]
+    own_routes = [m.evaluation for m in tensorial]
+    for m in tensorial:
+        m.evaluation = train_evaluation
     accuracy = {"decomposed": evaluate(model, x_test, y_test)}
 
     block_error: dict[str, dict[str, float]] = {}
@@ -966,10 +893,8 @@ def compress_and_train(
             )
         accuracy["fine_tuned"] = evaluate(model, x_test, y_test)
     times["fine_tune"] = time.perf_counter() - t0
-    for plan in plans:
-        layer = model.get_submodule(plan.name)
-        if isinstance(layer, DenseEvaluation):
-            replace_layer(model, plan.name, layer.layer)
+    for m, route in zip(tensorial, own_routes):
+        m.evaluation = route
     model.eval()
 
     n_dense = sum(p.n_dense for p in plans)

@@ -18,7 +18,8 @@ The layers :class:`TensorialConv2d` and :class:`TensorialLinear` reshape the inp
 channels ``S = s_1 ... s_M`` and output channels ``T = t_1 ... t_M`` into ``M`` modes
 each and factorize the reshaped kernel in reshaped CP (``"rcp"``), reshaped Tucker
 (``"rtk"``) or reshaped tensor-train (``"rtt"``) form. Their forward pass is the chain of
-generalized operations on the factors; the dense kernel is never formed.
+generalized operations on the factors, or, where that costs less (``evaluation="auto"``,
+the default), one dense operation with the kernel formed from the factors.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from torch import nn
 from tenflex.checks import check_seed, is_int
 
 __all__ = [
+    "CHAIN_FLOP_ADVANTAGE",
+    "EVALUATIONS",
     "FORMS",
     "TensorOpSpec",
     "TensorialConv2d",
@@ -54,6 +57,15 @@ __all__ = [
 
 #: Tensorial forms: reshaped CP, reshaped Tucker, reshaped tensor-train (Su et al. 2018).
 FORMS = ("rcp", "rtk", "rtt")
+
+#: Evaluation routes of the tensorial layers (their ``evaluation`` attribute).
+EVALUATIONS = ("auto", "chain", "dense")
+
+#: ``evaluation="auto"`` runs the chain only where it needs fewer than ``1 /
+#: CHAIN_FLOP_ADVANTAGE`` of the formed kernel's operations: the chain's many small,
+#: permuting steps run far below the speed of one dense convolution or matrix product.
+#: Calibrated on a grid of layers, ranks and batch sizes (``benchmarks/bench_route.py``).
+CHAIN_FLOP_ADVANTAGE = 0.05
 
 _CONV_KEYS = ("padding", "stride", "dilation", "flip")
 _PADDING_NAMES = ("valid", "same", "full")
@@ -1430,12 +1442,56 @@ class _TensorialBase(nn.Module):
             u, cur = self._step(u, cur, m, out)
         return u
 
-    def _dense_evaluation(self) -> bool:
-        if self.evaluation not in ("chain", "dense"):
+    def _dense_evaluation(self, x: torch.Tensor) -> bool:
+        """Whether this call runs through the formed kernel (``evaluation``, see the class)."""
+        if self.evaluation not in EVALUATIONS:
             raise ValueError(
-                f"evaluation must be 'chain' or 'dense', got {self.evaluation!r}"
+                f"evaluation must be one of {EVALUATIONS}, got {self.evaluation!r}"
             )
-        return self.evaluation == "dense"
+        if self.evaluation != "auto":
+            return self.evaluation == "dense"
+        # One count per input shape (and chain order): a training loop sees two shapes.
+        key = (tuple(x.shape), getattr(self, "order", None))
+        cache = self.__dict__.setdefault("_route_cache", {})
+        if key not in cache:
+            chain, dense = self.route_flops(tuple(x.shape))
+            cache[key] = chain >= CHAIN_FLOP_ADVANTAGE * dense
+        return cache[key]
+
+    def route_flops(self, input_shape: Sequence[int]) -> tuple[int, int]:
+        """Floating-point operations of one forward pass by each evaluation route.
+
+        Counted by :class:`torch.utils.flop_counter.FlopCounterMode` while the layer runs
+        on ``meta`` tensors of the right shapes (nothing is computed or allocated), so the
+        count follows the code path itself: the chain's binary operations, or the
+        contraction that forms the kernel plus the dense convolution / matrix product.
+
+        Parameters
+        ----------
+        input_shape : sequence of int
+            Shape of an input ``x`` the layer accepts.
+
+        Returns
+        -------
+        chain, dense : int
+            Operations of ``evaluation="chain"`` and of ``evaluation="dense"``.
+        """
+        from torch.func import functional_call
+        from torch.utils.flop_counter import FlopCounterMode
+
+        x = torch.empty(tuple(input_shape), device="meta", dtype=next(self.parameters()).dtype)
+        params = {n: torch.empty_like(p, device="meta") for n, p in self.named_parameters()}
+        saved = self.evaluation
+        counts = []
+        try:
+            for route in ("chain", "dense"):
+                self.evaluation = route
+                with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                    functional_call(self, params, (x,))
+                counts.append(int(counter.get_total_flops()))
+        finally:
+            self.evaluation = saved
+        return counts[0], counts[1]
 
     # -- public API --------------------------------------------------------------------
     @property
@@ -1446,24 +1502,36 @@ class _TensorialBase(nn.Module):
     def to_dense_weight(self) -> torch.Tensor:
         """The dense weight this layer represents: ``(T, S, kh, kw)`` or ``(T, S)``.
 
-        Formed by one contraction of all cores; for testing and inspection (the forward
-        pass never forms it).
+        One :func:`torch.einsum` of all cores, ordered so that its pairwise, left-to-right
+        contraction starts from the Tucker core: every intermediate then has at most the
+        size of the weight, where factor-first order would build the outer product of all
+        channel factors with every rank mode (for the reshaped Tucker form of a 400 x 120
+        layer, 1.4e8 entries instead of at most 4.8e4). Differentiable in the parameters.
         """
         M, L = self.n_modes, self._L
         terms = [self._factor_letters(m) for m in range(M)]
         ops = list(self.factors)
         if self.core is not None:
-            terms.append(self._core_letters())
-            ops.append(self.core)
+            terms.insert(0, self._core_letters())
+            ops.insert(0, self.core)
         if self.spatial is not None:
-            terms.append(self._spatial_letters())
-            ops.append(self.spatial)
-        out = "".join(L.t[:M]) + "".join(L.s[:M]) + (L.x + L.y if self.spatial is not None else "")
-        w = tensor_op(",".join(terms) + "->" + out, *ops)
-        shape = (math.prod(self.out_factors), math.prod(self.in_factors))
-        if self.kernel_size is not None:
+            # Reshaped CP keeps the rank mode until the last operand: the spatial factor
+            # goes before the last channel factor when that makes the smaller intermediate
+            # (R kh kw instead of R t s per mode), e.g. for 256 x 256 channels.
+            last = M - 1
+            at = len(ops)
+            if self.form == "rcp" and math.prod(self.kernel_size) < (
+                self.out_factors[last] * self.in_factors[last]
+            ):
+                at -= 1
+            terms.insert(at, self._spatial_letters())
+            ops.insert(at, self.spatial)
+        out = "".join(L.t[:M]) + "".join(L.s[:M])
+        shape: tuple[int, ...] = (math.prod(self.out_factors), math.prod(self.in_factors))
+        if self.spatial is not None:
+            out += L.x + L.y
             shape = shape + tuple(self.kernel_size)
-        return w.reshape(shape)
+        return torch.einsum(",".join(terms) + "->" + out, *ops).reshape(shape)
 
     def extra_repr(self) -> str:
         return (
@@ -1516,16 +1584,16 @@ class TensorialConv2d(_TensorialBase):
     These are the layer strings of ``conv_einsum`` (Rabbani, Su et al. 2024), e.g. for
     ``"rcp"`` with ``M = 2``: ``"b s0 s1 h w, r t0 s0, r t1 s1, r h w -> b t0 t1 h w | h w"``.
 
-    The forward pass is a chain of binary generalized operations (:func:`tensor_op`):
-    each channel factor contracts its ``s_m`` mode and creates ``t_m``; rank modes are
+    The forward pass by the chain (``evaluation="chain"``, see below) is a sequence of
+    binary generalized operations (:func:`tensor_op`): each channel factor contracts its ``s_m`` mode and creates ``t_m``; rank modes are
     kept as partial outer products until the factor that shares them contracts them;
     the spatial factor is convolved along both image axes (with this layer's stride,
     padding and dilation). For ``"rtk"`` the Tucker core is first contracted into one
     channel factor (parameters only), which avoids an intermediate carrying all ranks.
     The spatial convolution runs first when that makes the smaller intermediate, last
     otherwise (``order`` overrides). Mode layouts are chosen so that the steps run as
-    matmuls on views and grouped convolutions without copies; the dense kernel is never
-    formed.
+    matmuls on views and grouped convolutions without copies; the dense kernel is not
+    formed on this route.
 
     Parameters
     ----------
@@ -1560,12 +1628,15 @@ class TensorialConv2d(_TensorialBase):
         (:meth:`from_dense`).
     order : {"auto", "conv_first", "conv_last"}
         Where the spatial convolution runs in the chain.
-    evaluation : {"chain", "dense"}
-        ``"chain"`` (default): the sequence of generalized operations above. ``"dense"``:
-        form the kernel from the factors (:meth:`to_dense_weight`) and call
-        :func:`torch.nn.functional.conv2d`; the same function and gradients, often faster
-        on CPU for large ranks because the chain's intermediates carry the rank modes
-        (``R`` times the activations for ``"rcp"``).
+    evaluation : {"auto", "chain", "dense"}
+        Attribute, settable at any time. ``"chain"``: the sequence of generalized
+        operations above. ``"dense"``: form the kernel from the factors
+        (:meth:`to_dense_weight`) and call :func:`torch.nn.functional.conv2d`; the same
+        function and gradients, usually much faster on a CPU, because the chain's
+        intermediates carry the rank modes (``R`` times the activations for ``"rcp"``) and
+        run as several small operations. ``"auto"`` (default): per input shape, the chain
+        where it needs fewer than :data:`CHAIN_FLOP_ADVANTAGE` times the operations of the
+        formed kernel (:meth:`route_flops`), the formed kernel otherwise.
     """
 
     def __init__(
@@ -1613,7 +1684,7 @@ class TensorialConv2d(_TensorialBase):
             zip("xy", _conv_pair_options(self.padding, self.stride, self.dilation))
         )
         self.order = "auto"
-        self.evaluation = "chain"
+        self.evaluation = "auto"
         self._setup(form, s, t, ks, rank, bias, seed, dtype, device)
 
     @classmethod
@@ -1746,7 +1817,7 @@ class TensorialConv2d(_TensorialBase):
             raise ValueError(
                 f"input must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        if self._dense_evaluation():
+        if self._dense_evaluation(x):
             y = torch.nn.functional.conv2d(
                 x, self.to_dense_weight(), self.bias, self.stride, self.padding, self.dilation
             )
@@ -1773,8 +1844,10 @@ class TensorialLinear(_TensorialBase):
     ``W (T, S)`` is reshaped into ``(t_0..t_{M-1}, s_0..s_{M-1})`` and represented in the
     form ``"rcp"`` (``factors[m] (R, t_m, s_m)``), ``"rtk"`` (``factors[m] (R_m, t_m, s_m)``,
     ``core (R_0..R_{M-1})``) or ``"rtt"`` (bond ranks ``(R_0..R_{M-2})``, the TT-matrix of
-    Novikov et al. 2015). ``M >= 2``. The forward pass contracts the input with one
-    factor after the other (:func:`tensor_op`), never forming ``W``.
+    Novikov et al. 2015). ``M >= 2``. The chain route contracts the input with one
+    factor after the other (:func:`tensor_op`), never forming ``W``; the dense route forms
+    ``W`` and calls :func:`torch.nn.functional.linear` (``evaluation``, as
+    :class:`TensorialConv2d`).
 
     Parameters
     ----------
@@ -1808,7 +1881,7 @@ class TensorialLinear(_TensorialBase):
         T = _check_positive_int(out_features, "out_features")
         s, t = _modes_and_factors(S, T, modes, in_factors, out_factors, 2)
         self.in_features, self.out_features = S, T
-        self.evaluation = "chain"
+        self.evaluation = "auto"
         self._setup(form, s, t, None, rank, bias, seed, dtype, device)
 
     @classmethod
@@ -1886,7 +1959,7 @@ class TensorialLinear(_TensorialBase):
             raise ValueError(
                 f"input must have shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
-        if self._dense_evaluation():
+        if self._dense_evaluation(x):
             return torch.nn.functional.linear(x, self.to_dense_weight(), self.bias)
         lead = x.shape[:-1]
         u = x.reshape(-1, *self.in_factors)
