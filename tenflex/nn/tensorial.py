@@ -61,9 +61,10 @@ FORMS = ("rcp", "rtk", "rtt")
 #: Evaluation routes of the tensorial layers (their ``evaluation`` attribute).
 EVALUATIONS = ("auto", "chain", "dense")
 
-#: ``evaluation="auto"`` runs the chain only where it needs fewer than ``1 /
-#: CHAIN_FLOP_ADVANTAGE`` of the formed kernel's operations: the chain's many small,
-#: permuting steps run far below the speed of one dense convolution or matrix product.
+#: ``evaluation="auto"`` runs the chain only where it needs fewer than
+#: ``CHAIN_FLOP_ADVANTAGE`` times the formed kernel's operations (a twentieth): the chain's
+#: many small, permuting steps run far below the speed of one dense convolution or matrix
+#: product.
 #: Calibrated on a grid of layers, ranks and batch sizes (``benchmarks/bench_route.py``).
 CHAIN_FLOP_ADVANTAGE = 0.05
 
@@ -1502,11 +1503,12 @@ class _TensorialBase(nn.Module):
     def to_dense_weight(self) -> torch.Tensor:
         """The dense weight this layer represents: ``(T, S, kh, kw)`` or ``(T, S)``.
 
-        One :func:`torch.einsum` of all cores, ordered so that its pairwise, left-to-right
-        contraction starts from the Tucker core: every intermediate then has at most the
-        size of the weight, where factor-first order would build the outer product of all
-        channel factors with every rank mode (for the reshaped Tucker form of a 400 x 120
-        layer, 1.4e8 entries instead of at most 4.8e4). Differentiable in the parameters.
+        One :func:`torch.einsum` of all cores (pairwise, left to right), ordered to keep
+        the intermediates small: the Tucker core comes first (factor-first order would
+        build the outer product of all channel factors with every rank mode: for the
+        reshaped Tucker form of a 400 x 120 layer, 1.4e8 entries instead of at most
+        4.8e4), and the reshaped CP's spatial factor comes before its last channel factor
+        where that is smaller. Differentiable in the parameters.
         """
         M, L = self.n_modes, self._L
         terms = [self._factor_letters(m) for m in range(M)]
