@@ -482,6 +482,20 @@ def test_route_flops_counts_the_dense_product_and_scale_with_the_batch():
     assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
 
 
+def test_route_choice_is_invisible_to_a_callers_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = TensorialLinear(400, 120, form="rcp", rank=39, in_factors=(5, 8, 10),
+                            out_factors=(4, 5, 6))
+    x = torch.randn(32, 400)
+    counts = []
+    for _ in range(2):  # the first call counts both routes on meta tensors, the second not
+        with FlopCounterMode(display=False) as counter:
+            layer(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] == layer.route_flops(x.shape)[1]  # the dense route ran
+
+
 def test_reshaped_tucker_kernel_is_formed_core_first():
     # factor-first contraction would build a 1.4e8-entry intermediate for this layer
     layer = TensorialLinear(400, 120, form="rtk", rank=(15, 14, 14), in_factors=(5, 8, 10),

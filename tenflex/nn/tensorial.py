@@ -1478,6 +1478,7 @@ class _TensorialBase(nn.Module):
             Operations of ``evaluation="chain"`` and of ``evaluation="dense"``.
         """
         from torch.func import functional_call
+        from torch.utils._python_dispatch import _disable_current_modes
         from torch.utils.flop_counter import FlopCounterMode
 
         x = torch.empty(tuple(input_shape), device="meta", dtype=next(self.parameters()).dtype)
@@ -1487,7 +1488,11 @@ class _TensorialBase(nn.Module):
         try:
             for route in ("chain", "dense"):
                 self.evaluation = route
-                with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                # Modes already active (a caller's own FlopCounterMode, say) are set aside:
+                # they must not see this count's meta pass.
+                with _disable_current_modes(), torch.no_grad(), FlopCounterMode(
+                    display=False
+                ) as counter:
                     functional_call(self, params, (x,))
                 counts.append(int(counter.get_total_flops()))
         finally:
