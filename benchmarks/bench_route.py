@@ -138,9 +138,7 @@ def measure(grid: list, budget: float, log) -> list[dict]:
                             layer.evaluation = route
                             row[f"{route}_s"] = median_time(layer, x, budget)
                         row["dense_layer_s"] = median_time(dense, x, budget)
-                    row["auto_route"] = (
-                        "chain" if chain_flops < CHAIN_FLOP_ADVANTAGE * dense_flops else "dense"
-                    )
+                    row["auto_route"] = layer.route(shape)
                     rows.append(row)
                     log(f"{kind:6} {n_in:4}->{n_out:<4} {form} {rate:4.2f} B={batch:<3} "
                         f"chain {1e3 * row['chain_s']:9.3f} ms  formed {1e3 * row['dense_s']:8.3f} "

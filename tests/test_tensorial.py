@@ -511,6 +511,7 @@ def test_auto_route_takes_the_chain_only_when_it_is_much_cheaper():
     x = torch.randn(1, 1024)
     chain, dense = wide.route_flops(x.shape)
     assert chain < CHAIN_FLOP_ADVANTAGE * dense
+    assert wide.route(x.shape) == "chain"
     out = _routes_output(wide, x)
     assert torch.equal(out["auto"], out["chain"])
     torch.testing.assert_close(out["dense"], out["chain"], rtol=1e-4, atol=1e-5)
@@ -519,6 +520,7 @@ def test_auto_route_takes_the_chain_only_when_it_is_much_cheaper():
     xc = torch.randn(64, 6, 14, 14)
     chain, dense = conv.route_flops(xc.shape)
     assert chain > CHAIN_FLOP_ADVANTAGE * dense
+    assert conv.route(xc.shape) == "dense"
     out = _routes_output(conv, xc)
     assert torch.equal(out["auto"], out["dense"])
     torch.testing.assert_close(out["chain"], out["dense"], rtol=1e-4, atol=1e-5)

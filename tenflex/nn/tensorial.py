@@ -1451,12 +1451,20 @@ class _TensorialBase(nn.Module):
             )
         if self.evaluation != "auto":
             return self.evaluation == "dense"
-        # One count per input shape (and chain order): a training loop sees two shapes.
-        key = (tuple(x.shape), getattr(self, "order", None))
+        return self.route(x.shape) == "dense"
+
+    def route(self, input_shape: Sequence[int]) -> str:
+        """The route ``evaluation="auto"`` takes for inputs of this shape.
+
+        ``"chain"`` where it needs fewer than :data:`CHAIN_FLOP_ADVANTAGE` times the
+        operations of the formed kernel (:meth:`route_flops`), ``"dense"`` otherwise.
+        Counted once per input shape (and chain ``order``): a training loop sees two.
+        """
+        key = (tuple(input_shape), getattr(self, "order", None))
         cache = self.__dict__.setdefault("_route_cache", {})
         if key not in cache:
-            chain, dense = self.route_flops(tuple(x.shape))
-            cache[key] = chain >= CHAIN_FLOP_ADVANTAGE * dense
+            chain, dense = self.route_flops(key[0])
+            cache[key] = "chain" if chain < CHAIN_FLOP_ADVANTAGE * dense else "dense"
         return cache[key]
 
     def route_flops(self, input_shape: Sequence[int]) -> tuple[int, int]:
@@ -1643,7 +1651,7 @@ class TensorialConv2d(_TensorialBase):
         intermediates carry the rank modes (``R`` times the activations for ``"rcp"``) and
         run as several small operations. ``"auto"`` (default): per input shape, the chain
         where it needs fewer than :data:`CHAIN_FLOP_ADVANTAGE` times the operations of the
-        formed kernel (:meth:`route_flops`), the formed kernel otherwise.
+        formed kernel (:meth:`route`, :meth:`route_flops`), the formed kernel otherwise.
     """
 
     def __init__(
