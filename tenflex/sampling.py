@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tenflex.cpd import _as_float_tensor
+
 __all__ = ["Samples", "sample_function"]
 
 #: Default memory budget (bytes) for the Jacobians of one chunk of sampling points.
@@ -96,17 +98,7 @@ def _set_training(module: nn.Module, flags: dict[nn.Module, bool] | None) -> dic
 
 def _as_points(X: Any, dtype: torch.dtype, device: torch.device | None) -> Tensor:
     """Validate the sampling points and return them as a detached tensor."""
-    if isinstance(X, np.ndarray):
-        if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-            raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
-        X = torch.from_numpy(np.ascontiguousarray(X))
-    elif not isinstance(X, Tensor):
-        try:
-            X = torch.as_tensor(np.asarray(X, dtype=np.float64))
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"X must be a tensor or array, got {type(X).__name__}") from err
-    if X.is_complex() or X.dtype == torch.bool:
-        raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
+    X = _as_float_tensor(X, "X", dtype)
     if X.ndim < 2:
         raise ValueError(
             f"X must have shape (N, *input_shape) with a leading batch dimension, got shape "
@@ -114,7 +106,7 @@ def _as_points(X: Any, dtype: torch.dtype, device: torch.device | None) -> Tenso
         )
     if X.shape[0] < 1 or X[0].numel() < 1:
         raise ValueError(f"X must hold at least one non-empty sampling point, got {tuple(X.shape)}")
-    X = X.detach().to(dtype=dtype, device=device if device is not None else X.device)
+    X = X.to(device=device if device is not None else X.device)
     if not torch.isfinite(X).all():
         bad = int((~torch.isfinite(X)).reshape(X.shape[0], -1).any(dim=1).sum())
         raise ValueError(f"X contains NaN or Inf values ({bad} of {X.shape[0]} points)")
