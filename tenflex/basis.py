@@ -73,6 +73,14 @@ __all__ = [
 MAX_FUNCTIONS = 1000
 
 
+def _real_tensor(A: Any, name: str) -> Tensor:
+    """``A`` as a tensor of real numbers (complex input would lose its imaginary part)."""
+    t = torch.as_tensor(A)
+    if t.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    return t
+
+
 def _all_finite(t: Tensor) -> bool:
     """Whether ``t`` has no NaN/Inf; True, unchecked, inside ``torch.func`` transforms.
 
@@ -184,9 +192,7 @@ class Basis(nn.Module):
         A constant column (zero range, up to rounding) gets ``scale = 1`` and the shift that
         puts its value at the centre of the domain, rather than an infinite scale.
         """
-        Z = torch.as_tensor(Z)
-        if Z.is_complex():
-            raise TypeError(f"Z must hold real numbers, got dtype {Z.dtype}")
+        Z = _real_tensor(Z, "Z")
         if Z.ndim != 2 or Z.shape[0] < 1 or Z.shape[1] < 1:
             raise ValueError(
                 f"Z must have shape (N, R) with N >= 1 and R >= 1, got {tuple(Z.shape)}"
@@ -294,10 +300,7 @@ class Basis(nn.Module):
     def _prepare(self, Z: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
         """Validate ``Z`` (..., R); return it with ``scale``, ``shift`` cast to match."""
         self._check_fitted()
-        if not isinstance(Z, Tensor):
-            Z = torch.as_tensor(Z)
-        if Z.is_complex():
-            raise TypeError(f"Z must hold real numbers, got dtype {Z.dtype}")
+        Z = _real_tensor(Z, "Z")
         if not Z.is_floating_point():
             Z = Z.to(self.scale.dtype)
         R = self.n_branches

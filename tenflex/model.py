@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tenflex.basis import Basis, _all_finite, make_basis
+from tenflex.basis import Basis, _all_finite, _real_tensor, make_basis
 
 if TYPE_CHECKING:
     from tenflex.nn.flexible import FlexibleLayer
@@ -31,14 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["DecoupledFunction"]
 
 ArrayLike = Tensor | np.ndarray
-
-
-def _real_tensor(A: ArrayLike, name: str) -> Tensor:
-    """``A`` as a tensor of real numbers (complex input would lose its imaginary part)."""
-    t = torch.as_tensor(A)
-    if t.is_complex():
-        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    return t
 
 
 def _common_dtype(arrays: list[Any], dtype: torch.dtype | None) -> torch.dtype:
