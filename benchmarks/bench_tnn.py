@@ -74,6 +74,7 @@ from tenflex.nn.compress_tnn import (
     layer_inputs,
     time_forward,
 )
+from tenflex.nn.tensorial import TensorialConv2d, TensorialLinear
 
 ROOT = Path(__file__).resolve().parent.parent
 RATES = (0.05, 0.1, 0.2)
@@ -222,7 +223,7 @@ def time_entry(model: torch.nn.Module, pretrained: torch.nn.Module, names: list[
     (``compressed_s``, also in the network's time) and through the formed kernel
     (``formed_kernel_s``); ``benchmarks/bench_route.py`` times the automatic choice.
     """
-    tensorial = [m for m in model.modules() if type(m).__name__.startswith("Tensorial")]
+    tensorial = [m for m in model.modules() if isinstance(m, (TensorialConv2d, TensorialLinear))]
     routes = [m.evaluation for m in tensorial]
     for m in tensorial:
         m.evaluation = "chain"
@@ -241,7 +242,7 @@ def time_entry(model: torch.nn.Module, pretrained: torch.nn.Module, names: list[
             "compressed_s": float(np.mean(t_comp)),
             "module": type(layer).__name__,
         }
-        if hasattr(layer, "ranks") and type(layer).__name__.startswith("Tensorial"):
+        if layer in tensorial:
             layer.evaluation = "dense"
             row["formed_kernel_s"] = time_forward(layer, x, repeat=repeat)
             layer.evaluation = "chain"
