@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int", "check_positive_int", "check_seed", "is_int"]
+__all__ = ["check_float", "check_int", "check_positive_int", "check_seed", "is_int", "is_real"]
 
 #: Largest seed: torch.Generator.manual_seed takes a signed 64-bit integer.
 _MAX_SEED = 2**63 - 1
@@ -15,6 +16,35 @@ _MAX_SEED = 2**63 - 1
 def is_int(value: Any) -> bool:
     """A Python or NumPy integer (``bool`` is not one here)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A Python or NumPy real number, integer or float (``bool`` is not one here)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def check_float(value: Any, name: str, *, positive: bool = False) -> float:
+    """``value`` as ``float`` after checking it is a finite number ``>= 0`` (``> 0`` if positive).
+
+    Python and NumPy ints and floats are accepted (``np.float32(1e-3)`` too).
+
+    Raises
+    ------
+    TypeError
+        Not a Python or NumPy real number (``bool`` included).
+    ValueError
+        NaN, infinite, negative, or zero where ``positive``.
+    """
+    expected = "a positive finite number" if positive else "a finite number >= 0"
+    if not is_real(value):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} ({value!r})")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        number = math.inf
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
 
 
 def check_int(value: Any, name: str, low: int, high: int | None = None) -> int:

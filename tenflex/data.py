@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tenflex.checks import check_int
+
 __all__ = [
+    "DATASETS",
     "DataError",
     "data_dirs",
     "load_digits_small",
@@ -88,7 +91,11 @@ def read_idx(path: str | os.PathLike, *, expected_ndim: int | None = None, hint:
     DataError
         Missing file, wrong magic number, unexpected number of dimensions or a
         truncated / oversized payload.
+    TypeError, ValueError
+        ``expected_ndim`` not an int in ``[0, 255]`` (the header's one byte) or None.
     """
+    if expected_ndim is not None:
+        expected_ndim = check_int(expected_ndim, "expected_ndim", 0, 255)
     path = Path(path)
     suffix = f" To fetch it: {hint}." if hint else ""
     if not path.is_file():
@@ -126,8 +133,34 @@ def read_idx(path: str | os.PathLike, *, expected_ndim: int | None = None, hint:
     return data.astype(dtype.newbyteorder("="), copy=True)
 
 
+#: The data sets :func:`data_dirs` knows, and the other spellings it accepts.
+DATASETS = ("mnist", "fashion-mnist")
+_ALIASES = {"fashion_mnist": "fashion-mnist"}  # the spelling of tenflex.zoo.DATASETS
+
+
 def data_dirs(dataset: str = "mnist") -> list[Path]:
-    """Folders searched for ``dataset`` ("mnist" or "fashion-mnist"), in order."""
+    """Folders searched for ``dataset``, in order.
+
+    Parameters
+    ----------
+    dataset : {"mnist", "fashion-mnist", "fashion_mnist"}
+        ``"fashion_mnist"`` (as :mod:`tenflex.zoo` spells it) is ``"fashion-mnist"``.
+
+    Returns
+    -------
+    list of pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        Unknown ``dataset`` (the message lists the names).
+    """
+    name = _ALIASES.get(dataset, dataset) if isinstance(dataset, str) else dataset
+    if name not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {dataset!r}; valid names: {list(DATASETS) + list(_ALIASES)}"
+        )
+    dataset = name
     dirs: list[Path] = []
     env = os.environ.get("TENFLEX_DATA")
     if env:

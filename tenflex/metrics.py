@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from tenflex.checks import check_float, check_int
 from tenflex.model import DecoupledFunction
 
 __all__ = [
@@ -26,15 +27,27 @@ __all__ = [
 ]
 
 
-def _np(A) -> np.ndarray:
-    if isinstance(A, torch.Tensor):
-        return A.detach().cpu().double().numpy()
-    return np.asarray(A, dtype=np.float64)
+def _np(A, name: str) -> np.ndarray:
+    """``A`` as a float64 array, after checking it holds finite real numbers.
+
+    A complex input would lose its imaginary part and a NaN would make every result NaN.
+    """
+    from tenflex.fit import _as_matrix  # the package's conversion: TypeError / ValueError
+
+    return _as_matrix(A, name, torch.float64, "cpu").numpy()
 
 
 def relative_error(estimate, reference) -> float:
-    """``‖estimate − reference‖_F / ‖reference‖_F`` for arrays or tensors of equal shape."""
-    estimate, reference = _np(estimate), _np(reference)
+    """``‖estimate − reference‖_F / ‖reference‖_F`` for arrays or tensors of equal shape.
+
+    Raises
+    ------
+    TypeError
+        Complex (or otherwise non-real) input.
+    ValueError
+        Different shapes, NaN or Inf values, a zero ``reference``.
+    """
+    estimate, reference = _np(estimate, "estimate"), _np(reference, "reference")
     if estimate.shape != reference.shape:
         raise ValueError(
             f"estimate has shape {estimate.shape} but reference has shape {reference.shape}"
@@ -46,8 +59,18 @@ def relative_error(estimate, reference) -> float:
 
 
 def congruence_matrix(A, B) -> np.ndarray:
-    """Absolute cosines between the columns of ``A`` (p, R1) and ``B`` (p, R2): shape (R1, R2)."""
-    A, B = _np(A), _np(B)
+    """Absolute cosines between the columns of ``A`` (p, R1) and ``B`` (p, R2): shape (R1, R2).
+
+    A zero column has cosine 0 with every column.
+
+    Raises
+    ------
+    TypeError
+        Complex (or otherwise non-real) input.
+    ValueError
+        Not matrices with equal row counts, NaN or Inf values.
+    """
+    A, B = _np(A, "A"), _np(B, "B")
     if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
         raise ValueError(f"A and B must be matrices with equal row counts, got {A.shape}, {B.shape}")
     A = A / np.maximum(np.linalg.norm(A, axis=0, keepdims=True), np.finfo(float).tiny)
@@ -67,15 +90,24 @@ def kruskal_rank(A, *, rtol: float = 1e-10) -> int:
     A : array or tensor, shape (p, R)
     rtol : float
         A subset counts as dependent when its smallest singular value is below
-        ``rtol`` times the largest singular value of ``A``.
+        ``rtol`` times the largest singular value of ``A``; finite and ``>= 0``.
 
     Returns
     -------
     int
+
+    Raises
+    ------
+    TypeError
+        Complex (or otherwise non-real) ``A``; ``rtol`` not a number.
+    ValueError
+        ``A`` not a matrix, with NaN or Inf, or more than 16 columns; ``rtol`` negative,
+        NaN or infinite.
     """
     from itertools import combinations
 
-    A = _np(A)
+    rtol = check_float(rtol, "rtol")
+    A = _np(A, "A")
     if A.ndim != 2:
         raise ValueError(f"A must be a matrix (p, R), got shape {A.shape}")
     R = A.shape[1]
@@ -137,13 +169,28 @@ class BranchAlignment:
         Returns
         -------
         ndarray, shape (T,)
+
+        Raises
+        ------
+        TypeError
+            ``estimate`` not a DecoupledFunction, ``r`` not an int, ``t`` not real numbers.
+        ValueError
+            ``r`` outside ``[0, R)``, an estimate of another rank than the alignment,
+            ``t`` with NaN or Inf.
         """
-        t = _np(t).reshape(-1)
+        R = len(self.permutation)
+        if not isinstance(estimate, DecoupledFunction):
+            raise TypeError(f"estimate must be a DecoupledFunction, got {type(estimate).__name__}")
+        if estimate.rank != R:
+            raise ValueError(f"estimate has rank {estimate.rank} but the alignment has {R} "
+                             "branches: pass the estimate that was aligned")
+        r = check_int(r, "r", 0, R - 1)
+        t = _np(t, "t").reshape(-1)
         p = int(self.permutation[r])
         Z = np.zeros((t.size, estimate.rank))
         Z[:, p] = self.input_scale[r] * t
-        G = _np(estimate.branch_outputs(torch.as_tensor(Z, dtype=estimate.dtype)))
-        return self.output_scale[r] * G[:, p]
+        G = estimate.branch_outputs(torch.as_tensor(Z, dtype=estimate.dtype))
+        return self.output_scale[r] * G.detach().cpu().double().numpy()[:, p]
 
 
 def align_branches(estimate: DecoupledFunction, reference: DecoupledFunction) -> BranchAlignment:
@@ -161,19 +208,36 @@ def align_branches(estimate: DecoupledFunction, reference: DecoupledFunction) ->
     Returns
     -------
     BranchAlignment
+
+    Raises
+    ------
+    TypeError
+        ``estimate`` or ``reference`` is not a DecoupledFunction.
+    ValueError
+        Different ``(m, n, R)``; a zero column of ``reference.W`` or ``reference.V`` (the
+        scale of its branch is undefined).
     """
+    for arg, f in (("estimate", estimate), ("reference", reference)):
+        if not isinstance(f, DecoupledFunction):
+            raise TypeError(f"{arg} must be a DecoupledFunction, got {type(f).__name__}")
     if (estimate.m, estimate.n, estimate.rank) != (reference.m, reference.n, reference.rank):
         raise ValueError(
             "estimate and reference must have equal (m, n, R), got "
             f"{(estimate.m, estimate.n, estimate.rank)} and "
             f"{(reference.m, reference.n, reference.rank)}"
         )
-    cong_W = congruence_matrix(reference.W, estimate.W)
-    cong_V = congruence_matrix(reference.V, estimate.V)
+    W_ref, V_ref = _np(reference.W, "reference.W"), _np(reference.V, "reference.V")
+    for arg, A in (("reference.W", W_ref), ("reference.V", V_ref)):
+        zero = np.flatnonzero(~np.any(A, axis=0))
+        if zero.size:
+            raise ValueError(f"{arg} has zero columns {zero.tolist()}: the scales of those "
+                             "branches are undefined (drop the branches first)")
+    W_est, V_est = _np(estimate.W, "estimate.W"), _np(estimate.V, "estimate.V")
+    cong_W = congruence_matrix(W_ref, W_est)
+    cong_V = congruence_matrix(V_ref, V_est)
     rows, cols = linear_sum_assignment(-(cong_W * cong_V))
     permutation = cols[np.argsort(rows)]
-    W_ref, V_ref = _np(reference.W), _np(reference.V)
-    W_est, V_est = _np(estimate.W)[:, permutation], _np(estimate.V)[:, permutation]
+    W_est, V_est = W_est[:, permutation], V_est[:, permutation]
     output_scale = np.sum(W_est * W_ref, axis=0) / np.sum(W_ref * W_ref, axis=0)
     input_scale = np.sum(V_est * V_ref, axis=0) / np.sum(V_ref * V_ref, axis=0)
     R = reference.rank

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tenflex.checks import check_positive_int, check_seed
+from tenflex.checks import check_float, check_int, check_positive_int, check_seed, is_real
 from tenflex.files import atomic_write
 
 __all__ = [
@@ -157,7 +157,7 @@ class ReferenceCNN(_NamedSequential):
     """
 
     def __init__(self, n_classes: int = 10):
-        _check_n_classes(n_classes)
+        n_classes = check_positive_int(n_classes, "n_classes")
         super().__init__(
             OrderedDict(
                 [
@@ -205,7 +205,7 @@ class LeNet5(_NamedSequential):
     """
 
     def __init__(self, n_classes: int = 10):
-        _check_n_classes(n_classes)
+        n_classes = check_positive_int(n_classes, "n_classes")
         super().__init__(
             OrderedDict(
                 [
@@ -224,11 +224,6 @@ class LeNet5(_NamedSequential):
                 ]
             )
         )
-
-
-def _check_n_classes(n_classes: int) -> None:
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-        raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
 
 
 #: Registry of the reference networks, by name.
@@ -265,7 +260,8 @@ def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Sequ
     Raises
     ------
     ValueError
-        Unknown ``name`` (the message lists the valid names).
+        Unknown ``name`` (the message lists the valid names), ``n_classes`` not a positive
+        (Python or NumPy) int.
     """
     _check_model_name(name)
     if seed is None:
@@ -294,6 +290,13 @@ def normalize_images(images: Any, dataset: str = "mnist") -> torch.Tensor:
     Returns
     -------
     torch.Tensor, shape (N, 1, 28, 28), float32
+
+    Raises
+    ------
+    TypeError
+        Complex or boolean pixels.
+    ValueError
+        Unknown ``dataset``, a wrong shape, NaN or Inf pixels.
     """
     if dataset not in NORMALIZATION:
         raise ValueError(f"unknown dataset {dataset!r}; valid names: {sorted(NORMALIZATION)}")
@@ -306,6 +309,8 @@ def normalize_images(images: Any, dataset: str = "mnist") -> torch.Tensor:
         raise TypeError(f"images must hold real pixel values, got dtype {x.dtype}")
     mean, std = NORMALIZATION[dataset]
     x = x.to(torch.float32)
+    if not torch.isfinite(x).all():
+        raise ValueError("images contain NaN or Inf pixel values")
     return (x / 255.0 - mean) / std
 
 
@@ -465,9 +470,12 @@ def one_cycle_factor(step: int, total_steps: int) -> float:
 
     Parameters
     ----------
-    step : int
-        Optimizer step, ``0 <= step < total_steps``.
+    step : int or float
+        Optimizer step, ``0 <= step <= total_steps`` (a learning-rate scheduler asks for
+        the factor once more after the last step, ``step == total_steps``); a float
+        evaluates the continuous curve.
     total_steps : int
+        ``>= 1``.
 
     Returns
     -------
@@ -475,7 +483,19 @@ def one_cycle_factor(step: int, total_steps: int) -> float:
         ``1/25`` at step 0, rising along a half cosine to ``1`` at step
         ``w = max(1, round(0.25 * total_steps))``, then falling along a half cosine to
         ``1e-4`` at the last step ``total_steps - 1``.
+
+    Raises
+    ------
+    TypeError
+        ``step`` not a number, ``total_steps`` not an int.
+    ValueError
+        ``total_steps < 1`` or ``step`` outside ``[0, total_steps]``.
     """
+    total_steps = check_int(total_steps, "total_steps", 1)
+    if not is_real(step):
+        raise TypeError(f"step must be a number, got {type(step).__name__} ({step!r})")
+    if not 0 <= step <= total_steps:  # NaN is refused too
+        raise ValueError(f"step must be in [0, total_steps] = [0, {total_steps}], got {step!r}")
     start, floor = 1.0 / 25.0, 1e-4
     warm = max(1, round(0.25 * total_steps))
     if step < warm:
@@ -496,7 +516,6 @@ def _check_images_labels(
     images: Any, labels: Any, argname: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = images if torch.is_tensor(images) else torch.as_tensor(np.asarray(images))
-    y = labels if torch.is_tensor(labels) else torch.as_tensor(np.asarray(labels))
     if x.dtype == torch.uint8:
         # Raw pixels: apply the shared MNIST preprocessing.
         x = normalize_images(x, "mnist")
@@ -507,18 +526,49 @@ def _check_images_labels(
         )
     if x.ndim < 2:
         raise ValueError(f"{argname}: images must have shape (N, ...), got {tuple(x.shape)}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{argname}: labels must have shape ({x.shape[0]},) to match images "
-            f"{tuple(x.shape)}, got {tuple(y.shape)}"
-        )
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise TypeError(f"{argname}: labels must be integers, got dtype {y.dtype}")
+    y = _check_labels(labels, x.shape[0], argname)
     if x.shape[0] == 0:
         raise ValueError(f"{argname}: no samples (N = 0)")
     if not torch.isfinite(x).all():
         raise ValueError(f"{argname}: images contain NaN or Inf")
-    return x, y.to(torch.int64)
+    return x, y
+
+
+def _check_labels(labels: Any, n: int, argname: str) -> torch.Tensor:
+    """``labels`` as int64 after checking they are ``n`` integers (shape ``(n,)``)."""
+    y = labels if torch.is_tensor(labels) else torch.as_tensor(np.asarray(labels))
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(
+            f"{argname}: labels must have shape ({n},) to match the {n} images, "
+            f"got {tuple(y.shape)}"
+        )
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"{argname}: labels must be integers, got dtype {y.dtype}")
+    return y.to(torch.int64)
+
+
+def _check_label_range(labels: torch.Tensor, n_classes: int, argname: str) -> None:
+    """Labels must index the ``n_classes`` logits of the model."""
+    bad = (labels < 0) | (labels >= n_classes)
+    if bool(bad.any()):
+        values = torch.unique(labels[bad]).tolist()
+        shown = values if len(values) <= 10 else values[:10] + ["..."]
+        raise ValueError(
+            f"{argname}: labels must be class indices in [0, {n_classes}) for a model with "
+            f"{n_classes} outputs, got {int(bad.sum())} labels outside it: {shown}"
+        )
+
+
+@torch.no_grad()
+def _n_outputs(model: nn.Module, x: torch.Tensor) -> int | None:
+    """Number of logits of ``model`` from one sample (eval mode, restored); None if not (B, C)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x[:1].to(_model_device(model)))
+    finally:
+        model.train(was_training)
+    return int(out.shape[1]) if torch.is_tensor(out) and out.ndim == 2 else None
 
 
 @contextlib.contextmanager
@@ -575,7 +625,8 @@ def train(
     train_data : (images, labels)
         ``images`` float ``(N, *input_shape)`` already normalised (see
         :func:`normalize_images`), or uint8 raw pixels ``(N, 28, 28)`` that are
-        normalised with the MNIST constants; ``labels`` integer ``(N,)``.
+        normalised with the MNIST constants; ``labels`` integer ``(N,)`` in
+        ``[0, n_classes)``, ``n_classes`` being the number of logits of ``model``.
     epochs : int
         Passes over the data.
     batch_size : int
@@ -603,6 +654,17 @@ def train(
     TrainResult
         Losses per step and per epoch, timings.
 
+    Raises
+    ------
+    TypeError
+        ``train_data`` not a pair, non-integer labels, images of another dtype, ``lr`` or
+        ``weight_decay`` not a number, a ``callback`` that is not callable.
+    ValueError
+        Before any step: mismatched or empty data, NaN/Inf images, labels outside
+        ``[0, n_classes)`` (found by running the model on one image), ``epochs``,
+        ``batch_size``, ``lr``, ``weight_decay`` or ``seed`` out of range, unknown
+        ``optimizer`` or ``schedule``.
+
     Notes
     -----
     ``torch.set_num_threads`` is left to the caller.
@@ -611,14 +673,17 @@ def train(
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
     check_seed(seed)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+    lr = check_float(lr, "lr", positive=True)
+    weight_decay = check_float(weight_decay, "weight_decay")
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {list(_OPTIMIZERS)}")
     if schedule not in _SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; valid names: {list(_SCHEDULES)}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    n_classes = _n_outputs(model, x)
+    if n_classes is not None:
+        _check_label_range(y, n_classes, "train_data")
 
     device = _model_device(model)
     n = x.shape[0]
@@ -684,11 +749,11 @@ def train(
         config={
             "epochs": int(epochs),
             "batch_size": int(batch_size),
-            "lr": float(lr),
+            "lr": lr,
             "seed": int(seed),
             "optimizer": optimizer,
             "schedule": schedule,
-            "weight_decay": float(weight_decay),
+            "weight_decay": weight_decay,
         },
     )
 
@@ -706,13 +771,22 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
         Normalised float inputs, or uint8 raw pixels (normalised with the MNIST
         constants).
     labels : array-like, shape (N,)
-        Integer class labels.
+        Integer class labels in ``[0, n_classes)``, ``n_classes`` being the number of
+        logits of ``model``.
     batch_size : int
 
     Returns
     -------
     float
         Fraction of samples whose arg-max logit equals the label, in ``[0, 1]``.
+
+    Raises
+    ------
+    TypeError
+        Non-integer labels, images of another dtype.
+    ValueError
+        Mismatched or empty data, NaN/Inf images, labels outside ``[0, n_classes)``
+        (rather than counting them as wrong), ``batch_size < 1``.
     """
     x, y = _check_images_labels(images, labels, "images/labels")
     check_positive_int(batch_size, "batch_size")
@@ -724,7 +798,10 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size].to(device)
             yb = y[start : start + batch_size].to(device)
-            correct += int((model(xb).argmax(dim=1) == yb).sum())
+            logits = model(xb)
+            if start == 0 and logits.ndim == 2:
+                _check_label_range(y, logits.shape[1], "images/labels")
+            correct += int((logits.argmax(dim=1) == yb).sum())
     finally:
         model.train(was_training)
     return correct / x.shape[0]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from tenflex.nn.baselines import linear_span, reduced_rank_regression, svd_span
 from tenflex.nn.compress import count_parameters
@@ -88,3 +90,58 @@ def test_linear_span_fits_a_linear_span(cnn):
     with torch.no_grad():
         torch.testing.assert_close(new(x), cnn(x), rtol=1e-4, atol=1e-4)
     assert count_parameters(new.linear_fc2_fc2) == 10 * (128 + 10) + 10
+
+
+def test_reduced_rank_regression_takes_numpy_and_checks_its_input():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    Y = X @ torch.randn(5, 3, generator=g, dtype=torch.float64)
+    for got, expected in zip(reduced_rank_regression(X.numpy(), Y.numpy(), np.int64(2)),
+                             reduced_rank_regression(X, Y, 2), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    bad = X.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        reduced_rank_regression(bad, Y, 2)
+    with pytest.raises(ValueError, match="Y contains NaN or Inf"):
+        reduced_rank_regression(X, Y * float("inf"), 2)
+    with pytest.raises(TypeError, match="X must hold real numbers"):
+        reduced_rank_regression(X.to(torch.complex128), Y, 2)
+    for rank in (1.5, True, "2"):
+        with pytest.raises(TypeError, match="rank must be an int"):
+            reduced_rank_regression(X, Y, rank)
+    with pytest.raises(ValueError, match=r"rank must be in \[1, 3\], got 4"):
+        reduced_rank_regression(X, Y, 4)
+
+
+def test_linear_span_checks_the_sample_widths(cnn):
+    span = resolve_span(cnn, ("fc1", "fc2"))
+    X, Y = torch.zeros(20, 3136), torch.zeros(20, 10)
+    with pytest.raises(ValueError, match=r"X must have shape \(N, 3136\).*got \(20, 3000\)"):
+        linear_span(cnn, span, X[:, :3000], Y, 2)
+    with pytest.raises(ValueError, match=r"Y must have shape \(N, 10\).*got \(20, 9\)"):
+        linear_span(cnn, span, X, Y[:, :9], 2)
+    with pytest.raises(TypeError, match="span must be a Span"):
+        linear_span(cnn, "fc1", X, Y, 2)
+
+
+def test_svd_span_budget_must_be_an_int(cnn):
+    span = resolve_span(cnn, ("fc1", "fc2"))
+    with pytest.raises(TypeError, match=r"budget must be an int, got float \(40000.5\)"):
+        svd_span(cnn, span, 40_000.5)
+    assert svd_span(cnn, span, np.int64(40_000))[1] == (40_000 - 128 - 1290) // (3136 + 128)
+    with pytest.raises(TypeError, match="span must be a Span"):
+        svd_span(cnn, ("fc1", "fc2"), 40_000)
+
+
+def test_svd_span_keeps_a_repeated_activation():
+    torch.manual_seed(0)
+    act = nn.ReLU()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 6), act, nn.Linear(6, 6), act,
+                          nn.Linear(6, 2))
+    span = resolve_span(model, slice(1, 6))
+    new, rank = svd_span(model, span, 10**6)
+    assert rank == 6  # full rank: the replacement is the span's function
+    x = torch.randn(5, 2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), model(x), rtol=1e-5, atol=1e-6)

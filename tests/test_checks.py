@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tenflex.checks import check_seed, is_int
+from tenflex.checks import check_float, check_seed, is_int, is_real
 
 
 def test_is_int():
@@ -28,3 +28,23 @@ def test_check_seed_accepts_integers_and_refuses_the_rest():
             check_seed(bad)
     with pytest.raises(TypeError, match="random_state must be an int >= 0 or None"):
         check_seed("x", allow_none=True, name="random_state")
+
+
+def test_is_real():
+    assert all(is_real(v) for v in (3, 2.5, np.float32(1e-3), np.int8(-1), np.float64("nan")))
+    assert not any(is_real(v) for v in (True, np.bool_(True), "1", None, 1j, torch.tensor(1.0)))
+
+
+def test_check_float_accepts_numpy_numbers_and_refuses_the_rest():
+    assert check_float(np.float32(0.5), "lr", positive=True) == 0.5
+    assert type(check_float(np.int64(2), "lr", positive=True)) is float
+    assert check_float(0, "rtol") == 0.0 and check_float(0.0, "weight_decay") == 0.0
+    for bad in (True, "0.1", None, 1j, np.array([0.1])):
+        with pytest.raises(TypeError, match=r"lr must be a positive finite number, got"):
+            check_float(bad, "lr", positive=True)
+    for bad in (0, 0.0, -1e-3, float("nan"), float("inf"), np.float32("inf"), 10**400):
+        with pytest.raises(ValueError, match=r"lr must be a positive finite number, got"):
+            check_float(bad, "lr", positive=True)
+    for bad in (-1, float("nan"), -float("inf")):
+        with pytest.raises(ValueError, match=r"rtol must be a finite number >= 0, got"):
+            check_float(bad, "rtol")

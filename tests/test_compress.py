@@ -170,3 +170,66 @@ def test_too_few_samples_and_too_much_memory(digits, monkeypatch):
     monkeypatch.setattr(compress_module, "memory_bytes", lambda: 2**20)
     with pytest.raises(ValueError, match="needs .* GiB"):
         compress(model, ("fc1", "fc2"), train_images, rank=4, n_samples=600, n_validation=300)
+
+
+class _Sampled(Exception):
+    """Raised by the stand-in for sample_function: the checks are over."""
+
+
+def _stop_at_sampling(monkeypatch):
+    seen = {}
+
+    def sample_function(f, X, **kw):
+        seen["f"], seen["X"] = f, X
+        raise _Sampled
+
+    monkeypatch.setattr("tenflex.sampling.sample_function", sample_function)
+    return seen
+
+
+def test_labels_are_checked_before_any_long_computation(digits, monkeypatch):
+    model, train_images, train_labels, test_images, test_labels = digits
+    _stop_at_sampling(monkeypatch)
+    arguments = {"rank": 4, "n_samples": 600, "n_validation": 300}
+    bad_cases = [
+        ({"finetune": {"train_labels": train_labels.float()}}, TypeError,
+         r"finetune\['train_labels'\]: labels must be integers"),
+        ({"finetune": {"train_labels": train_labels.numpy() + 10}}, ValueError,
+         r"finetune\['train_labels'\]: labels must be class indices in \[0, 10\)"),
+        ({"test_data": (test_images, test_labels.double())}, TypeError,
+         r"test_data\[1\]: labels must be integers"),
+        ({"test_data": (test_images, test_labels - 1)}, ValueError,
+         r"test_data\[1\]: labels must be class indices in \[0, 10\).*\[-1\]"),
+        ({"test_data": test_images}, TypeError, "test_data must be a pair"),
+    ]
+    for kwargs, error, message in bad_cases:
+        with pytest.raises(error, match=message):
+            compress(model, ("fc1", "fc2"), train_images, **arguments, **kwargs)
+    # valid labels get as far as the sampling
+    with pytest.raises(_Sampled):
+        compress(model, ("fc1", "fc2"), train_images, **arguments,
+                 test_data=(test_images, test_labels),
+                 finetune={"train_labels": train_labels.numpy()})
+
+
+def test_a_model_without_parameters_is_refused():
+    with pytest.raises(ValueError, match="model has no parameters"):
+        compress(nn.Sequential(nn.Flatten(), nn.ReLU()), 1, torch.randn(20, 1, 2, 2), rank=1,
+                 n_samples=10, n_validation=0)
+
+
+def test_the_span_of_a_model_with_a_repeated_module_is_sampled_at_its_inputs(monkeypatch):
+    torch.manual_seed(0)
+    act = nn.Tanh()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), act, nn.Linear(5, 5), act,
+                          nn.Linear(5, 3))
+    images = torch.randn(30, 1, 2, 3)
+    seen = _stop_at_sampling(monkeypatch)
+    with pytest.raises(_Sampled):
+        compress(model, 5, images, rank=2, n_samples=20, n_validation=0)
+    # the last Linear reads the output of the second tanh
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(0))[:20]
+    with torch.no_grad():
+        expected = act(model[3](act(model[1](images[order].flatten(1)))))
+    torch.testing.assert_close(seen["X"], expected, rtol=0, atol=0)
+    assert list(seen["f"]) == [model[5]]

@@ -437,3 +437,73 @@ def test_evaluation_routes_agree_on_compressed_lenet_layers(lenet, form, name):
         torch.testing.assert_close(out[route], out["chain"], rtol=1e-4, atol=1e-5)
         for a, b in zip(grads[route], grads["chain"]):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_plan_layer_factors_must_be_ints(lenet):
+    expected = plan_layer(lenet.fc1, "rtt", 0.1, factors=((20, 20), (10, 12)))
+    same = plan_layer(lenet.fc1, "rtt", 0.1, factors=(np.array([20, 20]), [np.int64(10), 12]))
+    assert (same.in_factors, same.out_factors, same.ranks) == (
+        expected.in_factors, expected.out_factors, expected.ranks)
+    # (2.9, 2) used to become (2, 2), and the strings "22", "24" the factors (2, 2), (2, 4)
+    for bad in (((20.0, 20), (10, 12)), ((20.9, 20), (10, 12)), ("2020", "1012"),
+                ((20, 20), (10, True)), ((20, 20),), 400):
+        with pytest.raises(TypeError, match="factors must be a pair .* of sequences of ints"):
+            plan_layer(lenet.fc1, "rtt", 0.1, name="fc1", factors=bad)
+    with pytest.raises(ValueError, match=r"factors must be >= 1, got \(-20, -20\)"):
+        plan_layer(lenet.fc1, "rtt", 0.1, factors=((-20, -20), (10, 12)))
+
+
+@pytest.mark.parametrize("form", PLAIN)
+def test_plain_forms_refuse_reshaping_options(lenet, form):
+    for kwargs in ({"modes": 2}, {"modes": -5}, {"factors": ((20, 20), (10, 12))}):
+        with pytest.raises(ValueError, match=rf"fc1: {next(iter(kwargs))}= reshapes the channels "
+                                             rf"of the reshaped forms .* plain form '{form}'"):
+            plan_layer(lenet.fc1, form, 0.1, name="fc1", **kwargs)
+
+
+def test_compress_network_ignores_valid_modes_for_plain_forms(lenet):
+    # one setting serves every form of a comparison (as in benchmarks/bench_tnn.py)
+    _, plain = compress_network(lenet, "cp", 0.1, layers=["fc1"])
+    _, with_modes = compress_network(lenet, "cp", 0.1, layers=["fc1"], modes=2,
+                                     factors={"fc1": ((20, 20), (10, 12))})
+    assert with_modes == plain
+    with pytest.raises(ValueError, match="fc1: modes must be an int >= 1, got -5"):
+        compress_network(lenet, "cp", 0.1, layers=["fc1"], modes=-5)
+    with pytest.raises(ValueError, match="not compressed"):
+        compress_network(lenet, "tt", 0.1, layers=["fc1"], modes={"fc2": 2})
+
+
+class _Decomposed(Exception):
+    """The checks of compress_and_train are over."""
+
+
+def test_compress_and_train_checks_pairs_and_sample_counts_first(lenet, digits, monkeypatch):
+    def no_decomposition(*args, **kwargs):
+        raise _Decomposed
+
+    monkeypatch.setattr("tenflex.nn.compress_tnn.compress_network", no_decomposition)
+    train, test = digits
+    n = len(train[0])
+    bad = [
+        ({"finetune_samples": -4}, ValueError, "finetune_samples"),
+        ({"finetune_samples": 0}, ValueError, "finetune_samples"),
+        ({"distill_samples": -100}, ValueError, "distill_samples"),
+        ({"distill_samples": 2.5}, TypeError, "distill_samples must be None or an int"),
+        ({"finetune_samples": True}, TypeError, "finetune_samples must be None or an int"),
+    ]
+    for kwargs, error, message in bad:
+        if error is ValueError:
+            message += r" must be None \(all images\) or an int >= 1"
+        with pytest.raises(error, match=message):
+            compress_and_train(lenet, "cp", 0.1, train, test, **kwargs)
+    with pytest.raises(TypeError, match="train_data must be a pair"):
+        compress_and_train(lenet, "cp", 0.1, train[0], test)
+    with pytest.raises(TypeError, match="test_data must be a pair"):
+        compress_and_train(lenet, "cp", 0.1, train, (*test, test[1]))
+    # valid counts get to the decomposition (more than N images means all of them)
+    assert n < 10000
+    for kwargs in ({"distill_samples": np.int64(100), "finetune_samples": n}, {},
+                   {"distill_samples": None, "finetune_samples": None},
+                   {"distill_samples": n + 1, "finetune_samples": n + 1}):
+        with pytest.raises(_Decomposed):
+            compress_and_train(lenet, "cp", 0.1, train, test, **kwargs)

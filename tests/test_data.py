@@ -143,3 +143,30 @@ def test_small_digits():
     assert labels.shape == (1797,)
     assert set(np.unique(labels)) == set(range(10))
     assert images.min() == 0 and images.max() == 16
+
+
+def test_data_dirs_knows_both_fashion_spellings(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENFLEX_DATA", str(tmp_path))
+    dashed = data.data_dirs("fashion-mnist")
+    assert dashed[:2] == [tmp_path / "fashion-mnist", tmp_path]
+    assert data.FASHION_DEBIAN_DIR in dashed
+    # tenflex.zoo spells it "fashion_mnist": the same folders, not an empty list
+    assert data.data_dirs("fashion_mnist") == dashed
+
+
+def test_data_dirs_refuses_unknown_names():
+    for name in ("cifar", "MNIST", None):
+        with pytest.raises(ValueError, match=r"unknown dataset .*valid names: \['mnist', "
+                                             r"'fashion-mnist', 'fashion_mnist'\]"):
+            data.data_dirs(name)
+
+
+def test_read_idx_checks_expected_ndim(tmp_path):
+    path = tmp_path / "x.idx"
+    path.write_bytes(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + b"\x01\x02\x03")
+    assert read_idx(path, expected_ndim=np.int64(1)).tolist() == [1, 2, 3]
+    for bad in ("1", 1.0, True):
+        with pytest.raises(TypeError, match="expected_ndim must be an int"):
+            read_idx(path, expected_ndim=bad)
+    with pytest.raises(ValueError, match=r"expected_ndim must be in \[0, 255\], got -1"):
+        read_idx(path, expected_ndim=-1)

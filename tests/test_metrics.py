@@ -86,3 +86,60 @@ def test_kruskal_rank():
     assert kruskal_rank(C) == 2
     assert np.linalg.matrix_rank(C) == 2
     assert kruskal_rank(np.zeros((3, 2))) == 0
+
+
+def test_metrics_refuse_complex_and_non_finite_input():
+    from tenflex.metrics import kruskal_rank
+
+    a = np.random.default_rng(1).standard_normal((4, 3))
+    # the imaginary part used to be dropped: relative_error(a + 1j a, a) was 0.0
+    with pytest.raises(TypeError, match="estimate must hold real numbers"):
+        relative_error(a + 1j * a, a)
+    with pytest.raises(TypeError, match="reference must hold real numbers"):
+        relative_error(a, torch.complex(torch.as_tensor(a), torch.as_tensor(a)))
+    nan = a.copy()
+    nan[1, 2] = np.nan
+    with pytest.raises(ValueError, match="estimate contains NaN or Inf"):
+        relative_error(nan, a)
+    with pytest.raises(ValueError, match="reference contains NaN or Inf"):
+        relative_error(a, a * np.inf)
+    with pytest.raises(ValueError, match="B contains NaN or Inf"):
+        congruence_matrix(a, nan)
+    with pytest.raises(ValueError, match="A contains NaN or Inf"):
+        kruskal_rank(a * np.inf)
+    with pytest.raises(ValueError, match="A contains NaN or Inf"):
+        kruskal_rank(nan)
+    for rtol in (-1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="rtol must be a finite number >= 0"):
+            kruskal_rank(a, rtol=rtol)
+    with pytest.raises(TypeError, match="rtol must be"):
+        kruskal_rank(a, rtol="1e-10")
+    assert kruskal_rank(a, rtol=np.float32(1e-6)) == 3
+
+
+def test_alignment_refuses_a_zero_reference_column():
+    truth = random_model()
+    zero = DecoupledFunction(truth.W.clone(), truth.V.clone(), truth.C, truth.b, truth.basis)
+    zero.W[:, 1] = 0
+    with pytest.raises(ValueError, match=r"reference.W has zero columns \[1\]"):
+        align_branches(truth, zero)
+    with pytest.raises(TypeError, match="reference must be a DecoupledFunction"):
+        align_branches(truth, "truth")
+
+
+def test_branch_function_checks_the_branch_index():
+    truth = random_model()
+    alignment = align_branches(truth, truth)
+    t = np.linspace(-1, 1, 5)
+    # r = -1 used to wrap around to the last branch, r = 3 to raise a raw IndexError
+    for r in (-1, 3):
+        with pytest.raises(ValueError, match=r"r must be in \[0, 2\], got"):
+            alignment.branch_function(truth, r, t)
+    with pytest.raises(TypeError, match="r must be an int"):
+        alignment.branch_function(truth, 1.0, t)
+    with pytest.raises(ValueError, match="estimate has rank 2 but the alignment has 3"):
+        alignment.branch_function(random_model(R=2), 0, t)
+    Z = np.zeros((5, 3))
+    Z[:, 2] = t
+    np.testing.assert_allclose(alignment.branch_function(truth, np.int64(2), t),
+                               truth.branch_outputs(torch.as_tensor(Z)).numpy()[:, 2], atol=1e-12)

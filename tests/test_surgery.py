@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from tenflex.nn.surgery import resolve_span, span_shapes, splice
+from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
 from tenflex.zoo import build_model
 
 
@@ -87,3 +88,79 @@ def test_splice_replaces_only_the_span(cnn):
     with torch.no_grad():
         expected = replacement(span.prefix(cnn)(x))
         torch.testing.assert_close(new(x), expected)
+
+
+# A module object used twice: nn.Sequential runs it twice, named_children() lists it once.
+def repeated_model():
+    torch.manual_seed(0)
+    act = nn.ReLU()
+    return nn.Sequential(nn.Linear(4, 6), act, nn.Linear(6, 6), act, nn.Linear(6, 3))
+
+
+def test_spans_of_a_model_with_a_repeated_module():
+    model = repeated_model()
+    x = torch.randn(5, 4)
+    # Positions are those that forward runs: 0 Linear, 1 ReLU, 2 Linear, 3 ReLU, 4 Linear.
+    span = resolve_span(model, 3)
+    assert (span.start, span.names) == (3, ("3",))
+    assert resolve_span(model, "4").start == 4 and resolve_span(model, -1).names == ("4",)
+    with torch.no_grad():
+        torch.testing.assert_close(span.prefix(model)(x), model[2](torch.relu(model[0](x))),
+                                   rtol=0, atol=0)
+        last = resolve_span(model, "4")
+        torch.testing.assert_close(last.suffix(model)(last.module(model)(last.prefix(model)(x))),
+                                   model(x), rtol=0, atol=0)
+    assert span_shapes(model, last, x) == ((6,), (3,))
+
+
+def test_splice_keeps_every_run_of_a_repeated_module():
+    model = repeated_model()
+    x = torch.randn(5, 4)
+    # Splicing the middle Linear back in leaves the function unchanged.
+    same = splice(model, resolve_span(model, 2), model[2])
+    assert len(same) == 5
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), model(x), rtol=0, atol=0)
+    # Replacing the middle Linear: the result is the hand-built model.
+    replacement = nn.Linear(6, 6)
+    new = splice(model, resolve_span(model, 2), replacement, name="mid")
+    assert list(new._modules) == ["0", "1", "mid", "3", "4"]
+    expected = nn.Sequential(model[0], nn.ReLU(), replacement, nn.ReLU(), model[4])
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), expected(x), rtol=0, atol=0)
+    # The copy keeps the sharing: one activation object, run twice.
+    assert new[1] is new[3] and new[1] is not model[1]
+
+
+def test_span_keys_accept_numpy_ints_and_refuse_bytes(cnn):
+    assert resolve_span(cnn, np.int64(7)).names == ("fc1",)
+    assert resolve_span(cnn, (np.int32(7), np.int64(9))).names == ("fc1", "relu3", "fc2")
+    with pytest.raises(TypeError, match=r"span must be .* got b'fc1'"):
+        resolve_span(cnn, b"fc1")
+    with pytest.raises(TypeError, match="span layer must be a layer index"):
+        resolve_span(cnn, ["fc1", True])
+
+
+def test_splice_refuses_a_name_clash(cnn):
+    span = resolve_span(cnn, "fc1")
+    with pytest.raises(ValueError, match="name 'fc2' is already the name of a layer"):
+        splice(cnn, span, nn.Identity(), name="fc2")
+    with pytest.raises(TypeError, match="name must be a non-empty str"):
+        splice(cnn, span, nn.Identity(), name=3)
+    # the span's own names are free again
+    assert splice(cnn, span, nn.Identity(), name="fc1").fc1.__class__ is nn.Identity
+
+
+def test_span_functions_need_a_span_of_this_model(cnn):
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(TypeError, match="span must be a Span .*resolve_span.* got str 'fc1'"):
+        splice(cnn, "fc1", nn.Identity())
+    with pytest.raises(TypeError, match="span must be a Span"):
+        span_shapes(cnn, "fc1", x)
+    other = resolve_span(nn.Sequential(*[nn.Identity() for _ in range(12)]), slice(10, 12))
+    with pytest.raises(ValueError, match=r"span covers layers \['10', '11'\] .* resolve the span"):
+        splice(cnn, other, nn.Identity())
+    with pytest.raises(ValueError, match="resolve the span on this model"):
+        span_shapes(cnn, resolve_span(repeated_model(), 1), x)
+    with pytest.raises(ValueError, match="resolve the span on this model"):
+        Span(7, 8, ("fc2",)).prefix(cnn)

@@ -401,3 +401,87 @@ def test_damaged_cache_retrains_with_warning(tmp_path):
     torch.save(zoo.ReferenceCNN().state_dict(), weights)
     with pytest.warns(RuntimeWarning, match="damaged"):
         zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
+
+
+# ----------------------------------------------------------------- argument checks
+
+
+def _tiny_classifier():
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 2, 3)
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 4)), x, torch.arange(8) % 4
+
+
+@pytest.mark.parametrize("label", [4, -1])
+def test_labels_outside_the_classes_fail_before_training(label):
+    model, x, y = _tiny_classifier()
+    bad = y.clone()
+    bad[2] = label
+    before = [p.detach().clone() for p in model.parameters()]
+    calls = []
+    with pytest.raises(ValueError, match=r"train_data: labels must be class indices in \[0, 4\)"
+                                         rf".*\[{label}\]"):
+        zoo.train(model, (x, bad), epochs=1, callback=lambda *a: calls.append(a))
+    assert calls == []  # no optimizer step was made
+    for a, b in zip(before, model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # evaluate used to count them as wrong
+    with pytest.raises(ValueError, match=r"images/labels: labels must be class indices in \[0, 4"):
+        zoo.evaluate(model, x, bad)
+    assert zoo.evaluate(model, x, y, batch_size=3) == pytest.approx(
+        float((model(x).argmax(1) == y).double().mean()), abs=0)
+
+
+def test_train_learning_rate_and_callback_checks():
+    model, x, y = _tiny_classifier()
+    for lr in (True, "0.01", None):
+        with pytest.raises(TypeError, match="lr must be a positive finite number"):
+            zoo.train(model, (x, y), epochs=1, lr=lr)
+    for lr in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lr must be a positive finite number"):
+            zoo.train(model, (x, y), epochs=1, lr=lr)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+        zoo.train(model, (x, y), epochs=1, weight_decay=float("inf"))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match="callback must be callable or None, got int"):
+        zoo.train(model, (x, y), epochs=1, callback=3)
+    for a, b in zip(before, model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_train_accepts_a_numpy_learning_rate():
+    p0, grads, p1 = _one_full_batch_step(lr=np.float32(0.01), optimizer="sgd",
+                                         schedule="constant")
+    for a, g, b in zip(p0, grads, p1, strict=True):
+        torch.testing.assert_close(b, a - float(np.float32(0.01)) * 1.9 * g)
+
+
+def test_one_cycle_factor_checks_its_arguments():
+    # the scheduler asks once more after the last step: the floor value
+    assert zoo.one_cycle_factor(10, 10) == pytest.approx(1e-4)
+    assert zoo.one_cycle_factor(np.int64(0), np.int64(4)) == pytest.approx(1 / 25)
+    for step in (-5, 11, 50, float("nan")):
+        with pytest.raises(ValueError, match=r"step must be in \[0, total_steps\] = \[0, 10\]"):
+            zoo.one_cycle_factor(step, 10)
+    with pytest.raises(ValueError, match="total_steps must be >= 1, got 0"):
+        zoo.one_cycle_factor(0, 0)
+    with pytest.raises(TypeError, match="total_steps must be an int"):
+        zoo.one_cycle_factor(0, 10.5)
+    with pytest.raises(TypeError, match="step must be a number"):
+        zoo.one_cycle_factor("1", 10)
+
+
+def test_normalize_images_refuses_nan_and_inf():
+    raw = np.zeros((2, 28, 28))
+    for value in (np.nan, np.inf):
+        raw[1, 3, 4] = value
+        with pytest.raises(ValueError, match="images contain NaN or Inf"):
+            zoo.normalize_images(raw)
+
+
+def test_build_model_accepts_numpy_class_counts():
+    model = zoo.build_model("lenet5", n_classes=np.int64(7), seed=0)
+    assert model.fc3.out_features == 7 and type(model.fc3.out_features) is int
+    for bad in (10.0, True, np.float64(3)):
+        with pytest.raises(ValueError, match="n_classes must be a positive int"):
+            zoo.build_model("reference_cnn", n_classes=bad)

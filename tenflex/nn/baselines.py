@@ -9,14 +9,17 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import nn
 
+from tenflex.checks import check_int
 from tenflex.nn.compress import count_parameters
 from tenflex.nn.lowrank import SVDLinear
-from tenflex.nn.surgery import Span, splice
+from tenflex.nn.surgery import Span, _check_span, splice
 
 __all__ = ["LinearReplacement", "linear_span", "reduced_rank_regression", "svd_span"]
 
@@ -38,9 +41,20 @@ def svd_span(model: nn.Sequential, span: Span, budget: int) -> tuple[nn.Sequenti
         A copy with the span replaced (the span's other layers are kept).
     rank : int
         The SVD rank used.
+
+    Raises
+    ------
+    TypeError
+        ``span`` is not a :class:`~tenflex.nn.surgery.Span`, ``budget`` not an int.
+    ValueError
+        ``span`` resolved on another model, no ``nn.Linear`` in the span, a budget that
+        leaves no rank.
     """
+    _check_span(model, span)
+    budget = check_int(budget, "budget", 1)
     span_module = span.module(model)
-    linears = [(name, m) for name, m in span_module.named_children() if isinstance(m, nn.Linear)]
+    layers = list(span_module._modules.items())  # a module used twice counts twice
+    linears = [(name, m) for name, m in layers if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"span {span.label} has no nn.Linear layer to compress by SVD")
     name, layer = max(linears, key=lambda item: item[1].weight.numel())
@@ -54,9 +68,9 @@ def svd_span(model: nn.Sequential, span: Span, budget: int) -> tuple[nn.Sequenti
             f"({others + bias + per_rank} parameters at rank 1)"
         )
     rank = min(rank, min(layer.in_features, layer.out_features))
-    items = [(n, SVDLinear.from_dense(m, rank=rank) if n == name else m)
-             for n, m in span_module.named_children()]
-    return splice(model, span, nn.Sequential(OrderedDict(items)), name=f"svd_{span.names[0]}_{span.names[-1]}"), rank
+    items = [(n, SVDLinear.from_dense(m, rank=rank) if n == name else m) for n, m in layers]
+    child = f"svd_{span.names[0]}_{span.names[-1]}"
+    return splice(model, span, nn.Sequential(OrderedDict(items)), name=child), rank
 
 
 class LinearReplacement(nn.Module):
@@ -90,8 +104,8 @@ def reduced_rank_regression(X: torch.Tensor, Y: torch.Tensor, rank: int
 
     Parameters
     ----------
-    X : torch.Tensor, shape (N, m)
-    Y : torch.Tensor, shape (N, n)
+    X : torch.Tensor or array, shape (N, m)
+    Y : torch.Tensor or array, shape (N, n)
     rank : int
         ``1 <= R <= min(m, n)``.
 
@@ -100,13 +114,23 @@ def reduced_rank_regression(X: torch.Tensor, Y: torch.Tensor, rank: int
     P : torch.Tensor, shape (m, R)
     U : torch.Tensor, shape (n, R)
     b : torch.Tensor, shape (n,)
+        All float64, on the device of ``X``.
+
+    Raises
+    ------
+    TypeError
+        ``X`` or ``Y`` not real numbers, ``rank`` not an int.
+    ValueError
+        ``X``, ``Y`` not matrices with the same number of rows, with NaN or Inf, or
+        ``rank`` outside ``[1, min(m, n)]``.
     """
-    X, Y = X.double(), Y.double()
+    from tenflex.fit import _as_matrix
+
+    device = X.device if torch.is_tensor(X) else "cpu"
+    X, Y = _as_matrix(X, "X", torch.float64, device), _as_matrix(Y, "Y", torch.float64, device)
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"X must be (N, m) and Y (N, n), got {tuple(X.shape)}, {tuple(Y.shape)}")
-    if not 1 <= rank <= min(X.shape[1], Y.shape[1]):
-        raise ValueError(f"rank must be in [1, min(m, n)] = [1, {min(X.shape[1], Y.shape[1])}]"
-                         f", got {rank}")
+    check_int(rank, "rank", 1, min(X.shape[1], Y.shape[1]))
     x_mean, y_mean = X.mean(0), Y.mean(0)
     Xc, Yc = X - x_mean, Y - y_mean
     # Minimum-norm least squares: well defined when N < m or X is rank-deficient.
@@ -137,17 +161,37 @@ def linear_span(model: nn.Sequential, span: Span, X: torch.Tensor, Y: torch.Tens
     torch.nn.Sequential
         A copy of ``model`` with ``span`` replaced by a :class:`LinearReplacement`
         (``R (m + n) + n`` parameters).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`reduced_rank_regression`; also a ``span`` that is not a
+        :class:`~tenflex.nn.surgery.Span` of ``model``, a model without ``input_shape``
+        or parameters, and ``X`` / ``Y`` widths other than the span's input / output sizes.
     """
-    P, U, b = reduced_rank_regression(X, Y, rank)
-    example = next(model.parameters())
+    _check_span(model, span)
+    example = next(model.parameters(), None)
+    if example is None:
+        raise ValueError("model has no parameters: linear_span needs its dtype and device")
+    in_shape = _input_shape(model, span)
     with torch.no_grad():
-        out = span.module(model)(torch.zeros(1, *_input_shape(model, span), dtype=example.dtype))
-    layer = LinearReplacement(X.shape[1], Y.shape[1], rank, output_shape=tuple(out.shape[1:]))
+        out = span.module(model)(torch.zeros(1, *in_shape, dtype=example.dtype))
+    m, n = math.prod(in_shape), math.prod(out.shape[1:])
+    for arg, A, size in (("X", X, m), ("Y", Y, n)):
+        if len(np.shape(A)) != 2 or np.shape(A)[1] != size:
+            raise ValueError(
+                f"{arg} must have shape (N, {size}): the span {span.label} maps inputs of shape "
+                f"{tuple(in_shape)} to outputs of shape {tuple(out.shape[1:])}, flattened; "
+                f"got {tuple(np.shape(A))}"
+            )
+    P, U, b = reduced_rank_regression(X, Y, rank)
+    layer = LinearReplacement(m, n, rank, output_shape=tuple(out.shape[1:]))
     with torch.no_grad():
         layer.project.weight.copy_(P.T.to(example))
         layer.expand.weight.copy_(U.to(example))
         layer.expand.bias.copy_(b.to(example))
-    return splice(model, span, layer.to(example.device), name=f"linear_{span.names[0]}_{span.names[-1]}")
+    child = f"linear_{span.names[0]}_{span.names[-1]}"
+    return splice(model, span, layer.to(example.device), name=child)
 
 
 def _input_shape(model: nn.Sequential, span: Span) -> tuple[int, ...]:

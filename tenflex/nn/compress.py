@@ -183,7 +183,7 @@ def _check_fit_settings(basis: Any, n_functions: Any, basis_options: Any, lam: A
     return options
 
 
-def _check_finetune(finetune: Any, n_train: int) -> None:
+def _check_finetune(finetune: Any, n_train: int, n_classes: int | None) -> None:
     """Fine-tuning settings that :func:`_finetune` can run, checked before the fit."""
     import inspect
 
@@ -197,6 +197,7 @@ def _check_finetune(finetune: Any, n_train: int) -> None:
     if labels.shape != (n_train,):
         raise ValueError(f"finetune['train_labels'] must have shape ({n_train},) like "
                          f"train_images, got {tuple(labels.shape)}")
+    _check_labels(labels, n_train, n_classes, "finetune['train_labels']")
     scope = finetune.get("scope", "layer")
     if scope not in ("layer", "all"):
         raise ValueError(f"finetune scope must be 'layer' or 'all', got {scope!r}")
@@ -206,6 +207,15 @@ def _check_finetune(finetune: Any, n_train: int) -> None:
     unknown = sorted(set(finetune) - set(allowed))
     if unknown:
         raise ValueError(f"finetune has unknown keys {unknown}; valid keys: {allowed}")
+
+
+def _check_labels(labels: Any, n: int, n_classes: int | None, argname: str) -> None:
+    """Integer labels ``(n,)`` in ``[0, n_classes)``, as zoo.train / zoo.evaluate need them."""
+    from tenflex import zoo
+
+    labels = zoo._check_labels(labels, n, argname)
+    if n_classes is not None:
+        zoo._check_label_range(labels, n_classes, argname)
 
 
 def compress(
@@ -287,7 +297,9 @@ def compress(
         sampling points for the number of unknowns, a Jacobian tensor that would not fit
         in memory, an unknown basis or basis option, a negative ``lam`` or ``seed``, unknown
         ``fit_options`` keys or ``init`` names, fine-tuning without labels (or with labels of
-        the wrong length, an unknown scope or unknown keys).
+        the wrong length, an unknown scope or unknown keys), ``test_data`` that is not a
+        pair, labels (of ``test_data`` or fine-tuning) that are not integers ``(N,)`` in
+        ``[0, n_classes)``, a model without parameters.
     """
     from tenflex.fit import cmtf_als
     from tenflex.sampling import sample_function
@@ -296,7 +308,10 @@ def compress(
     t_start = time.perf_counter()
     resolved: Span = resolve_span(model, span)
     train_images = _check_images(train_images, "train_images")
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)
+    if first is None:
+        raise ValueError("model has no parameters: there is nothing to compress")
+    device = first.device
     expected = getattr(model, "input_shape", None)
     if expected is not None and tuple(train_images.shape[1:]) != tuple(expected):
         raise ValueError(f"train_images has inputs of shape {tuple(train_images.shape[1:])}, but "
@@ -343,14 +358,24 @@ def compress(
         )
     options = _check_fit_settings(basis, n_functions, basis_options, lam, fit_options, rank, n,
                                   m, n_samples, seed, progress)
+    n_classes = None
+    if finetune is not None or test_data is not None:
+        from tenflex.zoo import _n_outputs
+
+        n_classes = _n_outputs(model, train_images[:1])  # the labels must index its logits
     if finetune is not None:
-        _check_finetune(finetune, len(train_images))
+        _check_finetune(finetune, len(train_images), n_classes)
     if test_data is not None:
+        if not isinstance(test_data, (tuple, list)) or len(test_data) != 2:
+            raise TypeError(
+                f"test_data must be a pair (images, labels), got {type(test_data).__name__}"
+            )
         test_images = _check_images(test_data[0], "test_data[0]", tuple(train_images.shape[1:]))
         test_labels = torch.as_tensor(test_data[1])
         if test_labels.shape != (len(test_images),):
             raise ValueError(f"test labels must have shape ({len(test_images)},), got "
                              f"{tuple(test_labels.shape)}")
+        _check_labels(test_labels, len(test_images), n_classes, "test_data[1]")
 
     from tenflex import zoo
 
@@ -375,7 +400,7 @@ def compress(
     del samples
 
     t0 = time.perf_counter()
-    dtype = next(model.parameters()).dtype
+    dtype = first.dtype
     layer = FlexibleLayer.from_decoupled(decoupled, output_shape=out_shape).to(
         device=device, dtype=dtype)
     compressed = splice(model, resolved, layer)
@@ -450,12 +475,14 @@ def _finetune(compressed: nn.Sequential, span: Span, train_images: torch.Tensor,
     t0 = time.perf_counter()
     if scope == "layer":
         # The spliced layer sits at index span.start; everything after it is trained.
-        trainable = nn.Sequential(*list(model.children())[span.start:])
-        for p in list(model.children())[span.start + 1:]:
+        # _modules, not children(): a module used twice runs (and counts) twice.
+        layers = list(model._modules.values())
+        trainable = nn.Sequential(*layers[span.start:])
+        for p in layers[span.start + 1:]:
             p.requires_grad_(False)
         device = next(model.parameters()).device
-        features = _batched(nn.Sequential(*list(model.children())[:span.start]),
-                            train_images.to(device), batch_size)
+        features = _batched(nn.Sequential(*layers[:span.start]), train_images.to(device),
+                            batch_size)
         zoo.train(trainable, (features, labels), progress=progress, **options)
         for p in model.parameters():
             p.requires_grad_(True)

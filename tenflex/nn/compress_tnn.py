@@ -371,6 +371,29 @@ def _channel_factors(n: int, modes: int, what: str) -> tuple[int, ...]:
         ) from None
 
 
+def _check_modes(modes: Any, name: str) -> int:
+    if not is_int(modes) or modes < 1:
+        raise ValueError(f"{name}: modes must be an int >= 1, got {modes!r}")
+    return int(modes)
+
+
+def _check_factors(factors: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(in_factors, out_factors)`` as tuples of ints >= 1; floats are not truncated."""
+    def is_sequence(f: Any) -> bool:
+        return isinstance(f, (Sequence, np.ndarray)) and not isinstance(f, (str, bytes))
+
+    if not (is_sequence(factors) and len(factors) == 2
+            and all(is_sequence(f) and all(is_int(v) for v in f) for f in factors)):
+        raise TypeError(
+            f"{name}: factors must be a pair (in_factors, out_factors) of sequences of ints, "
+            f"got {factors!r}"
+        )
+    s, t = (tuple(int(v) for v in f) for f in factors)
+    if min(s + t, default=1) < 1:
+        raise ValueError(f"{name}: factors must be >= 1, got {s} x {t}")
+    return s, t
+
+
 def plan_layer(
     layer: nn.Module, form: str, rate: float, *, name: str = "layer", modes: int | None = None,
     factors: tuple[Sequence[int], Sequence[int]] | None = None, fill_budget: bool = True,
@@ -388,9 +411,12 @@ def plan_layer(
     name : str
         For messages and the plan.
     modes : int, optional
-        Reshaping modes of a tensorial form (default :data:`DEFAULT_MODES`).
+        Reshaping modes of a tensorial form (default :data:`DEFAULT_MODES`). Only for the
+        reshaped forms (:data:`RESHAPED`): the plain forms do not reshape.
     factors : (in_factors, out_factors), optional
-        Explicit reshaping instead of ``modes``.
+        Explicit reshaping instead of ``modes``: two sequences of ints ``>= 1`` of the same
+        length, whose products are the input and output channels. Only for the reshaped
+        forms.
     fill_budget : bool
         See :func:`ranks_within_budget`.
     input_shape : sequence of int, optional
@@ -408,9 +434,9 @@ def plan_layer(
     ValueError
         Unknown form, a rate outside ``(0, 1]``, a rate that leaves no rank, channel counts
         that cannot be reshaped into ``modes`` factors ``>= 2``, factors whose product is not
-        the channel count.
+        the channel count, ``modes`` or ``factors`` given for a plain form.
     TypeError
-        A layer that is not Conv2d / Linear.
+        A layer that is not Conv2d / Linear, ``factors`` that are not two sequences of ints.
     """
     form = _check_form(form)
     rate = _check_rate(rate)
@@ -427,13 +453,7 @@ def plan_layer(
         if factors is not None:
             if modes is not None:
                 raise ValueError(f"{name}: give modes= or factors=, not both")
-            try:
-                s, t = (tuple(int(v) for v in f) for f in factors)
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"{name}: factors must be a pair (in_factors, out_factors) of int sequences, "
-                    f"got {factors!r}"
-                ) from None
+            s, t = _check_factors(factors, name)
             if len(s) != len(t) or len(s) < 1:
                 raise ValueError(
                     f"{name}: in_factors {s} and out_factors {t} must have the same length >= 1"
@@ -444,9 +464,7 @@ def plan_layer(
                     f"but the layer has {S} input and {T} output channels"
                 )
         else:
-            m = DEFAULT_MODES[kind] if modes is None else modes
-            if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-                raise ValueError(f"{name}: modes must be an int >= 1, got {m!r}")
+            m = DEFAULT_MODES[kind] if modes is None else _check_modes(modes, name)
             if kind == "Linear" and m < 2:
                 raise ValueError(f"{name}: a fully connected layer needs modes >= 2, got {m}")
             s = None
@@ -473,6 +491,12 @@ def plan_layer(
 
         method, in_f, out_f = form, s, t
     else:
+        for arg, value in (("modes", modes), ("factors", factors)):
+            if value is not None:
+                raise ValueError(
+                    f"{name}: {arg}= reshapes the channels of the reshaped forms {RESHAPED}; "
+                    f"the plain form {form!r} does not reshape, got {arg}={value!r}"
+                )
         method = _LOWRANK_CONV[form] if kind == "Conv2d" else "svd"
         caps = lowrank_max_ranks(layer, method)
 
@@ -558,6 +582,11 @@ def compress_network(
         Conv2d, 3 for Linear).
     factors : dict name -> (in_factors, out_factors), optional
         Explicit reshaping for some layers.
+
+        ``modes`` and ``factors`` only concern the reshaped forms; with a plain form they
+        are ignored (after checking their layer names, and that ``modes`` are ints
+        ``>= 1``), so that one setting serves a comparison across all :data:`FORMS`.
+        :func:`plan_layer`, which plans one layer, refuses them for a plain form.
     fill_budget : bool
         See :func:`ranks_within_budget`.
     seed : int
@@ -608,6 +637,11 @@ def compress_network(
             raise ValueError(
                 f"{option} given for layers {stray} that are not compressed ({names})"
             )
+    if form not in RESHAPED:
+        for n in names:
+            if _per_layer(modes, n) is not None:
+                _check_modes(_per_layer(modes, n), n)
+        modes, factors = None, {}
     shapes = {} if example_input is None else feature_shapes(model, names, example_input)
     # Plan every layer first so that a bad rate or reshaping fails before any decomposition.
     plans = [
@@ -809,12 +843,14 @@ def compress_and_train(
     train_data, test_data : (images, labels)
         Normalised images ``(N, *input_shape)`` and integer labels ``(N,)``.
     distill_samples : int or None
-        Training images used for distillation (None: all).
+        Distil on the first ``distill_samples`` training images, an int ``>= 1`` (all ``N``
+        of them when there are fewer; None: all).
     distill_epochs : int
         0 skips distillation.
     distill_lr : float
     finetune_samples : int or None
-        Training images used for fine-tuning (None: all).
+        Fine-tune on the first ``finetune_samples`` training images, an int ``>= 1`` (all
+        ``N`` when there are fewer; None: all).
     finetune_epochs : int
         0 skips fine-tuning.
     finetune_lr : float
@@ -838,6 +874,16 @@ def compress_and_train(
     model : torch.nn.Module
         The compressed, trained network (eval mode).
     result : TNNResult
+
+    Raises
+    ------
+    TypeError
+        ``train_data`` or ``test_data`` not a pair, ``distill_samples`` or
+        ``finetune_samples`` neither None nor an int, and as :func:`compress_network`.
+    ValueError
+        Before any decomposition: ``distill_samples`` or ``finetune_samples`` below 1,
+        negative epochs, an unknown
+        ``train_evaluation``, and as :func:`compress_network`.
     """
     from tenflex.zoo import evaluate, train
 
@@ -851,8 +897,23 @@ def compress_and_train(
         raise ValueError(
             f"train_evaluation must be one of {EVALUATIONS}, got {train_evaluation!r}"
         )
+    for arg, data in (("train_data", train_data), ("test_data", test_data)):
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise TypeError(f"{arg} must be a pair (images, labels), got {type(data).__name__}")
     x_train, y_train = train_data
     x_test, y_test = test_data
+    for value, arg in ((distill_samples, "distill_samples"),
+                       (finetune_samples, "finetune_samples")):
+        if value is None:
+            continue
+        if not is_int(value):
+            raise TypeError(f"{arg} must be None or an int, got {type(value).__name__} "
+                            f"({value!r})")
+        if value < 1:
+            raise ValueError(f"{arg} must be None (all images) or an int >= 1, got {value}")
+    # Python ints: the settings of the result are written to JSON.
+    distill_samples, finetune_samples = (
+        None if v is None else int(v) for v in (distill_samples, finetune_samples))
 
     t0 = time.perf_counter()
     model, plans = compress_network(

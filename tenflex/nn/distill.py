@@ -11,7 +11,6 @@ fine-tuned end to end with cross-entropy.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import check_positive_int, check_seed
+from tenflex.checks import check_float, check_positive_int, check_seed
 
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
 
@@ -47,14 +46,6 @@ class DistillResult:
     initial_error: dict[str, float] = field(default_factory=dict)
     final_error: dict[str, float] = field(default_factory=dict)
     time_s: float = 0.0
-
-
-def _check_lr(lr: Any) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
-        math.isfinite(lr) and lr > 0
-    ):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    return float(lr)
 
 
 @contextlib.contextmanager
@@ -169,7 +160,7 @@ def distill_blocks(
     epochs : int
         Passes over ``inputs`` per block.
     lr : float
-        Adam learning rate.
+        Adam learning rate (a Python or NumPy number).
     batch_size : int
     seed : int
         Seeds the shuffling (a :class:`torch.Generator`) and any randomness inside the
@@ -184,6 +175,8 @@ def distill_blocks(
 
     Raises
     ------
+    TypeError
+        ``lr`` or ``seed`` of the wrong type, non-float inputs.
     ValueError
         Unknown block name (valid names listed), bad hyperparameters, empty or non-finite
         inputs, a block that the pretrained forward pass never calls.
@@ -193,7 +186,7 @@ def distill_blocks(
         raise ValueError("names must name at least one block")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    lr = _check_lr(lr)
+    lr = check_float(lr, "lr", positive=True)
     seed = check_seed(seed)
     pairs = [(n, _get(compressed, n, "compressed"), _get(pretrained, n, "pretrained"))
              for n in names]
@@ -281,6 +274,12 @@ def fine_tune(
     -------
     tenflex.zoo.TrainResult
         Losses per step and per epoch.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`tenflex.zoo.train`, before any step: among them labels outside
+        ``[0, n_classes)``.
     """
     from tenflex.zoo import train
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tenflex.checks import is_int
+
 __all__ = ["Span", "resolve_span", "span_shapes", "splice"]
 
 
@@ -22,10 +24,14 @@ __all__ = ["Span", "resolve_span", "span_shapes", "splice"]
 class Span:
     """A contiguous chain ``model[start:stop]`` of a sequential model.
 
+    Its methods (and :func:`span_shapes`, :func:`splice`) raise a ValueError when the model
+    they are given does not have ``names`` at positions ``start..stop - 1``: a span
+    resolved on another model.
+
     Attributes
     ----------
     start, stop : int
-        Child indices; ``stop`` is exclusive.
+        Positions of the layers in the order the model runs them; ``stop`` is exclusive.
     names : tuple of str
         Names of the children in the span.
     """
@@ -41,29 +47,58 @@ class Span:
 
     def prefix(self, model: nn.Sequential) -> nn.Sequential:
         """The layers before the span (shared with ``model``, not copied)."""
-        return _subsequence(model, 0, self.start)
+        return _subsequence(_check_span(model, self), 0, self.start)
 
     def module(self, model: nn.Sequential) -> nn.Sequential:
         """The span itself (shared with ``model``, not copied)."""
-        return _subsequence(model, self.start, self.stop)
+        return _subsequence(_check_span(model, self), self.start, self.stop)
 
     def suffix(self, model: nn.Sequential) -> nn.Sequential:
         """The layers after the span (shared with ``model``, not copied)."""
-        return _subsequence(model, self.stop, len(model))
+        return _subsequence(_check_span(model, self), self.stop, len(model))
 
 
-def _subsequence(model: nn.Sequential, start: int, stop: int) -> nn.Sequential:
-    items = list(model.named_children())[start:stop]
-    return nn.Sequential(OrderedDict(items))
+def _layers(model: nn.Sequential) -> list[tuple[str, nn.Module]]:
+    """The ``(name, layer)`` pairs that ``nn.Sequential.forward`` runs, in order.
+
+    ``named_children()`` would skip a module object that occurs twice (one activation
+    used after two layers), shifting every later position.
+    """
+    return list(model._modules.items())
+
+
+def _subsequence(layers: list[tuple[str, nn.Module]], start: int, stop: int) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(layers[start:stop]))
+
+
+def _check_span(model: Any, span: Any) -> list[tuple[str, nn.Module]]:
+    """The layers of ``model`` after checking that ``span`` was resolved on a model like it."""
+    if not isinstance(span, Span):
+        raise TypeError(
+            f"span must be a Span (from tenflex.nn.surgery.resolve_span(model, ...)), "
+            f"got {type(span).__name__} {span!r}"
+        )
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
+    layers = _layers(model)
+    names = tuple(name for name, _ in layers[span.start:span.stop])
+    if names != span.names or span.stop - span.start != len(span.names):
+        raise ValueError(
+            f"span covers layers {list(span.names)} at positions {span.start}..{span.stop - 1}, "
+            f"but the model has {list(names)} there (its layers are "
+            f"{[name for name, _ in layers]}); resolve the span on this model"
+        )
+    return layers
 
 
 def _index(model: nn.Sequential, key: Any, names: list[str], what: str) -> int:
-    if isinstance(key, bool) or not isinstance(key, (int, str)):
+    if not (is_int(key) or isinstance(key, str)):
         raise TypeError(f"{what} must be a layer index (int) or name (str), got {key!r}")
     if isinstance(key, str):
         if key not in names:
             raise ValueError(f"{what} {key!r} is not a layer of the model; its layers are {names}")
         return names.index(key)
+    key = int(key)
     index = key + len(names) if key < 0 else key
     if not 0 <= index < len(names):
         raise ValueError(
@@ -82,6 +117,8 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     span : int, str, slice, or sequence of int/str
         One layer (index or name); a ``slice`` of indices; a tuple ``(first, last)`` of
         layers, both included; or a list naming every layer of the span, in order.
+        Indices are positions in the order ``model.forward`` runs the layers (a module
+        that occurs twice counts twice); Python and NumPy integers are accepted.
 
     Returns
     -------
@@ -90,7 +127,8 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     Raises
     ------
     TypeError
-        ``model`` is not an ``nn.Sequential`` or ``span`` has the wrong type.
+        ``model`` is not an ``nn.Sequential`` or ``span`` has the wrong type (``bytes``
+        included).
     ValueError
         Unknown names, indices out of range, an empty span, or layers that are not a
         contiguous chain in the model's order.
@@ -100,14 +138,14 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
             "model must be a torch.nn.Sequential whose children are its layers in order, "
             f"got {type(model).__name__}"
         )
-    names = [name for name, _ in model.named_children()]
+    names = [name for name, _ in _layers(model)]
     if isinstance(span, slice):
         if span.step not in (None, 1):
             raise ValueError(f"a span slice must have step 1, got {span.step}")
         indices = list(range(len(names)))[span]
-    elif isinstance(span, (int, str)) and not isinstance(span, bool):
+    elif is_int(span) or isinstance(span, str):
         indices = [_index(model, span, names, "span")]
-    elif isinstance(span, Sequence) and len(span) >= 1:
+    elif isinstance(span, Sequence) and not isinstance(span, (bytes, bytearray)) and len(span):
         indices = [_index(model, key, names, "span layer") for key in span]
         if isinstance(span, tuple) and len(span) == 2 and indices[1] >= indices[0]:
             indices = list(range(indices[0], indices[1] + 1))
@@ -142,7 +180,16 @@ def span_shapes(model: nn.Sequential, span: Span, example: torch.Tensor) -> tupl
     -------
     input_shape, output_shape : tuple of int
         Without the batch dimension.
+
+    Raises
+    ------
+    TypeError
+        ``span`` is not a :class:`Span`.
+    ValueError
+        ``span`` was resolved on another model (its names differ from ``model``'s layers
+        at its positions).
     """
+    _check_span(model, span)
     was_training = model.training
     model.eval()
     try:
@@ -171,12 +218,31 @@ def splice(model: nn.Sequential, span: Span, replacement: nn.Module, name: str |
     Returns
     -------
     torch.nn.Sequential
+
+    Raises
+    ------
+    TypeError
+        ``span`` is not a :class:`Span`, or ``name`` is not a non-empty str.
+    ValueError
+        ``span`` was resolved on another model, or ``name`` is the name of a layer kept
+        outside the span (two children cannot share a name).
     """
     import copy
 
-    children = list(model.named_children())
-    name = name or f"flex_{span.names[0]}_{span.names[-1]}"
-    items = [(n, copy.deepcopy(m)) for n, m in children[: span.start]]
+    layers = _check_span(model, span)
+    if name is None:
+        name = f"flex_{span.names[0]}_{span.names[-1]}"
+    elif not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str or None, got {type(name).__name__} {name!r}")
+    kept = layers[: span.start] + layers[span.stop:]
+    if name in {n for n, _ in kept}:
+        raise ValueError(
+            f"name {name!r} is already the name of a layer kept outside the span "
+            f"{[n for n, _ in kept]}; choose another name for the replacement"
+        )
+    # One memo for all copies: a module used twice stays one (shared) module in the copy.
+    memo: dict[int, Any] = {}
+    items = [(n, copy.deepcopy(m, memo)) for n, m in layers[: span.start]]
     items.append((name, replacement))
-    items += [(n, copy.deepcopy(m)) for n, m in children[span.stop:]]
+    items += [(n, copy.deepcopy(m, memo)) for n, m in layers[span.stop:]]
     return nn.Sequential(OrderedDict(items))

@@ -1,0 +1,53 @@
+"""Argument checks of tenflex.nn.distill (its training is tested in tests/test_lowrank.py)."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tenflex.nn.distill import distill_blocks, fine_tune
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict([
+        ("conv", nn.Conv2d(2, 3, 3, padding=1)), ("relu", nn.ReLU()),
+        ("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(3, 4)),
+    ]))
+
+
+@pytest.mark.parametrize("label", [4, 7, -1])
+def test_fine_tune_refuses_labels_outside_the_classes_before_any_step(label):
+    model = tiny_net()
+    x = torch.randn(6, 2, 4, 4)
+    y = torch.tensor([0, 1, 2, 3, label, 0])
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=rf"labels must be class indices in \[0, 4\).*\[{label}\]"):
+        fine_tune(model, (x, y), epochs=1)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name])
+
+
+def test_distill_blocks_takes_numpy_learning_rates():
+    pretrained = tiny_net()
+    x = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    results = []
+    for lr in (np.float32(1e-2), float(np.float32(1e-2))):
+        student = copy.deepcopy(pretrained)
+        with torch.no_grad():
+            student.conv.weight.mul_(0.5)
+        res = distill_blocks(student, pretrained, "conv", x, epochs=1, lr=lr, batch_size=4)
+        results.append((res.final_error["conv"], student.conv.weight.detach().clone()))
+    assert results[0][0] == results[1][0]
+    assert torch.equal(results[0][1], results[1][1])
+    for lr in (True, "1e-3"):
+        with pytest.raises(TypeError, match="lr must be a positive finite number"):
+            distill_blocks(pretrained, pretrained, "conv", x, lr=lr)
+    for lr in (0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="lr must be a positive finite number"):
+            distill_blocks(pretrained, pretrained, "conv", x, lr=lr)
