@@ -81,6 +81,14 @@ def _real_tensor(A: Any, name: str) -> Tensor:
     return t
 
 
+def _check_nonneg_number(value: Any, name: str) -> float:
+    """``value`` as a finite float ``>= 0`` (Python or NumPy number; ``bool`` is not one)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _all_finite(t: Tensor) -> bool:
     """Whether ``t`` has no NaN/Inf; True, unchecked, inside ``torch.func`` transforms.
 
@@ -201,10 +209,7 @@ class Basis(nn.Module):
             Z = Z.to(torch.float64)
         if not torch.isfinite(Z).all():
             raise ValueError("Z contains NaN or Inf values")
-        if (isinstance(margin, bool) or not isinstance(margin, (int, float, np.integer, np.floating))
-                or not math.isfinite(margin) or margin < 0):
-            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
-        margin = float(margin)
+        margin = _check_nonneg_number(margin, "margin")
         lo, hi = self.domain
         with torch.no_grad():
             Z = Z.detach()
@@ -241,9 +246,16 @@ class Basis(nn.Module):
         -------
         Basis
             ``self``.
+
+        Raises
+        ------
+        ValueError
+            Shapes other than ``(R,)``, NaN/Inf, a zero ``scale``.
+        TypeError
+            Complex ``scale`` or ``shift``.
         """
-        scale = torch.as_tensor(scale)
-        shift = torch.as_tensor(shift)
+        scale = _real_tensor(scale, "scale")
+        shift = _real_tensor(shift, "shift")
         if scale.ndim != 1 or scale.shape[0] < 1 or shift.shape != scale.shape:
             raise ValueError(
                 "scale and shift must both have shape (R,) with R >= 1, got "
@@ -332,14 +344,24 @@ class Basis(nn.Module):
             If True, return a tensor of shape ``(R,)`` with one fraction per branch; otherwise
             a float over all entries.
         atol : float, optional
-            Tolerance on ``t`` so that rounding at the domain ends does not count as outside.
-            Default ``64 * eps`` of ``Z``'s dtype times the domain width.
+            Tolerance on ``t``, a finite number ``>= 0``, so that rounding at the domain ends
+            does not count as outside. Default ``64 * eps`` of ``Z``'s dtype times the domain
+            width.
 
         Returns
         -------
         float or torch.Tensor
             Fraction(s) in ``[0, 1]``.
+
+        Raises
+        ------
+        ValueError
+            ``Z`` of the wrong shape or with NaN/Inf, ``atol`` not a finite number ``>= 0``.
+        TypeError
+            Complex ``Z``.
         """
+        if atol is not None:
+            atol = _check_nonneg_number(atol, "atol")
         t = self.to_natural(Z).detach()
         lo, hi = self.domain
         if atol is None:

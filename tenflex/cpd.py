@@ -57,6 +57,10 @@ _CHUNK_ELEMENTS = 2**25
 _ACCURATE_BELOW = 1e-10
 
 
+#: The dtypes a JacobianTensor may hold (torch.linalg refuses half precision).
+_SOLVER_DTYPES = (torch.float32, torch.float64)
+
+
 def _as_float_tensor(A: Any, name: str, dtype: torch.dtype | None = None) -> Tensor:
     """Convert ``A`` to a floating torch tensor, checking the type."""
     if isinstance(A, np.ndarray):
@@ -282,8 +286,17 @@ class DenseJacobian(JacobianTensor):
     J : tensor or ndarray, shape (n, m, N)
         ``J[:, :, k] = df/dx (x_k)``; finite values.
     dtype : torch.dtype, optional
-        Storage and compute dtype; default: ``J``'s floating dtype (float64 for NumPy
-        integers or other non-float input).
+        Storage and compute dtype, ``torch.float32`` or ``torch.float64``; default: ``J``'s
+        floating dtype, with float16 and bfloat16 converted to float32 (the solvers' linear
+        algebra needs at least single precision) and integers or other non-float input to
+        float64.
+
+    Raises
+    ------
+    TypeError
+        ``dtype`` other than float32/float64; ``J`` not real numbers.
+    ValueError
+        ``J`` not 3-D with dimensions >= 1, or with NaN/Inf.
 
     Notes
     -----
@@ -295,7 +308,11 @@ class DenseJacobian(JacobianTensor):
     """
 
     def __init__(self, J: Tensor | np.ndarray, *, dtype: torch.dtype | None = None) -> None:
+        if dtype is not None and dtype not in _SOLVER_DTYPES:
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         J = _as_float_tensor(J, "J", dtype)
+        if J.dtype not in _SOLVER_DTYPES:
+            J = J.to(torch.float32)
         if J.ndim != 3 or min(J.shape) < 1:
             raise ValueError(
                 f"J must have shape (n, m, N) with all dimensions >= 1, got {tuple(J.shape)}"
@@ -658,9 +675,10 @@ def cpd(
         Maximum number of iterations per start (for each of tensorly's ALS and the
         Gauss-Newton polish).
     tol : float, optional
-        Stopping tolerance: tensorly stops when its relative error changes by less than
-        ``max(tol, 1e-8)`` (``tol`` without polish); the Gauss-Newton iteration stops when
-        the relative change of the cost or of the factors is at most ``tol``.
+        Stopping tolerance, a Python or NumPy number ``>= 0``: tensorly stops when its
+        relative error changes by less than ``max(tol, 1e-8)`` (``tol`` without polish); the
+        Gauss-Newton iteration stops when the relative change of the cost or of the factors
+        is at most ``tol``.
     method : {"tensorly", "nls"}, optional
         ``"tensorly"`` (default): :func:`tensorly.decomposition.parafac` (ALS) with the NumPy
         backend on the dense tensor (float64), random initialisation. A start on which
@@ -708,7 +726,9 @@ def cpd(
     check_int(rank, "rank", 1, max(n * m * N, 1))
     check_int(n_starts, "n_starts", 1, 10**6)
     check_int(n_iter_max, "n_iter_max", 1, 10**9)
-    if not (isinstance(tol, (int, float)) and tol >= 0):
+    if isinstance(tol, bool) or not (
+        isinstance(tol, (int, float, np.integer, np.floating)) and tol >= 0
+    ):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     if method == "tensorly" and not isinstance(Jt, DenseJacobian):
         raise ValueError("method='tensorly' needs a dense J; use method='nls'")
@@ -858,6 +878,13 @@ def match_components(reference: Tensor | np.ndarray, estimate: Tensor | np.ndarr
     permutation : numpy.ndarray of int, shape (R,)
         ``estimate[:, permutation[r]]`` matches ``reference[:, r]`` (Hungarian assignment on
         the congruence matrix, :func:`scipy.optimize.linear_sum_assignment`).
+
+    Raises
+    ------
+    ValueError
+        Different numbers of factors, factors that are not matrices of equal shape, NaN/Inf.
+    TypeError
+        Complex or non-numeric factors.
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -870,8 +897,11 @@ def match_components(reference: Tensor | np.ndarray, estimate: Tensor | np.ndarr
         )
     cong = None
     for A, B in zip(refs, ests, strict=True):
-        A = np.asarray(torch.as_tensor(A).detach().cpu(), dtype=np.float64)
-        B = np.asarray(torch.as_tensor(B).detach().cpu(), dtype=np.float64)
+        A = _as_float_tensor(A, "reference", torch.float64).cpu().numpy()
+        B = _as_float_tensor(B, "estimate", torch.float64).cpu().numpy()
+        for name, F in (("reference", A), ("estimate", B)):
+            if not np.isfinite(F).all():
+                raise ValueError(f"{name} contains NaN or Inf values")
         if A.ndim != 2 or B.ndim != 2 or A.shape != B.shape:
             raise ValueError(
                 f"factors to match must be matrices of equal shape (I, R), got {A.shape} and "

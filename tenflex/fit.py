@@ -175,17 +175,26 @@ def _prepare_data(
             f"Y must have shape (N, n) = ({N}, {n}) to match J of shape (n, m, N) = "
             f"{(n, m, N)}, got {tuple(Y.shape)}"
         )
-    if _is_zero(Jt):
-        raise ValueError("J is identically zero: there is no first-order information to fit")
-    _check_magnitude(Jt.norm_sq(), "J", dtype)
+    _check_magnitudes(X, Y, Jt, dtype)
+    return X, Y, Jt
+
+
+def _check_magnitudes(X: Tensor, Y: Tensor, Jt: JacobianTensor | None, dtype: torch.dtype
+                      ) -> None:
+    """A zero ``J``, and norms that over- or underflow ``dtype`` (the costs are normalised
+    by them; they would turn NaN or meaningless). ``X`` only matters with ``J``. Shared with
+    :func:`tenflex.gradfit.fit_by_gradient`, so both fits give the same messages."""
+    if Jt is not None:
+        if _is_zero(Jt):
+            raise ValueError("J is identically zero: there is no first-order information to fit")
+        _check_magnitude(Jt.norm_sq(), "J", dtype)
     Yc = Y - Y.mean(dim=0)
     if bool(Yc.any()):
         _check_magnitude(float((Yc * Yc).sum()), "Y (centred)", dtype)
-    if bool(X.any()):
+    if Jt is not None and bool(X.any()):
         # the norm, not X * X: no temporary of the size of X (N x m) on every fit
         norm_x = float(torch.linalg.vector_norm(X))
         _check_magnitude(norm_x * norm_x, "X", dtype)
-    return X, Y, Jt
 
 
 def _check_magnitude(sum_sq: float, name: str, dtype: torch.dtype) -> None:

@@ -35,10 +35,13 @@ from tenflex.checks import check_int, check_seed
 from tenflex.cpd import (
     DenseJacobian,
     JacobianTensor,
+    _as_float_tensor,
+    _is_zero,
     as_jacobian_tensor,
     cp_norm_sq,
 )
-from tenflex.fit import _as_matrix, _Problem
+from tenflex.fit import _check_magnitudes, _Problem
+from tenflex.model import _to_finite
 from tenflex.nn.flexible import FlexibleLayer
 
 __all__ = ["GradientFitResult", "fit_by_gradient"]
@@ -92,7 +95,8 @@ def _check_number(value: Any, name: str, low: float, strict: bool) -> float:
 
 
 def _as_data(A: Any, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
-    A = _as_matrix(A, name, dtype, device)
+    """``A`` in the layer's dtype; finite values that overflow it get their own message."""
+    A = _to_finite(_as_float_tensor(A, name), name, dtype, device, "layer")
     if A.ndim < 2:
         raise ValueError(f"{name} must have shape (N, ...) with N samples, got {tuple(A.shape)}")
     return A
@@ -154,7 +158,7 @@ class _FlexibleCost:
     ) -> None:
         self.layer, self.X, self.Y, self.Jt = layer, X, Y, Jt
         self.lam, self.ridge = lam, ridge
-        if Jt.norm_sq() == 0:
+        if _is_zero(Jt):
             raise ValueError("J is identically zero: there is no first-order information to fit")
         # The solver's own problem: same normalisations, and its cost for the records.
         self.problem = _Problem(X, Y, Jt, layer.basis, lam, ridge)
@@ -346,10 +350,13 @@ def fit_by_gradient(
     Raises
     ------
     ValueError, TypeError
-        Mismatched shapes, NaN/Inf in the data, ``J`` with a layer that is not a
-        FlexibleLayer, negative ``lam``/``ridge``, ``epochs < 0``, ``lr <= 0``,
-        ``batch_size < 1``, constant ``Y`` (where the output term has a weight), ``J``
-        identically zero, minibatches with a JacobianTensor that is not dense.
+        Mismatched shapes, NaN/Inf in the data, data whose values overflow the layer's
+        dtype (e.g. float64 ``X`` beyond ``3.4e38`` for a float32 layer), ``J`` with a layer
+        that is not a float32 or float64 FlexibleLayer, negative ``lam``/``ridge``, ``epochs < 0``,
+        ``lr <= 0``, ``batch_size < 1``, constant ``Y`` (where the output term has a
+        weight), ``J`` identically zero, data too large or too small in magnitude for the
+        dtype (the same checks and messages as :func:`~tenflex.fit.cmtf_als`: rescale),
+        minibatches with a JacobianTensor that is not dense.
 
     Notes
     -----
@@ -397,6 +404,7 @@ def fit_by_gradient(
     if J is None:
         if ridge > 0:
             raise ValueError(f"ridge applies to the Jacobian fit only (J given), got {ridge}")
+        _check_magnitudes(X, Y, None, dtype)
         problem: _FlexibleCost | _OutputCost = _OutputCost(layer, X, Y, N if full else batch_size)
     else:
         if not isinstance(layer, FlexibleLayer):
@@ -404,6 +412,11 @@ def fit_by_gradient(
                 "with J given, layer must be a tenflex.nn.FlexibleLayer (the Jacobian term is "
                 f"computed from its structure W, V, C), got {type(layer).__name__}; pass J=None "
                 "to fit outputs only"
+            )
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"with J given, the layer must be float32 or float64 (as in cmtf_als), got "
+                f"{dtype}; convert it (e.g. layer.to(torch.float32))"
             )
         Jt = _jacobian_like(J, dtype, device)
         n, m, NJ = Jt.shape
@@ -427,6 +440,7 @@ def fit_by_gradient(
                 f"batch_size={batch_size} < N={N} needs a dense J (array or DenseJacobian), "
                 f"got {type(Jt).__name__}; use batch_size=None"
             )
+        _check_magnitudes(X, Y, Jt, dtype)
         problem = _FlexibleCost(layer, X, Y, Jt, lam, ridge)
 
     was_training = layer.training

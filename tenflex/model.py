@@ -49,6 +49,21 @@ def _common_dtype(arrays: list[Any], dtype: torch.dtype | None) -> torch.dtype:
     return found if found is not None else torch.float64
 
 
+def _to_finite(A: Tensor, name: str, dtype: torch.dtype, device: Any, owner: str) -> Tensor:
+    """``A`` in ``dtype`` on ``device``; ValueError for NaN/Inf, with its own message for finite
+    values that only overflow on the cast (e.g. float64 data into a float32 ``owner``)."""
+    out = A.to(dtype=dtype, device=device)
+    if _all_finite(out):
+        return out
+    if out.dtype != A.dtype and _all_finite(A):
+        raise ValueError(
+            f"{name} has values up to {float(A.abs().max()):.3g} in magnitude, which overflow "
+            f"the {owner}'s dtype {dtype} (largest {torch.finfo(dtype).max:.3g}); rescale {name} "
+            f"or convert the {owner} (e.g. {owner}.to(torch.float64))"
+        )
+    raise ValueError(f"{name} contains NaN or Inf values")
+
+
 def _check_matrix(name: str, A: Tensor, shape: tuple[int | None, int | None], what: str) -> None:
     """Raise unless ``A`` is 2-D, matches ``shape`` (None = free) and is finite."""
     if A.ndim != 2 or any(s is not None and s != a for s, a in zip(shape, A.shape, strict=True)):
@@ -188,12 +203,10 @@ class DecoupledFunction:
 
     # ------------------------------------------------------------------ evaluation
     def _inputs(self, X: ArrayLike) -> Tensor:
-        X = _real_tensor(X, "X").to(dtype=self.dtype, device=self.device)
+        X = _real_tensor(X, "X")
         if X.ndim != 2 or X.shape[1] != self.m:
             raise ValueError(f"X must have shape (N, m) with m = {self.m}, got {tuple(X.shape)}")
-        if not _all_finite(X):
-            raise ValueError("X contains NaN or Inf values")
-        return X
+        return _to_finite(X, "X", self.dtype, self.device, "model")
 
     def branch_inputs(self, X: ArrayLike) -> Tensor:
         """Branch inputs ``Z = X V``.
@@ -255,6 +268,14 @@ class DecoupledFunction:
         Returns
         -------
         Y : torch.Tensor, shape (N, n)
+
+        Raises
+        ------
+        ValueError
+            ``X`` of the wrong shape, with NaN/Inf, or with values that overflow the model's
+            dtype (e.g. float64 data beyond ``3.4e38`` into a float32 model).
+        TypeError
+            Complex ``X``.
         """
         G = self.branch_outputs(self.branch_inputs(X))
         return G @ self.W.T + self.b

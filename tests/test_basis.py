@@ -339,3 +339,19 @@ def test_bad_inputs_raise():
         make_basis("hinge", 3).set_domain_map([1.0, 0.0], [0.0, 0.0])
     with pytest.raises(ValueError, match=r"shape \(R,\)"):
         make_basis("hinge", 3).set_domain_map([1.0, 2.0], [0.0])
+
+
+def test_set_domain_map_refuses_complex_and_outside_fraction_checks_atol():
+    basis = make_basis("bspline", 5)
+    # complex values would lose their imaginary part with only a warning
+    with pytest.raises(TypeError, match="scale must hold real numbers"):
+        basis.set_domain_map(torch.tensor([1 + 1j]), torch.tensor([0.0]))
+    with pytest.raises(TypeError, match="shift must hold real numbers"):
+        basis.set_domain_map(torch.tensor([1.0]), np.array([1j]))
+    basis = make_basis("monomial", 3, n_branches=1)
+    Z = torch.tensor([[0.0], [1.5]])
+    for bad in (float("nan"), -5, True, "0.1"):
+        with pytest.raises(ValueError, match="atol must be a finite number >= 0"):
+            basis.outside_fraction(Z, atol=bad)
+    assert basis.outside_fraction(Z, atol=np.float32(0.6)) == 0.0
+    assert basis.outside_fraction(Z, atol=0) == 0.5

@@ -319,3 +319,33 @@ def test_pcg_solves_spd_system():
         rtol=1e-6,
     )
     assert it0 == 0 and torch.count_nonzero(x0) == 0
+
+
+def test_half_precision_j_and_solver_dtypes(dense):
+    J, W, V, H = dense
+    exact = cp_to_tensor(W, V, H)
+    # a half-precision J is decomposed in float32 (torch.linalg has no half precision)
+    assert DenseJacobian(exact.half()).dtype == torch.float32
+    res = cpd(exact.half(), 4, n_starts=1)
+    assert res.W.dtype == torch.float32 and res.relative_error < 1e-3
+    for dtype in (torch.float16, torch.int64):
+        match = f"dtype must be torch.float32 or torch.float64, got {dtype}"
+        with pytest.raises(TypeError, match=match):
+            DenseJacobian(J, dtype=dtype)
+
+
+def test_cpd_tol_accepts_numpy_numbers_not_bools(dense):
+    J, *_ = dense
+    kw = {"n_starts": 1, "n_iter_max": 20}
+    res = cpd(J, 2, tol=np.float32(1e-6), **kw)
+    assert res.relative_error == cpd(J, 2, tol=float(np.float32(1e-6)), **kw).relative_error
+    with pytest.raises(ValueError, match="tol must be a number >= 0, got True"):
+        cpd(J, 2, tol=True)
+
+
+def test_match_components_refuses_complex_and_non_finite():
+    A = _randn(4, 2, seed=40)
+    with pytest.raises(ValueError, match="reference contains NaN or Inf"):
+        match_components(A * float("nan"), A)
+    with pytest.raises(TypeError, match="estimate must hold real numbers"):
+        match_components(A.numpy(), A.numpy() * 1j)

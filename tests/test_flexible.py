@@ -198,3 +198,22 @@ def test_torch_func_jacobians_match_decoupled_jacobian(name):
         torch.testing.assert_close(J.permute(1, 2, 0), ref, rtol=1e-12, atol=1e-12)
         J = torch.func.vmap(jac(lambda v: df(v[None])[0]))(x)
         torch.testing.assert_close(J.permute(1, 2, 0), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_input_and_argument_errors_name_the_argument():
+    layer = FlexibleLayer(6, 2, rank=3, seed=0)
+    # the basis would name its own branch inputs Z; the user passed x
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        layer(torch.full((2, 6), float("nan")))
+    # an integer input: convert x (converting the layer to int64 is no fix)
+    with pytest.raises(TypeError, match=r"x has dtype torch.int64 .*; convert it \(e.g. x.to"):
+        layer(torch.ones(2, 6, dtype=torch.int64))
+    match = "dtype must be a floating point torch.dtype, got torch.int64"
+    with pytest.raises(TypeError, match=match):
+        FlexibleLayer(6, 2, rank=2, dtype=torch.int64)
+    # output_shape: an int k is (k,); fractional or non-integer sizes are refused, not truncated
+    assert FlexibleLayer(6, 4, rank=2, output_shape=np.int64(4)).output_shape == (4,)
+    assert FlexibleLayer(6, 4, rank=2, output_shape=4)(torch.randn(3, 6)).shape == (3, 4)
+    for bad in [(2.5, 2), "4", (True, 4)]:
+        with pytest.raises(TypeError, match="output_shape must be an int or a tuple of ints"):
+            FlexibleLayer(6, 4, rank=2, output_shape=bad)

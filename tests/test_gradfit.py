@@ -308,3 +308,28 @@ def test_bad_inputs_raise_clear_errors():
         fit_by_gradient(layer, X, Y, torch.zeros_like(J))
     with pytest.raises(TypeError, match="layer must be a torch.nn.Module"):
         fit_by_gradient(lambda x: x, X, Y)
+
+
+def test_magnitude_checks_and_messages_are_those_of_cmtf_als():
+    _, X, Y, J = _truth()
+    X, Y, J = X[:20], Y[:20], J[:, :, :20]
+    layer = FlexibleLayer(m, n, R, "chebyshev", D, seed=0, dtype=torch.float64)
+    # huge J used to give a NaN cost and "lower lr"; tiny J was called identically zero
+    for scale, match in [(1e160, "J is too large in magnitude"), (1e-170, "J is too small")]:
+        with pytest.raises(ValueError, match=match) as ours:
+            fit_by_gradient(layer, X, Y, J * scale, epochs=1)
+        with pytest.raises(ValueError) as theirs:
+            cmtf_als(X, Y, J * scale, R, basis="chebyshev", n_functions=D, max_iter=1)
+        assert str(ours.value) == str(theirs.value)
+    # the output term's normalisation, with or without J
+    for Jarg in (J, None):
+        with pytest.raises(ValueError, match=r"Y \(centred\) is too large in magnitude"):
+            fit_by_gradient(layer, X, Y * 1e160, Jarg, epochs=1)
+    # finite float64 data beyond float32: not "NaN or Inf", and how to fix it
+    layer32 = FlexibleLayer(m, n, R, "chebyshev", D, seed=0)
+    with pytest.raises(ValueError, match=r"X has values up to 1e\+300 in magnitude, which overflow "
+                       r"the layer's dtype torch.float32.*layer.to\(torch.float64\)"):
+        fit_by_gradient(layer32, torch.full_like(X, 1e300), Y, J, epochs=1)
+    # the Jacobian cost of cmtf_als needs single precision at least
+    with pytest.raises(TypeError, match="with J given, the layer must be float32 or float64"):
+        fit_by_gradient(layer32.half(), X, Y, J, epochs=1)

@@ -358,3 +358,20 @@ def test_bad_inputs_raise():
         model(torch.randn(3, 6, dtype=torch.float64))
     with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's"):
         KANLayer(4, 2, seed=0)(torch.randn(3, 4, dtype=torch.float64))
+
+
+def test_inputs_named_and_complex_refused():
+    layer = KANLayer(4, 2, seed=0)
+    # the basis would name its own input Z
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        layer(torch.full((2, 4), float("nan")))
+    # a cast to real would silently drop the imaginary part
+    with pytest.raises(TypeError, match="x must hold real numbers, got dtype torch.complex64"):
+        layer.fit_domain(torch.ones(3, 4, dtype=torch.complex64))
+    P = torch.ones(4, 2, dtype=torch.complex128)
+    with pytest.raises(TypeError, match="P must hold real numbers"):
+        ProjectedKAN.from_linear(P, torch.ones(3, 2), torch.ones(3))
+    with pytest.raises(TypeError, match="dtype must be a floating point torch.dtype"):
+        KANLayer(4, 2, dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype must be a floating point torch.dtype"):
+        ProjectedKAN(4, 2, 2, dtype=torch.int64)

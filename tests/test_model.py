@@ -180,3 +180,16 @@ def test_bad_inputs_raise():
         DecoupledFunction(W, V.to(torch.complex64), C, None, basis)
     with pytest.raises(ValueError, match="R = 2 branches"):
         df.branch_outputs(torch.ones(3, 3))
+
+
+def test_inputs_overflowing_the_model_dtype_are_named():
+    basis = make_basis("monomial", 3, n_branches=2)
+    df = DecoupledFunction(torch.ones(4, 2), torch.ones(5, 2), torch.ones(3, 2), None, basis)
+    X = torch.full((2, 5), 1e50, dtype=torch.float64)  # finite, but not in float32
+    with pytest.raises(ValueError, match=r"X has values up to 1e\+50 in magnitude, which overflow "
+                       r"the model's dtype torch.float32.*model.to\(torch.float64\)"):
+        df(X)
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        df(torch.full((2, 5), float("inf"), dtype=torch.float64))
+    Y = df.to(torch.float64)(X)  # the fix the message gives works
+    assert Y.dtype == torch.float64 and bool(torch.isfinite(Y).all())

@@ -782,3 +782,78 @@ def test_layer_chains_avoid_einsum_copies(form, modes, monkeypatch):
         big = [c for c in calls if c[1] >= x.numel()]
         # RCP's rank sum is one reduction over the activations
         assert len(big) <= (1 if form == "rcp" else 0), (order, calls)
+
+
+# ---------------------------------------------------------------------------------------
+# input checks: one error for every evaluation route
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "x", "error", "match"),
+    [
+        # float64 input into a float32 layer: the layer's dtype and how to convert
+        (lambda: TensorialConv2d(4, 6, 3, rank=2), torch.zeros(1, 4, 5, 5, dtype=DT), TypeError,
+         r"x has dtype torch.float64 but the layer's parameters are torch.float32.*x.to"),
+        (lambda: TensorialLinear(4, 6, form="rtt", rank=2), torch.zeros(2, 4, dtype=DT),
+         TypeError, r"x has dtype torch.float64 .* torch.float32"),
+        (lambda: TensorialConv2d(4, 6, 3), torch.zeros(1, 4, 5, 5, dtype=torch.int64),
+         TypeError, r"x has dtype torch.int64 .* x.to\(torch.float32\)"),
+        # smaller than the kernel, or than the dilated kernel after padding
+        (lambda: TensorialConv2d(4, 6, 3, rank=2), torch.zeros(1, 4, 2, 2), ValueError,
+         r"x must have H, W >= 1 and H \+ 2 \* 0 >= 3.*\(H, W\) = \(2, 2\)"),
+        (lambda: TensorialConv2d(4, 6, 3, padding=1, dilation=2), torch.zeros(4, 2, 5),
+         ValueError, r"H \+ 2 \* 1 >= 5.*\(H, W\) = \(2, 5\)"),
+        (lambda: TensorialConv2d(4, 6, 1, padding="same"), torch.zeros(1, 4, 0, 5),
+         ValueError, r"H, W >= 1.*\(H, W\) = \(0, 5\)"),
+        (lambda: TensorialConv2d(4, 6, 3), torch.zeros(1, 3, 5, 5), ValueError,
+         r"x must have shape \(B, 4, H, W\) or \(4, H, W\), got \(1, 3, 5, 5\)"),
+        (lambda: TensorialLinear(4, 6), "abcd", TypeError, "x must be a tensor or array, got str"),
+    ],
+)
+def test_layer_input_errors_are_the_same_on_every_route(make, x, error, match):
+    layer, messages = make(), set()
+    for route in EVALUATIONS:
+        layer.evaluation = route
+        with pytest.raises(error, match=match) as info:
+            layer(x)
+        messages.add(str(info.value))
+    assert len(messages) == 1, messages
+
+
+def test_layer_numpy_input_works_on_every_route():
+    conv, lin = TensorialConv2d(4, 6, 3, rank=2), TensorialLinear(4, 6, rank=2)
+    xc, xl = np.ones((1, 4, 5, 5), np.float32), np.ones((2, 4), np.float32)
+    refs = {
+        conv: F.conv2d(torch.from_numpy(xc), conv.to_dense_weight(), conv.bias),
+        lin: F.linear(torch.from_numpy(xl), lin.to_dense_weight(), lin.bias),
+    }
+    for layer, x in ((conv, xc), (lin, xl)):
+        for route in EVALUATIONS:
+            layer.evaluation = route
+            torch.testing.assert_close(layer(x), refs[layer], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [TensorialConv2d, TensorialLinear])
+def test_layer_dtype_must_be_floating(cls):
+    args = (4, 4, 3) if cls is TensorialConv2d else (4, 4)
+    match = "dtype must be a floating point torch.dtype, got torch.int64"
+    with pytest.raises(TypeError, match=match):
+        cls(*args, dtype=torch.int64)
+
+
+def test_tensor_op_zero_length_kernel_and_ellipsis_sizes():
+    x, w = rand(2, 3, 4), rand(5, 3, 2)
+    with pytest.raises(ValueError, match=r"mode 'h': the kernel \(operands\[1\].* length 0"):
+        tensor_op("bch,och->boh|h", x, w[:, :, :0])
+    # the '...' dimensions are named as such, not by the letter standing in for them
+    with pytest.raises(ValueError, match=r"'\.\.\.' dimensions must match.*\(3, 4\) in "
+                       r"operands\[0\] but \(5, 4\) in operands\[1\]"):
+        tensor_op("a...b,...bc->a...c", torch.ones(7, 3, 4, 2), torch.ones(5, 4, 2, 3))
+
+
+def test_conv_output_length_refuses_zero_stride_and_dilation():
+    with pytest.raises(ValueError, match="stride must be an int >= 1, got 0"):
+        conv_output_length(5, 3, (0, 0), 0, 1)
+    with pytest.raises(ValueError, match="dilation must be an int >= 1, got 0"):
+        conv_output_length(5, 3, (0, 0), 1, 0)

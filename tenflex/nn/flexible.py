@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tenflex.basis import Basis, make_basis
-from tenflex.checks import check_positive_int, check_seed
+from tenflex.basis import Basis, _all_finite, make_basis
+from tenflex.checks import check_positive_int, check_seed, is_int
 from tenflex.model import DecoupledFunction
 
 __all__ = ["FlexibleLayer"]
@@ -42,10 +42,27 @@ def _flat_input(x: Any, m: int, name: str = "x") -> Tensor:
 def _check_input_dtype(x: Tensor, parameter: Tensor) -> None:
     """Inputs in the layer's dtype: matmul would fail with a less helpful message."""
     if x.dtype != parameter.dtype:
-        raise TypeError(
-            f"x has dtype {x.dtype} but the layer's parameters are {parameter.dtype}; convert "
-            f"one of them (e.g. x.to({parameter.dtype}) or layer.to({x.dtype}))"
-        )
+        fix = f"convert it (e.g. x.to({parameter.dtype}))"
+        if x.is_floating_point():
+            fix = f"convert one of them (e.g. x.to({parameter.dtype}) or layer.to({x.dtype}))"
+        raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are "
+                        f"{parameter.dtype}; {fix}")
+
+
+def _check_finite_input(x: Tensor, basis: Basis, name: str = "x") -> None:
+    """NaN/Inf in the layer's input, named as such (the basis would name its own ``Z``);
+    skipped where the basis' ``check_finite`` is off."""
+    if basis.check_finite and not _all_finite(x):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    """A floating ``dtype`` for the parameters (None: torch's default)."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
+    return dtype
 
 
 def _fresh_basis(basis: str | Basis, n_functions: int, basis_options: dict[str, Any] | None
@@ -71,9 +88,16 @@ def _branch_basis(basis: str | Basis, n_functions: int, basis_options: dict[str,
 
 
 def _check_output_shape(output_shape: Any, n: int) -> tuple[int, ...] | None:
-    """``output_shape`` as a tuple of positive sizes whose product is ``n`` (None stays None)."""
+    """``output_shape`` (an int or a sequence of ints) as a tuple of positive sizes whose
+    product is ``n`` (None stays None)."""
     if output_shape is None:
         return None
+    if is_int(output_shape):
+        output_shape = (output_shape,)
+    if isinstance(output_shape, str) or not (
+        isinstance(output_shape, (tuple, list, torch.Size)) and all(map(is_int, output_shape))
+    ):
+        raise TypeError(f"output_shape must be an int or a tuple of ints, got {output_shape!r}")
     shape = tuple(int(s) for s in output_shape)
     if math.prod(shape) != n or any(s < 1 for s in shape):
         raise ValueError(
@@ -103,13 +127,23 @@ class FlexibleLayer(nn.Module):
         Extra options for :func:`~tenflex.basis.make_basis`, e.g. ``{"degree": 3}``.
     bias : bool, optional
         Whether to learn ``b`` (default True). Without it ``b`` is None and counts nothing.
-    output_shape : tuple of int, optional
-        If given, outputs are reshaped to ``(B, *output_shape)`` (product must be ``n``).
+    output_shape : int or tuple of int, optional
+        If given, outputs are reshaped to ``(B, *output_shape)`` (product must be ``n``; an
+        int ``k`` means ``(k,)``).
     seed : int or torch.Generator, optional
         Random initialisation: ``V ~ N(0, 1/m)``, ``W ~ N(0, 1/R)``, ``C ~ N(0, 1/D)``,
         ``b = 0``. None uses torch's global generator.
     dtype, device : optional
-        Of the parameters and basis buffers.
+        Of the parameters and basis buffers; ``dtype`` a floating point dtype.
+
+    Raises
+    ------
+    ValueError
+        Sizes not positive ints, a fitted ``basis`` without ``R`` branches,
+        ``output_shape`` whose product is not ``n``.
+    TypeError
+        ``output_shape`` not an int or a sequence of ints, a non-floating ``dtype``, a
+        ``seed`` that is not an int.
 
     Attributes
     ----------
@@ -151,7 +185,7 @@ class FlexibleLayer(nn.Module):
         R = check_positive_int(rank, "rank")
         basis = _branch_basis(basis, n_functions, basis_options, R, "rank")
         D = basis.n_functions
-        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        dtype = _check_dtype(dtype)
         kw = {"dtype": dtype, "generator": _generator(seed)}
         self.W = nn.Parameter(torch.randn(n, R, **kw).to(device) / math.sqrt(R))
         self.V = nn.Parameter(torch.randn(m, R, **kw).to(device) / math.sqrt(m))
@@ -203,9 +237,17 @@ class FlexibleLayer(nn.Module):
         Returns
         -------
         y : torch.Tensor, shape (B, n), or (B, *output_shape) if set
+
+        Raises
+        ------
+        ValueError
+            ``x`` of the wrong shape or with NaN/Inf.
+        TypeError
+            ``x`` of another dtype than the parameters.
         """
         x = _flat_input(x, self.in_features)
         _check_input_dtype(x, self.V)
+        _check_finite_input(x, self.basis)
         z = x @ self.V
         g = torch.einsum("brd,dr->br", self.basis(z), self.C)
         y = g @ self.W.T

@@ -36,10 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tenflex.basis import Basis, BSplineBasis
+from tenflex.basis import Basis, BSplineBasis, _real_tensor
 from tenflex.checks import check_positive_int
 from tenflex.nn.flexible import (
     _branch_basis,
+    _check_dtype,
+    _check_finite_input,
     _check_input_dtype,
     _check_output_shape,
     _flat_input,
@@ -50,8 +52,9 @@ __all__ = ["KANLayer", "ProjectedKAN", "kan_width_for_budget"]
 
 
 def _as_float(value: Any, name: str, dtype: torch.dtype | None = None) -> Tensor:
-    """``value`` as a finite floating tensor (float64 for integer input, or ``dtype``)."""
-    t = torch.as_tensor(value)
+    """``value`` as a finite floating tensor (float64 for integer input, or ``dtype``);
+    complex input raises TypeError (a cast would drop the imaginary part)."""
+    t = _real_tensor(value, name)
     if dtype is not None:
         t = t.to(dtype)
     elif not t.is_floating_point():
@@ -89,7 +92,8 @@ class KANLayer(nn.Module):
         Random initialisation ``coef ~ N(0, 1 / (m D))`` (so the output variance does not
         grow with ``m`` or ``D``), ``b = 0``. None uses torch's global generator.
     dtype, device : optional
-        Of the parameters and basis buffers (default dtype: torch's default).
+        Of the parameters and basis buffers (a floating point dtype, else TypeError;
+        default: torch's default).
 
     Attributes
     ----------
@@ -128,7 +132,7 @@ class KANLayer(nn.Module):
         n = check_positive_int(out_features, "out_features")
         basis = _branch_basis(basis, n_functions, basis_options, m, "in_features")
         D = basis.n_functions
-        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        dtype = _check_dtype(dtype)
         gen = _generator(seed)
         coef = torch.randn(n, m, D, dtype=dtype, generator=gen) / math.sqrt(m * D)
         self.coef = nn.Parameter(coef.to(device))
@@ -196,6 +200,13 @@ class KANLayer(nn.Module):
         KANLayer
             ``self``; the basis buffers are kept in the dtype and on the device of ``coef``.
             The edge functions change as functions of ``x`` (``coef`` is not refitted).
+
+        Raises
+        ------
+        ValueError
+            ``x`` of the wrong shape, empty or with NaN/Inf; a bad ``margin``.
+        TypeError
+            Complex ``x``.
         """
         x = self._check_x(x)
         if x.shape[0] < 1:
@@ -216,9 +227,17 @@ class KANLayer(nn.Module):
         Returns
         -------
         y : torch.Tensor, shape (B, n)
+
+        Raises
+        ------
+        ValueError
+            ``x`` of the wrong shape or with NaN/Inf.
+        TypeError
+            ``x`` of another dtype than the parameters.
         """
         x = self._check_x(x)
         _check_input_dtype(x, self.coef)
+        _check_finite_input(x, self.basis)
         Phi = self.basis(x)  # (B, m, D)
         # One contraction over (i, d): a (B, m D) x (m D, n) matrix product inside einsum.
         y = torch.einsum("bid,jid->bj", Phi, self.coef)
@@ -289,9 +308,10 @@ class ProjectedKAN(nn.Module):
         Random initialisation: ``P ~ N(0, 1/m)`` then the KAN layer's ``coef`` from the same
         generator. None uses torch's global generator.
     dtype, device : optional
-        Of the parameters and basis buffers.
-    output_shape : tuple of int, optional
-        If given, outputs are reshaped to ``(B, *output_shape)`` (product must be ``n``).
+        Of the parameters and basis buffers (a floating point dtype, else TypeError).
+    output_shape : int or tuple of int, optional
+        If given, outputs are reshaped to ``(B, *output_shape)`` (product must be ``n``; an
+        int ``k`` means ``(k,)``).
 
     Attributes
     ----------
@@ -327,7 +347,7 @@ class ProjectedKAN(nn.Module):
         n = check_positive_int(out_features, "out_features")
         w = check_positive_int(width, "width")
         self.output_shape = _check_output_shape(output_shape, n)
-        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        dtype = _check_dtype(dtype)
         gen = _generator(seed)
         P = torch.randn(m, w, dtype=dtype, generator=gen) / math.sqrt(m)
         self.P = nn.Parameter(P.to(device))
@@ -475,6 +495,8 @@ class ProjectedKAN(nn.Module):
         ValueError
             Mismatched shapes, NaN/Inf, or a basis that cannot represent ``t`` (e.g.
             B-splines of degree 0).
+        TypeError
+            Complex ``P``, ``A``, ``b`` or ``x``.
         """
         P = _as_float(P, "P")
         dtype, device = P.dtype, P.device

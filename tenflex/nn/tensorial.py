@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import check_seed, is_int
+from tenflex.nn.flexible import _check_dtype, _check_input_dtype
 
 __all__ = [
     "CHAIN_FLOP_ADVANTAGE",
@@ -240,7 +241,15 @@ def conv_output_length(
     -------
     int
         May be ``<= 0`` when the kernel does not fit.
+
+    Raises
+    ------
+    ValueError
+        ``stride`` or ``dilation`` not an int ``>= 1``.
     """
+    for name, v in (("stride", stride), ("dilation", dilation)):
+        if not is_int(v) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     pl, pr = padding
     return (length + pl + pr - dilation * (kernel_size - 1) - 1) // stride + 1
 
@@ -321,6 +330,12 @@ def _as_operand(x: Any, i: int) -> torch.Tensor:
         raise TypeError(f"operands[{i}] must be a tensor or array, got {type(x).__name__}") from err
 
 
+def _ellipsis_shape(term: str, x: torch.Tensor, n_ell: int) -> tuple[int, ...]:
+    """Sizes of the dimensions of ``x`` that the ``'...'`` of ``term`` stands for."""
+    start = term.index(".")
+    return tuple(x.shape[start : start + n_ell])
+
+
 def tensor_op(
     spec: str, *operands: Any, conv: dict[str, dict] | None = None, impl: str = "auto"
 ) -> torch.Tensor:
@@ -380,9 +395,9 @@ def tensor_op(
     ------
     ValueError
         Bad notation (see :func:`parse_tensor_op`), wrong number of operands, an operand
-        whose ``ndim`` does not match its term, a shared non-convolved mode whose sizes
-        differ, options for a letter not marked as convolved, bad options, a
-        convolution whose output would be empty.
+        whose ``ndim`` does not match its term, a shared non-convolved mode (or ``'...'``
+        dimensions) whose sizes differ, options for a letter not marked as convolved, bad
+        options, a zero-length kernel, a convolution whose output would be empty.
     TypeError
         Operands of different dtypes, options of the wrong type.
 
@@ -469,6 +484,13 @@ def tensor_op(
             if c in p.conv:
                 continue
             n = int(x.shape[dim])
+            if c in sizes and sizes[c][0] != n and c in ell_letters:
+                j = sizes[c][1]
+                raise ValueError(
+                    f"the '...' dimensions must match (right-aligned), got "
+                    f"{_ellipsis_shape(p.inputs[j], ops[j], n_ell[j])} in operands[{j}] but "
+                    f"{_ellipsis_shape(p.inputs[i], x, n_ell[i])} in operands[{i}] ({spec!r})"
+                )
             if c in sizes and sizes[c][0] != n:
                 raise ValueError(
                     f"mode {c!r} has size {sizes[c][0]} in operands[{sizes[c][1]}] but {n} in "
@@ -482,6 +504,11 @@ def tensor_op(
         i, j = [k for k, term in enumerate(terms) if c in term]
         di, dj = terms[i].index(c), terms[j].index(c)
         length, ksize = int(ops[i].shape[di]), int(ops[j].shape[dj])
+        if ksize < 1:
+            raise ValueError(
+                f"convolution along mode {c!r}: the kernel (operands[{j}], shape "
+                f"{tuple(ops[j].shape)}) has length 0 along it; it needs length >= 1"
+            )
         s, d = opts["stride"], opts["dilation"]
         pl, pr = _resolve_padding(opts["padding"], ksize, d, s, opts["flip"], c)
         out_len = conv_output_length(length, ksize, (pl, pr), s, d)
@@ -1186,6 +1213,8 @@ class _TensorialBase(nn.Module):
         device: Any,
     ) -> None:
         self.form = _check_form(form)
+        if dtype is not None:
+            _check_dtype(dtype)
         self.in_factors, self.out_factors = in_factors, out_factors
         self.kernel_size = kernel_size
         self.n_modes = len(in_factors)
@@ -1443,6 +1472,19 @@ class _TensorialBase(nn.Module):
             u, cur = self._step(u, cur, m, out)
         return u
 
+    def _as_input(self, x: Any) -> torch.Tensor:
+        """``x`` as a tensor (NumPy arrays accepted) in the parameters' dtype.
+
+        Checked in ``forward`` before any route runs, so every route gives the same error.
+        """
+        if not torch.is_tensor(x):
+            try:
+                x = torch.as_tensor(x)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(f"x must be a tensor or array, got {type(x).__name__}") from err
+        _check_input_dtype(x, self.factors[0])
+        return x
+
     def _dense_evaluation(self, x: torch.Tensor) -> bool:
         """Whether this call runs through the formed kernel (``evaluation``, see the class)."""
         if self.evaluation not in EVALUATIONS:
@@ -1631,7 +1673,8 @@ class TensorialConv2d(_TensorialBase):
         variance of PyTorch's default initialisation); a Python or NumPy int ``>= 0``,
         None means 0. Anything else raises ``TypeError`` (never truncated).
     dtype, device
-        Of the parameters.
+        Of the parameters; ``dtype`` a floating point dtype (else ``TypeError``). Inputs
+        must have the same dtype.
 
     Attributes
     ----------
@@ -1789,6 +1832,23 @@ class TensorialConv2d(_TensorialBase):
                 out.bias.copy_(layer.bias.detach())
         return out
 
+    def _check_spatial(self, height: int, width: int) -> None:
+        """Refuse an image the dilated kernel does not fit in (after padding)."""
+        extent = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size)]
+        pad = (0, 0) if self.padding == "valid" else self.padding
+        if self.padding == "same":
+            ok = height >= 1 and width >= 1
+        else:
+            ok = min(height, width) >= 1 and (
+                height + 2 * pad[0] >= extent[0] and width + 2 * pad[1] >= extent[1]
+            )
+        if not ok:
+            raise ValueError(
+                f"x must have H, W >= 1 and H + 2 * {pad[0]} >= {extent[0]}, "
+                f"W + 2 * {pad[1]} >= {extent[1]} (padding {self.padding!r}, dilated kernel "
+                f"{tuple(extent)}), got spatial size (H, W) = ({height}, {width})"
+            )
+
     def _conv_first(self, height: int, width: int) -> bool:
         if self.order != "auto":
             if self.order not in ("conv_first", "conv_last"):
@@ -1819,19 +1879,30 @@ class TensorialConv2d(_TensorialBase):
 
         Parameters
         ----------
-        x : torch.Tensor, shape (B, S, H, W) or (S, H, W)
+        x : torch.Tensor or ndarray, shape (B, S, H, W) or (S, H, W)
+            In the dtype of the parameters; the padded image must hold the dilated kernel.
 
         Returns
         -------
         torch.Tensor, shape (B, T, H', W') or (T, H', W')
+
+        Raises
+        ------
+        TypeError
+            ``x`` not a tensor or array, or of another dtype than the parameters.
+        ValueError
+            Wrong ``ndim`` or channel count; ``H`` or ``W`` zero or smaller than the
+            dilated kernel after padding. The same errors on every ``evaluation`` route.
         """
+        x = self._as_input(x)
+        shape = tuple(x.shape)
         unbatched = x.ndim == 3
         if unbatched:
             x = x.unsqueeze(0)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"input must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            S = self.in_channels
+            raise ValueError(f"x must have shape (B, {S}, H, W) or ({S}, H, W), got {shape}")
+        self._check_spatial(x.shape[2], x.shape[3])
         if self._dense_evaluation(x):
             y = torch.nn.functional.conv2d(
                 x, self.to_dense_weight(), self.bias, self.stride, self.padding, self.dilation
@@ -1964,15 +2035,25 @@ class TensorialLinear(_TensorialBase):
 
         Parameters
         ----------
-        x : torch.Tensor, shape (..., S)
+        x : torch.Tensor or ndarray, shape (..., S)
+            In the dtype of the parameters.
 
         Returns
         -------
         torch.Tensor, shape (..., T)
+
+        Raises
+        ------
+        TypeError
+            ``x`` not a tensor or array, or of another dtype than the parameters.
+        ValueError
+            ``x`` without a last dimension of size ``S``. The same errors on every
+            ``evaluation`` route.
         """
+        x = self._as_input(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(
-                f"input must have shape (..., {self.in_features}), got {tuple(x.shape)}"
+                f"x must have shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
         if self._dense_evaluation(x):
             return torch.nn.functional.linear(x, self.to_dense_weight(), self.bias)
