@@ -7,6 +7,7 @@ import math
 import multiprocessing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = "bench_tnn"  # the script the `bench` fixture imports
@@ -42,6 +43,24 @@ def test_compare_uses_common_seeds_and_the_standard_error(bench):
     one = bench.compare({0: 0.99}, {0: 0.98})
     assert one["standard_error_pp"] is None and one["difference_pp"] == pytest.approx(1.0)
     assert bench.compare({0: 0.99}, {1: 0.98}) is None
+    assert one["p_value_welch"] is None and c["p_value_welch"] is not None
+
+
+def test_compare_welch_p_value(bench):
+    from scipy import stats
+
+    a = {0: 0.995, 1: 0.993, 2: 0.997, 3: 0.994}
+    b = {0: 0.989, 1: 0.990, 2: 0.990, 3: 0.988}
+    c = bench.compare(a, b)
+    # Welch's t and Welch-Satterthwaite degrees of freedom, written out
+    xa, xb = np.array(list(a.values())), np.array(list(b.values()))
+    va, vb, n = xa.var(ddof=1) / 4, xb.var(ddof=1) / 4, 4
+    t = (xa.mean() - xb.mean()) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (n - 1) + vb**2 / (n - 1))
+    assert c["p_value_welch"] == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    assert 0 < c["p_value_welch"] < 0.05
+    # no spread at all: no test
+    assert bench.compare({0: 0.99, 1: 0.99}, {0: 0.98, 1: 0.98})["p_value_welch"] is None
 
 
 def test_targets_average_over_seeds(bench):
