@@ -592,6 +592,27 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _check_train_options(
+    *, epochs: Any = 2, batch_size: Any = 128, lr: Any = 3e-3, seed: Any = 0,
+    optimizer: Any = "adam", schedule: Any = "onecycle", weight_decay: Any = 0.0,
+    callback: Any = None, deterministic: Any = True,
+) -> tuple[float, float]:
+    """The checks :func:`train` makes of its options (callers that train later, after a
+    long computation, run them first); returns ``lr`` and ``weight_decay`` as floats."""
+    check_positive_int(epochs, "epochs")
+    check_positive_int(batch_size, "batch_size")
+    check_seed(seed)
+    lr = check_float(lr, "lr", positive=True)
+    weight_decay = check_float(weight_decay, "weight_decay")
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {list(_OPTIMIZERS)}")
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; valid names: {list(_SCHEDULES)}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    return lr, weight_decay
+
+
 def train(
     model: nn.Module,
     train_data: tuple[Any, Any],
@@ -670,17 +691,10 @@ def train(
     ``torch.set_num_threads`` is left to the caller.
     """
     x, y = _as_images_labels(train_data, "train_data")
-    check_positive_int(epochs, "epochs")
-    check_positive_int(batch_size, "batch_size")
-    check_seed(seed)
-    lr = check_float(lr, "lr", positive=True)
-    weight_decay = check_float(weight_decay, "weight_decay")
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {list(_OPTIMIZERS)}")
-    if schedule not in _SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; valid names: {list(_SCHEDULES)}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    lr, weight_decay = _check_train_options(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, optimizer=optimizer,
+        schedule=schedule, weight_decay=weight_decay, callback=callback,
+    )
     n_classes = _n_outputs(model, x)
     if n_classes is not None:
         _check_label_range(y, n_classes, "train_data")

@@ -207,6 +207,9 @@ def _check_finetune(finetune: Any, n_train: int, n_classes: int | None) -> None:
     unknown = sorted(set(finetune) - set(allowed))
     if unknown:
         raise ValueError(f"finetune has unknown keys {unknown}; valid keys: {allowed}")
+    # zoo.train's own checks, now rather than after the fit
+    zoo._check_train_options(**{k: v for k, v in finetune.items()
+                                if k not in ("train_labels", "scope")})
 
 
 def _check_labels(labels: Any, n: int, n_classes: int | None, argname: str) -> None:
@@ -474,7 +477,8 @@ def _finetune(compressed: nn.Sequential, span: Span, train_images: torch.Tensor,
     model = copy.deepcopy(compressed)
     t0 = time.perf_counter()
     if scope == "layer":
-        # The spliced layer sits at index span.start; everything after it is trained.
+        # The spliced layer sits at index span.start; it and the layers after it run in
+        # training, but only it is trainable (the later ones are frozen).
         # _modules, not children(): a module used twice runs (and counts) twice.
         layers = list(model._modules.values())
         trainable = nn.Sequential(*layers[span.start:])
