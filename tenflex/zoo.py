@@ -800,7 +800,8 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
         Non-integer labels, images of another dtype.
     ValueError
         Mismatched or empty data, NaN/Inf images, labels outside ``[0, n_classes)``
-        (rather than counting them as wrong), ``batch_size < 1``.
+        (rather than counting them as wrong), ``batch_size < 1``, a model whose output is
+        not ``(B, n_classes)``.
     """
     x, y = _check_images_labels(images, labels, "images/labels")
     check_positive_int(batch_size, "batch_size")
@@ -813,7 +814,11 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
             xb = x[start : start + batch_size].to(device)
             yb = y[start : start + batch_size].to(device)
             logits = model(xb)
-            if start == 0 and logits.ndim == 2:
+            if start == 0:
+                if not (torch.is_tensor(logits) and logits.ndim == 2):
+                    shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits)
+                    raise ValueError(f"model must map a batch to logits (B, n_classes), got "
+                                     f"{shape} for a batch of {xb.shape[0]}")
                 _check_label_range(y, logits.shape[1], "images/labels")
             correct += int((logits.argmax(dim=1) == yb).sum())
     finally:

@@ -287,6 +287,8 @@ def test_conv_output_length():
         ("aa,ab->b", [(2, 2), (2, 3)], None, "repeats"),
         ("a1,ab->b", [(2, 2), (2, 3)], None, "invalid character"),
         ("...a,ab->b", [(2, 2), (2, 3)], None, "must keep"),
+        ("a.b,bc->a.c", [(2, 3, 4), (4, 5)], None, "'a.b' has a '.' outside '...'"),
+        ("a......b,bc->a...c", [(2, 3, 4), (4, 5)], None, "'a......b' has more than one"),
     ],
 )
 def test_bad_notation_errors(spec, shapes, conv, match):
@@ -789,6 +791,11 @@ def test_layer_chains_avoid_einsum_copies(form, modes, monkeypatch):
 # ---------------------------------------------------------------------------------------
 
 
+def _with_order(layer, order):
+    layer.order = order
+    return layer
+
+
 @pytest.mark.parametrize(
     ("make", "x", "error", "match"),
     [
@@ -809,6 +816,8 @@ def test_layer_chains_avoid_einsum_copies(form, modes, monkeypatch):
         (lambda: TensorialConv2d(4, 6, 3), torch.zeros(1, 3, 5, 5), ValueError,
          r"x must have shape \(B, 4, H, W\) or \(4, H, W\), got \(1, 3, 5, 5\)"),
         (lambda: TensorialLinear(4, 6), "abcd", TypeError, "x must be a tensor or array, got str"),
+        (lambda: _with_order(TensorialConv2d(4, 6, 3, rank=2), "conv_middle"),
+         torch.zeros(1, 4, 5, 5), ValueError, "order must be 'auto', 'conv_first' or 'conv_last'"),
     ],
 )
 def test_layer_input_errors_are_the_same_on_every_route(make, x, error, match):

@@ -295,6 +295,10 @@ def test_evaluate_matches_dense_computation(digits):
     onehot = torch.nn.functional.one_hot(y, 10).float()
     assert zoo.evaluate(oracle, onehot, y) == 1.0
     assert zoo.evaluate(oracle, onehot, (y + 1) % 10) == 0.0
+    # a model without a class dimension is refused, not indexed out of range
+    scalar = nn.Sequential(nn.Flatten(), nn.Linear(10, 1), nn.Flatten(0))
+    with pytest.raises(ValueError, match=r"logits \(B, n_classes\), got \(300,\)"):
+        zoo.evaluate(scalar, onehot, y)
     # uint8 raw pixels are normalised with the shared preprocessing
     raw = np.random.default_rng(0).integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
     labels = np.arange(50) % 10

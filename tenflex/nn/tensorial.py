@@ -130,20 +130,27 @@ def _letters_in_order(terms: Sequence[str]) -> list[str]:
 
 
 def _check_term(term: str, where: str) -> str:
-    term = term.replace("...", ".")
+    # '...' is held as one '.' from here on; a '.' of the user's that is not part of a
+    # '...' is a typo, not an ellipsis
+    if "." in term.replace("...", ""):
+        raise ValueError(
+            f"tensor_op notation: {where} {term!r} has a '.' outside '...'; ellipsis "
+            "dimensions are written with exactly three dots"
+        )
+    original, term = term, term.replace("...", ".")
     bad = [c for c in term if not (c in string.ascii_letters or c == ".")]
     if bad:
         raise ValueError(
-            f"tensor_op notation: {where} {term!r} has invalid character(s) {bad}; "
+            f"tensor_op notation: {where} {original!r} has invalid character(s) {bad}; "
             "mode letters are a-z, A-Z and '...' for ellipsis dimensions"
         )
     if term.count(".") > 1:
-        raise ValueError(f"tensor_op notation: {where} {term!r} has more than one '...'")
+        raise ValueError(f"tensor_op notation: {where} {original!r} has more than one '...'")
     letters = term.replace(".", "")
     repeated = sorted({c for c in letters if letters.count(c) > 1})
     if repeated:
         raise ValueError(
-            f"tensor_op notation: {where} {term!r} repeats mode(s) {repeated}; "
+            f"tensor_op notation: {where} {original!r} repeats mode(s) {repeated}; "
             "every mode letter may appear at most once per operand (diagonals are not "
             "supported)"
         )
@@ -1849,12 +1856,15 @@ class TensorialConv2d(_TensorialBase):
                 f"{tuple(extent)}), got spatial size (H, W) = ({height}, {width})"
             )
 
+    def _check_order(self) -> None:
+        """``order`` is set as an attribute: checked on every call, whatever the route."""
+        if self.order not in ("auto", "conv_first", "conv_last"):
+            raise ValueError(
+                f"order must be 'auto', 'conv_first' or 'conv_last', got {self.order!r}"
+            )
+
     def _conv_first(self, height: int, width: int) -> bool:
         if self.order != "auto":
-            if self.order not in ("conv_first", "conv_last"):
-                raise ValueError(
-                    f"order must be 'auto', 'conv_first' or 'conv_last', got {self.order!r}"
-                )
             return self.order == "conv_first"
         kh, kw = self.kernel_size
         if isinstance(self.padding, str):
@@ -1892,8 +1902,10 @@ class TensorialConv2d(_TensorialBase):
             ``x`` not a tensor or array, or of another dtype than the parameters.
         ValueError
             Wrong ``ndim`` or channel count; ``H`` or ``W`` zero or smaller than the
-            dilated kernel after padding. The same errors on every ``evaluation`` route.
+            dilated kernel after padding; an unknown ``order``. The same errors on every
+            ``evaluation`` route.
         """
+        self._check_order()
         x = self._as_input(x)
         shape = tuple(x.shape)
         unbatched = x.ndim == 3
