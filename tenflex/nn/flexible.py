@@ -247,8 +247,11 @@ class FlexibleLayer(nn.Module):
         """
         x = _flat_input(x, self.in_features)
         _check_input_dtype(x, self.V)
-        _check_finite_input(x, self.basis)
         z = x @ self.V
+        if self.basis.check_finite and not _all_finite(z):
+            # NaN/Inf in x reach z; checking the (B, R) z first keeps the common case cheap,
+            # and x, (B, m), is looked at only to name the culprit
+            _check_finite_input(x, self.basis)
         g = torch.einsum("brd,dr->br", self.basis(z), self.C)
         y = g @ self.W.T
         if self.b is not None:

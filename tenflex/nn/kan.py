@@ -237,8 +237,11 @@ class KANLayer(nn.Module):
         """
         x = self._check_x(x)
         _check_input_dtype(x, self.coef)
-        _check_finite_input(x, self.basis)
-        Phi = self.basis(x)  # (B, m, D)
+        try:
+            Phi = self.basis(x)  # (B, m, D); the basis checks its input for NaN/Inf
+        except ValueError:
+            _check_finite_input(x, self.basis)  # say "x" where the basis would say "Z"
+            raise
         # One contraction over (i, d): a (B, m D) x (m D, n) matrix product inside einsum.
         y = torch.einsum("bid,jid->bj", Phi, self.coef)
         if self.b is not None:
