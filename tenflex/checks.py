@@ -6,8 +6,12 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
-__all__ = ["check_float", "check_int", "check_positive_int", "check_seed", "is_int", "is_real"]
+__all__ = [
+    "as_int_tuple", "check_float", "check_int", "check_positive_int", "check_seed", "is_int",
+    "is_real",
+]
 
 #: Largest seed: torch.Generator.manual_seed takes a signed 64-bit integer.
 _MAX_SEED = 2**63 - 1
@@ -93,3 +97,20 @@ def check_seed(seed: Any, *, allow_none: bool = False, name: str = "seed") -> in
     if not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"{name} must be an int >= 0 (and < 2**63), got {seed!r}")
     return int(seed)
+
+
+def as_int_tuple(value: Any) -> tuple[int, ...] | None:
+    """``value`` as a tuple of ints if it is a sequence of integers: a list, tuple, range,
+    ``torch.Size`` or 1-D integer array or tensor; None for anything else (a str, floats,
+    which are refused rather than truncated, nested or 0-d values)."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        if value.ndim != 1 or value.dtype == torch.bool or value.dtype == np.bool_:
+            return None
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            return None
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, range)):
+        return None
+    if not all(is_int(v) for v in value):
+        return None
+    return tuple(int(v) for v in value)

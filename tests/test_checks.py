@@ -48,3 +48,14 @@ def test_check_float_accepts_numpy_numbers_and_refuses_the_rest():
     for bad in (-1, float("nan"), -float("inf")):
         with pytest.raises(ValueError, match=r"rtol must be a finite number >= 0, got"):
             check_float(bad, "rtol")
+
+
+def test_as_int_tuple_takes_integer_sequences_only():
+    from tenflex.checks import as_int_tuple
+
+    for value in ([2, 3], (2, 3), range(2, 4), torch.Size([2, 3]), np.array([2, 3]),
+                  torch.tensor([2, 3])):
+        assert as_int_tuple(value) == (2, 3), value
+    for value in ("23", [2.0, 3], np.array([2.0, 3.0]), torch.tensor([2.5]), np.array(3),
+                  [[2, 3]], [True, 2], 3, None):
+        assert as_int_tuple(value) is None, value

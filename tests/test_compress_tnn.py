@@ -441,9 +441,11 @@ def test_evaluation_routes_agree_on_compressed_lenet_layers(lenet, form, name):
 
 def test_plan_layer_factors_must_be_ints(lenet):
     expected = plan_layer(lenet.fc1, "rtt", 0.1, factors=((20, 20), (10, 12)))
-    same = plan_layer(lenet.fc1, "rtt", 0.1, factors=(np.array([20, 20]), [np.int64(10), 12]))
-    assert (same.in_factors, same.out_factors, same.ranks) == (
-        expected.in_factors, expected.out_factors, expected.ranks)
+    for factors in ((np.array([20, 20]), [np.int64(10), 12]),
+                    (torch.tensor([20, 20]), range(10, 13, 2))):
+        same = plan_layer(lenet.fc1, "rtt", 0.1, factors=factors)
+        assert (same.in_factors, same.out_factors, same.ranks) == (
+            expected.in_factors, expected.out_factors, expected.ranks)
     # (2.9, 2) used to become (2, 2), and the strings "22", "24" the factors (2, 2), (2, 4)
     for bad in (((20.0, 20), (10, 12)), ((20.9, 20), (10, 12)), ("2020", "1012"),
                 ((20, 20), (10, True)), ((20, 20),), 400):

@@ -125,6 +125,8 @@ def test_output_shape():
     y = layer(x)
     assert y.shape == (4, 2, 3)
     torch.testing.assert_close(y.reshape(4, 6), layer.to_decoupled()(x.reshape(4, 12)))
+    for shape in (np.array([2, 3]), torch.Size([2, 3]), [2, 3]):  # any sequence of ints
+        assert FlexibleLayer(12, 6, rank=2, output_shape=shape).output_shape == (2, 3)
 
 
 def test_training_reduces_loss():

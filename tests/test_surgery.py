@@ -164,3 +164,10 @@ def test_span_functions_need_a_span_of_this_model(cnn):
         span_shapes(cnn, resolve_span(repeated_model(), 1), x)
     with pytest.raises(ValueError, match="resolve the span on this model"):
         Span(7, 8, ("fc2",)).prefix(cnn)
+
+
+def test_a_hand_built_span_may_list_its_names():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    span = Span(0, 2, ["0", "1"])  # a list, as a user might write it
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(span.module(model)(x), model[1](model[0](x)), rtol=0, atol=0)

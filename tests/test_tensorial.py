@@ -812,7 +812,7 @@ def _with_order(layer, order):
         (lambda: TensorialConv2d(4, 6, 3, padding=1, dilation=2), torch.zeros(4, 2, 5),
          ValueError, r"H \+ 2 \* 1 >= 5.*\(H, W\) = \(2, 5\)"),
         (lambda: TensorialConv2d(4, 6, 1, padding="same"), torch.zeros(1, 4, 0, 5),
-         ValueError, r"H, W >= 1.*\(H, W\) = \(0, 5\)"),
+         ValueError, r"x must have H, W >= 1 \(padding 'same'.*\(H, W\) = \(0, 5\)"),
         (lambda: TensorialConv2d(4, 6, 3), torch.zeros(1, 3, 5, 5), ValueError,
          r"x must have shape \(B, 4, H, W\) or \(4, H, W\), got \(1, 3, 5, 5\)"),
         (lambda: TensorialLinear(4, 6), "abcd", TypeError, "x must be a tensor or array, got str"),
@@ -866,3 +866,14 @@ def test_conv_output_length_refuses_zero_stride_and_dilation():
         conv_output_length(5, 3, (0, 0), 0, 1)
     with pytest.raises(ValueError, match="dilation must be an int >= 1, got 0"):
         conv_output_length(5, 3, (0, 0), 1, 0)
+
+
+def test_dense_route_runs_under_autocast():
+    # autocast mixes dtypes on purpose: the input check must not refuse it
+    layer = TensorialLinear(16, 8, form="rtt", rank=2)
+    layer.evaluation = "dense"
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), layer(x), rtol=0.05, atol=0.05)

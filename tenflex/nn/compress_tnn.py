@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import check_seed, is_int
+from tenflex.checks import as_int_tuple, check_seed, is_int
 from tenflex.nn.distill import distill_blocks
 from tenflex.nn.lowrank import (
     CPConv2d,
@@ -379,16 +379,16 @@ def _check_modes(modes: Any, name: str) -> int:
 
 def _check_factors(factors: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``(in_factors, out_factors)`` as tuples of ints >= 1; floats are not truncated."""
-    def is_sequence(f: Any) -> bool:
-        return isinstance(f, (Sequence, np.ndarray)) and not isinstance(f, (str, bytes))
-
-    if not (is_sequence(factors) and len(factors) == 2
-            and all(is_sequence(f) and all(is_int(v) for v in f) for f in factors)):
+    pair = (None,) if isinstance(factors, (str, bytes)) else factors
+    try:
+        s, t = (as_int_tuple(f) for f in pair)
+    except (TypeError, ValueError):  # not a pair
+        s = t = None
+    if s is None or t is None:
         raise TypeError(
             f"{name}: factors must be a pair (in_factors, out_factors) of sequences of ints, "
             f"got {factors!r}"
         )
-    s, t = (tuple(int(v) for v in f) for f in factors)
     if min(s + t, default=1) < 1:
         raise ValueError(f"{name}: factors must be >= 1, got {s} x {t}")
     return s, t

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from tenflex.basis import Basis, _all_finite, make_basis
-from tenflex.checks import check_positive_int, check_seed, is_int
+from tenflex.checks import as_int_tuple, check_positive_int, check_seed, is_int
 from tenflex.model import DecoupledFunction
 
 __all__ = ["FlexibleLayer"]
@@ -92,13 +92,9 @@ def _check_output_shape(output_shape: Any, n: int) -> tuple[int, ...] | None:
     product is ``n`` (None stays None)."""
     if output_shape is None:
         return None
-    if is_int(output_shape):
-        output_shape = (output_shape,)
-    if isinstance(output_shape, str) or not (
-        isinstance(output_shape, (tuple, list, torch.Size)) and all(map(is_int, output_shape))
-    ):
+    shape = (int(output_shape),) if is_int(output_shape) else as_int_tuple(output_shape)
+    if shape is None:
         raise TypeError(f"output_shape must be an int or a tuple of ints, got {output_shape!r}")
-    shape = tuple(int(s) for s in output_shape)
     if math.prod(shape) != n or any(s < 1 for s in shape):
         raise ValueError(
             f"output_shape must be positive sizes with product n = {n}, got {shape}"
@@ -248,11 +244,12 @@ class FlexibleLayer(nn.Module):
         x = _flat_input(x, self.in_features)
         _check_input_dtype(x, self.V)
         z = x @ self.V
-        if self.basis.check_finite and not _all_finite(z):
-            # NaN/Inf in x reach z; checking the (B, R) z first keeps the common case cheap,
-            # and x, (B, m), is looked at only to name the culprit
-            _check_finite_input(x, self.basis)
-        g = torch.einsum("brd,dr->br", self.basis(z), self.C)
+        try:
+            phi = self.basis(z)  # the basis checks z, (B, R), for NaN/Inf: NaN/Inf in x reach it
+        except ValueError:
+            _check_finite_input(x, self.basis)  # say "x" where the basis would say "Z"
+            raise
+        g = torch.einsum("brd,dr->br", phi, self.C)
         y = g @ self.W.T
         if self.b is not None:
             y = y + self.b

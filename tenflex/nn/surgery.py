@@ -82,7 +82,7 @@ def _check_span(model: Any, span: Any) -> list[tuple[str, nn.Module]]:
         raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
     layers = _layers(model)
     names = tuple(name for name, _ in layers[span.start:span.stop])
-    if names != span.names or span.stop - span.start != len(span.names):
+    if names != tuple(span.names) or span.stop - span.start != len(span.names):
         raise ValueError(
             f"span covers layers {list(span.names)} at positions {span.start}..{span.stop - 1}, "
             f"but the model has {list(names)} there (its layers are "

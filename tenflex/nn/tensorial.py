@@ -1197,6 +1197,15 @@ def _pair(v: Any, name: str) -> tuple[int, int]:
     return int(v[0]), int(v[1])
 
 
+def _autocast_on(device: torch.device) -> bool:
+    """Whether ``torch.autocast`` is active for ``device``'s type (never for meta tensors,
+    which autocast does not know)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:
+        return False
+
+
 class _TensorialBase(nn.Module):
     """Shared machinery of :class:`TensorialConv2d` and :class:`TensorialLinear`."""
 
@@ -1489,7 +1498,8 @@ class _TensorialBase(nn.Module):
                 x = torch.as_tensor(x)
             except (TypeError, ValueError, RuntimeError) as err:
                 raise TypeError(f"x must be a tensor or array, got {type(x).__name__}") from err
-        _check_input_dtype(x, self.factors[0])
+        if not _autocast_on(x.device):  # autocast mixes dtypes on purpose
+            _check_input_dtype(x, self.factors[0])
         return x
 
     def _dense_evaluation(self, x: torch.Tensor) -> bool:
@@ -1850,9 +1860,10 @@ class TensorialConv2d(_TensorialBase):
                 height + 2 * pad[0] >= extent[0] and width + 2 * pad[1] >= extent[1]
             )
         if not ok:
+            need = "H, W >= 1" if self.padding == "same" else (
+                f"H, W >= 1 and H + 2 * {pad[0]} >= {extent[0]}, W + 2 * {pad[1]} >= {extent[1]}")
             raise ValueError(
-                f"x must have H, W >= 1 and H + 2 * {pad[0]} >= {extent[0]}, "
-                f"W + 2 * {pad[1]} >= {extent[1]} (padding {self.padding!r}, dilated kernel "
+                f"x must have {need} (padding {self.padding!r}, dilated kernel "
                 f"{tuple(extent)}), got spatial size (H, W) = ({height}, {width})"
             )
 
