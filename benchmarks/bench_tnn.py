@@ -76,7 +76,7 @@ from tenflex.nn.compress_tnn import (
     layer_inputs,
     time_forward,
 )
-from tenflex.nn.tensorial import TensorialConv2d, TensorialLinear
+from tenflex.nn.tensorial import evaluation_route
 
 ROOT = Path(__file__).resolve().parent.parent
 RATES = (0.05, 0.1, 0.2)
@@ -235,37 +235,32 @@ def time_entry(model: torch.nn.Module, pretrained: torch.nn.Module, names: list[
     (``compressed_s``, also in the network's time) and through the formed kernel
     (``formed_kernel_s``); ``benchmarks/bench_route.py`` times the automatic choice.
     """
-    tensorial = [m for m in model.modules() if isinstance(m, (TensorialConv2d, TensorialLinear))]
-    routes = [m.evaluation for m in tensorial]
-    for m in tensorial:
-        m.evaluation = "chain"
-    layers = {}
-    for name in names:
-        layer, dense = model.get_submodule(name), pretrained.get_submodule(name)
-        x = inputs[name]
-        # Dense and compressed timed back to back, twice, so that load changes on a shared
-        # machine hit both alike; the medians of the two rounds are averaged.
-        t_dense, t_comp = [], []
-        for _ in range(2):
-            t_dense.append(time_forward(dense, x, repeat=repeat))
-            t_comp.append(time_forward(layer, x, repeat=repeat))
-        row = {
-            "dense_s": float(np.mean(t_dense)),
-            "compressed_s": float(np.mean(t_comp)),
-            "module": type(layer).__name__,
+    with evaluation_route(model, "chain") as tensorial:
+        layers = {}
+        for name in names:
+            layer, dense = model.get_submodule(name), pretrained.get_submodule(name)
+            x = inputs[name]
+            # Dense and compressed timed back to back, twice, so that load changes on a shared
+            # machine hit both alike; the medians of the two rounds are averaged.
+            t_dense, t_comp = [], []
+            for _ in range(2):
+                t_dense.append(time_forward(dense, x, repeat=repeat))
+                t_comp.append(time_forward(layer, x, repeat=repeat))
+            row = {
+                "dense_s": float(np.mean(t_dense)),
+                "compressed_s": float(np.mean(t_comp)),
+                "module": type(layer).__name__,
+            }
+            if layer in tensorial:
+                layer.evaluation = "dense"
+                row["formed_kernel_s"] = time_forward(layer, x, repeat=repeat)
+                layer.evaluation = "chain"
+            row["speedup"] = row["dense_s"] / row["compressed_s"]
+            layers[name] = row
+        net = {
+            "dense_s": time_forward(pretrained, x_net, repeat=repeat),
+            "compressed_s": time_forward(model, x_net, repeat=repeat),
         }
-        if layer in tensorial:
-            layer.evaluation = "dense"
-            row["formed_kernel_s"] = time_forward(layer, x, repeat=repeat)
-            layer.evaluation = "chain"
-        row["speedup"] = row["dense_s"] / row["compressed_s"]
-        layers[name] = row
-    net = {
-        "dense_s": time_forward(pretrained, x_net, repeat=repeat),
-        "compressed_s": time_forward(model, x_net, repeat=repeat),
-    }
-    for m, route in zip(tensorial, routes):
-        m.evaluation = route
     return {"layers": layers, "network": net}
 
 

@@ -20,6 +20,7 @@ from tenflex.nn.tensorial import (
     TensorialConv2d,
     TensorialLinear,
     conv_output_length,
+    evaluation_route,
     factorize,
     parse_tensor_op,
     tensor_op,
@@ -877,3 +878,19 @@ def test_dense_route_runs_under_autocast():
         y = layer(x.bfloat16())
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), layer(x), rtol=0.05, atol=0.05)
+
+
+def test_evaluation_route_sets_and_restores_every_layer():
+    model = nn.Sequential(TensorialConv2d(4, 6, 3, rank=2), nn.Flatten(),
+                          TensorialLinear(6 * 3 * 3, 8, rank=2))
+    model[0].evaluation = "chain"
+    with evaluation_route(model, "dense") as layers:
+        assert layers == [model[0], model[2]]
+        assert [m.evaluation for m in layers] == ["dense", "dense"]
+    assert (model[0].evaluation, model[2].evaluation) == ("chain", "auto")
+    with pytest.raises(RuntimeError, match="inside"), evaluation_route(model, "dense"):
+        raise RuntimeError("an error inside the block")
+    assert (model[0].evaluation, model[2].evaluation) == ("chain", "auto")  # restored anyway
+    with (pytest.raises(ValueError, match=r"route must be one of \('auto', 'chain', 'dense'\)"),
+          evaluation_route(model, "fast")):
+        pass

@@ -82,6 +82,7 @@ from tenflex.nn.tensorial import (
     TensorialConv2d,
     TensorialLinear,
     _check_n_iter_max,
+    evaluation_route,
     factorize,
     largest_uniform_ranks,
     tensorial_max_ranks,
@@ -922,40 +923,34 @@ def compress_and_train(
         example_input=x_train[:1] if reshape_by_layout else None,
     )
     times = {"decompose": time.perf_counter() - t0}
-    tensorial = [m for m in model.modules() if isinstance(m, (TensorialConv2d, TensorialLinear))]
-    own_routes = [m.evaluation for m in tensorial]
-    for m in tensorial:
-        m.evaluation = train_evaluation
-    accuracy = {"decomposed": evaluate(model, x_test, y_test)}
+    with evaluation_route(model, train_evaluation):  # the layers' own route after it
+        accuracy = {"decomposed": evaluate(model, x_test, y_test)}
 
-    block_error: dict[str, dict[str, float]] = {}
-    t0 = time.perf_counter()
-    if distill_epochs > 0:
-        xd = x_train if distill_samples is None else x_train[:distill_samples]
-        res = distill_blocks(
-            model, pretrained, [p.name for p in plans], xd, epochs=distill_epochs,
-            lr=distill_lr, batch_size=batch_size, seed=seed, progress=progress,
-        )
-        block_error = {
-            n: {"initial": res.initial_error[n], "final": res.final_error[n]} for n in res.names
-        }
-        accuracy["distilled"] = evaluate(model, x_test, y_test)
-    times["distill"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    if finetune_epochs > 0:
-        n = x_train.shape[0] if finetune_samples is None else finetune_samples
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            train(
-                model, (x_train[:n], y_train[:n]), epochs=finetune_epochs,
-                batch_size=batch_size, lr=finetune_lr, seed=seed, optimizer="adam",
-                schedule="onecycle", progress=progress,
+        block_error: dict[str, dict[str, float]] = {}
+        t0 = time.perf_counter()
+        if distill_epochs > 0:
+            xd = x_train if distill_samples is None else x_train[:distill_samples]
+            res = distill_blocks(
+                model, pretrained, [p.name for p in plans], xd, epochs=distill_epochs,
+                lr=distill_lr, batch_size=batch_size, seed=seed, progress=progress,
             )
-        accuracy["fine_tuned"] = evaluate(model, x_test, y_test)
-    times["fine_tune"] = time.perf_counter() - t0
-    for m, route in zip(tensorial, own_routes):
-        m.evaluation = route
+            block_error = {n: {"initial": res.initial_error[n], "final": res.final_error[n]}
+                           for n in res.names}
+            accuracy["distilled"] = evaluate(model, x_test, y_test)
+        times["distill"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if finetune_epochs > 0:
+            n = x_train.shape[0] if finetune_samples is None else finetune_samples
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                train(
+                    model, (x_train[:n], y_train[:n]), epochs=finetune_epochs,
+                    batch_size=batch_size, lr=finetune_lr, seed=seed, optimizer="adam",
+                    schedule="onecycle", progress=progress,
+                )
+            accuracy["fine_tuned"] = evaluate(model, x_test, y_test)
+        times["fine_tune"] = time.perf_counter() - t0
     model.eval()
 
     n_dense = sum(p.n_dense for p in plans)

@@ -24,10 +24,11 @@ the default), one dense operation with the kernel formed from the factors.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import string
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "TensorialConv2d",
     "TensorialLinear",
     "conv_output_length",
+    "evaluation_route",
     "factorize",
     "parse_tensor_op",
     "tensor_op",
@@ -2182,3 +2184,40 @@ def tensorize(layer: nn.Module, **kwargs: Any) -> TensorialConv2d | TensorialLin
     raise TypeError(
         f"tensorize supports nn.Conv2d and nn.Linear layers, got {type(layer).__name__}"
     )
+
+
+@contextlib.contextmanager
+def evaluation_route(
+    model: nn.Module, route: str
+) -> Iterator[list[TensorialConv2d | TensorialLinear]]:
+    """Run every tensorial layer of ``model`` on ``route`` inside the ``with`` block.
+
+    Their own ``evaluation`` is restored on leaving the block, also after an error.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Searched with ``model.modules()`` (``model`` itself included).
+    route : {"auto", "chain", "dense"}
+
+    Yields
+    ------
+    list of TensorialConv2d / TensorialLinear
+        The layers found, in ``modules()`` order.
+
+    Raises
+    ------
+    ValueError
+        ``route`` not one of :data:`EVALUATIONS`.
+    """
+    if route not in EVALUATIONS:
+        raise ValueError(f"route must be one of {EVALUATIONS}, got {route!r}")
+    layers = [m for m in model.modules() if isinstance(m, (TensorialConv2d, TensorialLinear))]
+    own = [m.evaluation for m in layers]
+    for m in layers:
+        m.evaluation = route
+    try:
+        yield layers
+    finally:
+        for m, r in zip(layers, own, strict=True):
+            m.evaluation = r
