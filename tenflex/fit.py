@@ -38,6 +38,7 @@ from torch import Tensor
 from tenflex.basis import Basis, make_basis
 from tenflex.checks import check_int, check_seed
 from tenflex.cpd import (
+    _SOLVER_DTYPES,
     DenseJacobian,
     JacobianTensor,
     _as_float_tensor,
@@ -153,7 +154,7 @@ def _prepare_data(
     X: Any, Y: Any, J: Any, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor, JacobianTensor]:
     """Validate ``X`` (N, m), ``Y`` (N, n), ``J`` (n, m, N) and convert them."""
-    if dtype not in (torch.float32, torch.float64):
+    if dtype not in _SOLVER_DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     Jt = as_jacobian_tensor(J, dtype=dtype if not isinstance(J, JacobianTensor) else None)
     if Jt.dtype != dtype:

@@ -33,10 +33,10 @@ from torch import Tensor, nn
 
 from tenflex.checks import check_int, check_seed
 from tenflex.cpd import (
+    _SOLVER_DTYPES,
     DenseJacobian,
     JacobianTensor,
     _as_float_tensor,
-    _is_zero,
     as_jacobian_tensor,
     cp_norm_sq,
 )
@@ -157,9 +157,7 @@ class _FlexibleCost:
         ridge: float,
     ) -> None:
         self.layer, self.X, self.Y, self.Jt = layer, X, Y, Jt
-        self.lam, self.ridge = lam, ridge
-        if _is_zero(Jt):
-            raise ValueError("J is identically zero: there is no first-order information to fit")
+        self.lam, self.ridge = lam, ridge  # J was checked by fit.py's _check_magnitudes
         # The solver's own problem: same normalisations, and its cost for the records.
         self.problem = _Problem(X, Y, Jt, layer.basis, lam, ridge)
         self.norm_j, self.norm_y = self.problem.norm_j, self.problem.norm_y
@@ -413,7 +411,7 @@ def fit_by_gradient(
                 f"computed from its structure W, V, C), got {type(layer).__name__}; pass J=None "
                 "to fit outputs only"
             )
-        if dtype not in (torch.float32, torch.float64):
+        if dtype not in _SOLVER_DTYPES:
             raise TypeError(
                 f"with J given, the layer must be float32 or float64 (as in cmtf_als), got "
                 f"{dtype}; convert it (e.g. layer.to(torch.float32))"

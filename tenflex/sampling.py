@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tenflex.cpd import _as_float_tensor
+from tenflex.cpd import _SOLVER_DTYPES, _as_float_tensor
 
 __all__ = ["Samples", "sample_function"]
 
@@ -40,7 +40,6 @@ __all__ = ["Samples", "sample_function"]
 CHUNK_BYTES = 256 * 2**20
 
 _MODES = ("auto", "rev", "fwd")
-_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass
@@ -222,7 +221,7 @@ def sample_function(
     """
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
-    if dtype not in _DTYPES:
+    if dtype not in _SOLVER_DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
