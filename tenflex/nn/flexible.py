@@ -49,11 +49,18 @@ def _check_input_dtype(x: Tensor, parameter: Tensor) -> None:
                         f"{parameter.dtype}; {fix}")
 
 
-def _check_finite_input(x: Tensor, basis: Basis, name: str = "x") -> None:
-    """NaN/Inf in the layer's input, named as such (the basis would name its own ``Z``);
-    skipped where the basis' ``check_finite`` is off."""
-    if basis.check_finite and not _all_finite(x):
-        raise ValueError(f"{name} contains NaN or Inf values")
+def _basis_values(basis: Basis, z: Tensor, x: Tensor) -> Tensor:
+    """``basis(z)`` for a layer whose input is ``x`` (``z`` computed from it, or ``x`` itself).
+
+    The basis checks ``z`` for NaN/Inf (the small one, for a flexible layer); only when that
+    fails is ``x`` looked at, so that the error names the layer's input where it is the cause.
+    """
+    try:
+        return basis(z)
+    except ValueError:
+        if basis.check_finite and not _all_finite(x):
+            raise ValueError("x contains NaN or Inf values") from None
+        raise
 
 
 def _check_dtype(dtype: Any) -> torch.dtype:
@@ -244,12 +251,7 @@ class FlexibleLayer(nn.Module):
         x = _flat_input(x, self.in_features)
         _check_input_dtype(x, self.V)
         z = x @ self.V
-        try:
-            phi = self.basis(z)  # the basis checks z, (B, R), for NaN/Inf: NaN/Inf in x reach it
-        except ValueError:
-            _check_finite_input(x, self.basis)  # say "x" where the basis would say "Z"
-            raise
-        g = torch.einsum("brd,dr->br", phi, self.C)
+        g = torch.einsum("brd,dr->br", _basis_values(self.basis, z, x), self.C)
         y = g @ self.W.T
         if self.b is not None:
             y = y + self.b

@@ -39,9 +39,9 @@ from torch import Tensor, nn
 from tenflex.basis import Basis, BSplineBasis, _real_tensor
 from tenflex.checks import check_positive_int
 from tenflex.nn.flexible import (
+    _basis_values,
     _branch_basis,
     _check_dtype,
-    _check_finite_input,
     _check_input_dtype,
     _check_output_shape,
     _flat_input,
@@ -237,11 +237,7 @@ class KANLayer(nn.Module):
         """
         x = self._check_x(x)
         _check_input_dtype(x, self.coef)
-        try:
-            Phi = self.basis(x)  # (B, m, D); the basis checks its input for NaN/Inf
-        except ValueError:
-            _check_finite_input(x, self.basis)  # say "x" where the basis would say "Z"
-            raise
+        Phi = _basis_values(self.basis, x, x)  # (B, m, D)
         # One contraction over (i, d): a (B, m D) x (m D, n) matrix product inside einsum.
         y = torch.einsum("bid,jid->bj", Phi, self.coef)
         if self.b is not None:
