@@ -1552,20 +1552,14 @@ class _TensorialBase(nn.Module):
 
         x = torch.empty(tuple(input_shape), device="meta", dtype=next(self.parameters()).dtype)
         params = {n: torch.empty_like(p, device="meta") for n, p in self.named_parameters()}
-        saved = self.evaluation
         counts = []
-        try:
-            for route in ("chain", "dense"):
-                self.evaluation = route
-                # Modes already active (a caller's own FlopCounterMode, say) are set aside:
-                # they must not see this count's meta pass.
-                with _disable_current_modes(), torch.no_grad(), FlopCounterMode(
-                    display=False
-                ) as counter:
-                    functional_call(self, params, (x,))
-                counts.append(int(counter.get_total_flops()))
-        finally:
-            self.evaluation = saved
+        for route in ("chain", "dense"):
+            # Modes already active (a caller's own FlopCounterMode, say) are set aside: they
+            # must not see this count's meta pass.
+            with evaluation_route(self, route), _disable_current_modes(), torch.no_grad(), \
+                    FlopCounterMode(display=False) as counter:
+                functional_call(self, params, (x,))
+            counts.append(int(counter.get_total_flops()))
         return counts[0], counts[1]
 
     # -- public API --------------------------------------------------------------------
@@ -1661,8 +1655,9 @@ class TensorialConv2d(_TensorialBase):
     ``"rcp"`` with ``M = 2``: ``"b s0 s1 h w, r t0 s0, r t1 s1, r h w -> b t0 t1 h w | h w"``.
 
     The forward pass by the chain (``evaluation="chain"``, see below) is a sequence of
-    binary generalized operations (:func:`tensor_op`): each channel factor contracts its ``s_m`` mode and creates ``t_m``; rank modes are
-    kept as partial outer products until the factor that shares them contracts them;
+    binary generalized operations (:func:`tensor_op`): each channel factor contracts its
+    ``s_m`` mode and creates ``t_m``; rank modes are kept as partial outer products until
+    the factor that shares them contracts them;
     the spatial factor is convolved along both image axes (with this layer's stride,
     padding and dilation). For ``"rtk"`` the Tucker core is first contracted into one
     channel factor (parameters only), which avoids an intermediate carrying all ranks.
@@ -1854,16 +1849,12 @@ class TensorialConv2d(_TensorialBase):
     def _check_spatial(self, height: int, width: int) -> None:
         """Refuse an image the dilated kernel does not fit in (after padding)."""
         extent = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size)]
-        pad = (0, 0) if self.padding == "valid" else self.padding
-        if self.padding == "same":
-            ok = height >= 1 and width >= 1
-        else:
-            ok = min(height, width) >= 1 and (
-                height + 2 * pad[0] >= extent[0] and width + 2 * pad[1] >= extent[1]
-            )
+        ok, need = min(height, width) >= 1, "H, W >= 1"
+        if self.padding != "same":  # "same" output has the input's size: any H, W >= 1
+            pad = (0, 0) if self.padding == "valid" else self.padding
+            ok = ok and height + 2 * pad[0] >= extent[0] and width + 2 * pad[1] >= extent[1]
+            need += f" and H + 2 * {pad[0]} >= {extent[0]}, W + 2 * {pad[1]} >= {extent[1]}"
         if not ok:
-            need = "H, W >= 1" if self.padding == "same" else (
-                f"H, W >= 1 and H + 2 * {pad[0]} >= {extent[0]}, W + 2 * {pad[1]} >= {extent[1]}")
             raise ValueError(
                 f"x must have {need} (padding {self.padding!r}, dilated kernel "
                 f"{tuple(extent)}), got spatial size (H, W) = ({height}, {width})"
