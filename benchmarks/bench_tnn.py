@@ -252,9 +252,8 @@ def time_entry(model: torch.nn.Module, pretrained: torch.nn.Module, names: list[
                 "module": type(layer).__name__,
             }
             if layer in tensorial:
-                layer.evaluation = "dense"
-                row["formed_kernel_s"] = time_forward(layer, x, repeat=repeat)
-                layer.evaluation = "chain"
+                with evaluation_route(layer, "dense"):
+                    row["formed_kernel_s"] = time_forward(layer, x, repeat=repeat)
             row["speedup"] = row["dense_s"] / row["compressed_s"]
             layers[name] = row
         net = {
