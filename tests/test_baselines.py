@@ -145,3 +145,13 @@ def test_svd_span_keeps_a_repeated_activation():
     x = torch.randn(5, 2, 4)
     with torch.no_grad():
         torch.testing.assert_close(new(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_span_input_shape_is_probed_on_the_model_device():
+    # A CUDA model refuses a CPU probe; a model on the "meta" device (shapes only, no data)
+    # stands in for it here, as CI has no GPU.
+    from tenflex.nn.baselines import _input_shape
+
+    model = build_model("reference_cnn").to("meta")
+    assert _input_shape(model, resolve_span(model, "conv2")) == (32, 14, 14)
+    assert _input_shape(model, resolve_span(model, "fc2")) == (128,)  # through fc1

@@ -175,7 +175,7 @@ def linear_span(model: nn.Sequential, span: Span, X: torch.Tensor, Y: torch.Tens
         raise ValueError("model has no parameters: linear_span needs its dtype and device")
     in_shape = _input_shape(model, span)
     with torch.no_grad():
-        out = span.module(model)(torch.zeros(1, *in_shape, dtype=example.dtype))
+        out = span.module(model)(example.new_zeros(1, *in_shape))
     m, n = math.prod(in_shape), math.prod(out.shape[1:])
     for arg, A, size in (("X", X, m), ("Y", Y, n)):
         if len(np.shape(A)) != 2 or np.shape(A)[1] != size:
@@ -198,6 +198,7 @@ def _input_shape(model: nn.Sequential, span: Span) -> tuple[int, ...]:
     shape = getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError("the model needs an `input_shape` attribute (one input, no batch)")
+    # Probe with the parameters' dtype and device: a CUDA model refuses a CPU input.
     with torch.no_grad():
-        example = torch.zeros(1, *shape, dtype=next(model.parameters()).dtype)
+        example = next(model.parameters()).new_zeros(1, *shape)
         return tuple(span.prefix(model)(example).shape[1:])
