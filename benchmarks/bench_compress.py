@@ -5,9 +5,11 @@ the pretrained reference CNN is replaced by a flexible layer fitted with CMTF-AL
 on the MNIST test set before and after fine-tuning the layer alone. At the same parameter
 budget, the span is also replaced by a truncated SVD of fc1 and by a rank-constrained linear
 map (reduced-rank regression on the same samples). A span that starts at a convolution
-(conv2 ... fc2) is compressed too. Two ablations, without fine-tuning, fit the fully connected
-part again: with other weights ``lam`` of the output term, and from other starts of
-CMTF-ALS (``--start-inits``, at the largest rank).
+(conv2 ... fc2) is compressed too. Three ablations, without fine-tuning, fit the fully
+connected part again: with other weights ``lam`` of the output term, from other starts of
+CMTF-ALS (``--start-inits``, at the largest rank), and with other seeds (``--extra-seeds``:
+other sampling points and random start columns, at ``--seed-ranks``), which tells a gap
+between methods from the scatter of the fit itself.
 
 Targets checked (issue "Compress a pretrained CNN"):
 
@@ -61,10 +63,10 @@ def load_existing(path: Path, fresh: bool) -> dict:
 
 
 def key(entry: dict) -> tuple:
-    # "lam" and "init" are set only on the ablation entries (the main grid uses --lam and
-    # compress's default start, init="linear").
+    # "lam", "init" and "seed" are set only on the ablation entries (the main grid uses
+    # --lam, compress's default start, init="linear", and --seed).
     return (entry["method"], tuple(entry["span"]), entry.get("rank"), entry.get("basis"),
-            entry.get("lam"), entry.get("init"))
+            entry.get("lam"), entry.get("init"), entry.get("seed"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,13 +91,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="rank of the start ablation (default: the largest of --ranks, "
                              "where extra branches beyond the 10 outputs matter most)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra-seeds", type=int, nargs="*", default=[1, 2, 3, 4],
+                        help="further seeds fitted at --seed-ranks (B-splines, fully connected "
+                             "part, no fine-tuning)")
+    parser.add_argument("--seed-ranks", type=int, nargs="*", default=[12, 16],
+                        help="ranks of the seed ablation (default: the headline rank and the "
+                             "largest)")
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.quick:
         args.ranks, args.bases, args.conv_ranks = [8, 12], ["bspline"], []
-        args.ablation_lams, args.start_inits = [], []
+        args.ablation_lams, args.start_inits, args.extra_seeds = [], [], []
     if args.start_rank is None:
         args.start_rank = max(args.ranks)
 
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     span_samples: dict[tuple, tuple] = {}
     for span_names, rank, basis in jobs:
         span = resolve_span(model, span_names)
-        entry_key = ("flexible", span.names, rank, basis, None, None)
+        entry_key = ("flexible", span.names, rank, basis, None, None, None)
         if entry_key not in done:
             t0 = time.perf_counter()
             out = compress(model, span_names, train_images, rank=rank, basis=basis,
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         # Baselines at the same parameter budget as this flexible layer.
         flex = next(e for e in result["entries"] if key(e) == entry_key)
         span_budget = flex["report"]["parameters_span_after"]
-        if ("svd", span.names, rank, None, None, None) not in done:
+        if ("svd", span.names, rank, None, None, None, None) not in done:
             t0 = time.perf_counter()
             svd_model, svd_rank = svd_span(model, span, span_budget)
             record({"method": "svd", "span": list(span.names), "rank": rank, "basis": None,
@@ -159,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                     "fraction_kept": count_parameters(svd_model) / count_parameters(model),
                     "accuracy": zoo.evaluate(svd_model, test_images, test_labels),
                     "wall_s": time.perf_counter() - t0})
-            done.add(("svd", span.names, rank, None, None, None))
-        if ("linear", span.names, rank, None, None, None) not in done:
+            done.add(("svd", span.names, rank, None, None, None, None))
+        if ("linear", span.names, rank, None, None, None, None) not in done:
             t0 = time.perf_counter()
             m = math.prod(flex["report"]["input_shape"])
             n_out = math.prod(flex["report"]["output_shape"])
@@ -181,23 +189,26 @@ def main(argv: list[str] | None = None) -> int:
                     "fraction_kept": count_parameters(lin_model) / count_parameters(model),
                     "accuracy": zoo.evaluate(lin_model, test_images, test_labels),
                     "wall_s": time.perf_counter() - t0})
-            done.add(("linear", span.names, rank, None, None, None))
+            done.add(("linear", span.names, rank, None, None, None, None))
 
     # Ablations, without fine-tuning: the fully connected part fitted again with other
-    # weights of the output term (at --ablation-rank) and from other starts (at --start-rank).
+    # weights of the output term (at --ablation-rank), from other starts (at --start-rank)
+    # and with other seeds (at --seed-ranks).
     fc_names = resolve_span(model, FC_SPAN).names
     ablations = [(args.ablation_rank, {"lam": lam}) for lam in args.ablation_lams]
     ablations += [(args.start_rank, {"init": init}) for init in args.start_inits]
+    ablations += [(rank, {"seed": seed}) for rank in args.seed_ranks
+                  for seed in args.extra_seeds if seed != args.seed]
     for rank, change in ablations:
-        lam, init = change.get("lam"), change.get("init")
-        if ("flexible", fc_names, rank, "bspline", lam, init) in done:
+        lam, init, seed = change.get("lam"), change.get("init"), change.get("seed")
+        if ("flexible", fc_names, rank, "bspline", lam, init, seed) in done:
             continue
         t0 = time.perf_counter()
         out = compress(model, FC_SPAN, train_images, rank=rank, basis="bspline",
                        n_functions=args.n_functions, lam=args.lam if lam is None else lam,
                        n_samples=args.n_samples, test_data=(test_images, test_labels),
                        fit_options={"max_iter": args.max_iter, "init": init or "linear"},
-                       seed=args.seed, progress=True)
+                       seed=args.seed if seed is None else seed, progress=True)
         report = out.report.to_dict()
         record({"method": "flexible", "span": list(fc_names), "rank": rank, "basis": "bspline",
                 **change, "parameters": report["parameters_model_after"],
@@ -207,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": time.perf_counter() - t0})
 
     flexible = [e for e in result["entries"] if e["method"] == "flexible" and "lam" not in e
-                and "init" not in e and tuple(e["span"]) == fc_names]
+                and "init" not in e and "seed" not in e and tuple(e["span"]) == fc_names]
     headline = [e for e in flexible if e["fraction_kept"] <= 0.20 and e["accuracy_drop_pp"] <= 0.25]
     beats = []
     for e in flexible:
