@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from tenflex import zoo
 from tenflex.cli import main as cli_main
 from tenflex.nn import FlexibleLayer
 from tenflex.nn import compress as compress_module
-from tenflex.nn.compress import compress, load_compressed, save_compressed
+from tenflex.nn.compress import compress, count_parameters, load_compressed, save_compressed
+from tenflex.nn.surgery import resolve_span
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +224,7 @@ def test_a_model_without_parameters_is_refused():
                  n_samples=10, n_validation=0)
 
 
+@pytest.mark.filterwarnings("ignore:the flexible layer of rank")  # a toy span of 18 parameters
 def test_the_span_of_a_model_with_a_repeated_module_is_sampled_at_its_inputs(monkeypatch):
     torch.manual_seed(0)
     act = nn.Tanh()
@@ -237,3 +240,40 @@ def test_the_span_of_a_model_with_a_repeated_module_is_sampled_at_its_inputs(mon
         expected = act(model[3](act(model[1](images[order].flatten(1)))))
     torch.testing.assert_close(seen["X"], expected, rtol=0, atol=0)
     assert list(seen["f"]) == [model[5]]
+
+
+@pytest.mark.filterwarnings("ignore:the flexible layer of rank")  # ranks this large compress nothing
+def test_a_rank_whose_sweeps_would_not_fit_in_memory_fails_before_sampling(digits, monkeypatch):
+    # m = 3136, n = 10, N = 600: the Jacobian (144 MiB) fits a 700 MiB machine; at R = 200,
+    # D = 8 the C step's 1600 x 1600 system and its kin do not. The largest rank the message
+    # offers passes the check, one more does not.
+    model, train_images = digits[0], digits[1]
+    _stop_at_sampling(monkeypatch)
+    monkeypatch.setattr(compress_module, "memory_bytes", lambda: 700 * 2**20)
+    arguments = {"n_samples": 600, "n_validation": 300, "n_functions": 8}
+    with pytest.raises(ValueError, match=r"rank R = 200 with D = 8 basis functions needs about "
+                                         r".* 1600 x 1600 system .* use R <= \d+$") as info:
+        compress(model, ("fc1", "fc2"), train_images, rank=200, **arguments)
+    largest = int(str(info.value).rsplit(" ", 1)[1])
+    assert 100 < largest < 200
+    with pytest.raises(_Sampled):
+        compress(model, ("fc1", "fc2"), train_images, rank=largest, **arguments)
+    with pytest.raises(ValueError, match=f"rank R = {largest + 1} "):
+        compress(model, ("fc1", "fc2"), train_images, rank=largest + 1, **arguments)
+
+
+def test_a_rank_that_compresses_nothing_is_warned_about(digits, monkeypatch):
+    model, train_images = digits[0], digits[1]
+    _stop_at_sampling(monkeypatch)
+    span = resolve_span(model, ("fc1", "fc2"))
+    span_parameters = count_parameters(span.module(model))  # 3136 * 128 + 128 + 1290
+    keeps_fewer = (span_parameters - 11) // (3136 + 10 + 8)
+    warned = pytest.warns(UserWarning, match=f"compresses nothing; ranks R <= {keeps_fewer} keep")
+    with warned, pytest.raises(_Sampled):
+        compress(model, ("fc1", "fc2"), train_images, rank=keeps_fewer + 1, n_samples=600,
+                     n_validation=300, n_functions=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(_Sampled):
+            compress(model, ("fc1", "fc2"), train_images, rank=keeps_fewer, n_samples=600,
+                     n_validation=300, n_functions=8)

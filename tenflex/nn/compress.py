@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +38,34 @@ __all__ = [
 # Fraction of the machine's memory the Jacobian tensor may take (the solver needs a few
 # more arrays of the size of X besides J).
 _MEMORY_FRACTION = 0.5
+
+
+def _check_solver_memory(rank: int, n_functions: int, n_samples: int, jacobian_bytes: int,
+                         available: int) -> None:
+    """Refuse a rank whose CMTF-ALS sweeps would not fit in memory, before any work.
+
+    The C step builds and factors an ``(R D) x (R D)`` float64 system: at its peak about five
+    arrays of that size live at once (measured: R = 1000, D = 8, N = 1500 on the reference
+    CNN's fully connected part peaks 3.2 GiB above the model, against 2.4 GiB for five such
+    arrays plus the Jacobian tensor twice), besides a few ``(N, R, D)`` basis arrays.
+    """
+    if not available:
+        return
+    rd = rank * n_functions
+    solver_bytes = 8 * (5 * rd**2 + 4 * n_samples * rd)
+    budget = _MEMORY_FRACTION * available - 2 * jacobian_bytes
+    if solver_bytes <= budget:
+        return
+    # Largest R with 40 D^2 R^2 + 32 N D R <= budget.
+    a, b = 40 * n_functions**2, 32 * n_samples * n_functions
+    largest = int((-b + math.sqrt(b * b + 4 * a * max(budget, 0))) / (2 * a))
+    raise ValueError(
+        f"rank R = {rank} with D = {n_functions} basis functions needs about "
+        f"{(solver_bytes + 2 * jacobian_bytes) / 2**30:.1f} GiB: each CMTF-ALS sweep solves an "
+        f"(R D) x (R D) = {rd} x {rd} system next to the Jacobian tensor, more than half of "
+        f"this machine's {available / 2**30:.1f} GiB; "
+        + (f"use R <= {largest}" if largest >= 1 else "use fewer sampling points")
+    )
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -297,12 +326,17 @@ def compress(
     TypeError, ValueError
         Before any long computation: a span that is not a contiguous chain, a rank below 1
         or larger than the data supports, training images of the wrong shape, too few
-        sampling points for the number of unknowns, a Jacobian tensor that would not fit
-        in memory, an unknown basis or basis option, a negative ``lam`` or ``seed``, unknown
+        sampling points for the number of unknowns, a Jacobian tensor or ALS sweeps that
+        would not fit in memory, an unknown basis or basis option, a negative ``lam`` or ``seed``, unknown
         ``fit_options`` keys or ``init`` names, fine-tuning without labels (or with labels of
         the wrong length, an unknown scope or unknown keys), ``test_data`` that is not a
         pair, labels (of ``test_data`` or fine-tuning) that are not integers ``(N,)`` in
         ``[0, n_classes)``, a model without parameters.
+
+    Warns
+    -----
+    UserWarning
+        A rank at which the flexible layer has no fewer parameters than the span.
     """
     from tenflex.fit import cmtf_als
     from tenflex.sampling import sample_function
@@ -361,6 +395,16 @@ def compress(
         )
     options = _check_fit_settings(basis, n_functions, basis_options, lam, fit_options, rank, n,
                                   m, n_samples, seed, progress)
+    _check_solver_memory(rank, n_functions, n_samples, jacobian_bytes, available)
+    span_parameters = count_parameters(resolved.module(model))
+    layer_parameters = unknowns  # R (m + n + D) + n: W, V, C and b
+    if layer_parameters >= span_parameters:
+        fewer = (span_parameters - n - 1) // (m + n + n_functions)
+        warnings.warn(
+            f"the flexible layer of rank {rank} has {layer_parameters} parameters, no fewer than "
+            f"the {span_parameters} of the span {resolved.label} it replaces: it compresses "
+            "nothing; " + (f"ranks R <= {fewer} keep fewer" if fewer >= 1 else
+                           "no rank keeps fewer"), UserWarning, stacklevel=2)
     n_classes = None
     if finetune is not None or test_data is not None:
         from tenflex.zoo import _n_outputs
