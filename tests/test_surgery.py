@@ -45,8 +45,10 @@ def test_resolve_span(cnn, span, names):
 @pytest.mark.parametrize(
     ("span", "message"),
     [
-        (["conv2", "fc1"], "not a contiguous chain"),
-        (["fc1", "relu3", "conv1"], "not a contiguous chain"),
+        (["conv2", "fc1"], (r"not a contiguous chain.* a list names every layer of the span "
+                            r"\(\['conv2', 'relu2', 'pool2', 'flatten', 'fc1'\]\), a tuple "
+                            r"\('conv2', 'fc1'\) names the first and the last")),
+        (["fc1", "relu3", "conv1"], r"not a contiguous chain.* in order, e\.g\."),
         ("fc9", "not a layer of the model"),
         (12, "out of range"),
         (slice(5, 5), "selects no layer"),

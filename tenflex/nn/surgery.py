@@ -157,10 +157,17 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     if not indices:
         raise ValueError(f"span {span!r} selects no layer of the model {names}")
     if indices != list(range(indices[0], indices[0] + len(indices))):
+        hint = "consecutive layers in order, e.g. ('conv2', 'fc2')"
+        if isinstance(span, list) and indices[-1] > indices[0]:
+            # A list names every layer; a user who meant "from ... to ..." wants the pair.
+            first, last = names[indices[0]], names[indices[-1]]
+            hint = (f"consecutive layers in order; a list names every layer of the span "
+                    f"({names[indices[0]:indices[-1] + 1]}), a tuple ({first!r}, {last!r}) "
+                    "names the first and the last")
         raise ValueError(
             f"span {span!r} is not a contiguous chain of layers: it selects "
             f"{[names[i] for i in indices]} from the model's layers {names}; a span must be "
-            "consecutive layers in order, e.g. ('conv2', 'fc2')"
+            + hint
         )
     return Span(indices[0], indices[-1] + 1, tuple(names[i] for i in indices))
 
