@@ -128,6 +128,11 @@ def test_evaluate_command_on_a_saved_model(tmp_path, compressed, capsys, monkeyp
         ({"n_samples": 5000}, ValueError, "exceeds the"),
         ({"train_images": torch.zeros(50, 1, 20, 20)}, ValueError, "expects"),
         ({"train_images": torch.zeros(50, 28, 28, dtype=torch.uint8)}, TypeError, "float"),
+        ({"train_images": torch.zeros(950, 1, 28, 28, dtype=torch.float64)}, TypeError,
+         r"train_images has dtype torch.float64 but the model's parameters are torch.float32: "
+         + r"convert one to the other, e.g. train_images.to\(torch.float32\)"),
+        ({"test_data": (torch.zeros(5, 1, 28, 28, dtype=torch.float64), torch.zeros(5).long())},
+         TypeError, r"test_data\[0\] has dtype torch.float64 .* \.to\(torch.float32\)"),
         ({"finetune": {"epochs": 1}}, ValueError, "train_labels"),
         ({"finetune": {"train_labels": torch.zeros(3, dtype=torch.long)}}, ValueError,
          r"train_labels'\] must have shape"),

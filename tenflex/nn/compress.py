@@ -348,6 +348,11 @@ def compress(
     first = next(model.parameters(), None)
     if first is None:
         raise ValueError("model has no parameters: there is nothing to compress")
+    if train_images.dtype != first.dtype:
+        raise TypeError(
+            f"train_images has dtype {train_images.dtype} but the model's parameters are "
+            f"{first.dtype}: convert one to the other, e.g. train_images.to({first.dtype})"
+        )
     device = first.device
     expected = getattr(model, "input_shape", None)
     if expected is not None and tuple(train_images.shape[1:]) != tuple(expected):
@@ -418,6 +423,10 @@ def compress(
                 f"test_data must be a pair (images, labels), got {type(test_data).__name__}"
             )
         test_images = _check_images(test_data[0], "test_data[0]", tuple(train_images.shape[1:]))
+        if test_images.dtype != first.dtype:
+            raise TypeError(f"test_data[0] has dtype {test_images.dtype} but the model's "
+                            f"parameters are {first.dtype}: convert the images with "
+                            f".to({first.dtype})")
         test_labels = torch.as_tensor(test_data[1])
         if test_labels.shape != (len(test_images),):
             raise ValueError(f"test labels must have shape ({len(test_images)},), got "
