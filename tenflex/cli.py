@@ -2,16 +2,218 @@
 
 Run ``tenflex --help`` for the list of commands and ``tenflex COMMAND --help``
 for the options of one command.
+
+Standard output carries only a command's result (a JSON document, or a short summary when
+``--report FILE`` takes the JSON); progress bars and the solver's log go to standard error,
+so ``tenflex compress ... > report.json`` writes valid JSON. Exit status: 0 on success, 1 when
+a result file cannot be written after the work is done, 2 for a setting or file the command
+refuses (nothing is computed), 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import platform
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from tenflex import __version__
+
+#: Data set spellings accepted on the command line -> the names the library uses.
+_DATASET_NAMES = {"mnist": "mnist", "fashion-mnist": "fashion_mnist",
+                  "fashion_mnist": "fashion_mnist", "digits": "digits"}
+#: The spelling shown to the user (the data package's and the docs').
+_DATASET_DISPLAY = {"mnist": "mnist", "fashion_mnist": "fashion-mnist", "digits": "digits"}
+
+_MODELS = ("reference_cnn", "lenet5")
+
+#: Largest seed: torch.Generator.manual_seed takes a signed 64-bit integer.
+_MAX_SEED = 2**63 - 1
+
+_MAKE_MODEL_FILE = "a file written by `tenflex compress ... --out FILE`"
+
+
+class CommandError(Exception):
+    """A failure the user can act on: printed as ``tenflex COMMAND: error: MESSAGE``.
+
+    Parameters
+    ----------
+    message : str
+        Names the option and the path or value at fault.
+    status : int
+        Exit status (2: refused setting or input; 1: a result could not be written).
+    """
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+# ------------------------------------------------------------------------- argument types
+
+
+def _int_type(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[low, high]``; argparse prefixes the option name."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f">= {low} and <= {high}"
+            if high == _MAX_SEED:
+                bound = f">= {low} (and < 2**63)"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_type(*, positive: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number ``> 0`` (``positive``) or ``>= 0``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            expected = "a finite number > 0" if positive else "a finite number >= 0"
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_seed_type = _int_type(0, _MAX_SEED)
+
+
+def _dataset_type(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    """An argparse type: a data set in ``allowed`` (library names), either spelling."""
+
+    def parse(text: str) -> str:
+        name = _DATASET_NAMES.get(text)
+        if name not in allowed:
+            shown = ", ".join(_DATASET_DISPLAY[n] for n in allowed)
+            raise argparse.ArgumentTypeError(f"unknown data set {text!r}; choose from {shown}")
+        return name
+
+    return parse
+
+
+def _dataset_metavar(allowed: tuple[str, ...]) -> str:
+    """``{mnist,fashion-mnist}``: the spellings the docs use, for usage and help."""
+    return "{" + ",".join(_DATASET_DISPLAY[n] for n in allowed) + "}"
+
+
+def _parse_span(text: str):
+    """``"fc1"`` -> "fc1"; ``"fc1:fc2"`` -> ("fc1", "fc2"); integers are indices."""
+    parts = [int(p) if p.lstrip("-").isdigit() else p for p in text.split(":")]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return tuple(parts)
+    raise argparse.ArgumentTypeError(f"must be LAYER or FIRST:LAST, got {text!r}")
+
+
+# ------------------------------------------------------------------------------- output files
+
+
+def _check_output_path(option: str, path: str) -> None:
+    """Refuse, before any work, an output path that could not be written.
+
+    Parameters
+    ----------
+    option : str
+        The option that names it (``"--out"``), for the message.
+    path : str
+        The path as the user gave it.
+
+    Raises
+    ------
+    CommandError
+        ``path`` is an existing folder, or its folder cannot take a new file.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise CommandError(f"{option} {path}: is a directory; give a file name in it")
+    # Missing folders are created when the file is written (atomic_write): check the
+    # nearest one that exists.
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CommandError(f"{option} {path}: {folder} is not a folder")
+    # A real file, because os.access says yes to root even on read-only or virtual
+    # file systems (/proc).
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tenflex-probe-"):
+            pass
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: cannot create a file in {folder} "
+                           f"({exc.strerror or exc})") from None
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Check ``--out`` and ``--report`` of any command before it starts working."""
+    named = [(option, getattr(args, attr)) for option, attr in (("--out", "out"),
+                                                                ("--report", "report"))
+             if getattr(args, attr, None) is not None]
+    for option, path in named:
+        _check_output_path(option, path)
+    if len(named) == 2 and Path(named[0][1]).resolve() == Path(named[1][1]).resolve():
+        raise CommandError(f"--out {named[0][1]} and --report {named[1][1]} are the same file; "
+                           "the report would overwrite the model")
+
+
+def _write_output(args: argparse.Namespace, option: str, path: str,
+                  write: Callable[[], None]) -> None:
+    """Run ``write`` and record ``path`` as written; a failure names the user's path.
+
+    The library writes through a hidden temporary file next to ``path``, and its errors
+    name that file, which the user never asked for.
+    """
+    try:
+        write()
+    except (OSError, RuntimeError) as exc:  # torch.save reports failed writes as RuntimeError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CommandError(f"{option} {path}: cannot write: {reason}", status=1) from exc
+    args.written.append(path)
+
+
+def _print_json(data: Any) -> None:
+    """Print ``data`` as JSON on standard output, the command's result."""
+    print(json.dumps(data, indent=2, default=float))
+
+
+def _write_report(args: argparse.Namespace, data: Any) -> None:
+    """Write ``data`` as JSON to ``--report`` (atomically)."""
+    from tenflex.files import atomic_write
+
+    text = json.dumps(data, indent=2, default=float) + "\n"
+    _write_output(args, "--report", args.report,
+                  lambda: atomic_write(args.report, lambda handle: handle.write(text), mode="w"))
+
+
+def _progress_to_stderr():
+    """Send what the library prints (the ALS log) to stderr, where tqdm's bars already go."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def _percent(value: float | None) -> str:
+    """An accuracy or fraction in [0, 1] as a percentage for the summaries."""
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+# ----------------------------------------------------------------------------------- commands
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -32,7 +234,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "data_dirs": {name: [str(p) for p in data.data_dirs(name)]
                       for name in ("mnist", "fashion-mnist")},
     }
-    print(json.dumps(info, indent=2))
+    _print_json(info)
     return 0
 
 
@@ -41,52 +243,35 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from tenflex import data
 
     loader = {"mnist": data.load_mnist, "fashion_mnist": data.load_fashion_mnist}[args.dataset]
+    shown = _DATASET_DISPLAY[args.dataset]
     status = 0
     for split in ("train", "test"):
         try:
             images, labels = loader(split)
         except data.DataError as exc:
-            print(f"{args.dataset} {split}: MISSING OR DAMAGED\n  {exc}", file=sys.stderr)
+            print(f"{shown} {split}: MISSING OR DAMAGED\n  {exc}", file=sys.stderr)
             status = 1
             continue
-        print(f"{args.dataset} {split}: images {images.shape} {images.dtype}, "
+        print(f"{shown} {split}: images {images.shape} {images.dtype}, "
               f"labels {labels.shape}, classes {sorted(set(labels.tolist()))}")
     return status
-
-
-def _dataset_name(text: str) -> str:
-    """``fashion-mnist`` (the data package's name) and ``fashion_mnist`` both name it."""
-    return text.replace("-", "_")
-
-
-def _parse_span(text: str):
-    """``"fc1"`` -> "fc1"; ``"fc1:fc2"`` -> ("fc1", "fc2"); integers are indices."""
-    parts = [int(p) if p.lstrip("-").isdigit() else p for p in text.split(":")]
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return tuple(parts)
-    raise argparse.ArgumentTypeError(f"span must be LAYER or FIRST:LAST, got {text!r}")
-
-
-def _write_json(path: str | None, data: dict) -> None:
-    text = json.dumps(data, indent=2, default=float)
-    if path is None:
-        print(text)
-        return
-    from tenflex.files import atomic_write
-
-    atomic_write(path, lambda handle: handle.write(text + "\n"), mode="w")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train (or load from the cache) a reference network and print its test accuracy."""
     from tenflex import zoo
 
-    _, info = zoo.pretrained(args.model, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
-                             cache_dir=args.cache_dir, retrain=args.retrain, progress=True,
-                             return_info=True)
-    _write_json(args.report, info)
+    with _progress_to_stderr():
+        _, info = zoo.pretrained(args.model, dataset=args.dataset, epochs=args.epochs,
+                                 seed=args.seed, cache_dir=args.cache_dir, retrain=args.retrain,
+                                 progress=True, return_info=True)
+    if args.report is None:
+        _print_json(info)
+        return 0
+    _write_report(args, info)
+    accuracy = None if info is None else info.get("test_accuracy")
+    print(f"{args.model} on {_DATASET_DISPLAY[args.dataset]}: test accuracy "
+          f"{_percent(accuracy)}; report: {args.report}")
     return 0
 
 
@@ -95,120 +280,296 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from tenflex import zoo
     from tenflex.nn.compress import compress, save_compressed
 
-    model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.model_seed, progress=True)
-    train_images, train_labels = zoo.dataset_tensors(args.dataset, "train")
-    test_images, test_labels = zoo.dataset_tensors(args.dataset, "test")
-    finetune = None
-    if args.finetune_epochs:
-        finetune = {"scope": args.finetune_scope, "epochs": args.finetune_epochs,
-                    "lr": args.finetune_lr, "train_labels": train_labels}
-    fit_options = {"max_iter": args.max_iter}
-    result = compress(model, args.span, train_images, rank=args.rank, basis=args.basis,
-                      n_functions=args.n_functions, lam=args.lam, n_samples=args.n_samples,
-                      test_data=(test_images, test_labels), fit_options=fit_options,
-                      finetune=finetune, seed=args.seed, progress=True)
-    base = {"model": args.model}
-    save_compressed(args.out, result, base, finetuned=finetune is not None)
+    with _progress_to_stderr():
+        model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.model_seed,
+                               progress=True)
+        train_images, train_labels = zoo.dataset_tensors(args.dataset, "train")
+        test_images, test_labels = zoo.dataset_tensors(args.dataset, "test")
+        finetune = None
+        if args.finetune_epochs:
+            finetune = {"scope": args.finetune_scope, "epochs": args.finetune_epochs,
+                        "lr": args.finetune_lr, "train_labels": train_labels}
+        fit_options = {"max_iter": args.max_iter}
+        result = compress(model, args.span, train_images, rank=args.rank, basis=args.basis,
+                          n_functions=args.n_functions, lam=args.lam, n_samples=args.n_samples,
+                          test_data=(test_images, test_labels), fit_options=fit_options,
+                          finetune=finetune, seed=args.seed, progress=True)
+    # What rebuilds and evaluates the file: the network, and the data and training seed of
+    # the pretrained weights (`tenflex evaluate` defaults to that data set).
+    base = {"model": args.model, "dataset": args.dataset, "model_seed": args.model_seed}
+    _write_output(args, "--out", args.out,
+                  lambda: save_compressed(args.out, result, base, finetuned=finetune is not None))
     report = result.report.to_dict()
     report["output_file"] = str(args.out)
-    _write_json(args.report, report)
+    if args.report is None:
+        _print_json(report)
+        return 0
+    try:
+        _write_report(args, report)
+    except BaseException as exc:
+        # The command failed as a whole: leave no model file without its report.
+        with contextlib.suppress(OSError):
+            os.unlink(args.out)
+        if args.out in args.written:
+            args.written.remove(args.out)
+        if isinstance(exc, CommandError):
+            raise CommandError(f"{exc}; the model file --out {args.out} was removed",
+                               exc.status) from exc
+        raise
+    after = result.report.accuracy_after
+    if result.report.finetune is not None:
+        after = result.report.finetune.get("accuracy", after)
+    tuned = " fine-tuning" if result.report.finetune is not None else ""
+    print(f"test accuracy on {_DATASET_DISPLAY[args.dataset]}: "
+          f"{_percent(result.report.accuracy_before)} before, {_percent(after)} after{tuned}\n"
+          f"parameters kept: {_percent(result.report.fraction_model_kept)} of the model "
+          f"({result.report.parameters_model_after} of {result.report.parameters_model_before})"
+          f"\nwrote {args.out} (model) and {args.report} (report)")
     return 0
+
+
+def _load_model_file(path: Path) -> tuple[Any, dict[str, Any]]:
+    """Load a compressed model file, with messages for files that are not one or are damaged.
+
+    Raises
+    ------
+    CommandError
+        Not a tenflex model file (what was expected and how to make one), or a damaged one
+        (with the library's or torch's message).
+    """
+    import warnings
+
+    import torch
+
+    from tenflex.nn.compress import _FORMAT, load_compressed
+
+    not_ours = (f"{path} is not a tenflex model file: expected {_MAKE_MODEL_FILE} "
+                "(a torch.save file with a tenflex header)")
+    # torch's own error on such a file advises weights_only=False and filing an issue,
+    # neither of which helps here; its warnings say the same.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - the unpickler raises whatever the bytes lead to
+            raise CommandError(not_ours) from None
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise CommandError(not_ours)
+        del payload
+        try:
+            return load_compressed(path)
+        except KeyError as exc:
+            raise CommandError(f"{path} is a damaged tenflex model file: missing entry "
+                               f"{exc.args[0]!r}") from None
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise CommandError(f"{path} is a damaged tenflex model file: {exc}") from None
+
+
+def _resolve_evaluated(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
+    """The model named by ``evaluate``'s argument, what to report as its source, the data set.
+
+    An existing path is a model file; else a network name; else, if the argument looks like
+    a path (a separator or a suffix), the file is missing.
+    """
+    from tenflex import zoo
+
+    text = args.model
+    path = Path(text)
+    names = ", ".join(_MODELS)
+    if path.is_dir():
+        raise CommandError(f"{text} is a directory, not a model file; give {_MAKE_MODEL_FILE}, "
+                           f"or a network name ({names})")
+    if path.exists():
+        model, info = _load_model_file(path)
+        # Old files recorded only the network: they keep the former default, mnist.
+        dataset = args.dataset or info["base"].get("dataset") or "mnist"
+        return model, {"file": text, "span": info["span"]}, dataset
+    if text in _MODELS:
+        dataset = args.dataset or "mnist"
+        model = zoo.pretrained(text, dataset=dataset, progress=True)
+        return model, {"model": text}, dataset
+    if os.sep in text or "/" in text or path.suffix:
+        raise CommandError(f"no such file: {text} (expected {_MAKE_MODEL_FILE}; network names "
+                           f"are also accepted: {names})")
+    raise CommandError(f"{text!r} is neither a file nor a network name (network names: "
+                       f"{names}; or give {_MAKE_MODEL_FILE})")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Test accuracy of a compressed model file or of a pretrained reference network."""
-    from pathlib import Path
-
     from tenflex import zoo
-    from tenflex.nn.compress import count_parameters, load_compressed
+    from tenflex.nn.compress import count_parameters
 
-    if Path(args.model).suffix in (".pt", ".pth") or Path(args.model).exists():
-        model, info = load_compressed(args.model)
-        source = {"file": str(args.model), "span": info["span"]}
-    else:
-        model = zoo.pretrained(args.model, dataset=args.dataset, progress=True)
-        source = {"model": args.model}
-    images, labels = zoo.dataset_tensors(args.dataset, "test")
-    result = {**source, "dataset": args.dataset, "parameters": count_parameters(model),
-              "test_accuracy": zoo.evaluate(model, images, labels)}
-    _write_json(args.report, result)
+    with _progress_to_stderr():
+        model, source, dataset = _resolve_evaluated(args)
+        images, labels = zoo.dataset_tensors(dataset, "test")
+        accuracy = zoo.evaluate(model, images, labels)
+    result = {**source, "dataset": dataset, "parameters": count_parameters(model),
+              "test_accuracy": accuracy}
+    if args.report is None:
+        _print_json(result)
+        return 0
+    _write_report(args, result)
+    print(f"{args.model} on {_DATASET_DISPLAY[dataset]}: test accuracy {_percent(accuracy)}; "
+          f"report: {args.report}")
     return 0
 
 
+# ------------------------------------------------------------------------------------- parser
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_command(commands, name: str, summary: str, func, details: str = ""):
+    """A subcommand whose one-line ``summary`` is listed by ``tenflex --help`` and heads its own."""
+    command = commands.add_parser(name, help=summary,
+                                  description=f"{summary[0].upper()}{summary[1:]}. {details}",
+                                  formatter_class=_HelpFormatter)
+    command.set_defaults(func=func)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``tenflex`` command and its subcommands.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     parser = argparse.ArgumentParser(
         prog="tenflex",
         description="Compress neural networks with flexible layers (CMTF-ALS) and tensor methods.",
+        epilog="Run `tenflex COMMAND --help` for the options of one command.",
     )
     parser.add_argument("--version", action="version", version=f"tenflex {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    info = commands.add_parser("info", help="versions of tenflex and its dependencies, data folders")
-    info.set_defaults(func=_cmd_info)
+    _add_command(commands, "info", "versions of tenflex and its dependencies, data folders",
+                 _cmd_info, "Prints a JSON document.")
 
-    check = commands.add_parser("data", help="check that a data set is installed and readable")
-    check.add_argument("dataset", nargs="?", default="mnist", type=_dataset_name,
-                       choices=["mnist", "fashion_mnist"], help="mnist or fashion-mnist")
-    check.set_defaults(func=_cmd_data)
+    check = _add_command(commands, "data", "check that a data set is installed and readable",
+                         _cmd_data, "Exit status 1 names the missing file and how to fetch it.")
+    image_sets = ("mnist", "fashion_mnist")
+    check.add_argument("dataset", nargs="?", default="mnist", type=_dataset_type(image_sets),
+                       metavar=_dataset_metavar(image_sets), help="the data set to check")
 
-    models = ["reference_cnn", "lenet5"]
-    datasets = ["mnist", "fashion_mnist", "digits"]
-    train = commands.add_parser("train", help="train a reference network (cached) and report it")
-    train.add_argument("--model", default="reference_cnn", choices=models)
-    train.add_argument("--dataset", default="mnist", type=_dataset_name, choices=datasets)
-    train.add_argument("--epochs", type=int, default=None, help="override the default epochs")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--cache-dir", default=None, help="where trained weights are kept")
-    train.add_argument("--retrain", action="store_true", help="ignore a cached model")
-    train.add_argument("--report", default=None, help="write the JSON report here")
-    train.set_defaults(func=_cmd_train)
+    datasets = ("mnist", "fashion_mnist", "digits")
+    dataset_help = "data set (digits: a small built-in set, for quick tries)"
+    train = _add_command(commands, "train", "train a reference network (cached) and report it",
+                         _cmd_train, "Prints the training report as JSON (or writes it to "
+                         "--report); a network already in the cache is loaded, not retrained.")
+    train.add_argument("--model", default="reference_cnn", choices=_MODELS,
+                       help="the network to train")
+    train.add_argument("--dataset", default="mnist", type=_dataset_type(datasets),
+                       metavar=_dataset_metavar(datasets), help=dataset_help)
+    train.add_argument("--epochs", type=_int_type(1), default=None,
+                       help="epochs of training (default: the network's own setting)")
+    train.add_argument("--seed", type=_seed_type, default=0,
+                       help="seeds the initialisation and the shuffling")
+    train.add_argument("--cache-dir", default=None,
+                       help="where trained weights are kept (default: $TENFLEX_CACHE, else "
+                       "data/models in a source checkout, else ~/.cache/tenflex)")
+    train.add_argument("--retrain", action="store_true",
+                       help="train again and overwrite a cached network")
+    train.add_argument("--report", default=None,
+                       help="write the JSON report to this file instead of standard output")
 
-    comp = commands.add_parser("compress", help="replace a span of a network by a flexible layer")
-    comp.add_argument("--model", default="reference_cnn", choices=models)
-    comp.add_argument("--dataset", default="mnist", type=_dataset_name, choices=datasets)
-    comp.add_argument("--span", type=_parse_span, default=("fc1", "fc2"),
-                      help="LAYER or FIRST:LAST by name or index (default fc1:fc2)")
-    comp.add_argument("--rank", type=int, required=True, help="branches R of the flexible layer")
+    comp = _add_command(commands, "compress", "replace a span of a network by a flexible layer",
+                        _cmd_compress, "Writes the compressed model to --out and prints the "
+                        "JSON report (or writes it to --report and prints a summary).")
+    comp.add_argument("--model", default="reference_cnn", choices=_MODELS,
+                      help="the pretrained network to compress (as `tenflex train`)")
+    comp.add_argument("--dataset", default="mnist", type=_dataset_type(datasets),
+                      metavar=_dataset_metavar(datasets),
+                      help="data set of the pretrained network, the sampling and the test")
+    comp.add_argument("--span", type=_parse_span, default="fc1:fc2",
+                      help="the layers replaced: LAYER or FIRST:LAST, by name or index")
+    comp.add_argument("--rank", type=_int_type(1), required=True,
+                      help="branches R of the flexible layer (required)")
     comp.add_argument("--basis", default="bspline",
-                      choices=["monomial", "chebyshev", "legendre", "bspline", "hinge"])
-    comp.add_argument("--n-functions", type=int, default=8, help="basis functions D per branch")
-    comp.add_argument("--lam", type=float, default=100.0,
-                      help="weight of the output term against the Jacobian term (default 100)")
-    comp.add_argument("--n-samples", type=int, default=5000, help="sampling points N")
-    comp.add_argument("--max-iter", type=int, default=30, help="ALS sweeps (default 30)")
-    comp.add_argument("--finetune-epochs", type=int, default=0)
-    comp.add_argument("--finetune-scope", default="layer", choices=["layer", "all"])
-    comp.add_argument("--finetune-lr", type=float, default=1e-3)
-    comp.add_argument("--seed", type=int, default=0,
+                      choices=["monomial", "chebyshev", "legendre", "bspline", "hinge"],
+                      help="basis of the activation functions")
+    comp.add_argument("--n-functions", type=_int_type(1), default=8,
+                      help="basis functions D per branch")
+    comp.add_argument("--lam", type=_float_type(positive=False), default=100.0,
+                      help="weight of the output term against the Jacobian term")
+    comp.add_argument("--n-samples", type=_int_type(1), default=5000,
+                      help="sampling points N (training images where the span is sampled)")
+    comp.add_argument("--max-iter", type=_int_type(1), default=30, help="ALS sweeps at most")
+    comp.add_argument("--finetune-epochs", type=_int_type(0), default=0,
+                      help="epochs of fine-tuning after the fit (0: none)")
+    comp.add_argument("--finetune-scope", default="layer", choices=["layer", "all"],
+                      help="fine-tune the flexible layer alone, or the whole network")
+    comp.add_argument("--finetune-lr", type=_float_type(positive=True), default=1e-3,
+                      help="peak learning rate of fine-tuning")
+    comp.add_argument("--seed", type=_seed_type, default=0,
                       help="seeds the sampling points, the fit and fine-tuning")
-    comp.add_argument("--model-seed", type=int, default=0,
-                      help="training seed of the pretrained network to compress (default 0, "
-                      "as `tenflex train`; another seed trains and caches another network)")
-    comp.add_argument("--out", required=True, help="compressed model file (.pt)")
-    comp.add_argument("--report", default=None, help="write the JSON report here")
-    comp.set_defaults(func=_cmd_compress)
+    comp.add_argument("--model-seed", type=_seed_type, default=0,
+                      help="training seed of the pretrained network to compress (as `tenflex "
+                      "train`; another seed trains and caches another network)")
+    comp.add_argument("--out", required=True,
+                      help="compressed model file to write (.pt; required)")
+    comp.add_argument("--report", default=None,
+                      help="write the JSON report to this file instead of standard output")
 
-    evaluate = commands.add_parser("evaluate", help="test accuracy of a model file or network")
-    evaluate.add_argument("model", help="a file written by `tenflex compress`, or a network name")
-    evaluate.add_argument("--dataset", default="mnist", type=_dataset_name, choices=datasets)
-    evaluate.add_argument("--report", default=None, help="write the JSON result here")
-    evaluate.set_defaults(func=_cmd_evaluate)
+    evaluate = _add_command(commands, "evaluate", "test accuracy of a model file or network",
+                            _cmd_evaluate, "Prints the result as JSON (or writes it to "
+                            "--report).")
+    evaluate.add_argument("model", help=f"{_MAKE_MODEL_FILE}, or a network name "
+                          f"({', '.join(_MODELS)})")
+    evaluate.add_argument("--dataset", default=None, type=_dataset_type(datasets),
+                          metavar=_dataset_metavar(datasets),
+                          help="test set (default: the data set a model file was compressed "
+                          "on, else mnist)")
+    evaluate.add_argument("--report", default=None,
+                          help="write the JSON result to this file instead of standard output")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tenflex`` console script."""
+    """Entry point of the ``tenflex`` console script.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status; refused settings and interruptions exit through
+        :class:`SystemExit` (status 2, 1 or 130) with a one-line message on stderr.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    prefix = f"tenflex {args.command}"
+    args.written = []  # output files completed, for the message of an interruption
     try:
+        _check_outputs(args)
         return args.func(args)
+    except CommandError as exc:
+        parser.exit(exc.status, f"{prefix}: error: {exc}\n")
     except (ValueError, FileNotFoundError) as exc:
         # The library's errors say what was expected and how to fix it: print the message
         # as argparse prints its own (no traceback), with its exit status.
-        parser.exit(2, f"tenflex {args.command}: error: {exc}\n")
+        parser.exit(2, f"{prefix}: error: {exc}\n")
+    except KeyboardInterrupt:
+        if args.written:
+            note = f": wrote {', '.join(args.written)}"
+        else:
+            note = ": no model file written" if args.command == "compress" else ""
+        # A newline first: ^C leaves the cursor after a progress bar.
+        parser.exit(130, f"\n{prefix}: interrupted{note}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

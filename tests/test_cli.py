@@ -77,3 +77,265 @@ def test_dataset_names_and_seeds():
     # --seed seeds the compression; the network compressed stays the default pretrained one
     args = parser.parse_args(["compress", "--rank", "4", "--out", "x.pt", "--seed", "3"])
     assert (args.seed, args.model_seed) == (3, 0)
+
+
+# --------------------------------------------------------------------------------------
+# compress / evaluate, made cheap: an untrained network (no training), the small built-in
+# digits set, 100 sampling points, 2 ALS sweeps.
+# --------------------------------------------------------------------------------------
+
+_CHEAP = ["compress", "--dataset", "digits", "--rank", "2", "--n-samples", "100",
+          "--max-iter", "2", "--model-seed", "3"]
+
+
+def _untrained(name, *, seed=0, **_):
+    from tenflex import zoo
+
+    return zoo.build_model(name, seed=seed).eval()
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    """One real `tenflex compress` run: its file, stdout, stderr and Compression result."""
+    import contextlib
+    import functools
+    import io
+
+    import tenflex.nn.compress as compression
+    from tenflex import zoo
+
+    results = []
+
+    def compress(*args, **kwargs):
+        # digits has 1437 training images: fewer validation points than the default 2000
+        results.append(functools.partial(real, n_validation=100)(*args, **kwargs))
+        return results[-1]
+
+    real = compression.compress
+    path = tmp_path_factory.mktemp("compressed") / "cnn.pt"
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zoo, "pretrained", _untrained)
+        patch.setattr(compression, "compress", compress)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            assert main([*_CHEAP, "--out", str(path)]) == 0
+    return {"path": path, "out": out.getvalue(), "err": err.getvalue(), "result": results[0]}
+
+
+@pytest.fixture
+def quick_compress(monkeypatch, compressed):
+    """`tenflex compress` that reuses the module's compression: only the CLI around it runs."""
+    import tenflex.nn.compress as compression
+    from tenflex import zoo
+
+    monkeypatch.setattr(zoo, "pretrained", _untrained)
+    monkeypatch.setattr(compression, "compress", lambda *args, **kwargs: compressed["result"])
+    return _CHEAP
+
+
+def _exit(argv, capsys):
+    """Run main, which must stop with SystemExit: (exit status, stdout, stderr)."""
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main")
+    captured = capsys.readouterr()
+    return stop.value.code, captured.out, captured.err
+
+
+def test_compress_stdout_is_only_the_json_report(compressed):
+    report = json.loads(compressed["out"])  # the ALS log would make this invalid JSON
+    assert report["output_file"] == str(compressed["path"])
+    assert report["rank"] == 2 and report["fit_iterations"] == 2
+    assert "cmtf_als it    1" in compressed["err"]
+    assert "sampling" in compressed["err"]
+
+
+def test_compress_with_report_prints_a_summary(quick_compress, tmp_path, capsys):
+    out, report = tmp_path / "cnn.pt", tmp_path / "cnn.json"
+    assert main([*quick_compress, "--out", str(out), "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["output_file"] == str(out) and out.is_file()
+    stdout = capsys.readouterr().out
+    before, after = data["accuracy_before"], data["accuracy_after"]
+    assert f"{100 * before:.2f} % before, {100 * after:.2f} % after" in stdout
+    assert f"parameters kept: {100 * data['fraction_model_kept']:.2f} %" in stdout
+    assert f"wrote {out} (model) and {report} (report)" in stdout
+
+
+@pytest.mark.parametrize("case", ["out-dir", "report-dir", "same", "parent-file", "proc"])
+def test_output_paths_are_refused_before_any_work(case, tmp_path, monkeypatch, capsys):
+    from tenflex import zoo
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the outputs must be checked before any work")
+
+    monkeypatch.setattr(zoo, "pretrained", no_work)
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("x")
+    option, path, extra = {
+        "out-dir": ("--out", str(tmp_path), []),
+        "report-dir": ("--report", str(tmp_path), ["--out", str(tmp_path / "m.pt")]),
+        "same": ("--report", str(tmp_path / "m.pt"), ["--out", str(tmp_path / "." / "m.pt")]),
+        "parent-file": ("--out", str(a_file / "m.pt"), []),
+        # root may write anywhere by os.access, yet /proc takes no new file
+        "proc": ("--out", "/proc/cnn.pt", []),
+    }[case]
+    if "--out" not in (option, *extra):
+        extra = [*extra, "--out", str(tmp_path / "m.pt")]
+    status, _, err = _exit([*_CHEAP, option, path, *extra], capsys)
+    assert status == 2
+    assert err.startswith("tenflex compress: error: ") and f"{option} {path}" in err
+    assert list(tmp_path.iterdir()) == [a_file]
+
+
+def test_missing_output_folders_are_still_created(quick_compress, tmp_path):
+    out = tmp_path / "new" / "folder" / "cnn.pt"
+    assert main([*quick_compress, "--out", str(out), "--report", str(out.with_suffix(".json"))]) == 0
+    assert out.is_file() and out.with_suffix(".json").is_file()
+
+
+def test_write_errors_name_the_users_path(quick_compress, tmp_path, monkeypatch, capsys):
+    from tenflex import cli
+
+    # a failure the check before the work cannot foresee (a disk that fills up meanwhile)
+    monkeypatch.setattr(cli, "_check_outputs", lambda args: None)
+    status, _, err = _exit([*quick_compress, "--out", "/proc/cnn.pt"], capsys)
+    assert status == 1
+    assert err.startswith("tenflex compress: error: --out /proc/cnn.pt: cannot write: ")
+    assert ".tmp" not in err
+    # a report that cannot be written takes the model file with it
+    out = tmp_path / "cnn.pt"
+    status, _, err = _exit([*quick_compress, "--out", str(out), "--report", "/proc/r.json"], capsys)
+    assert status == 1
+    assert "--report /proc/r.json: cannot write: " in err and ".tmp" not in err
+    assert f"--out {out} was removed" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_compression_exits_130_and_writes_nothing(quick_compress, tmp_path,
+                                                              monkeypatch, capsys):
+    import tenflex.files
+    import tenflex.nn.compress as compression
+
+    out = tmp_path / "cnn.pt"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for target, name in ((compression, "compress"),  # during the fit
+                         (compression.torch, "save"),  # while writing the model file
+                         (tenflex.files, "atomic_write")):  # while writing the report
+        with monkeypatch.context() as patch:
+            patch.setattr(target, name, interrupt)
+            status, stdout, err = _exit([*quick_compress, "--out", str(out), "--report",
+                                         str(tmp_path / "r.json")], capsys)
+        assert status == 130, name
+        assert err.strip() == "tenflex compress: interrupted: no model file written"
+        assert stdout == ""
+        assert list(tmp_path.iterdir()) == [], name
+
+
+def test_evaluate_defaults_to_the_data_set_compressed_on(compressed, tmp_path, capsys):
+    import torch
+
+    payload = torch.load(compressed["path"], weights_only=True)
+    assert payload["base"] == {"model": "reference_cnn", "dataset": "digits", "model_seed": 3}
+    assert main(["evaluate", str(compressed["path"])]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dataset"] == "digits"
+    assert result["test_accuracy"] == pytest.approx(compressed["result"].report.accuracy_after)
+    # a file from before the data set was recorded keeps the former default
+    del payload["base"]["dataset"], payload["base"]["model_seed"]
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    assert main(["evaluate", str(old), "--report", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["dataset"] == "mnist"
+    assert "on mnist: test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["missing-weight", "rank", "missing-entry"])
+def test_evaluate_damaged_file_exits_2_with_the_message(damage, compressed, tmp_path, capsys):
+    import torch
+
+    payload = torch.load(compressed["path"], weights_only=True)
+    if damage == "missing-weight":
+        del payload["state_dict"][next(iter(payload["state_dict"]))]
+        expected = "Missing key(s) in state_dict"
+    elif damage == "rank":
+        payload["layer"]["rank"] += 1
+        expected = "size mismatch"
+    else:
+        del payload["span"]
+        expected = "missing entry 'span'"
+    path = tmp_path / "damaged.pt"
+    torch.save(payload, path)
+    status, _, err = _exit(["evaluate", str(path)], capsys)
+    assert status == 2
+    assert err.startswith(f"tenflex evaluate: error: {path} is a damaged tenflex model file: ")
+    assert expected in err and "Traceback" not in err
+
+
+def test_evaluate_names_what_is_wrong_with_the_argument(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    status, _, err = _exit(["evaluate", "cnn.pkl"], capsys)
+    assert status == 2
+    assert "no such file: cnn.pkl" in err and "reference_cnn" in err and "unknown" not in err
+    status, _, err = _exit(["evaluate", str(tmp_path)], capsys)
+    assert status == 2 and f"{tmp_path} is a directory" in err and "not exist" not in err
+    (tmp_path / "garbage.pt").write_bytes(b"garbage")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "weights.pt")  # a plain state dict
+    for name in ("garbage.pt", "weights.pt"):
+        status, _, err = _exit(["evaluate", name], capsys)
+        assert status == 2
+        assert err.startswith(f"tenflex evaluate: error: {name} is not a tenflex model file: "
+                              "expected a file written by `tenflex compress ... --out FILE`")
+        assert "weights_only" not in err and "issue" not in err
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["compress", "--seed", "-1"], "--seed"),
+    (["compress", "--model-seed", "-1"], "--model-seed"),
+    (["compress", "--finetune-epochs", "-1"], "--finetune-epochs"),
+    (["compress", "--max-iter", "0"], "--max-iter"),
+    (["compress", "--rank", "0"], "--rank"),
+    (["compress", "--n-functions", "0"], "--n-functions"),
+    (["compress", "--n-samples", "0"], "--n-samples"),
+    (["compress", "--lam", "-1"], "--lam"),
+    (["compress", "--lam", "nan"], "--lam"),
+    (["compress", "--finetune-lr", "0"], "--finetune-lr"),
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--seed", str(2**63)], "--seed"),
+])
+def test_refused_values_name_the_flag(argv, flag, capsys):
+    if argv[0] == "compress":
+        argv = ["compress", "--rank", "2", "--out", "x.pt", *argv[1:]]
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    assert f"error: argument {flag}: must be " in capsys.readouterr().err
+
+
+def test_every_command_and_option_is_described(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0]
+    listed = {action.dest: action.help for action in commands._choices_actions}
+    for name, command in commands.choices.items():
+        assert listed[name], name  # the line in `tenflex --help`
+        assert command.description and command.description.startswith(listed[name][0].upper())
+        for action in command._actions:
+            assert action.help, f"tenflex {name} {action.option_strings or action.dest}"
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("ALS sweeps at most (default: 30)", "(default: fc1:fc2)",
+                    "(default: bspline)", "(default: 5000)", "(default: 0.001)"):
+        assert default in text
+    with pytest.raises(SystemExit):
+        main(["data", "--help"])
+    text = capsys.readouterr().out
+    assert "fashion-mnist" in text and "fashion_mnist" not in text
