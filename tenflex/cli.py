@@ -436,6 +436,12 @@ def _add_command(commands, name: str, summary: str, func, details: str = ""):
     return command
 
 
+def _add_report_option(command: argparse.ArgumentParser, what: str) -> None:
+    """``--report FILE``: the command's JSON ``what`` goes to FILE, a summary to stdout."""
+    command.add_argument("--report", default=None,
+                         help=f"write the JSON {what} to this file instead of standard output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``tenflex`` command and its subcommands.
 
@@ -478,8 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "data/models in a source checkout, else ~/.cache/tenflex)")
     train.add_argument("--retrain", action="store_true",
                        help="train again and overwrite a cached network")
-    train.add_argument("--report", default=None,
-                       help="write the JSON report to this file instead of standard output")
+    _add_report_option(train, "report")
 
     comp = _add_command(commands, "compress", "replace a span of a network by a flexible layer",
                         _cmd_compress, "Writes the compressed model to --out and prints the "
@@ -516,8 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "train`; another seed trains and caches another network)")
     comp.add_argument("--out", required=True,
                       help="compressed model file to write (.pt; required)")
-    comp.add_argument("--report", default=None,
-                      help="write the JSON report to this file instead of standard output")
+    _add_report_option(comp, "report")
 
     evaluate = _add_command(commands, "evaluate", "test accuracy of a model file or network",
                             _cmd_evaluate, "Prints the result as JSON (or writes it to "
@@ -528,8 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar=_dataset_metavar(datasets),
                           help="test set (default: the data set a model file was compressed "
                           "on, else mnist)")
-    evaluate.add_argument("--report", default=None,
-                          help="write the JSON result to this file instead of standard output")
+    _add_report_option(evaluate, "result")
     return parser
 
 
