@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from tenflex.cpd import _SOLVER_DTYPES, _as_float_tensor
 
-__all__ = ["Samples", "sample_function"]
+__all__ = ["Samples", "evaluation_mode", "sample_function"]
 
 #: Default memory budget (bytes) for the Jacobians of one chunk of sampling points.
 CHUNK_BYTES = 256 * 2**20
@@ -93,6 +93,31 @@ def _set_training(module: nn.Module, flags: dict[nn.Module, bool] | None) -> dic
     for mod, training in flags.items():
         mod.training = training
     return flags
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: Any):
+    """Run ``module`` in eval mode, then give every submodule its own training flag back.
+
+    Probing or sampling a network in training mode would update its BatchNorm running
+    statistics (and fail on a batch of one) and draw dropout masks; ``module.train(was)``
+    afterwards would give all submodules one flag. Anything but an ``nn.Module`` passes
+    through untouched.
+
+    Parameters
+    ----------
+    module : torch.nn.Module or callable
+
+    Yields
+    ------
+    module
+    """
+    flags = _set_training(module, None) if isinstance(module, nn.Module) else None
+    try:
+        yield module
+    finally:
+        if flags is not None:
+            _set_training(module, flags)
 
 
 def _as_points(X: Any, dtype: torch.dtype, device: torch.device | None) -> Tensor:
@@ -238,8 +263,7 @@ def sample_function(
     input_shape = tuple(int(s) for s in X.shape[1:])
     m = math.prod(input_shape)
 
-    flags = _set_training(f, None) if isinstance(f, nn.Module) else None
-    try:
+    with evaluation_mode(f):
         call = _functional(f, dtype)
         with torch.no_grad():
             probe = call(X[:1])
@@ -291,9 +315,6 @@ def sample_function(
                             f"f returned a batch of {yb.shape[0]} outputs for {stop - start} inputs"
                         )
                 Y[start:stop] = yb.reshape(stop - start, n)
-    finally:
-        if flags is not None:
-            _set_training(f, flags)
 
     J = Jbuf.permute(0, 2, 1) if jacobian else None
     return Samples(

@@ -44,6 +44,7 @@ from torch import nn
 
 from tenflex.checks import check_float, check_int, check_positive_int, check_seed, is_real
 from tenflex.files import atomic_write
+from tenflex.sampling import evaluation_mode
 
 __all__ = [
     "DATASETS",
@@ -562,12 +563,8 @@ def _check_label_range(labels: torch.Tensor, n_classes: int, argname: str) -> No
 @torch.no_grad()
 def _n_outputs(model: nn.Module, x: torch.Tensor) -> int | None:
     """Number of logits of ``model`` from one sample (eval mode, restored); None if not (B, C)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         out = model(x[:1].to(_model_device(model)))
-    finally:
-        model.train(was_training)
     return int(out.shape[1]) if torch.is_tensor(out) and out.ndim == 2 else None
 
 
@@ -806,9 +803,7 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
     x, y = _check_images_labels(images, labels, "images/labels")
     check_positive_int(batch_size, "batch_size")
     device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         correct = 0
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size].to(device)
@@ -821,8 +816,6 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
                                      f"{shape} for a batch of {xb.shape[0]}")
                 _check_label_range(y, logits.shape[1], "images/labels")
             correct += int((logits.argmax(dim=1) == yb).sum())
-    finally:
-        model.train(was_training)
     return correct / x.shape[0]
 
 

@@ -155,3 +155,20 @@ def test_span_input_shape_is_probed_on_the_model_device():
     model = build_model("reference_cnn").to("meta")
     assert _input_shape(model, resolve_span(model, "conv2")) == (32, 14, 14)
     assert _input_shape(model, resolve_span(model, "fc2")) == (128,)  # through fc1
+
+
+def test_linear_span_leaves_a_training_model_untouched():
+    # A BatchNorm in the prefix, the model in training mode: probing the span's shapes must
+    # neither update its statistics nor fail on a batch of one.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model.input_shape = (6,)
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    span = resolve_span(model, 3)
+    X = torch.randn(50, 8)
+    new = linear_span(model, span, X, X @ torch.randn(8, 3), rank=2)
+    assert model.training and all(m.training for m in model.modules())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
+    assert count_parameters(new) < count_parameters(model)

@@ -102,6 +102,14 @@ def test_interrupted_save_leaves_no_file(tmp_path, compressed, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_network_load_compressed_cannot_rebuild_is_refused_at_save_time(compressed, tmp_path):
+    for base in ({"model": "mine"}, {}, None):
+        with pytest.raises(ValueError, match=r"a network of tenflex.zoo \(\['lenet5', "
+                                             r"'reference_cnn'\]\).*torch.save"):
+            save_compressed(tmp_path / "model.pt", compressed, base)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tenflex compress"):
         load_compressed(tmp_path / "missing.pt")
@@ -282,3 +290,43 @@ def test_a_rank_that_compresses_nothing_is_warned_about(digits, monkeypatch):
         with pytest.raises(_Sampled):
             compress(model, ("fc1", "fc2"), train_images, rank=keeps_fewer, n_samples=600,
                      n_validation=300, n_functions=8)
+
+
+def _mlp_with_batchnorm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                          nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 16), nn.BatchNorm1d(16),
+                          nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():  # running statistics that are not the defaults
+        model.train()
+        model(torch.randn(256, 8, 8))
+    return model
+
+
+def test_compress_leaves_the_models_training_flags_and_statistics_alone():
+    model = _mlp_with_batchnorm()
+    model.train()
+    model[2].eval()  # mixed flags come back as they were, not as one flag for all
+    flags = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels = torch.randn(300, 8, 8), torch.randint(0, 4, (300,))
+    compress(model, (4, 6), images, rank=2, n_samples=100, n_validation=50,
+             test_data=(images[:50], labels[:50]), fit_options={"max_iter": 2})
+    assert [m.training for m in model.modules()] == flags
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
+
+
+def test_layer_fine_tuning_keeps_the_later_layers_frozen_batchnorm_included():
+    model = _mlp_with_batchnorm().eval()
+    images, labels = torch.randn(300, 8, 8), torch.randint(0, 4, (300,))
+    out = compress(model, (4, 6), images, rank=2, n_samples=100, n_validation=50,
+                   fit_options={"max_iter": 2},
+                   finetune={"scope": "layer", "epochs": 1, "train_labels": labels})
+    tuned, spliced = out.finetuned_model, out.model
+    # The flexible layer (index 4) moved; the BatchNorm after it (index 5 in the spliced
+    # model: Flatten, Linear, BatchNorm, ReLU, flexible, Linear, BatchNorm, ...) did not.
+    assert not torch.equal(tuned[4].V, spliced[4].V)
+    for name, value in spliced.state_dict().items():
+        if not name.startswith("flex_"):
+            torch.testing.assert_close(tuned.state_dict()[name], value, rtol=0, atol=0, msg=name)

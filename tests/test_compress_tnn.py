@@ -509,3 +509,24 @@ def test_compress_and_train_checks_pairs_and_sample_counts_first(lenet, digits, 
                    {"distill_samples": n + 1, "finetune_samples": n + 1}):
         with pytest.raises(_Decomposed):
             compress_and_train(lenet, "cp", 0.1, train, test, **kwargs)
+
+
+def test_a_padding_mode_the_layers_cannot_run_fails_at_planning():
+    conv = nn.Conv2d(12, 24, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match="conv: only padding_mode='zeros' is supported, "
+                                         "got 'reflect'"):
+        plan_layer(conv, "rcp", 0.3, name="conv")
+    # compress_network plans every layer first: the bad one stops it before any decomposition
+    model = nn.Sequential(nn.Conv2d(3, 12, 3), conv)
+    with pytest.raises(ValueError, match="1: only padding_mode"):
+        compress_network(model, "cp", 0.3, layers=["0", "1"])
+
+
+def test_a_layer_shared_by_two_positions_is_refused():
+    shared = nn.Linear(32, 32)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), shared, nn.ReLU(), shared, nn.Linear(32, 4))
+    with pytest.raises(ValueError, match=r"layer '2' is one module registered under the names "
+                                         r"\['2', '4'\] \(shared weights\)"):
+        compress_network(model, "cp", 0.5)
+    out, _ = compress_network(model, "cp", 0.5, layers=["0", "5"])  # the others are fine
+    assert isinstance(out[0], LowRankLayer | SVDLinear) and out[2] is out[4]

@@ -63,6 +63,14 @@ def test_bad_spans(cnn, span, message):
 def test_span_needs_a_sequential_model():
     with pytest.raises(TypeError, match="Sequential"):
         resolve_span(nn.Linear(3, 2), 0)
+
+    class Residual(nn.Sequential):  # its forward does not run the layers in order
+        def forward(self, x):
+            h = self[0](x)
+            return self[2](h + self[1](h))
+
+    with pytest.raises(TypeError, match="Residual is an nn.Sequential with its own forward"):
+        resolve_span(Residual(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)), (1, 2))
     with pytest.raises(TypeError, match="span must be"):
         resolve_span(nn.Sequential(nn.Linear(3, 2)), 1.5)
 

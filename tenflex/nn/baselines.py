@@ -20,6 +20,7 @@ from tenflex.checks import check_int
 from tenflex.nn.compress import count_parameters
 from tenflex.nn.lowrank import SVDLinear
 from tenflex.nn.surgery import Span, _check_span, splice
+from tenflex.sampling import evaluation_mode
 
 __all__ = ["LinearReplacement", "linear_span", "reduced_rank_regression", "svd_span"]
 
@@ -174,7 +175,7 @@ def linear_span(model: nn.Sequential, span: Span, X: torch.Tensor, Y: torch.Tens
     if example is None:
         raise ValueError("model has no parameters: linear_span needs its dtype and device")
     in_shape = _input_shape(model, span)
-    with torch.no_grad():
+    with torch.no_grad(), evaluation_mode(model):
         out = span.module(model)(example.new_zeros(1, *in_shape))
     m, n = math.prod(in_shape), math.prod(out.shape[1:])
     for arg, A, size in (("X", X, m), ("Y", Y, n)):
@@ -198,7 +199,8 @@ def _input_shape(model: nn.Sequential, span: Span) -> tuple[int, ...]:
     shape = getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError("the model needs an `input_shape` attribute (one input, no batch)")
-    # Probe with the parameters' dtype and device: a CUDA model refuses a CPU input.
-    with torch.no_grad():
+    # Probe with the parameters' dtype and device (a CUDA model refuses a CPU input), in eval
+    # mode (a training-mode BatchNorm would update its statistics, or fail on one sample).
+    with torch.no_grad(), evaluation_mode(model):
         example = next(model.parameters()).new_zeros(1, *shape)
         return tuple(span.prefix(model)(example).shape[1:])

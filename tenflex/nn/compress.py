@@ -126,7 +126,7 @@ class Compression:
     Attributes
     ----------
     model : torch.nn.Sequential
-        The compressed network (float32, same device as the input model).
+        The compressed network (the input model's dtype and device).
     layer : FlexibleLayer
         The flexible layer inside ``model``.
     report : CompressionReport
@@ -310,7 +310,8 @@ def compress(
         Fine-tune a copy after splicing: ``{"scope": "layer" | "all", "epochs": 1,
         "lr": 1e-3, "train_labels": labels, ...}``; further keys go to
         :func:`tenflex.zoo.train`. ``train_labels`` (the labels of ``train_images``) is
-        required.
+        required. ``"layer"`` trains the flexible layer alone: the layers after it are
+        frozen (no step, eval mode: BatchNorm statistics kept, dropout off).
     seed : int
         Seeds the choice of sampling points, the solver and fine-tuning.
     batch_size : int
@@ -341,7 +342,7 @@ def compress(
         A rank at which the flexible layer has no fewer parameters than the span.
     """
     from tenflex.fit import cmtf_als
-    from tenflex.sampling import sample_function
+    from tenflex.sampling import evaluation_mode, sample_function
 
     times: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -437,76 +438,92 @@ def compress(
 
     from tenflex import zoo
 
-    model.eval()
-    prefix, span_module = resolved.prefix(model), resolved.module(model)
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train_images), generator=generator)
-    sample_idx, valid_idx = order[:n_samples], order[n_samples:n_samples + n_validation]
+    # The work runs in eval mode (no BatchNorm statistics updated, no dropout); the caller's
+    # model gets its own training flags back however this ends.
+    with evaluation_mode(model):
+        prefix, span_module = resolved.prefix(model), resolved.module(model)
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(train_images), generator=generator)
+        sample_idx, valid_idx = order[:n_samples], order[n_samples:n_samples + n_validation]
 
-    t0 = time.perf_counter()
-    X_in = _batched(prefix, train_images[sample_idx].to(device), batch_size)
-    samples = sample_function(span_module, X_in, dtype=torch.float64, progress=progress)
-    times["sampling"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    fit = cmtf_als(samples.X, samples.Y, samples.J, rank, basis=basis, n_functions=n_functions,
-                   basis_options=basis_options, lam=lam, **options)
-    times["fit"] = time.perf_counter() - t0
-    decoupled = fit.model
-    train_output_error = _relative_error(decoupled(samples.X), samples.Y)
-    train_jacobian_error = _relative_error(decoupled.jacobian(samples.X), samples.J)
-    del samples
-
-    t0 = time.perf_counter()
-    dtype = first.dtype
-    layer = FlexibleLayer.from_decoupled(decoupled, output_shape=out_shape).to(
-        device=device, dtype=dtype)
-    compressed = splice(model, resolved, layer)
-    compressed.eval()
-    times["splice"] = time.perf_counter() - t0
-
-    if n_validation:
-        valid_in = _batched(prefix, train_images[valid_idx].to(device), batch_size)
-        valid_out = _batched(span_module, valid_in, batch_size).flatten(1).double()
-        valid_fit = decoupled(valid_in.flatten(1).double())
-        validation_error = _relative_error(valid_fit, valid_out)
-    else:
-        validation_error = float("nan")
-
-    accuracy_before = accuracy_after = None
-    if test_data is not None:
         t0 = time.perf_counter()
-        accuracy_before = zoo.evaluate(model, test_images, test_labels)
-        accuracy_after = zoo.evaluate(compressed, test_images, test_labels)
-        times["evaluation"] = time.perf_counter() - t0
+        X_in = _batched(prefix, train_images[sample_idx].to(device), batch_size)
+        samples = sample_function(span_module, X_in, dtype=torch.float64, progress=progress)
+        times["sampling"] = time.perf_counter() - t0
 
-    finetuned = None
-    finetune_report = None
-    if finetune is not None:
-        finetuned, finetune_report = _finetune(compressed, resolved, train_images, finetune,
-                                               seed, test_data, batch_size, progress)
-        times["finetune"] = finetune_report["time_s"]
-    times["total"] = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        fit = cmtf_als(samples.X, samples.Y, samples.J, rank, basis=basis, n_functions=n_functions,
+                       basis_options=basis_options, lam=lam, **options)
+        times["fit"] = time.perf_counter() - t0
+        decoupled = fit.model
+        train_output_error = _relative_error(decoupled(samples.X), samples.Y)
+        train_jacobian_error = _relative_error(decoupled.jacobian(samples.X), samples.J)
+        del samples
 
-    before_span, after_span = count_parameters(span_module), layer.n_parameters
-    before_model = count_parameters(model)
-    after_model = before_model - before_span + after_span
-    report = CompressionReport(
-        span=list(resolved.names), input_shape=list(in_shape), output_shape=list(out_shape),
-        rank=int(rank), basis=str(basis if isinstance(basis, str) else basis.name),
-        n_functions=int(decoupled.n_functions), lam=float(lam), n_samples=int(n_samples),
-        seed=int(seed), parameters_span_before=before_span, parameters_span_after=after_span,
-        parameters_model_before=before_model, parameters_model_after=after_model,
-        fraction_model_kept=after_model / before_model,
-        fit_output_error_train=train_output_error,
-        fit_output_error_validation=validation_error,
-        fit_jacobian_error_train=train_jacobian_error,
-        fit_converged=bool(fit.converged), fit_stop_reason=str(fit.stop_reason),
-        fit_iterations=int(fit.n_iter), times=times, accuracy_before=accuracy_before,
-        accuracy_after=accuracy_after, finetune=finetune_report,
-    )
-    return Compression(model=compressed, layer=layer, report=report, fit=fit,
-                       finetuned_model=finetuned)
+        t0 = time.perf_counter()
+        dtype = first.dtype
+        layer = FlexibleLayer.from_decoupled(decoupled, output_shape=out_shape).to(
+            device=device, dtype=dtype)
+        compressed = splice(model, resolved, layer)
+        compressed.eval()
+        times["splice"] = time.perf_counter() - t0
+
+        if n_validation:
+            valid_in = _batched(prefix, train_images[valid_idx].to(device), batch_size)
+            valid_out = _batched(span_module, valid_in, batch_size).flatten(1).double()
+            valid_fit = decoupled(valid_in.flatten(1).double())
+            validation_error = _relative_error(valid_fit, valid_out)
+        else:
+            validation_error = float("nan")
+
+        accuracy_before = accuracy_after = None
+        if test_data is not None:
+            t0 = time.perf_counter()
+            accuracy_before = zoo.evaluate(model, test_images, test_labels)
+            accuracy_after = zoo.evaluate(compressed, test_images, test_labels)
+            times["evaluation"] = time.perf_counter() - t0
+
+        finetuned = None
+        finetune_report = None
+        if finetune is not None:
+            finetuned, finetune_report = _finetune(compressed, resolved, train_images, finetune,
+                                                   seed, test_data, batch_size, progress)
+            times["finetune"] = finetune_report["time_s"]
+        times["total"] = time.perf_counter() - t_start
+
+        before_span, after_span = count_parameters(span_module), layer.n_parameters
+        before_model = count_parameters(model)
+        after_model = before_model - before_span + after_span
+        report = CompressionReport(
+            span=list(resolved.names), input_shape=list(in_shape), output_shape=list(out_shape),
+            rank=int(rank), basis=str(basis if isinstance(basis, str) else basis.name),
+            n_functions=int(decoupled.n_functions), lam=float(lam), n_samples=int(n_samples),
+            seed=int(seed), parameters_span_before=before_span, parameters_span_after=after_span,
+            parameters_model_before=before_model, parameters_model_after=after_model,
+            fraction_model_kept=after_model / before_model,
+            fit_output_error_train=train_output_error,
+            fit_output_error_validation=validation_error,
+            fit_jacobian_error_train=train_jacobian_error,
+            fit_converged=bool(fit.converged), fit_stop_reason=str(fit.stop_reason),
+            fit_iterations=int(fit.n_iter), times=times, accuracy_before=accuracy_before,
+            accuracy_after=accuracy_after, finetune=finetune_report,
+        )
+        return Compression(model=compressed, layer=layer, report=report, fit=fit,
+                           finetuned_model=finetuned)
+
+
+class _Frozen(nn.Module):
+    """Runs ``layer`` in eval mode even while the model around it trains."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer.eval()
+
+    def train(self, mode: bool = True) -> _Frozen:  # frozen: stays in eval whatever mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
 
 
 def _finetune(compressed: nn.Sequential, span: Span, train_images: torch.Tensor,
@@ -532,11 +549,13 @@ def _finetune(compressed: nn.Sequential, span: Span, train_images: torch.Tensor,
     model = copy.deepcopy(compressed)
     t0 = time.perf_counter()
     if scope == "layer":
-        # The spliced layer sits at index span.start; it and the layers after it run in
-        # training, but only it is trainable (the later ones are frozen).
+        # The spliced layer sits at index span.start and is the only one trained; the
+        # layers after it are frozen: no gradient step, and eval mode (their BatchNorm
+        # statistics stay as trained, their dropout is off).
         # _modules, not children(): a module used twice runs (and counts) twice.
         layers = list(model._modules.values())
-        trainable = nn.Sequential(*layers[span.start:])
+        trainable = nn.Sequential(layers[span.start],
+                                  *(_Frozen(layer) for layer in layers[span.start + 1:]))
         for p in layers[span.start + 1:]:
             p.requires_grad_(False)
         device = next(model.parameters()).device
@@ -577,7 +596,23 @@ def save_compressed(path: str | os.PathLike, compression: Compression, base: dic
         :func:`tenflex.zoo.build_model` (plus its keyword arguments under ``"kwargs"``).
     finetuned : bool
         Save ``compression.finetuned_model`` instead of ``compression.model``.
+
+    Raises
+    ------
+    ValueError
+        ``base`` names no network of :mod:`tenflex.zoo` (the file could not be loaded back;
+        for a network of your own, save ``compression.model`` with ``torch.save``), or
+        ``finetuned=True`` without fine-tuning.
     """
+    from tenflex.zoo import MODELS
+
+    name = base.get("model") if isinstance(base, dict) else None
+    if name not in MODELS:
+        raise ValueError(
+            f"base must be {{'model': name}} with a network of tenflex.zoo ({sorted(MODELS)}) "
+            f"that load_compressed can rebuild, got {base!r}; for a network of your own, "
+            "torch.save(compression.model, path) keeps the whole module"
+        )
     model = compression.finetuned_model if finetuned else compression.model
     if model is None:
         raise ValueError("finetuned=True but the compression was not fine-tuned")

@@ -88,6 +88,7 @@ from tenflex.nn.tensorial import (
     tensorial_max_ranks,
     tensorial_n_parameters,
 )
+from tenflex.sampling import evaluation_mode
 
 __all__ = [
     "FAMILY",
@@ -444,6 +445,11 @@ def plan_layer(
     kind = _kind(layer)
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         raise ValueError(f"{name}: grouped convolutions are not supported (groups={layer.groups})")
+    # Checked here too (the layers check it when built): compress_network plans every
+    # layer before it decomposes any.
+    if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+        raise ValueError(f"{name}: only padding_mode='zeros' is supported, got "
+                         f"{layer.padding_mode!r}")
     n_dense = _dense_count(layer)
     budget = rate * n_dense
     bias = layer.bias is not None
@@ -608,9 +614,10 @@ def compress_network(
     Raises
     ------
     ValueError
-        Unknown layer names (valid ones listed), duplicated names, ``modes`` or
-        ``factors`` entries for layers that are not compressed, ``n_iter_max < 1``, and
-        everything :func:`plan_layer` raises.
+        Unknown layer names (valid ones listed), duplicated names, a layer whose module is
+        registered under several names (shared weights), ``modes`` or ``factors`` entries
+        for layers that are not compressed, ``n_iter_max < 1``, and everything
+        :func:`plan_layer` raises.
     TypeError
         ``seed`` or ``n_iter_max`` not an int.
     """
@@ -626,6 +633,19 @@ def compress_network(
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ValueError(f"unknown layer name(s) {unknown}; Conv2d/Linear layers: {valid}")
+    # named_modules() lists a module registered under several names once: replacing it
+    # under one name would leave the other occurrences dense and end the weight sharing.
+    aliases: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(n)
+    for n in names:
+        shared = aliases[id(model.get_submodule(n))]
+        if len(shared) > 1:
+            raise ValueError(
+                f"layer {n!r} is one module registered under the names {shared} (shared "
+                "weights): compressing it under one name would leave the others dense; give "
+                "each position its own module (copy.deepcopy) to compress them apart"
+            )
     check_seed(seed, allow_none=True)
     _check_n_iter_max(n_iter_max)
     factors = {} if factors is None else dict(factors)
@@ -725,9 +745,7 @@ def time_forward(module: nn.Module, x: torch.Tensor, *, repeat: int = 20, warmup
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
-    was_training = module.training
-    module.eval()
-    try:
+    with evaluation_mode(module):
         for _ in range(warmup):
             module(x)
         times = []
@@ -735,8 +753,6 @@ def time_forward(module: nn.Module, x: torch.Tensor, *, repeat: int = 20, warmup
             t0 = time.perf_counter()
             module(x)
             times.append(time.perf_counter() - t0)
-    finally:
-        module.train(was_training)
     return statistics.median(times)
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import check_float, check_positive_int, check_seed
+from tenflex.sampling import evaluation_mode
 
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
 
@@ -115,15 +116,12 @@ def _block_error(
     batch_size: int, device: torch.device,
 ) -> float:
     num = den = 0.0
-    was_training = student.training
-    student.eval()
-    with torch.no_grad():
+    with torch.no_grad(), evaluation_mode(student):
         for start in range(0, x.shape[0], batch_size):
             xin, target = _activations(pretrained, teacher, x[start : start + batch_size].to(device))
             out = student(xin)
             num += float((out - target).square().sum())
             den += float(target.square().sum())
-    student.train(was_training)
     return num / den if den > 0 else num
 
 
@@ -197,8 +195,6 @@ def distill_blocks(
 
     result = DistillResult(names=names)
     t0 = time.perf_counter()
-    was_training = pretrained.training
-    pretrained.eval()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -206,7 +202,7 @@ def distill_blocks(
         bar = tqdm(total=len(names) * epochs, desc="distilling", unit="epoch")
     generator = torch.Generator().manual_seed(int(seed))
     try:
-        with _seeded_rng(seed, device):
+        with _seeded_rng(seed, device), evaluation_mode(pretrained):
             for name, student, teacher in pairs:
                 result.initial_error[name] = _block_error(
                     pretrained, teacher, student, x, batch_size, device
@@ -237,7 +233,6 @@ def distill_blocks(
                     pretrained, teacher, student, x, batch_size, device
                 )
     finally:
-        pretrained.train(was_training)
         if bar is not None:
             bar.close()
     result.time_s = time.perf_counter() - t0

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import is_int
+from tenflex.sampling import evaluation_mode
 
 __all__ = ["Span", "resolve_span", "span_shapes", "splice"]
 
@@ -127,8 +128,8 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     Raises
     ------
     TypeError
-        ``model`` is not an ``nn.Sequential`` or ``span`` has the wrong type (``bytes``
-        included).
+        ``model`` is not an ``nn.Sequential`` (or is a subclass with its own ``forward``)
+        or ``span`` has the wrong type (``bytes`` included).
     ValueError
         Unknown names, indices out of range, an empty span, or layers that are not a
         contiguous chain in the model's order.
@@ -136,7 +137,16 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     if not isinstance(model, nn.Sequential):
         raise TypeError(
             "model must be a torch.nn.Sequential whose children are its layers in order, "
-            f"got {type(model).__name__}"
+            f"got {type(model).__name__}; for another module, cut the chain of layers to "
+            "compress into an nn.Sequential and call its forward from yours"
+        )
+    if type(model).forward is not nn.Sequential.forward:
+        # Spans, splicing and the prefix all assume that forward runs the children in
+        # order; a subclass's forward (a skip connection, a reused layer) would be lost.
+        raise TypeError(
+            f"{type(model).__name__} is an nn.Sequential with its own forward: its layers "
+            "need not run in the listed order, so a span of them cannot be cut out and "
+            "replaced; put the chain of layers to compress in a plain nn.Sequential"
         )
     names = [name for name, _ in _layers(model)]
     if isinstance(span, slice):
@@ -197,13 +207,9 @@ def span_shapes(model: nn.Sequential, span: Span, example: torch.Tensor) -> tupl
         at its positions).
     """
     _check_span(model, span)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         inputs = span.prefix(model)(example)
         outputs = span.module(model)(inputs)
-    finally:
-        model.train(was_training)
     return tuple(inputs.shape[1:]), tuple(outputs.shape[1:])
 
 
