@@ -408,6 +408,14 @@ def test_compress_and_train_rejects_bad_settings(trained_lenet, digits):
         compress_and_train(trained_lenet, "cp", 0.1, *digits, seed=None)
     with pytest.raises(TypeError, match="reshape_by_layout must be a bool"):
         compress_and_train(trained_lenet, "rcp", 0.1, *digits, reshape_by_layout="yes")
+    # raw pixels fail at once, not after the decomposition and the first evaluation
+    (x_train, y_train), test = digits
+    raw = (x_train * 255).to(torch.uint8), y_train
+    with pytest.raises(TypeError, match=r"train_data\[0\] must hold float \(normalised\) "
+                                        r"images, got dtype torch.uint8"):
+        compress_and_train(trained_lenet, "cp", 0.1, raw, test)
+    with pytest.raises(TypeError, match=r"test_data\[0\] must hold float .* uint8"):
+        compress_and_train(trained_lenet, "cp", 0.1, test, (raw[0].numpy(), raw[1]))
 
 
 def test_compress_and_train_reshapes_by_layout_on_request(trained_lenet, digits):

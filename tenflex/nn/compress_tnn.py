@@ -919,6 +919,14 @@ def compress_and_train(
             raise TypeError(f"{arg} must be a pair (images, labels), got {type(data).__name__}")
     x_train, y_train = train_data
     x_test, y_test = test_data
+    for arg, images in (("train_data", x_train), ("test_data", x_test)):
+        # Distillation feeds the images to the layers as they are: raw pixels would fail
+        # there, after the decomposition and the first evaluation.
+        dtype = images.dtype if torch.is_tensor(images) else np.asarray(images).dtype
+        if not (dtype.is_floating_point if torch.is_tensor(images)
+                else np.issubdtype(dtype, np.floating)):
+            raise TypeError(f"{arg}[0] must hold float (normalised) images, got dtype {dtype}; "
+                            "normalise raw pixels first (tenflex.zoo.normalize_images for MNIST)")
     for value, arg in ((distill_samples, "distill_samples"),
                        (finetune_samples, "finetune_samples")):
         if value is None:
