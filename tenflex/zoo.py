@@ -518,7 +518,14 @@ def _check_images_labels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = images if torch.is_tensor(images) else torch.as_tensor(np.asarray(images))
     if x.dtype == torch.uint8:
-        # Raw pixels: apply the shared MNIST preprocessing.
+        # Raw pixels: apply the shared MNIST preprocessing, to MNIST-shaped images only (the
+        # constants are MNIST's; other images need their own).
+        if tuple(x.shape[1:]) not in ((28, 28), (1, 28, 28)):
+            raise TypeError(
+                f"{argname}: raw uint8 images are normalised here only when MNIST-shaped, "
+                f"(N, 28, 28) or (N, 1, 28, 28), with MNIST's constants; got "
+                f"{tuple(x.shape)}: normalise them yourself and pass float images"
+            )
         x = normalize_images(x, "mnist")
     if not x.is_floating_point():
         raise TypeError(
@@ -642,8 +649,9 @@ def train(
         parameters live (CPU or GPU); left in training mode.
     train_data : (images, labels)
         ``images`` float ``(N, *input_shape)`` already normalised (see
-        :func:`normalize_images`), or uint8 raw pixels ``(N, 28, 28)`` that are
-        normalised with the MNIST constants; ``labels`` integer ``(N,)`` in
+        :func:`normalize_images`), or uint8 raw pixels ``(N, 28, 28)`` or
+        ``(N, 1, 28, 28)`` that are normalised with the MNIST constants (other uint8
+        shapes are refused); ``labels`` integer ``(N,)`` in
         ``[0, n_classes)``, ``n_classes`` being the number of logits of ``model``.
     epochs : int
         Passes over the data.
@@ -777,10 +785,11 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
     ----------
     model : torch.nn.Module
         Maps ``(B, *input_shape)`` to logits ``(B, n_classes)``. Evaluated in eval
-        mode without gradients, on its own device; its train/eval mode is restored.
+        mode without gradients, on its own device; every submodule's train/eval mode is restored.
     images : array-like, shape (N, *input_shape)
-        Normalised float inputs, or uint8 raw pixels (normalised with the MNIST
-        constants).
+        Normalised float inputs, or uint8 raw pixels ``(N, 28, 28)`` or
+        ``(N, 1, 28, 28)`` (normalised with the MNIST constants; other uint8 shapes are
+        refused).
     labels : array-like, shape (N,)
         Integer class labels in ``[0, n_classes)``, ``n_classes`` being the number of
         logits of ``model``.

@@ -305,6 +305,11 @@ def test_evaluate_matches_dense_computation(digits):
     assert zoo.evaluate(model, raw, labels) == zoo.evaluate(
         model, zoo.normalize_images(raw), torch.as_tensor(labels)
     )
+    # ... MNIST-shaped ones only: MNIST's constants would silently misnormalise others
+    colour = np.zeros((50, 3, 32, 32), dtype=np.uint8)
+    with pytest.raises(TypeError, match=r"raw uint8 images are normalised here only when "
+                                        r"MNIST-shaped.*got \(50, 3, 32, 32\)"):
+        zoo.evaluate(model, colour, labels)
 
 
 # --------------------------------------------------------------------- pretrained cache
