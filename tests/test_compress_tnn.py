@@ -272,6 +272,10 @@ def test_bad_input_gets_clear_errors(lenet):
     # 6 input channels cannot be reshaped into 3 modes of size >= 2
     with pytest.raises(ValueError, match="cannot reshape 6 channels into 3 modes"):
         plan_layer(lenet.conv2, "rcp", 0.1, name="conv2", modes=3)
+    # a linear layer's are features; a prime count cannot be reshaped at all
+    with pytest.raises(ValueError, match=r"x input: cannot reshape 13 features into 2 modes .*"
+                                         r"or use a plain form \(cp, tucker, tt\)"):
+        plan_layer(nn.Linear(13, 24), "rtt", 0.5, name="x", modes=2)
     with pytest.raises(ValueError, match=r"products \(400, 121\).*400 input and 120 output"):
         plan_layer(lenet.fc1, "rcp", 0.1, factors=((20, 20), (11, 11)))
     with pytest.raises(ValueError, match="modes= or factors="):

@@ -363,13 +363,13 @@ def _structured_factors(shape: Sequence[int], modes: int) -> tuple[int, ...] | N
     return (*dims[: modes - 1], math.prod(dims[modes - 1:]))
 
 
-def _channel_factors(n: int, modes: int, what: str) -> tuple[int, ...]:
+def _channel_factors(n: int, modes: int, what: str, unit: str = "channels") -> tuple[int, ...]:
     try:
         return factorize(n, modes, allow_ones=False)
     except ValueError as err:
         raise ValueError(
-            f"{what}: cannot reshape {n} channels into {modes} modes of size >= 2 ({err}); "
-            "pass fewer modes or explicit factors"
+            f"{what}: cannot reshape {n} {unit} into {modes} modes of size >= 2 ({err}); "
+            "pass fewer modes, explicit factors, or use a plain form (cp, tucker, tt)"
         ) from None
 
 
@@ -488,9 +488,10 @@ def plan_layer(
                         f"features but the layer has {S} inputs"
                     )
                 s = _structured_factors(input_shape, int(m))
+            unit = "features" if kind == "Linear" else "channels"
             if s is None:
-                s = _channel_factors(S, int(m), f"{name} input")
-            t = _channel_factors(T, int(m), f"{name} output")
+                s = _channel_factors(S, int(m), f"{name} input", unit)
+            t = _channel_factors(T, int(m), f"{name} output", unit)
         caps = tensorial_max_ranks(form, s, t, kernel)
 
         def count(r: tuple[int, ...]) -> int:
