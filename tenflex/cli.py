@@ -282,7 +282,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     with _progress_to_stderr():
         model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.model_seed,
-                               progress=True)
+                               cache_dir=args.cache_dir, progress=True)
         train_images, train_labels = zoo.dataset_tensors(args.dataset, "train")
         test_images, test_labels = zoo.dataset_tensors(args.dataset, "test")
         finetune = None
@@ -386,7 +386,7 @@ def _resolve_evaluated(args: argparse.Namespace) -> tuple[Any, dict[str, Any], s
         return model, {"file": text, "span": info["span"]}, dataset
     if text in _MODELS:
         dataset = args.dataset or "mnist"
-        model = zoo.pretrained(text, dataset=dataset, progress=True)
+        model = zoo.pretrained(text, dataset=dataset, cache_dir=args.cache_dir, progress=True)
         return model, {"model": text}, dataset
     if os.sep in text or "/" in text or path.suffix:
         raise CommandError(f"no such file: {text} (expected {_MAKE_MODEL_FILE}; network names "
@@ -442,6 +442,13 @@ def _add_report_option(command: argparse.ArgumentParser, what: str) -> None:
                          help=f"write the JSON {what} to this file instead of standard output")
 
 
+def _add_cache_option(command: argparse.ArgumentParser) -> None:
+    """``--cache-dir``: where the pretrained networks are trained into and loaded from."""
+    command.add_argument("--cache-dir", default=None,
+                         help="where trained weights are kept (default: $TENFLEX_CACHE, else "
+                         "data/models in a source checkout, else ~/.cache/tenflex)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``tenflex`` command and its subcommands.
 
@@ -476,12 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="mnist", type=_dataset_type(datasets),
                        metavar=_dataset_metavar(datasets), help=dataset_help)
     train.add_argument("--epochs", type=_int_type(1), default=None,
-                       help="epochs of training (default: the network's own setting)")
+                       help="epochs of training (default: the network's own setting, the one "
+                       "compress and evaluate load)")
     train.add_argument("--seed", type=_seed_type, default=0,
                        help="seeds the initialisation and the shuffling")
-    train.add_argument("--cache-dir", default=None,
-                       help="where trained weights are kept (default: $TENFLEX_CACHE, else "
-                       "data/models in a source checkout, else ~/.cache/tenflex)")
+    _add_cache_option(train)
     train.add_argument("--retrain", action="store_true",
                        help="train again and overwrite a cached network")
     _add_report_option(train, "report")
@@ -521,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "train`; another seed trains and caches another network)")
     comp.add_argument("--out", required=True,
                       help="compressed model file to write (.pt; required)")
+    _add_cache_option(comp)
     _add_report_option(comp, "report")
 
     evaluate = _add_command(commands, "evaluate", "test accuracy of a model file or network",
@@ -532,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar=_dataset_metavar(datasets),
                           help="test set (default: the data set a model file was compressed "
                           "on, else mnist)")
+    _add_cache_option(evaluate)
     _add_report_option(evaluate, "result")
     return parser
 

@@ -339,3 +339,21 @@ def test_every_command_and_option_is_described(capsys):
         main(["data", "--help"])
     text = capsys.readouterr().out
     assert "fashion-mnist" in text and "fashion_mnist" not in text
+
+
+def test_compress_and_evaluate_load_the_network_from_the_cache_train_used(quick_compress,
+                                                                         tmp_path, monkeypatch):
+    from tenflex import zoo
+
+    seen = []
+
+    def pretrained(name, **kwargs):
+        seen.append(kwargs.get("cache_dir"))
+        return _untrained(name, **kwargs)
+
+    monkeypatch.setattr(zoo, "pretrained", pretrained)
+    monkeypatch.setattr(zoo, "evaluate", lambda *args, **kwargs: 0.5)
+    cache = str(tmp_path / "weights")
+    assert main([*quick_compress, "--out", str(tmp_path / "m.pt"), "--cache-dir", cache]) == 0
+    assert main(["evaluate", "lenet5", "--dataset", "digits", "--cache-dir", cache]) == 0
+    assert seen == [cache, cache]
