@@ -351,6 +351,8 @@ def _load_model_file(path: Path) -> tuple[Any, dict[str, Any]]:
         warnings.simplefilter("ignore")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError as exc:  # unreadable (permissions, I/O), whatever its content
+            raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from None
         except Exception:  # noqa: BLE001 - the unpickler raises whatever the bytes lead to
             raise CommandError(not_ours) from None
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
@@ -381,8 +383,14 @@ def _resolve_evaluated(args: argparse.Namespace) -> tuple[Any, dict[str, Any], s
                            f"or a network name ({names})")
     if path.exists():
         model, info = _load_model_file(path)
-        # Old files recorded only the network: they keep the former default, mnist.
-        dataset = args.dataset or info["base"].get("dataset") or "mnist"
+        # Old files recorded only the network: they keep the former default, mnist. A name
+        # written from Python may use either spelling (or none the command line knows).
+        recorded = info["base"].get("dataset") or "mnist"
+        dataset = args.dataset or _DATASET_NAMES.get(recorded)
+        if dataset is None:
+            raise CommandError(f"{text} records the data set {recorded!r}, which the command "
+                               f"line does not know; give --dataset "
+                               f"({', '.join(_DATASET_DISPLAY.values())})")
         return model, {"file": text, "span": info["span"]}, dataset
     if text in _MODELS:
         dataset = args.dataset or "mnist"

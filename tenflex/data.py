@@ -12,7 +12,7 @@ Where the data is looked for, in order:
    (``/usr/share/datasets/fashion-mnist/``).
 
 Files may be raw or gzipped idx files. Both data sets use the same file names, so the
-first labels of each split are compared with the official ones: Fashion-MNIST files found
+first labels and the first image of each split are compared with the official ones: Fashion-MNIST files found
 where MNIST was asked for (or the reverse) are an error, not a silent swap. A missing or
 damaged file raises :class:`DataError`, whose message names the file, what was expected
 and the command that fetches the data.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -217,31 +218,39 @@ def _load(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{label_path} holds label {labels.max()}; expected labels 0..9. To fetch it: {hint}."
         )
-    _check_identity(dataset, split, labels, label_path, hint)
+    # Images and labels are found file by file: both must be the data set asked for.
+    _check_identity(dataset, split, "labels", tuple(int(v) for v in labels[:10]), label_path,
+                    hint)
+    _check_identity(dataset, split, "images", int(images[0].sum(dtype=np.int64)), image_path,
+                    hint)
     return images, labels.astype(np.int64)
 
 
-#: The first ten labels of each official split: the data sets share file names and
-#: shapes, and these tell them apart (and catch a shuffled or foreign copy).
-_FIRST_LABELS = {
-    ("mnist", "train"): (5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
-    ("mnist", "test"): (7, 2, 1, 0, 4, 1, 4, 9, 5, 9),
-    ("fashion-mnist", "train"): (9, 0, 0, 3, 0, 2, 7, 2, 5, 5),
-    ("fashion-mnist", "test"): (9, 2, 1, 1, 6, 1, 4, 6, 5, 7),
+#: Fingerprints of each official split: its first ten labels and the pixel sum of its first
+#: image. The data sets share file names and shapes; these tell them apart (and catch a
+#: shuffled or foreign copy).
+_FINGERPRINTS = {
+    ("mnist", "train"): {"labels": (5, 0, 4, 1, 9, 2, 1, 3, 1, 4), "images": 27525},
+    ("mnist", "test"): {"labels": (7, 2, 1, 0, 4, 1, 4, 9, 5, 9), "images": 18454},
+    ("fashion-mnist", "train"): {"labels": (9, 0, 0, 3, 0, 2, 7, 2, 5, 5), "images": 76247},
+    ("fashion-mnist", "test"): {"labels": (9, 2, 1, 1, 6, 1, 4, 6, 5, 7), "images": 33456},
 }
 
 
-def _check_identity(dataset: str, split: str, labels: np.ndarray, path: Path, hint: str) -> None:
-    first = tuple(int(v) for v in labels[:10])
-    if first == _FIRST_LABELS[dataset, split]:
+def _check_identity(dataset: str, split: str, kind: str, found: Any, path: Path,
+                    hint: str) -> None:
+    expected = _FINGERPRINTS[dataset, split][kind]
+    if found == expected:
         return
     other = next((name for name in DATASETS if name != dataset
-                  and first == _FIRST_LABELS[name, split]), None)
-    found = (f"the {other} {split} split" if other is not None
-             else f"labels starting {list(first)}, not the official order")
+                  and found == _FINGERPRINTS[name, split][kind]), None)
+    what = {"labels": "labels starting", "images": "a first image of pixel sum"}[kind]
+    shown = list(found) if kind == "labels" else found
+    held = (f"the {other} {split} {kind}" if other is not None
+            else f"{what} {shown}, not the official {kind}")
     raise DataError(
-        f"{path} holds {found}; expected the {dataset} {split} split, whose labels start "
-        f"{list(_FIRST_LABELS[dataset, split])}. To fetch it: {hint}."
+        f"{path} holds {held}; expected the {dataset} {split} {kind}, "
+        f"{what} {list(expected) if kind == 'labels' else expected}. To fetch it: {hint}."
     )
 
 

@@ -253,6 +253,17 @@ def test_evaluate_defaults_to_the_data_set_compressed_on(compressed, tmp_path, c
     assert main(["evaluate", str(old), "--report", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["dataset"] == "mnist"
     assert "on mnist: test accuracy" in capsys.readouterr().out
+    # a file saved from Python may spell the data set either way, or name one unknown here
+    payload["base"]["dataset"] = "fashion-mnist"
+    torch.save(payload, old)
+    args = build_parser().parse_args(["evaluate", str(old)])
+    from tenflex.cli import _resolve_evaluated
+
+    assert _resolve_evaluated(args)[2] == "fashion_mnist"
+    payload["base"]["dataset"] = "cifar"
+    torch.save(payload, old)
+    status, _, err = _exit(["evaluate", str(old), "--report", str(tmp_path / "r.json")], capsys)
+    assert status == 2 and "records the data set 'cifar'" in err and "give --dataset" in err
 
 
 @pytest.mark.parametrize("damage", ["missing-weight", "rank", "missing-entry"])
@@ -357,3 +368,15 @@ def test_compress_and_evaluate_load_the_network_from_the_cache_train_used(quick_
     assert main([*quick_compress, "--out", str(tmp_path / "m.pt"), "--cache-dir", cache]) == 0
     assert main(["evaluate", "lenet5", "--dataset", "digits", "--cache-dir", cache]) == 0
     assert seen == [cache, cache]
+
+
+def test_evaluate_an_unreadable_file_says_so(compressed, monkeypatch, capsys):
+    import torch
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", denied)  # root reads any file: simulate the refusal
+    status, _, err = _exit(["evaluate", str(compressed["path"])], capsys)
+    assert status == 2 and err.endswith(f"{compressed['path']}: cannot read: Permission denied\n")
+    assert "not a tenflex model file" not in err

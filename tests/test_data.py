@@ -188,8 +188,8 @@ def test_mnist_files_are_never_read_as_fashion_mnist(tmp_path, monkeypatch):
     (tmp_path / "fashion-mnist").mkdir()
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         shutil.copy(tmp_path / name, tmp_path / "fashion-mnist" / name)
-    with pytest.raises(DataError, match=r"holds the mnist test split; expected the "
-                                        r"fashion-mnist test split"):
+    with pytest.raises(DataError, match=r"holds the mnist test labels; expected the "
+                                        r"fashion-mnist test labels"):
         data.load_fashion_mnist("test")
 
 
@@ -198,7 +198,19 @@ def test_labels_out_of_the_official_order_are_refused(mnist_copy):
     raw = bytearray(path.read_bytes())
     raw[8], raw[9] = raw[9], raw[8]  # swap the first two labels (7, 2) after the header
     path.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=r"labels starting \[2, 7, .*not the official order"):
+    with pytest.raises(DataError, match=r"labels starting \[2, 7, .*not the official labels"):
+        load_mnist("test")
+
+
+def test_images_of_another_data_set_beside_the_right_labels_are_refused(mnist_copy):
+    # images and labels are found file by file: the images are checked too
+    path = mnist_copy / "t10k-images-idx3-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[16 + 14 * 28 + 14] ^= 0xFF  # one pixel of the first image, after the 16-byte header
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds a first image of pixel "
+                                        r"sum \d+, not the official images; expected the mnist "
+                                        r"test images, a first image of pixel sum 18454"):
         load_mnist("test")
 
 
