@@ -329,42 +329,22 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _load_model_file(path: Path) -> tuple[Any, dict[str, Any]]:
-    """Load a compressed model file, with messages for files that are not one or are damaged.
+    """:func:`~tenflex.nn.compress.load_compressed`, its errors as one-line messages.
 
     Raises
     ------
     CommandError
-        Not a tenflex model file (what was expected and how to make one), or a damaged one
-        (with the library's or torch's message).
+        An unreadable file, one that is not a tenflex model file (what was expected and how
+        to make one) or a damaged one (the library's message says which).
     """
-    import warnings
+    from tenflex.nn.compress import load_compressed
 
-    import torch
-
-    from tenflex.nn.compress import _FORMAT, load_compressed
-
-    not_ours = (f"{path} is not a tenflex model file: expected {_MAKE_MODEL_FILE} "
-                "(a torch.save file with a tenflex header)")
-    # torch's own error on such a file advises weights_only=False and filing an issue,
-    # neither of which helps here; its warnings say the same.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except OSError as exc:  # unreadable (permissions, I/O), whatever its content
-            raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except Exception:  # noqa: BLE001 - the unpickler raises whatever the bytes lead to
-            raise CommandError(not_ours) from None
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise CommandError(not_ours)
-        del payload
-        try:
-            return load_compressed(path)
-        except KeyError as exc:
-            raise CommandError(f"{path} is a damaged tenflex model file: missing entry "
-                               f"{exc.args[0]!r}") from None
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            raise CommandError(f"{path} is a damaged tenflex model file: {exc}") from None
+    try:
+        return load_compressed(path)
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _resolve_evaluated(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:

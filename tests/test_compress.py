@@ -114,7 +114,8 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tenflex compress"):
         load_compressed(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="junk.pt is not a tenflex model file: expected a file "
+                                         "written by `tenflex compress"):
         load_compressed(tmp_path / "junk.pt")
 
 

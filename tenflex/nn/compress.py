@@ -647,6 +647,16 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, A
         In eval mode, on the CPU.
     payload : dict
         The saved configuration and report (without the state dict).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    OSError
+        The file cannot be read (permissions, I/O).
+    ValueError
+        A file that is not a tenflex model file (what was expected and how to make one), or
+        a damaged one (what is missing or does not fit).
     """
     from pathlib import Path
 
@@ -657,21 +667,32 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, A
     if not path.is_file():
         raise FileNotFoundError(f"compressed model file {path} does not exist; create it with "
                                 "`tenflex compress ... --out FILE`")
+    not_ours = (f"{path} is not a tenflex model file: expected a file written by `tenflex "
+                "compress ... --out FILE` (or save_compressed)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable tenflex compressed model ({exc})") from exc
+    except OSError:
+        raise
+    except Exception as exc:  # the unpickler raises whatever the bytes lead to
+        # torch's own message advises weights_only=False and filing an issue: neither helps.
+        raise ValueError(f"{not_ours}; torch cannot read it as one") from exc
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a tenflex compressed model (no '{_FORMAT}' header)")
-    base = payload["base"]
-    model = zoo.build_model(base["model"], **base.get("kwargs", {}))
-    span = resolve_span(model, tuple(payload["span"]))
-    spec = payload["layer"]
-    layer = FlexibleLayer(spec["in_features"], spec["out_features"], spec["rank"],
-                          basis=make_basis(**spec["basis"]),
-                          output_shape=tuple(spec["output_shape"]))
-    compressed = splice(model, span, layer)
-    compressed.load_state_dict(payload["state_dict"])
+        raise ValueError(f"{not_ours}; it has no '{_FORMAT}' header")
+    try:
+        base = payload["base"]
+        model = zoo.build_model(base["model"], **base.get("kwargs", {}))
+        span = resolve_span(model, tuple(payload["span"]))
+        spec = payload["layer"]
+        layer = FlexibleLayer(spec["in_features"], spec["out_features"], spec["rank"],
+                              basis=make_basis(**spec["basis"]),
+                              output_shape=tuple(spec["output_shape"]))
+        compressed = splice(model, span, layer)
+        compressed.load_state_dict(payload["state_dict"])
+    except KeyError as exc:
+        raise ValueError(f"{path} is a damaged tenflex model file: missing entry "
+                         f"{exc.args[0]!r}") from exc
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"{path} is a damaged tenflex model file: {exc}") from exc
     compressed.eval()
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return compressed, info
