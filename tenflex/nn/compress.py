@@ -408,11 +408,10 @@ def compress(
                                   m, n_samples, seed, progress)
     _check_solver_memory(rank, n_functions, n_samples, jacobian_bytes, available)
     span_parameters = count_parameters(resolved.module(model))
-    layer_parameters = unknowns  # R (m + n + D) + n: W, V, C and b
-    if layer_parameters >= span_parameters:
+    if unknowns >= span_parameters:  # the layer's parameters are the fit's unknowns
         fewer = (span_parameters - n - 1) // (m + n + n_functions)
         warnings.warn(
-            f"the flexible layer of rank {rank} has {layer_parameters} parameters, no fewer than "
+            f"the flexible layer of rank {rank} has {unknowns} parameters, no fewer than "
             f"the {span_parameters} of the span {resolved.label} it replaces: it compresses "
             "nothing; " + (f"ranks R <= {fewer} keep fewer" if fewer >= 1 else
                            "no rank keeps fewer"), UserWarning, stacklevel=2)
@@ -494,7 +493,7 @@ def compress(
             times["finetune"] = finetune_report["time_s"]
         times["total"] = time.perf_counter() - t_start
 
-        before_span, after_span = count_parameters(span_module), layer.n_parameters
+        before_span, after_span = span_parameters, layer.n_parameters
         before_model = count_parameters(model)
         after_model = before_model - before_span + after_span
         report = CompressionReport(
