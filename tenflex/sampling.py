@@ -84,17 +84,6 @@ class Samples:
         return int(self.Y.shape[1])
 
 
-def _set_training(module: nn.Module, flags: dict[nn.Module, bool] | None) -> dict:
-    """Put every submodule in eval mode (flags None) or restore the saved flags."""
-    if flags is None:
-        saved = {mod: mod.training for mod in module.modules()}
-        module.eval()
-        return saved
-    for mod, training in flags.items():
-        mod.training = training
-    return flags
-
-
 @contextlib.contextmanager
 def evaluation_mode(module: Any):
     """Run ``module`` in eval mode, then give every submodule its own training flag back.
@@ -112,12 +101,16 @@ def evaluation_mode(module: Any):
     ------
     module
     """
-    flags = _set_training(module, None) if isinstance(module, nn.Module) else None
+    if not isinstance(module, nn.Module):
+        yield module
+        return
+    flags = {mod: mod.training for mod in module.modules()}
+    module.eval()
     try:
         yield module
     finally:
-        if flags is not None:
-            _set_training(module, flags)
+        for mod, training in flags.items():
+            mod.training = training
 
 
 def _as_points(X: Any, dtype: torch.dtype, device: torch.device | None) -> Tensor:
