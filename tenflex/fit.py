@@ -48,6 +48,7 @@ from tenflex.cpd import (
     cpd,
     pcg,
     solve_psd,
+    transpose_matmul,
 )
 from tenflex.model import DecoupledFunction
 
@@ -473,7 +474,7 @@ def _v_preconditioner(prob: _Problem, xtx: tuple, gamma: Tensor, mu: float):
         scale = 1.0 / (prob.a_j + prob.a_y * (evals if prob.a_y > 0 else 0.0))
         return lambda r: scale * (r @ ginv)
     inv_k = 1.0 / (prob.a_j + prob.a_y * evals)
-    return lambda r: evecs @ ((evecs.T @ r) * inv_k[:, None]) @ ginv
+    return lambda r: evecs @ (transpose_matmul(evecs, r) * inv_k[:, None]) @ ginv
 
 
 #: Largest input dimension for which the V preconditioner uses the exact spectrum of X^T X.
@@ -531,7 +532,7 @@ class _VStepper:
         if prob.a_y > 0:
             E = prob.Y - st.b - st.G @ W.T
             inner_x = inner_x + prob.a_y * H * (E @ W)
-        return prob.a_j * (Jt.mttkrp_input(W, H) - V @ (Om * (H.T @ H))) + X.T @ inner_x
+        return prob.a_j * (Jt.mttkrp_input(W, H) - V @ (Om * (H.T @ H))) + transpose_matmul(X, inner_x)
 
     def operator(self, st: _State, H2: Tensor, mu: float) -> Callable[[Tensor], Tensor]:
         """The V block of the Gauss-Newton operator plus ``a_J mu I``."""
@@ -548,7 +549,7 @@ class _VStepper:
             t_x = a_j * H2 * (H @ (Om * (D.T @ V)) + Q @ gamma3)
             if a_y > 0:
                 t_x = t_x + a_y * H * ((H * XD) @ Om)
-            return a_j * (D @ gamma + V @ (Om * (Q.T @ H))) + X.T @ t_x + (a_j * mu) * D
+            return a_j * (D @ gamma + V @ (Om * (Q.T @ H))) + transpose_matmul(X, t_x) + (a_j * mu) * D
 
         return apply
 
@@ -677,7 +678,7 @@ class _JointGN:
             inner_x = inner_x + a_y * H * dYW
             if db is not None:
                 out_b = a_y * dY.sum(dim=0)
-        out_v = a_j * m2 + X.T @ inner_x
+        out_v = a_j * m2 + transpose_matmul(X, inner_x)
         if prob.ridge > 0:
             out_w = out_w + prob.ridge * dW
             out_c = out_c + prob.ridge * dC
@@ -699,13 +700,13 @@ class _JointGN:
         g_c = a_j * torch.einsum("krd,kr->dr", dPhi, e3) - prob.ridge * st.C
         inner_x = a_j * H2 * e3
         if a_y == 0:
-            return [g_w, g_c, a_j * e2 + X.T @ inner_x]
+            return [g_w, g_c, a_j * e2 + transpose_matmul(X, inner_x)]
         E = Y - st.b - G @ W.T
         EW = E @ W
         g_w = g_w + a_y * (E.T @ G)
         g_c = g_c + a_y * torch.einsum("krd,kr->dr", Phi, EW)
         inner_x = inner_x + a_y * H * EW
-        return [g_w, a_y * E.sum(dim=0), g_c, a_j * e2 + X.T @ inner_x]
+        return [g_w, a_y * E.sum(dim=0), g_c, a_j * e2 + transpose_matmul(X, inner_x)]
 
     def step(self, st: _State) -> _State:
         prob = self.prob
@@ -754,7 +755,7 @@ class _JointGN:
                     if evecs is None:
                         k_dv = (a_j + a_y * evals) * dv
                     else:
-                        k_dv = evecs @ ((evecs.T @ dv) * (a_j + a_y * evals)[:, None])
+                        k_dv = evecs @ (transpose_matmul(evecs, dv) * (a_j + a_y * evals)[:, None])
                 else:
                     k_dv = a_j * dv
                 out[-1] = k_dv @ gamma

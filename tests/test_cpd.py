@@ -18,6 +18,7 @@ from tenflex.cpd import (
     match_components,
     pcg,
     solve_psd,
+    transpose_matmul,
 )
 
 # Tiny problems: one thread (see tests/conftest.py).
@@ -34,6 +35,21 @@ def dense():
     J = _randn(n, m, N, seed=1)
     W, V, H = _randn(n, R, seed=2), _randn(m, R, seed=3), _randn(N, R, seed=4)
     return J, W, V, H
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b_layout", ["rows", "columns"])
+def test_transpose_matmul_is_a_transposed_product(dtype, b_layout):
+    A = _randn(300, 7, seed=5).to(dtype)
+    # B stored row by row, or as the transposed view of a contiguous (R, K) tensor (the
+    # layout of H and of the products built from it in the solver).
+    B = _randn(300, 3, seed=6) if b_layout == "rows" else _randn(3, 300, seed=6).T
+    B = B.to(dtype)
+    out = transpose_matmul(A, B)
+    assert out.shape == (7, 3) and out.dtype == dtype and out.is_contiguous()
+    reference = A.double().numpy().T @ B.double().numpy()
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    np.testing.assert_allclose(out.double().numpy(), reference, rtol=tol, atol=tol)
 
 
 def test_shape_norm_and_dense_roundtrip(dense):
