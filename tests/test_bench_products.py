@@ -1,0 +1,58 @@
+"""The transposed-product benchmark: its quick run and the summary it draws."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_products.py"
+BENCH = "bench_products"  # the script the `bench` fixture imports
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("products") / "bench_products.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--repeat", "1",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text())
+
+
+def test_quick_run_times_both_forms_on_the_grid(quick_run):
+    entries = quick_run["entries"]
+    settings = quick_run["settings"]
+    grid = {(K, m, layout, R) for K, m in settings["sizes"]
+            for layout in settings["layouts"] for R in settings["ranks"]}
+    assert {(e["K"], e["m"], e["layout"], e["R"]) for e in entries} == grid
+    assert len(entries) == len(grid)
+    for e in entries:
+        assert e["plain_s"] > 0 and e["transpose_matmul_s"] > 0 and e["threads"] == 1
+        assert e["speedup"] == pytest.approx(e["plain_s"] / e["transpose_matmul_s"])
+        # float64 sums of 2000 terms in another order
+        assert e["max_difference_relative"] < 1e-12
+    assert len(quick_run["summary"]) == len(settings["layouts"])
+
+
+def test_summary_on_known_timings(bench):
+    base = {"dtype": "float64", "threads": 2, "K": 10, "m": 3, "layout": "rows"}
+    entries = [{**base, "R": 4, "speedup": 8.0}, {**base, "R": 16, "speedup": 0.5},
+               {**base, "R": 32, "speedup": 1.5},
+               {**base, "layout": "columns", "R": 4, "speedup": 3.0}]
+    rows = {r["layout"]: r for r in bench.summarize(entries)}
+    assert rows["rows"]["max_speedup"] == 8.0 and rows["rows"]["at_R"] == 4
+    assert rows["rows"]["min_speedup"] == 0.5 and rows["rows"]["min_at_R"] == 16
+    assert rows["columns"]["max_speedup"] == rows["columns"]["min_speedup"] == 3.0
+
+
+def test_bad_arguments_are_refused():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--threads", "0"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+    assert proc.returncode == 2 and "--threads and --repeat must be at least 1" in proc.stderr
