@@ -1,23 +1,28 @@
-"""The solver's transposed products: ``A.T @ B`` against :func:`tenflex.cpd.transpose_matmul`.
+"""The solver's products with tall matrices: torch's ``@`` against tenflex's two helpers.
 
-CMTF-ALS multiplies tall matrices, transposed, by matrices with few columns: the mode-2
-MTTKRP ``A^T (W ⊙ H)`` with ``A`` the Jacobian tensor stored as an ``(n N, m)`` matrix, and
-``X^T (...)`` in every Gauss-Newton product of the V step. Written ``A.T @ B``, torch hands
-these to a BLAS kernel that, with MKL and fewer than about a dozen columns, is many times
-slower than the same product written ``(B.T @ A).T`` (what ``transpose_matmul`` computes).
+CMTF-ALS multiplies tall matrices by matrices with few columns: ``J V`` with ``J`` the
+Jacobian tensor stored as an ``(n N, m)`` matrix, the mode-2 MTTKRP ``J^T (W ⊙ H)``, and
+``X^T (...)`` in every Gauss-Newton product of the V step. With MKL, the kernel torch's
+``@`` reaches depends on the number of columns ``R``, and some are many times slower than
+the same product written the other way round:
+
+* ``A.T @ B`` with fewer than about a dozen columns (:func:`tenflex.cpd.transpose_matmul`
+  computes ``(B.T @ A).T`` instead, at every ``R``);
+* ``A @ B`` with 13 columns or more (:func:`tenflex.cpd.tall_matmul` computes
+  ``(B.T @ A.T).T`` there, and ``A @ B`` below).
 
 For a grid of sizes ``K`` (rows of ``A``: ``n N``, or ``N`` for ``X``), ``m`` (columns of
-``A``), ``R`` (columns of ``B``), layouts of ``B`` (stored row by row, or column by column
-as the solver's ``H`` is: the transposed view of an ``(R, K)`` tensor), dtypes and thread
-counts, this script times both forms
-(median of repeats, after one warm-up), checks that they agree, and writes a JSON result
-(default ``benchmarks/results/bench_products.json``) with the machine, the date, the command,
-one entry per size and, per (dtype, threads, K, m, layout), the largest speed-up and the worst
-slow-down of ``transpose_matmul`` over ``A.T @ B``.
+``A``), ``R`` (columns of ``B``), layouts of ``B`` for the transposed product (stored row by
+row, or column by column as the solver's ``H`` is: the transposed view of an ``(R, K)``
+tensor), dtypes and thread counts, this script times both ways of each product (median of
+repeats, after one warm-up), checks that they agree, and writes a JSON result (default
+``benchmarks/results/bench_products.json``) with the machine, the date, the command, one
+entry per case and, per (product, dtype, threads, K, m, layout), the largest speed-up and the
+worst slow-down of tenflex's helper over torch's ``@``.
 
 Usage::
 
-    python benchmarks/bench_products.py            # the reference CNN's sizes (about 6 minutes)
+    python benchmarks/bench_products.py            # the reference CNN's sizes (about 12 minutes)
     python benchmarks/bench_products.py --quick    # small sizes (seconds)
 """
 
@@ -34,16 +39,17 @@ from pathlib import Path
 import torch
 from results_io import machine_description, write_json
 
-from tenflex.cpd import transpose_matmul
+from tenflex.cpd import tall_matmul, transpose_matmul
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: (K, m): the reference CNN's Jacobian tensor (n N = 10 x 5000 rows, m = 3136) and its
 #: sampling points X (N = 5000 rows).
 FULL_SIZES = [(50000, 3136), (5000, 3136)]
-FULL_RANKS = [2, 4, 6, 8, 11, 12, 16, 24, 32, 64]
+FULL_RANKS = [2, 4, 6, 8, 11, 12, 13, 16, 24, 32, 64]
 QUICK_SIZES = [(2000, 300)]
 QUICK_RANKS = [4, 16]
-LAYOUTS = ("rows", "columns")
+#: (product, layout of B) pairs timed.
+CASES = [("transposed", "rows"), ("transposed", "columns"), ("plain", "rows")]
 
 
 def median_time(fn, repeat: int) -> float:
@@ -57,38 +63,56 @@ def median_time(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def measure(K: int, m: int, R: int, dtype: torch.dtype, layout: str, repeat: int,
-            seed: int = 0) -> dict:
-    """Times of ``A.T @ B`` and ``transpose_matmul(A, B)`` for ``A`` (K, m), ``B`` (K, R)
-    stored by ``"rows"`` or by ``"columns"``."""
+def measure(product: str, K: int, m: int, R: int, dtype: torch.dtype, layout: str,
+            repeat: int, seed: int = 0) -> dict:
+    """Times of torch's ``@`` and tenflex's helper for one product.
+
+    ``product="transposed"``: ``A.T @ B`` against ``transpose_matmul(A, B)``, ``A`` (K, m),
+    ``B`` (K, R) stored by ``layout`` (``"rows"`` or ``"columns"``). ``product="plain"``:
+    ``A @ B`` against ``tall_matmul(A, B)``, ``B`` (m, R) stored by rows.
+    """
     gen = torch.Generator().manual_seed(seed)
     A = torch.randn(K, m, generator=gen, dtype=dtype)
+    rows = K if product == "transposed" else m
     if layout == "rows":
-        B = torch.randn(K, R, generator=gen, dtype=dtype)
+        B = torch.randn(rows, R, generator=gen, dtype=dtype)
     else:
-        B = torch.randn(R, K, generator=gen, dtype=dtype).T
-    plain = A.T @ B
-    ours = transpose_matmul(A, B)
+        B = torch.randn(R, rows, generator=gen, dtype=dtype).T
+    if product == "transposed":
+        def with_torch():
+            return A.T @ B
+
+        def with_tenflex():
+            return transpose_matmul(A, B)
+    else:
+        def with_torch():
+            return A @ B
+
+        def with_tenflex():
+            return tall_matmul(A, B)
+    reference, ours = with_torch(), with_tenflex()
     # The same sums in another order: they agree to rounding, relative to the largest entry.
-    gap = float((plain - ours).abs().max() / plain.abs().max())
-    t_plain = median_time(lambda: A.T @ B, repeat)
-    t_ours = median_time(lambda: transpose_matmul(A, B), repeat)
-    return {"K": K, "m": m, "R": R, "layout": layout, "dtype": str(dtype).removeprefix("torch."),
-            "threads": torch.get_num_threads(), "plain_s": t_plain, "transpose_matmul_s": t_ours,
-            "speedup": t_plain / t_ours, "max_difference_relative": gap}
+    gap = float((reference - ours).abs().max() / reference.abs().max())
+    t_torch = median_time(with_torch, repeat)
+    t_tenflex = median_time(with_tenflex, repeat)
+    return {"product": product, "K": K, "m": m, "R": R, "layout": layout,
+            "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+            "torch_s": t_torch, "tenflex_s": t_tenflex, "speedup": t_torch / t_tenflex,
+            "max_difference_relative": gap}
 
 
 def summarize(entries: list[dict]) -> list[dict]:
-    """Per (dtype, threads, K, m, layout): the largest speed-up and the worst slow-down
-    over R."""
+    """Per (product, dtype, threads, K, m, layout): the largest speed-up and the worst
+    slow-down over R."""
+    fields = ("product", "dtype", "threads", "K", "m", "layout")
     groups: dict[tuple, list[dict]] = {}
     for e in entries:
-        groups.setdefault((e["dtype"], e["threads"], e["K"], e["m"], e["layout"]), []).append(e)
+        groups.setdefault(tuple(e[f] for f in fields), []).append(e)
     rows = []
-    for (dtype, threads, K, m, layout), group in groups.items():
+    for group_key, group in groups.items():
         best = max(group, key=lambda e: e["speedup"])
         worst = min(group, key=lambda e: e["speedup"])
-        rows.append({"dtype": dtype, "threads": threads, "K": K, "m": m, "layout": layout,
+        rows.append({**dict(zip(fields, group_key)),
                      "max_speedup": best["speedup"], "at_R": best["R"],
                      "min_speedup": worst["speedup"], "min_at_R": worst["R"]})
     return rows
@@ -116,13 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         for threads in args.threads:
             torch.set_num_threads(threads)
             for dtype in dtypes:
-                for (K, m), layout, R in itertools.product(sizes, LAYOUTS, ranks):
-                    e = measure(K, m, R, dtype, layout, args.repeat)
+                for (product, layout), (K, m), R in itertools.product(CASES, sizes, ranks):
+                    e = measure(product, K, m, R, dtype, layout, args.repeat)
                     entries.append(e)
-                    print(f"{e['dtype']} threads={threads} K={K} m={m} B by {layout} R={R}: "
-                          f"A.T @ B {1e3 * e['plain_s']:.1f} ms, transpose_matmul "
-                          f"{1e3 * e['transpose_matmul_s']:.1f} ms (x{e['speedup']:.1f})",
-                          flush=True)
+                    print(f"{product} {e['dtype']} threads={threads} K={K} m={m} B by "
+                          f"{layout} R={R}: torch {1e3 * e['torch_s']:.1f} ms, tenflex "
+                          f"{1e3 * e['tenflex_s']:.1f} ms (x{e['speedup']:.1f})", flush=True)
     finally:
         torch.set_num_threads(threads_before)
     write_json(out, {
@@ -131,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {"quick": args.quick, "threads": args.threads, "repeat": args.repeat,
-                     "sizes": sizes, "ranks": ranks, "layouts": list(LAYOUTS),
+                     "sizes": sizes, "ranks": ranks, "cases": CASES,
                      "dtypes": [str(d).removeprefix("torch.") for d in dtypes]},
         "entries": entries,
         "summary": summarize(entries),

@@ -1,4 +1,4 @@
-"""The transposed-product benchmark: its quick run and the summary it draws."""
+"""The tall-product benchmark: its quick run and the summary it draws."""
 
 from __future__ import annotations
 
@@ -29,20 +29,22 @@ def quick_run(tmp_path_factory):
 def test_quick_run_times_both_forms_on_the_grid(quick_run):
     entries = quick_run["entries"]
     settings = quick_run["settings"]
-    grid = {(K, m, layout, R) for K, m in settings["sizes"]
-            for layout in settings["layouts"] for R in settings["ranks"]}
-    assert {(e["K"], e["m"], e["layout"], e["R"]) for e in entries} == grid
+    grid = {(product, layout, K, m, R) for product, layout in settings["cases"]
+            for K, m in settings["sizes"] for R in settings["ranks"]}
+    assert {(e["product"], e["layout"], e["K"], e["m"], e["R"]) for e in entries} == grid
     assert len(entries) == len(grid)
+    assert {e["product"] for e in entries} == {"transposed", "plain"}
     for e in entries:
-        assert e["plain_s"] > 0 and e["transpose_matmul_s"] > 0 and e["threads"] == 1
-        assert e["speedup"] == pytest.approx(e["plain_s"] / e["transpose_matmul_s"])
-        # float64 sums of 2000 terms in another order
+        assert e["torch_s"] > 0 and e["tenflex_s"] > 0 and e["threads"] == 1
+        assert e["speedup"] == pytest.approx(e["torch_s"] / e["tenflex_s"])
+        # float64 sums of at most 2000 terms in another order
         assert e["max_difference_relative"] < 1e-12
-    assert len(quick_run["summary"]) == len(settings["layouts"])
+    assert len(quick_run["summary"]) == len(settings["cases"])
 
 
 def test_summary_on_known_timings(bench):
-    base = {"dtype": "float64", "threads": 2, "K": 10, "m": 3, "layout": "rows"}
+    base = {"product": "transposed", "dtype": "float64", "threads": 2, "K": 10, "m": 3,
+            "layout": "rows"}
     entries = [{**base, "R": 4, "speedup": 8.0}, {**base, "R": 16, "speedup": 0.5},
                {**base, "R": 32, "speedup": 1.5},
                {**base, "layout": "columns", "R": 4, "speedup": 3.0}]

@@ -18,6 +18,7 @@ from tenflex.cpd import (
     match_components,
     pcg,
     solve_psd,
+    tall_matmul,
     transpose_matmul,
 )
 
@@ -50,6 +51,17 @@ def test_transpose_matmul_is_a_transposed_product(dtype, b_layout):
     reference = A.double().numpy().T @ B.double().numpy()
     tol = 1e-12 if dtype == torch.float64 else 1e-4
     np.testing.assert_allclose(out.double().numpy(), reference, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("R", [3, 12, 13, 20])  # both sides of the switch of form
+def test_tall_matmul_is_a_product(dtype, R):
+    A, B = _randn(200, 9, seed=7).to(dtype), _randn(9, R, seed=8).to(dtype)
+    out = tall_matmul(A, B)
+    assert out.shape == (200, R) and out.dtype == dtype and out.is_contiguous()
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(out.double().numpy(), A.double().numpy() @ B.double().numpy(),
+                               rtol=tol, atol=tol)
 
 
 def test_shape_norm_and_dense_roundtrip(dense):
