@@ -111,15 +111,20 @@ def transpose_matmul(A: Tensor, B: Tensor) -> Tensor:
 
     Notes
     -----
-    Computed as ``(B^T A)^T``. For a ``B`` with few columns, the kernel MKL picks for
-    ``A.T @ B`` is far slower than for the same product with the tall operand on the right:
-    with ``K = 50000``, ``m = 3136`` (the reference CNN's Jacobian tensor) and ``R = 6``,
-    3.7 s against 0.2 s in float64 on two cores (``benchmarks/bench_products.py``).
+    Computed as ``(B^T A)^T``. With fewer than 12 columns, the kernel MKL picks for
+    ``A.T @ B`` is 2.4 to 44 times slower than this form (``K`` = 50000 or 5000, ``m`` =
+    3136, two cores; ``benchmarks/bench_products.py``): for the reference CNN's Jacobian
+    tensor (``K = 50000``) and ``R = 8`` in float64, 5.0 s against 0.12 s with ``B`` stored
+    by columns, as the solver's ``H`` is, and 0.93 s against 0.12 s stored by rows. With 12
+    columns or more this form is between 1.3 times slower and 3 times faster in float64,
+    and up to 1.9 times slower in float32; it is kept at every width, so that no width
+    meets the slow kernel.
     """
     return (B.T @ A).T.contiguous()
 
 
-#: From this many columns of ``B`` on, :func:`tall_matmul` computes the transposed form.
+#: From this many columns of ``B`` on, :func:`tall_matmul` computes float64 products in the
+#: transposed form.
 _TALL_MATMUL_MIN_COLUMNS = 13
 
 
@@ -138,12 +143,12 @@ def tall_matmul(A: Tensor, B: Tensor) -> Tensor:
 
     Notes
     -----
-    With 13 columns or more, computed as ``(B^T A^T)^T``: MKL's kernel for ``A @ B`` is
-    then slower, by a factor of 1.3 to 3.5 for ``K = 50000``, ``m = 3136`` and ``R`` from 13
-    to 64 (float64, two cores; ``benchmarks/bench_products.py``). With fewer columns the
-    plain product is as fast or faster, and is kept.
+    In float64 with 13 columns or more, computed as ``(B^T A^T)^T``: MKL's kernel for
+    ``A @ B`` is then 1.2 to 3.6 times slower (``K`` = 50000 or 5000, ``m`` = 3136, ``R``
+    from 13 to 64, two cores; ``benchmarks/bench_products.py``). With fewer columns, and in
+    float32, where the transposed form is up to 1.7 times slower, the plain product is kept.
     """
-    if B.shape[1] < _TALL_MATMUL_MIN_COLUMNS:
+    if B.shape[1] < _TALL_MATMUL_MIN_COLUMNS or B.dtype != torch.float64:
         return A @ B
     return (B.T @ A.T).T.contiguous()
 
