@@ -112,11 +112,11 @@ def transpose_matmul(A: Tensor, B: Tensor) -> Tensor:
     Notes
     -----
     Computed as ``(B^T A)^T``. With fewer than 12 columns, the kernel MKL picks for
-    ``A.T @ B`` is 2.4 to 44 times slower than this form (``K`` = 50000 or 5000, ``m`` =
+    ``A.T @ B`` is 2 to 50 times slower than this form (``K`` = 50000 or 5000, ``m`` =
     3136, two cores; ``benchmarks/bench_products.py``): for the reference CNN's Jacobian
-    tensor (``K = 50000``) and ``R = 8`` in float64, 5.0 s against 0.12 s with ``B`` stored
-    by columns, as the solver's ``H`` is, and 0.93 s against 0.12 s stored by rows. With 12
-    columns or more this form is between 1.3 times slower and 3 times faster in float64,
+    tensor (``K = 50000``) and ``R = 8`` in float64, 6.1 s against 0.12 s with ``B`` stored
+    by columns, as the solver's ``H`` is, and 0.92 s against 0.12 s stored by rows. With 12
+    columns or more this form is between 1.4 times slower and 2.9 times faster in float64,
     and up to 1.9 times slower in float32; it is kept at every width, so that no width
     meets the slow kernel.
     """
@@ -144,9 +144,9 @@ def tall_matmul(A: Tensor, B: Tensor) -> Tensor:
     Notes
     -----
     In float64 with 13 columns or more, computed as ``(B^T A^T)^T``: MKL's kernel for
-    ``A @ B`` is then 1.2 to 3.6 times slower (``K`` = 50000 or 5000, ``m`` = 3136, ``R``
+    ``A @ B`` is then 1.3 to 3.6 times slower (``K`` = 50000 or 5000, ``m`` = 3136, ``R``
     from 13 to 64, two cores; ``benchmarks/bench_products.py``). With fewer columns, and in
-    float32, where the transposed form is up to 1.7 times slower, the plain product is kept.
+    float32, where MKL's plain product was the faster one when measured, it is kept.
     """
     if B.shape[1] < _TALL_MATMUL_MIN_COLUMNS or B.dtype != torch.float64:
         return A @ B
