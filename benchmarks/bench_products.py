@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from bench_cmtf import timeit
 from results_io import machine_description, write_json
 
 from tenflex.cpd import tall_matmul, transpose_matmul
@@ -50,17 +49,6 @@ QUICK_SIZES = [(2000, 300)]
 QUICK_RANKS = [4, 16]
 #: (product, layout of B) pairs timed.
 CASES = [("transposed", "rows"), ("transposed", "columns"), ("plain", "rows")]
-
-
-def median_time(fn, repeat: int) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(product: str, K: int, m: int, R: int, dtype: torch.dtype, layout: str,
@@ -93,8 +81,8 @@ def measure(product: str, K: int, m: int, R: int, dtype: torch.dtype, layout: st
     reference, ours = with_torch(), with_tenflex()
     # The same sums in another order: they agree to rounding, relative to the largest entry.
     gap = float((reference - ours).abs().max() / reference.abs().max())
-    t_torch = median_time(with_torch, repeat)
-    t_tenflex = median_time(with_tenflex, repeat)
+    t_torch = timeit(with_torch, repeat)
+    t_tenflex = timeit(with_tenflex, repeat)
     return {"product": product, "K": K, "m": m, "R": R, "layout": layout,
             "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
             "torch_s": t_torch, "tenflex_s": t_tenflex, "speedup": t_torch / t_tenflex,
