@@ -7,9 +7,11 @@ budget, the span is also replaced by a truncated SVD of fc1 and by a rank-constr
 map (reduced-rank regression on the same samples). A span that starts at a convolution
 (conv2 ... fc2) is compressed too. Three ablations, without fine-tuning, fit the fully
 connected part again: with other weights ``lam`` of the output term, from other starts of
-CMTF-ALS (``--start-inits``, at the largest rank), and with other seeds (``--extra-seeds``:
+CMTF-ALS (``--start-inits``, at the largest rank), with other seeds (``--extra-seeds``:
 other sampling points and random start columns, at ``--seed-ranks``), which tells a gap
-between methods from the scatter of the fit itself.
+between methods from the scatter of the fit itself, and with more of what a fit can be
+given (``--capacity``: more sweeps, more sampling points, more basis functions, at the
+largest rank), which tells a limit of the layer's form from one of the fit's settings.
 
 Targets checked (issue "Compress a pretrained CNN"):
 
@@ -62,11 +64,31 @@ def load_existing(path: Path, fresh: bool) -> dict:
     return {"entries": []}
 
 
+#: Settings that only the ablation entries carry (the main grid uses --lam, compress's
+#: default start init="linear", --seed, --max-iter, --n-samples and --n-functions).
+ABLATION_FIELDS = ("lam", "init", "seed", "max_iter", "n_samples", "n_functions")
+#: The settings ``--capacity`` may raise, with their types.
+CAPACITY_FIELDS = {"max_iter": int, "n_samples": int, "n_functions": int}
+
+
 def key(entry: dict) -> tuple:
-    # "lam", "init" and "seed" are set only on the ablation entries (the main grid uses
-    # --lam, compress's default start, init="linear", and --seed).
     return (entry["method"], tuple(entry["span"]), entry.get("rank"), entry.get("basis"),
-            entry.get("lam"), entry.get("init"), entry.get("seed"))
+            *(entry.get(field) for field in ABLATION_FIELDS))
+
+
+def parse_capacity(text: str) -> dict:
+    """``"max_iter=150"`` -> ``{"max_iter": 150}``; a clear error for anything else."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in CAPACITY_FIELDS:
+        raise argparse.ArgumentTypeError(
+            f"expected SETTING=VALUE with SETTING one of {sorted(CAPACITY_FIELDS)}, got {text!r}")
+    try:
+        number = CAPACITY_FIELDS[name](value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} needs an integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {number}")
+    return {name: number}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-ranks", type=int, nargs="*", default=[12, 16],
                         help="ranks of the seed ablation (default: the headline rank and the "
                              "largest)")
+    parser.add_argument("--capacity", type=parse_capacity, nargs="*",
+                        default=[{"max_iter": 150}, {"n_samples": 10000}, {"n_functions": 16}],
+                        metavar="SETTING=VALUE",
+                        help="fits at --capacity-rank (B-splines, fully connected part, no "
+                             "fine-tuning) with one setting raised, each in turn; default: "
+                             "max_iter=150 n_samples=10000 n_functions=16")
+    parser.add_argument("--capacity-rank", type=int, default=None,
+                        help="rank of the capacity ablation (default: the largest of --ranks, "
+                             "where the flexible layer trails the truncated SVD)")
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -104,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.ranks, args.bases, args.conv_ranks = [8, 12], ["bspline"], []
         args.ablation_lams, args.start_inits, args.extra_seeds = [], [], []
+        args.capacity = []
     if args.start_rank is None:
         args.start_rank = max(args.ranks)
+    if args.capacity_rank is None:
+        args.capacity_rank = max(args.ranks)
 
     result = load_existing(args.out, args.fresh)
     done = {key(e) for e in result["entries"]}
@@ -138,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     span_samples: dict[tuple, tuple] = {}
     for span_names, rank, basis in jobs:
         span = resolve_span(model, span_names)
-        entry_key = ("flexible", span.names, rank, basis, None, None, None)
+        entry_key = key({"method": "flexible", "span": span.names, "rank": rank, "basis": basis})
         if entry_key not in done:
             t0 = time.perf_counter()
             out = compress(model, span_names, train_images, rank=rank, basis=basis,
@@ -159,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         # Baselines at the same parameter budget as this flexible layer.
         flex = next(e for e in result["entries"] if key(e) == entry_key)
         span_budget = flex["report"]["parameters_span_after"]
-        if ("svd", span.names, rank, None, None, None, None) not in done:
+        svd_key = key({"method": "svd", "span": span.names, "rank": rank})
+        if svd_key not in done:
             t0 = time.perf_counter()
             svd_model, svd_rank = svd_span(model, span, span_budget)
             record({"method": "svd", "span": list(span.names), "rank": rank, "basis": None,
@@ -167,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                     "fraction_kept": count_parameters(svd_model) / count_parameters(model),
                     "accuracy": zoo.evaluate(svd_model, test_images, test_labels),
                     "wall_s": time.perf_counter() - t0})
-            done.add(("svd", span.names, rank, None, None, None, None))
-        if ("linear", span.names, rank, None, None, None, None) not in done:
+            done.add(svd_key)
+        linear_key = key({"method": "linear", "span": span.names, "rank": rank})
+        if linear_key not in done:
             t0 = time.perf_counter()
             m = math.prod(flex["report"]["input_shape"])
             n_out = math.prod(flex["report"]["output_shape"])
@@ -189,26 +225,30 @@ def main(argv: list[str] | None = None) -> int:
                     "fraction_kept": count_parameters(lin_model) / count_parameters(model),
                     "accuracy": zoo.evaluate(lin_model, test_images, test_labels),
                     "wall_s": time.perf_counter() - t0})
-            done.add(("linear", span.names, rank, None, None, None, None))
+            done.add(linear_key)
 
     # Ablations, without fine-tuning: the fully connected part fitted again with other
-    # weights of the output term (at --ablation-rank), from other starts (at --start-rank)
-    # and with other seeds (at --seed-ranks).
+    # weights of the output term (at --ablation-rank), from other starts (at --start-rank),
+    # with other seeds (at --seed-ranks) and with one setting raised (at --capacity-rank).
     fc_names = resolve_span(model, FC_SPAN).names
     ablations = [(args.ablation_rank, {"lam": lam}) for lam in args.ablation_lams]
     ablations += [(args.start_rank, {"init": init}) for init in args.start_inits]
     ablations += [(rank, {"seed": seed}) for rank in args.seed_ranks
                   for seed in args.extra_seeds if seed != args.seed]
+    ablations += [(args.capacity_rank, change) for change in args.capacity]
     for rank, change in ablations:
-        lam, init, seed = change.get("lam"), change.get("init"), change.get("seed")
-        if ("flexible", fc_names, rank, "bspline", lam, init, seed) in done:
+        if key({"method": "flexible", "span": fc_names, "rank": rank, "basis": "bspline",
+                **change}) in done:
             continue
+        setting = {"lam": args.lam, "init": "linear", "seed": args.seed,
+                   "max_iter": args.max_iter, "n_samples": args.n_samples,
+                   "n_functions": args.n_functions, **change}
         t0 = time.perf_counter()
         out = compress(model, FC_SPAN, train_images, rank=rank, basis="bspline",
-                       n_functions=args.n_functions, lam=args.lam if lam is None else lam,
-                       n_samples=args.n_samples, test_data=(test_images, test_labels),
-                       fit_options={"max_iter": args.max_iter, "init": init or "linear"},
-                       seed=args.seed if seed is None else seed, progress=True)
+                       n_functions=setting["n_functions"], lam=setting["lam"],
+                       n_samples=setting["n_samples"], test_data=(test_images, test_labels),
+                       fit_options={"max_iter": setting["max_iter"], "init": setting["init"]},
+                       seed=setting["seed"], progress=True)
         report = out.report.to_dict()
         record({"method": "flexible", "span": list(fc_names), "rank": rank, "basis": "bspline",
                 **change, "parameters": report["parameters_model_after"],
@@ -217,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                 "fit_cost": out.fit.cost.tolist(), "report": report,
                 "wall_s": time.perf_counter() - t0})
 
-    flexible = [e for e in result["entries"] if e["method"] == "flexible" and "lam" not in e
-                and "init" not in e and "seed" not in e and tuple(e["span"]) == fc_names]
+    flexible = [e for e in result["entries"] if e["method"] == "flexible"
+                and not any(field in e for field in ABLATION_FIELDS)
+                and tuple(e["span"]) == fc_names]
     headline = [e for e in flexible if e["fraction_kept"] <= 0.20 and e["accuracy_drop_pp"] <= 0.25]
     beats = []
     for e in flexible:
