@@ -74,3 +74,14 @@ def test_a_start_that_is_already_best_decides_nothing(bench):
     assert c["gradient_run"] == "adam" and c["gradient_cost"] == 0.7
     assert c["gradient_time_s"] == 100.0 and c["als_time_s"] == 1.0
     assert c["decided"] is True and c["target_one_fifth"] is True and c["speedup"] == 100.0
+
+
+def test_resume_tells_time_to_accuracy_settings_from_the_entries_settings(bench):
+    settings = {"ranks": [4, 8], "max_iter": 30, "tta_sweeps": 40, "tta_time_limit": 180.0}
+    longer_race = {**settings, "tta_sweeps": 2000}
+    other_fit = {**settings, "max_iter": 50}
+    # Other time-to-accuracy settings keep the entries (only those runs are redone) ...
+    assert bench._entry_settings(longer_race) == bench._entry_settings(settings)
+    # ... any other setting makes the entries another benchmark.
+    assert bench._entry_settings(other_fit) != bench._entry_settings(settings)
+    assert set(bench._entry_settings(settings)) == {"ranks", "max_iter"}
