@@ -297,7 +297,8 @@ def time_to_accuracy(bench: Workbench, args, start_kind: str = "linear") -> dict
 
     return {"rank": R, "basis": "bspline", "lam": args.lam, "start": start_kind,
             "start_s": start_s, "batch_size": args.tta_batch,
-            "time_limit_s": args.tta_time_limit, "runs": runs}
+            "time_limit_s": args.tta_time_limit, "als_max_sweeps": args.tta_sweeps,
+            "als_time_limit_s": args.tta_time_limit, "runs": runs}
 
 
 def _first_time(times: list[float], values: list[float], reached) -> float | None:
@@ -484,7 +485,8 @@ def finish(result: dict, args) -> None:
         tta = time_to_accuracy_summary(result[key])
         result[key] = {k: v for k, v in result[key].items()
                        if k in ("rank", "basis", "lam", "start", "start_s", "batch_size",
-                                "time_limit_s", "runs", "date")}
+                                "time_limit_s", "als_max_sweeps", "als_time_limit_s", "runs",
+                                "date")}
         result[key]["summary"] = tta
         decided.update({f"{start_kind} start, {what}": tta[what]["target_one_fifth"]
                         for what in tta if tta[what]["decided"]})
