@@ -5,7 +5,7 @@ the pretrained reference CNN is replaced by a flexible layer fitted with CMTF-AL
 on the MNIST test set before and after fine-tuning the layer alone. At the same parameter
 budget, the span is also replaced by a truncated SVD of fc1 and by a rank-constrained linear
 map (reduced-rank regression on the same samples). A span that starts at a convolution
-(conv2 ... fc2) is compressed too. Three ablations, without fine-tuning, fit the fully
+(conv2 ... fc2) is compressed too. Four ablations, without fine-tuning, fit the fully
 connected part again: with other weights ``lam`` of the output term, from other starts of
 CMTF-ALS (``--start-inits``, at the largest rank), with other seeds (``--extra-seeds``:
 other sampling points and random start columns, at ``--seed-ranks``), which tells a gap
