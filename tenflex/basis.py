@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tenflex.checks import check_int
+from tenflex.checks import all_finite, check_int
 
 __all__ = [
     "BASIS_NAMES",
@@ -87,19 +87,6 @@ def _check_nonneg_number(value: Any, name: str) -> float:
             or not math.isfinite(value) or value < 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
-
-
-def _all_finite(t: Tensor) -> bool:
-    """Whether ``t`` has no NaN/Inf; True, unchecked, inside ``torch.func`` transforms.
-
-    Under ``vmap`` a tensor cannot be turned into a Python bool, so the check is skipped there
-    (NaN/Inf then propagate as in any torch layer) to keep ``vmap(jacrev(...))`` working.
-    """
-    functorch = getattr(torch._C, "_functorch", None)
-    is_wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
-    if is_wrapped is not None and is_wrapped(t):
-        return True
-    return bool(torch.isfinite(t).all())
 
 
 class Basis(nn.Module):
@@ -320,7 +307,7 @@ class Basis(nn.Module):
             raise ValueError(
                 f"Z must have shape (..., R) with R = {R} branches, got {tuple(Z.shape)}"
             )
-        if self.check_finite and not _all_finite(Z):
+        if self.check_finite and not all_finite(Z):
             raise ValueError("Z contains NaN or Inf values")
         scale = self.scale.to(dtype=Z.dtype, device=Z.device)
         shift = self.shift.to(dtype=Z.dtype, device=Z.device)

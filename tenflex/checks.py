@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "as_int_tuple", "check_float", "check_int", "check_positive_int", "check_seed", "is_int",
-    "is_real",
+    "all_finite", "as_int_tuple", "check_float", "check_int", "check_positive_int",
+    "check_seed", "is_int", "is_real",
 ]
 
 #: Largest seed: torch.Generator.manual_seed takes a signed 64-bit integer.
@@ -114,3 +114,27 @@ def as_int_tuple(value: Any) -> tuple[int, ...] | None:
     if not all(is_int(v) for v in value):
         return None
     return tuple(int(v) for v in value)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds no NaN or Inf, without a mask of ``t``'s size.
+
+    ``torch.isfinite(t).all()`` allocates a boolean tensor as large as ``t`` (1.4 times a
+    Jacobian tensor at peak, and most of the time of a check on a large batch). A finite sum
+    proves every entry finite, since a NaN or an infinity makes the sum NaN or infinite; only
+    when the sum is not finite (a NaN/Inf, or finite entries that overflow when added) are
+    the entries checked, block by block. Tensors that are neither floating point nor complex
+    are finite. Inside ``torch.func`` transforms a tensor cannot become a Python bool, so the
+    check answers True there (NaN/Inf then propagate as in any torch layer), which keeps
+    ``vmap(jacrev(...))`` working.
+    """
+    functorch = getattr(torch._C, "_functorch", None)
+    is_wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+    if is_wrapped is not None and is_wrapped(t):
+        return True
+    if not (t.is_floating_point() or t.is_complex()):
+        return True
+    with torch.no_grad():
+        if bool(torch.isfinite(t.sum())):
+            return True
+        return all(bool(torch.isfinite(block).all()) for block in t.reshape(-1).split(1 << 22))

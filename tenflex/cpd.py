@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tenflex.checks import check_int, check_seed
+from tenflex.checks import all_finite, check_int, check_seed
 
 __all__ = [
     "CPDResult",
@@ -323,19 +323,6 @@ class JacobianTensor(abc.ABC):
         return self.contract_input(eye).permute(0, 2, 1)
 
 
-def _all_finite(A: Tensor) -> bool:
-    """Whether every entry of ``A`` is finite, without a mask of ``A``'s size.
-
-    ``torch.isfinite(A).all()`` allocates a boolean tensor as large as ``A`` (plus
-    temporaries): 1.4 times the Jacobian tensor at peak. A finite sum proves finiteness;
-    only when the sum overflows or is NaN are the entries checked, block by block.
-    """
-    if math.isfinite(float(A.sum())):
-        return True
-    flat = A.reshape(-1)
-    return all(bool(torch.isfinite(block).all()) for block in flat.split(1 << 22))
-
-
 class DenseJacobian(JacobianTensor):
     """A Jacobian tensor held in memory, laid out for BLAS-3 MTTKRPs.
 
@@ -376,7 +363,7 @@ class DenseJacobian(JacobianTensor):
                 f"J must have shape (n, m, N) with all dimensions >= 1, got {tuple(J.shape)}"
             )
         self._A = J.permute(0, 2, 1).contiguous()
-        if not _all_finite(self._A):
+        if not all_finite(self._A):
             raise ValueError("J contains NaN or Inf values")
         n, N, m = self._A.shape
         self._shape = (int(n), int(m), int(N))
@@ -811,7 +798,7 @@ def cpd(
                 # Exactly singular ALS normal equations (e.g. a rank above the tensor's):
                 # the damped Gauss-Newton iteration below never solves a singular system.
                 pass
-            if factors is not None and not all(_all_finite(A) for A in factors[:3]):
+            if factors is not None and not all(all_finite(A) for A in factors[:3]):
                 factors = None
             if factors is None:
                 fallbacks.append(start)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from tenflex.basis import Basis, make_basis
-from tenflex.checks import check_int, check_seed
+from tenflex.checks import all_finite, check_int, check_seed
 from tenflex.cpd import (
     _SOLVER_DTYPES,
     DenseJacobian,
@@ -130,7 +130,7 @@ class FitResult:
 # ---------------------------------------------------------------------------- validation
 def _as_matrix(A: Any, name: str, dtype: torch.dtype, device: Any) -> Tensor:
     A = _as_float_tensor(A, name, dtype).to(device=device)
-    if not torch.isfinite(A).all():
+    if not all_finite(A):
         raise ValueError(f"{name} contains NaN or Inf values")
     return A
 

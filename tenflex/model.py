@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tenflex.basis import Basis, _all_finite, _real_tensor, make_basis
+from tenflex.basis import Basis, _real_tensor, make_basis
+from tenflex.checks import all_finite
 
 if TYPE_CHECKING:
     from tenflex.nn.flexible import FlexibleLayer
@@ -53,9 +54,9 @@ def _to_finite(A: Tensor, name: str, dtype: torch.dtype, device: Any, owner: str
     """``A`` in ``dtype`` on ``device``; ValueError for NaN/Inf, with its own message for finite
     values that only overflow on the cast (e.g. float64 data into a float32 ``owner``)."""
     out = A.to(dtype=dtype, device=device)
-    if _all_finite(out):
+    if all_finite(out):
         return out
-    if out.dtype != A.dtype and _all_finite(A):
+    if out.dtype != A.dtype and all_finite(A):
         raise ValueError(
             f"{name} has values up to {float(A.abs().max()):.3g} in magnitude, which overflow "
             f"the {owner}'s dtype {dtype} (largest {torch.finfo(dtype).max:.3g}); rescale {name} "
@@ -68,7 +69,7 @@ def _check_matrix(name: str, A: Tensor, shape: tuple[int | None, int | None], wh
     """Raise unless ``A`` is 2-D, matches ``shape`` (None = free) and is finite."""
     if A.ndim != 2 or any(s is not None and s != a for s, a in zip(shape, A.shape, strict=True)):
         raise ValueError(f"{name} must have shape {what}, got {tuple(A.shape)}")
-    if not torch.isfinite(A).all():
+    if not all_finite(A):
         raise ValueError(f"{name} contains NaN or Inf values")
 
 

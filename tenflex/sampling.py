@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tenflex.checks import all_finite
 from tenflex.cpd import _SOLVER_DTYPES, _as_float_tensor
 
 __all__ = ["Samples", "evaluation_mode", "sample_function"]
@@ -124,7 +125,7 @@ def _as_points(X: Any, dtype: torch.dtype, device: torch.device | None) -> Tenso
     if X.shape[0] < 1 or X[0].numel() < 1:
         raise ValueError(f"X must hold at least one non-empty sampling point, got {tuple(X.shape)}")
     X = X.to(device=device if device is not None else X.device)
-    if not torch.isfinite(X).all():
+    if not all_finite(X):
         bad = int((~torch.isfinite(X)).reshape(X.shape[0], -1).any(dim=1).sum())
         raise ValueError(f"X contains NaN or Inf values ({bad} of {X.shape[0]} points)")
     return X

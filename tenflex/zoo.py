@@ -42,7 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tenflex.checks import check_float, check_int, check_positive_int, check_seed, is_real
+from tenflex.checks import (
+    all_finite,
+    check_float,
+    check_int,
+    check_positive_int,
+    check_seed,
+    is_real,
+)
 from tenflex.files import atomic_write
 from tenflex.sampling import evaluation_mode
 
@@ -310,7 +317,7 @@ def normalize_images(images: Any, dataset: str = "mnist") -> torch.Tensor:
         raise TypeError(f"images must hold real pixel values, got dtype {x.dtype}")
     mean, std = NORMALIZATION[dataset]
     x = x.to(torch.float32)
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError("images contain NaN or Inf pixel values")
     return (x / 255.0 - mean) / std
 
@@ -537,7 +544,7 @@ def _check_images_labels(
     y = _check_labels(labels, x.shape[0], argname)
     if x.shape[0] == 0:
         raise ValueError(f"{argname}: no samples (N = 0)")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError(f"{argname}: images contain NaN or Inf")
     return x, y
 

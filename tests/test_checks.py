@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tenflex.checks import check_float, check_seed, is_int, is_real
+from tenflex.checks import all_finite, check_float, check_seed, is_int, is_real
 
 
 def test_is_int():
@@ -59,3 +59,43 @@ def test_as_int_tuple_takes_integer_sequences_only():
     for value in ("23", [2.0, 3], np.array([2.0, 3.0]), torch.tensor([2.5]), np.array(3),
                   [[2, 3]], [True, 2], 3, None):
         assert as_int_tuple(value) is None, value
+
+
+# ---------------------------------------------------------------------------- all_finite
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.complex64])
+def test_all_finite_against_the_mask(dtype):
+    generator = torch.Generator().manual_seed(0)
+    t = torch.randn(3, 1000, generator=generator).to(dtype)
+    assert all_finite(t) is True
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        u = t.clone()
+        u[2, 999] = bad
+        assert all_finite(u) is False and not torch.isfinite(u).all()
+
+
+def test_all_finite_when_finite_entries_overflow_their_sum():
+    # The sum is inf, yet every entry is finite: the block-by-block check decides.
+    big = torch.full((10,), torch.finfo(torch.float32).max)
+    assert not torch.isfinite(big.sum())
+    assert all_finite(big) is True
+    big[7] = float("nan")
+    assert all_finite(big) is False
+
+
+def test_all_finite_finds_a_nan_beyond_the_first_block():
+    t = torch.zeros(2**22 + 5, dtype=torch.float32)
+    t[-1] = float("nan")
+    assert all_finite(t) is False
+
+
+def test_all_finite_of_integers_and_empty_tensors():
+    assert all_finite(torch.arange(5)) is True
+    assert all_finite(torch.tensor([True, False])) is True
+    assert all_finite(torch.empty(0, 3)) is True
+
+
+def test_all_finite_passes_under_vmap():
+    x = torch.randn(4, 3)
+    # A tensor inside a torch.func transform cannot become a bool: the check answers True.
+    out = torch.func.vmap(lambda row: row * float(all_finite(row)))(x)
+    assert torch.equal(out, x)

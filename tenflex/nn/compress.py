@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import check_seed, is_int
+from tenflex.checks import all_finite, check_seed, is_int
 from tenflex.files import atomic_write
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
@@ -163,7 +163,7 @@ def _check_images(images: Any, name: str, model_input_shape: tuple | None = None
             f"{name} must hold normalised float inputs (see tenflex.zoo.normalize_images), "
             f"got dtype {images.dtype}"
         )
-    if not torch.isfinite(images).all():
+    if not all_finite(images):
         raise ValueError(f"{name} contains NaN or Inf values")
     if model_input_shape is not None and tuple(images.shape[1:]) != model_input_shape:
         raise ValueError(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import check_float, check_positive_int, check_seed
+from tenflex.checks import all_finite, check_float, check_positive_int, check_seed
 from tenflex.sampling import evaluation_mode
 
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
@@ -106,7 +106,7 @@ def _as_inputs(inputs: Any, dtype: torch.dtype) -> torch.Tensor:
         raise ValueError(f"inputs must have shape (N, ...) with N >= 1, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"inputs must be floating point, got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError("inputs contain NaN or Inf")
     return x.to(dtype)
 

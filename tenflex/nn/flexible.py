@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tenflex.basis import Basis, _all_finite, make_basis
-from tenflex.checks import as_int_tuple, check_positive_int, check_seed, is_int
+from tenflex.basis import Basis, make_basis
+from tenflex.checks import all_finite, as_int_tuple, check_positive_int, check_seed, is_int
 from tenflex.model import DecoupledFunction
 
 __all__ = ["FlexibleLayer"]
@@ -58,7 +58,7 @@ def _basis_values(basis: Basis, z: Tensor, x: Tensor) -> Tensor:
     try:
         return basis(z)
     except ValueError:
-        if basis.check_finite and not _all_finite(x):
+        if basis.check_finite and not all_finite(x):
             raise ValueError("x contains NaN or Inf values") from None
         raise
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from tenflex.basis import Basis, BSplineBasis, _real_tensor
-from tenflex.checks import check_positive_int
+from tenflex.checks import all_finite, check_positive_int
 from tenflex.nn.flexible import (
     _basis_values,
     _branch_basis,
@@ -59,7 +59,7 @@ def _as_float(value: Any, name: str, dtype: torch.dtype | None = None) -> Tensor
         t = t.to(dtype)
     elif not t.is_floating_point():
         t = t.to(torch.float64)
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ValueError(f"{name} contains NaN or Inf values")
     return t
 
