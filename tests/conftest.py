@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def run_benchmark():
+    """Run ``benchmarks/<name>.py`` with command-line arguments, from the repository root as
+    a user would: ``run_benchmark(name, *args, timeout=...)`` -> the completed process."""
+
+    def run(name: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+                              capture_output=True, text=True, timeout=timeout,
+                              cwd=BENCHMARKS.parent, check=False)
+
+    return run
 
 
 @pytest.fixture(scope="module")

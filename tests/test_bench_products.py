@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_products.py"
 BENCH = "bench_products"  # the script the `bench` fixture imports
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, run_benchmark):
     out = tmp_path_factory.mktemp("products") / "bench_products.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--repeat", "1",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
-    )
+    proc = run_benchmark(BENCH, "--quick", "--threads", "1", "--repeat", "1", "--out", str(out),
+                         timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())
 
@@ -54,7 +46,6 @@ def test_summary_on_known_timings(bench):
     assert rows["columns"]["max_speedup"] == rows["columns"]["min_speedup"] == 3.0
 
 
-def test_bad_arguments_are_refused():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--threads", "0"],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+def test_bad_arguments_are_refused(run_benchmark):
+    proc = run_benchmark(BENCH, "--threads", "0", timeout=60)
     assert proc.returncode == 2 and "--threads and --repeat must be at least 1" in proc.stderr

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tenflex.nn.tensorial import CHAIN_FLOP_ADVANTAGE
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_route.py"
 BENCH = "bench_route"  # the script the `bench` fixture imports
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, run_benchmark):
     out = tmp_path_factory.mktemp("route") / "bench_route.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--budget", "0.01", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
-    )
+    proc = run_benchmark(BENCH, "--quick", "--budget", "0.01", "--out", str(out), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())
 

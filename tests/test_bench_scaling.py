@@ -5,16 +5,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_scaling.py"
 BENCH = "bench_scaling"  # the script the `bench` fixture imports
 HUGE_N = 10**11  # a Jacobian tensor of terabytes: must be skipped by the memory guard
 ARGS = ["--quick", "--threads", "1", "--N", "200", "800", str(HUGE_N), "--R", "4"]
@@ -23,12 +18,9 @@ ARGS = ["--quick", "--threads", "1", "--N", "200", "800", str(HUGE_N), "--R", "4
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, run_benchmark):
     out = tmp_path_factory.mktemp("scaling") / "bench_scaling.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *ARGS, "--out", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
-    )
+    proc = run_benchmark(BENCH, *ARGS, "--out", str(out), timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, proc.stdout, json.loads(out.read_text())
 
