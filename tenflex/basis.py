@@ -194,7 +194,7 @@ class Basis(nn.Module):
             )
         if not Z.is_floating_point():
             Z = Z.to(torch.float64)
-        if not torch.isfinite(Z).all():
+        if not all_finite(Z):
             raise ValueError("Z contains NaN or Inf values")
         margin = _check_nonneg_number(margin, "margin")
         lo, hi = self.domain
