@@ -261,10 +261,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """Train (or load from the cache) a reference network and print its test accuracy."""
     from tenflex import zoo
 
+    device = _device(args)
     with _progress_to_stderr():
         _, info = zoo.pretrained(args.model, dataset=args.dataset, epochs=args.epochs,
                                  seed=args.seed, cache_dir=args.cache_dir, retrain=args.retrain,
-                                 progress=True, return_info=True)
+                                 device=device, progress=True, return_info=True)
     if args.report is None:
         _print_json(info)
         return 0
@@ -280,9 +281,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from tenflex import zoo
     from tenflex.nn.compress import compress, save_compressed
 
+    device = _device(args)
     with _progress_to_stderr():
         model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.model_seed,
-                               cache_dir=args.cache_dir, progress=True)
+                               cache_dir=args.cache_dir, device=device, progress=True)
+        model.to(device)  # the compression runs where the model is
         train_images, train_labels = zoo.dataset_tensors(args.dataset, "train")
         test_images, test_labels = zoo.dataset_tensors(args.dataset, "test")
         finetune = None
@@ -292,6 +295,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         fit_options = {"max_iter": args.max_iter}
         result = compress(model, args.span, train_images, rank=args.rank, basis=args.basis,
                           n_functions=args.n_functions, lam=args.lam, n_samples=args.n_samples,
+                          n_validation=args.n_validation,
                           test_data=(test_images, test_labels), fit_options=fit_options,
                           finetune=finetune, seed=args.seed, progress=True)
     # What rebuilds and evaluates the file: the network, and the data and training seed of
@@ -347,11 +351,12 @@ def _load_model_file(path: Path) -> tuple[Any, dict[str, Any]]:
         raise CommandError(str(exc)) from None
 
 
-def _resolve_evaluated(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
+def _resolve_evaluated(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any], str]:
     """The model named by ``evaluate``'s argument, what to report as its source, the data set.
 
-    An existing path is a model file; else a network name; else, if the argument looks like
-    a path (a separator or a suffix), the file is missing.
+    An existing path is a model file; else a network name (trained on ``device`` if it is
+    not cached yet); else, if the argument looks like a path (a separator or a suffix), the
+    file is missing.
     """
     from tenflex import zoo
 
@@ -374,7 +379,8 @@ def _resolve_evaluated(args: argparse.Namespace) -> tuple[Any, dict[str, Any], s
         return model, {"file": text, "span": info["span"]}, dataset
     if text in _MODELS:
         dataset = args.dataset or "mnist"
-        model = zoo.pretrained(text, dataset=dataset, cache_dir=args.cache_dir, progress=True)
+        model = zoo.pretrained(text, dataset=dataset, cache_dir=args.cache_dir, device=device,
+                               progress=True)
         return model, {"model": text}, dataset
     if os.sep in text or "/" in text or path.suffix:
         raise CommandError(f"no such file: {text} (expected {_MAKE_MODEL_FILE}; network names "
@@ -388,8 +394,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tenflex import zoo
     from tenflex.nn.compress import count_parameters
 
+    device = _device(args)
     with _progress_to_stderr():
-        model, source, dataset = _resolve_evaluated(args)
+        model, source, dataset = _resolve_evaluated(args, device)
+        model.to(device)
         images, labels = zoo.dataset_tensors(dataset, "test")
         accuracy = zoo.evaluate(model, images, labels)
     result = {**source, "dataset": dataset, "parameters": count_parameters(model),
@@ -437,6 +445,24 @@ def _add_cache_option(command: argparse.ArgumentParser) -> None:
                          "data/models in a source checkout, else ~/.cache/tenflex)")
 
 
+def _add_device_option(command: argparse.ArgumentParser) -> None:
+    """``--device``: where the command computes (and trains a network not yet cached)."""
+    command.add_argument("--device", default="cpu",
+                         help="where to compute: cpu, cuda or cuda:N; a reference network not "
+                         "yet in the cache is trained there (one trained on a GPU is cached "
+                         "apart from the CPU's, since other kernels give other weights)")
+
+
+def _device(args: argparse.Namespace):
+    """``--device`` as a torch.device, or a one-line error (no CUDA, unknown name)."""
+    from tenflex import zoo
+
+    try:
+        return zoo.as_device(args.device, "--device")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``tenflex`` command and its subcommands.
 
@@ -476,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_seed_type, default=0,
                        help="seeds the initialisation and the shuffling")
     _add_cache_option(train)
+    _add_device_option(train)
     train.add_argument("--retrain", action="store_true",
                        help="train again and overwrite a cached network")
     _add_report_option(train, "report")
@@ -501,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="weight of the output term against the Jacobian term")
     comp.add_argument("--n-samples", type=_int_type(1), default=5000,
                       help="sampling points N (training images where the span is sampled)")
+    comp.add_argument("--n-validation", type=_int_type(0), default=2000,
+                      help="further training images on which the fitted layer's output error "
+                      "is measured (with --n-samples, at most the training set)")
     comp.add_argument("--max-iter", type=_int_type(1), default=30, help="ALS sweeps at most")
     comp.add_argument("--finetune-epochs", type=_int_type(0), default=0,
                       help="epochs of fine-tuning after the fit (0: none)")
@@ -516,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", required=True,
                       help="compressed model file to write (.pt; required)")
     _add_cache_option(comp)
+    _add_device_option(comp)
     _add_report_option(comp, "report")
 
     evaluate = _add_command(commands, "evaluate", "test accuracy of a model file or network",
@@ -528,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test set (default: the data set a model file was compressed "
                           "on, else mnist)")
     _add_cache_option(evaluate)
+    _add_device_option(evaluate)
     _add_report_option(evaluate, "result")
     return parser
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from tenflex.checks import all_finite
 from tenflex.cpd import _SOLVER_DTYPES, _as_float_tensor
 
-__all__ = ["Samples", "evaluation_mode", "sample_function"]
+__all__ = ["Samples", "deterministic_algorithms", "evaluation_mode", "sample_function"]
 
 #: Default memory budget (bytes) for the Jacobians of one chunk of sampling points.
 CHUNK_BYTES = 256 * 2**20
@@ -112,6 +112,41 @@ def evaluation_mode(module: Any):
     finally:
         for mod, training in flags.items():
             mod.training = training
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True):
+    """Ask torch for deterministic kernels inside the block; the previous setting comes back.
+
+    ``torch.use_deterministic_algorithms(True, warn_only=True)``: an operation that has no
+    deterministic kernel warns instead of failing. CPU kernels are deterministic anyway;
+    on a GPU this makes training with the same seed give the same weights (atomic-add
+    kernels, e.g. the backward of convolutions and of indexing, otherwise sum in a
+    varying order).
+
+    Parameters
+    ----------
+    enabled : bool
+        False leaves the setting alone (the block runs as it would without the context).
+        Callers pass their ``deterministic`` argument, hence the name in the error.
+
+    Raises
+    ------
+    TypeError
+        ``enabled`` is not a bool.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(enabled).__name__}")
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
 def _as_points(X: Any, dtype: torch.dtype, device: torch.device | None) -> Tensor:

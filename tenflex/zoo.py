@@ -24,7 +24,6 @@ subnetwork is cut out and replaced.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -51,7 +50,7 @@ from tenflex.checks import (
     is_real,
 )
 from tenflex.files import atomic_write
-from tenflex.sampling import evaluation_mode
+from tenflex.sampling import deterministic_algorithms, evaluation_mode
 
 __all__ = [
     "DATASETS",
@@ -61,6 +60,7 @@ __all__ = [
     "LeNet5",
     "ReferenceCNN",
     "TrainResult",
+    "as_device",
     "build_model",
     "cache_paths",
     "count_parameters",
@@ -582,21 +582,6 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int | None:
     return int(out.shape[1]) if torch.is_tensor(out) and out.ndim == 2 else None
 
 
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    """Temporarily ask torch for deterministic kernels; restores the previous setting."""
-    if not enabled:
-        yield
-        return
-    previous = torch.are_deterministic_algorithms_enabled()
-    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -739,7 +724,7 @@ def train(
     model.train()
     t0, c0 = time.perf_counter(), time.process_time()
     step = 0
-    with _deterministic(deterministic):
+    with deterministic_algorithms(deterministic):
         for epoch in range(epochs):
             perm = torch.randperm(n, generator=generator)
             total = 0.0
@@ -859,8 +844,53 @@ def default_cache_dir() -> Path:
     return base / "tenflex"
 
 
+def as_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` (None, a string or a :class:`torch.device`) as a device that can be used.
+
+    None is the CPU. A CUDA device is checked here, before any long computation starts.
+
+    Parameters
+    ----------
+    device : None, str or torch.device
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ...
+    name : str
+        What the caller calls it, for the messages (e.g. ``"--device"``).
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    TypeError
+        Not None, a string or a torch.device.
+    ValueError
+        A string torch does not read as a device, a CUDA device on a machine without one or
+        a CUDA index beyond the devices present.
+    """
+    if device is None:
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be None, a str such as 'cpu' or 'cuda:0', or a "
+                        f"torch.device, got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"{name} {device!r} is not a device torch knows ({exc}); "
+                         "use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {str(device)!r}: no CUDA device is available "
+                             "(torch.cuda.is_available() is False); use 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {str(device)!r}: only {torch.cuda.device_count()} "
+                             "CUDA device(s) present (indices from 0)")
+    return device
+
+
 def _pretrained_config(
-    name: str, dataset: str, epochs: int | None, seed: int, n_train: int | None
+    name: str, dataset: str, epochs: int | None, seed: int, n_train: int | None,
+    device: Any = None,
 ) -> dict[str, Any]:
     _check_model_name(name)
     if dataset not in DATASETS:
@@ -880,6 +910,11 @@ def _pretrained_config(
         torch=torch.__version__,
         format=_CACHE_FORMAT,
     )
+    device = as_device(device)
+    if device.type != "cpu":
+        # Other kernels, other weights: trained elsewhere, cached under another key (the
+        # CPU's keys are those of earlier versions, which had no such entry).
+        config["device"] = device.type
     return config
 
 
@@ -896,6 +931,7 @@ def cache_paths(
     seed: int = 0,
     n_train: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    device: Any = None,
 ) -> tuple[Path, Path]:
     """Files that hold the weights and the JSON sidecar of a :func:`pretrained` model.
 
@@ -908,9 +944,10 @@ def cache_paths(
     sidecar : pathlib.Path
         Same name with ``.json``: configuration, test accuracy, training time.
         ``<key>`` is a hash of the full configuration (model, dataset, training
-        hyperparameters, seed, torch version, cache format).
+        hyperparameters, seed, torch version, cache format, and the device type where it
+        is not the CPU).
     """
-    config = _pretrained_config(name, dataset, epochs, seed, n_train)
+    config = _pretrained_config(name, dataset, epochs, seed, n_train, device)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     stem = f"{name}-{dataset}-{_config_key(config)}"
     return folder / f"{stem}.pt", folder / f"{stem}.json"
@@ -943,6 +980,7 @@ def pretrained(
     n_train: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     retrain: bool = False,
+    device: Any = None,
     progress: bool = False,
     return_info: bool = False,
 ) -> nn.Sequential | tuple[nn.Sequential, dict[str, Any]]:
@@ -973,6 +1011,9 @@ def pretrained(
         Defaults to :func:`default_cache_dir`.
     retrain : bool
         Train and overwrite the cache even if a cached file exists.
+    device : str or torch.device, optional
+        Where to train (default: the CPU). A network trained on a GPU is cached under a key
+        of its own, since other kernels give other weights.
     progress : bool
         Progress bar while training.
     return_info : bool
@@ -988,9 +1029,10 @@ def pretrained(
         ``n_parameters``, ``n_train``, ``n_test`` (read from the sidecar; ``None`` if a
         cached weights file has no sidecar).
     """
-    config = _pretrained_config(name, dataset, epochs, seed, n_train)
+    config = _pretrained_config(name, dataset, epochs, seed, n_train, device)
     weights, sidecar = cache_paths(
-        name, dataset=dataset, epochs=epochs, seed=seed, n_train=n_train, cache_dir=cache_dir
+        name, dataset=dataset, epochs=epochs, seed=seed, n_train=n_train, cache_dir=cache_dir,
+        device=device,
     )
     model = build_model(name, seed=seed)
     if not retrain and weights.is_file() and _load_cached(model, weights):
@@ -1007,6 +1049,7 @@ def pretrained(
     if n_train is not None:
         x, y = x[:n_train], y[:n_train]
     hyper = {k: config[k] for k in DEFAULT_TRAIN_CONFIG[name]}
+    model.to(as_device(device))  # initialised on the CPU, as everywhere: the same start
     result = train(model, (x, y), seed=seed, progress=progress, **hyper)
     x_test, y_test = dataset_tensors(dataset, "test")
     info = {
@@ -1024,5 +1067,5 @@ def pretrained(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(sidecar, lambda f: f.write(json.dumps(info, indent=2) + "\n"), mode="w")
     atomic_write(weights, lambda f: torch.save(state, f))
-    model.eval()
+    model.cpu().eval()
     return (model, info) if return_info else model

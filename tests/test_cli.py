@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tenflex.cli import build_parser, main
 
@@ -84,8 +85,9 @@ def test_dataset_names_and_seeds():
 # digits set, 100 sampling points, 2 ALS sweeps.
 # --------------------------------------------------------------------------------------
 
+# digits has 1437 training images: fewer validation images than the default 2000
 _CHEAP = ["compress", "--dataset", "digits", "--rank", "2", "--n-samples", "100",
-          "--max-iter", "2", "--model-seed", "3"]
+          "--n-validation", "100", "--max-iter", "2", "--model-seed", "3"]
 
 
 def _untrained(name, *, seed=0, **_):
@@ -98,7 +100,6 @@ def _untrained(name, *, seed=0, **_):
 def compressed(tmp_path_factory):
     """One real `tenflex compress` run: its file, stdout, stderr and Compression result."""
     import contextlib
-    import functools
     import io
 
     import tenflex.nn.compress as compression
@@ -107,8 +108,7 @@ def compressed(tmp_path_factory):
     results = []
 
     def compress(*args, **kwargs):
-        # digits has 1437 training images: fewer validation points than the default 2000
-        results.append(functools.partial(real, n_validation=100)(*args, **kwargs))
+        results.append(real(*args, **kwargs))
         return results[-1]
 
     real = compression.compress
@@ -238,7 +238,6 @@ def test_interrupted_compression_exits_130_and_writes_nothing(quick_compress, tm
 
 
 def test_evaluate_defaults_to_the_data_set_compressed_on(compressed, tmp_path, capsys):
-    import torch
 
     payload = torch.load(compressed["path"], weights_only=True)
     assert payload["base"] == {"model": "reference_cnn", "dataset": "digits", "model_seed": 3}
@@ -259,7 +258,7 @@ def test_evaluate_defaults_to_the_data_set_compressed_on(compressed, tmp_path, c
     args = build_parser().parse_args(["evaluate", str(old)])
     from tenflex.cli import _resolve_evaluated
 
-    assert _resolve_evaluated(args)[2] == "fashion_mnist"
+    assert _resolve_evaluated(args, torch.device("cpu"))[2] == "fashion_mnist"
     payload["base"]["dataset"] = "cifar"
     torch.save(payload, old)
     status, _, err = _exit(["evaluate", str(old), "--report", str(tmp_path / "r.json")], capsys)
@@ -268,7 +267,6 @@ def test_evaluate_defaults_to_the_data_set_compressed_on(compressed, tmp_path, c
 
 @pytest.mark.parametrize("damage", ["missing-weight", "rank", "missing-entry"])
 def test_evaluate_damaged_file_exits_2_with_the_message(damage, compressed, tmp_path, capsys):
-    import torch
 
     payload = torch.load(compressed["path"], weights_only=True)
     if damage == "missing-weight":
@@ -289,7 +287,6 @@ def test_evaluate_damaged_file_exits_2_with_the_message(damage, compressed, tmp_
 
 
 def test_evaluate_names_what_is_wrong_with_the_argument(tmp_path, monkeypatch, capsys):
-    import torch
 
     monkeypatch.chdir(tmp_path)
     status, _, err = _exit(["evaluate", "cnn.pkl"], capsys)
@@ -315,6 +312,7 @@ def test_evaluate_names_what_is_wrong_with_the_argument(tmp_path, monkeypatch, c
     (["compress", "--rank", "0"], "--rank"),
     (["compress", "--n-functions", "0"], "--n-functions"),
     (["compress", "--n-samples", "0"], "--n-samples"),
+    (["compress", "--n-validation", "-1"], "--n-validation"),
     (["compress", "--lam", "-1"], "--lam"),
     (["compress", "--lam", "nan"], "--lam"),
     (["compress", "--finetune-lr", "0"], "--finetune-lr"),
@@ -352,6 +350,45 @@ def test_every_command_and_option_is_described(capsys):
     assert "fashion-mnist" in text and "fashion_mnist" not in text
 
 
+def test_device_option_is_checked_before_any_work(quick_compress, tmp_path, monkeypatch,
+                                                 capsys):
+    from tenflex import zoo
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the network was loaded although --device was refused")
+
+    monkeypatch.setattr(zoo, "pretrained", no_training)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = str(tmp_path / "m.pt")
+    for argv in ([*quick_compress, "--out", out], ["train", "--dataset", "digits"],
+                 ["evaluate", "lenet5"]):
+        status, _, err = _exit([*argv, "--device", "cuda"], capsys)
+        assert status == 2, argv
+        assert err.endswith("error: --device 'cuda': no CUDA device is available "
+                            "(torch.cuda.is_available() is False); use 'cpu'\n"), err
+        status, _, err = _exit([*argv, "--device", "gpu"], capsys)
+        assert status == 2 and "--device 'gpu' is not a device torch knows" in err, err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_device_option_reaches_training_and_compression(quick_compress, tmp_path,
+                                                        monkeypatch):
+    from tenflex import zoo
+
+    seen = []
+
+    def pretrained(name, **kwargs):
+        seen.append(kwargs.get("device"))
+        return _untrained(name, **kwargs)
+
+    monkeypatch.setattr(zoo, "pretrained", pretrained)
+    monkeypatch.setattr(zoo, "evaluate", lambda *args, **kwargs: 0.5)
+    assert main([*quick_compress, "--out", str(tmp_path / "m.pt"), "--device", "cpu"]) == 0
+    assert main(["evaluate", "lenet5", "--dataset", "digits"]) == 0
+    assert seen == [torch.device("cpu")] * 2
+    # tests/test_cuda.py runs the commands with --device cuda where a GPU is present
+
+
 def test_compress_and_evaluate_load_the_network_from_the_cache_train_used(quick_compress,
                                                                          tmp_path, monkeypatch):
     from tenflex import zoo
@@ -371,7 +408,6 @@ def test_compress_and_evaluate_load_the_network_from_the_cache_train_used(quick_
 
 
 def test_evaluate_an_unreadable_file_says_so(compressed, monkeypatch, capsys):
-    import torch
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

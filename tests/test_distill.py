@@ -51,3 +51,33 @@ def test_distill_blocks_takes_numpy_learning_rates():
     for lr in (0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="lr must be a positive finite number"):
             distill_blocks(pretrained, pretrained, "conv", x, lr=lr)
+
+
+class _RecordsDeterminism(nn.Module):
+    """Wraps a block and records whether deterministic kernels were asked for in training."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block, self.seen = block, []
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append(torch.are_deterministic_algorithms_enabled())
+        return self.block(x)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_distill_blocks_asks_for_deterministic_kernels_and_restores_the_setting(deterministic):
+    # On a GPU, atomic-add kernels make seeded training differ run to run unless
+    # deterministic kernels are asked for (tests/test_cuda.py checks the weights there).
+    pretrained = tiny_net()
+    student = copy.deepcopy(pretrained)
+    student.conv = _RecordsDeterminism(student.conv)
+    x = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    before = torch.are_deterministic_algorithms_enabled()
+    distill_blocks(student, pretrained, "conv", x, epochs=1, batch_size=4,
+                   deterministic=deterministic)
+    assert student.conv.seen == [deterministic or before] * 2
+    assert torch.are_deterministic_algorithms_enabled() == before
+    with pytest.raises(TypeError, match="deterministic must be a bool, got str"):
+        distill_blocks(student, pretrained, "conv", x, deterministic="yes")

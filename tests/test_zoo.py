@@ -351,6 +351,41 @@ def test_pretrained_cache_round_trip(tmp_path, monkeypatch):
         zoo.pretrained("lenet5", **{**config, "seed": 2}, cache_dir=tmp_path)
 
 
+def test_as_device_names_what_it_refuses(monkeypatch):
+    assert zoo.as_device(None) == torch.device("cpu")
+    assert zoo.as_device("cpu") == torch.device("cpu")
+    assert zoo.as_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(TypeError, match=r"device must be None, a str such as 'cpu'.*got int"):
+        zoo.as_device(0)
+    with pytest.raises(ValueError, match=r"--device 'tpu9' is not a device torch knows .*"
+                                         r"use 'cpu', 'cuda' or 'cuda:N'"):
+        zoo.as_device("tpu9", "--device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device 'cuda:0': no CUDA device is available"):
+        zoo.as_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert zoo.as_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"'cuda:2': only 2 CUDA device\(s\) present"):
+        zoo.as_device("cuda:2")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        zoo.pretrained("lenet5", dataset="digits", device="cuda")
+
+
+def test_networks_trained_on_a_gpu_are_cached_apart(tmp_path, monkeypatch):
+    config = {"dataset": "digits", "epochs": 1, "seed": 1, "cache_dir": tmp_path}
+    cpu, _ = zoo.cache_paths("lenet5", **config)
+    # The CPU's key is the one of versions without a device entry: caches stay valid.
+    assert zoo.cache_paths("lenet5", **config, device="cpu")[0] == cpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    gpu, _ = zoo.cache_paths("lenet5", **config, device="cuda")
+    assert zoo.cache_paths("lenet5", **config, device="cuda:0")[0] == gpu != cpu
+    assert zoo._pretrained_config("lenet5", "digits", 1, 1, None, "cuda")["device"] == "cuda"
+    assert "device" not in zoo._pretrained_config("lenet5", "digits", 1, 1, None, "cpu")
+
+
 def test_cache_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("TENFLEX_CACHE", raising=False)
     root = os.path.dirname(os.path.dirname(os.path.abspath(zoo.__file__)))

@@ -385,7 +385,8 @@ def compress(
     if n_samples + n_validation > len(train_images):
         raise ValueError(
             f"n_samples + n_validation = {n_samples + n_validation} exceeds the "
-            f"{len(train_images)} training images given"
+            f"{len(train_images)} training images given; lower n_samples or n_validation "
+            "(the validation images are kept apart from the samples)"
         )
     unknowns = rank * (m + n + n_functions) + n
     equations = n_samples * n * (m + 1)
@@ -632,7 +633,8 @@ def save_compressed(path: str | os.PathLike, compression: Compression, base: dic
             "output_shape": compression.report.output_shape,
         },
         "report": compression.report.to_dict(),
-        "state_dict": model.state_dict(),
+        # CPU tensors: the file loads where there is no GPU too.
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     atomic_write(path, lambda handle: torch.save(payload, handle))
 

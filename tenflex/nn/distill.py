@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import all_finite, check_float, check_positive_int, check_seed
-from tenflex.sampling import evaluation_mode
+from tenflex.sampling import deterministic_algorithms, evaluation_mode
 
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
 
@@ -135,6 +135,7 @@ def distill_blocks(
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
+    deterministic: bool = True,
     progress: bool = False,
 ) -> DistillResult:
     """Train each compressed block to reproduce the pretrained block, one at a time.
@@ -163,6 +164,9 @@ def distill_blocks(
     seed : int
         Seeds the shuffling (a :class:`torch.Generator`) and any randomness inside the
         blocks (global RNG forked and restored); same seed, same result.
+    deterministic : bool
+        Train under :func:`tenflex.sampling.deterministic_algorithms` (as
+        :func:`tenflex.zoo.train` does): on a GPU, the same seed then gives the same weights.
     progress : bool
         tqdm progress bar over blocks and epochs.
 
@@ -202,7 +206,8 @@ def distill_blocks(
         bar = tqdm(total=len(names) * epochs, desc="distilling", unit="epoch")
     generator = torch.Generator().manual_seed(int(seed))
     try:
-        with _seeded_rng(seed, device), evaluation_mode(pretrained):
+        with _seeded_rng(seed, device), evaluation_mode(pretrained), \
+                deterministic_algorithms(deterministic):
             for name, student, teacher in pairs:
                 result.initial_error[name] = _block_error(
                     pretrained, teacher, student, x, batch_size, device
