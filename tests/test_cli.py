@@ -371,24 +371,6 @@ def test_device_option_is_checked_before_any_work(quick_compress, tmp_path, monk
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_device_option_reaches_training_and_compression(quick_compress, tmp_path,
-                                                        monkeypatch):
-    from tenflex import zoo
-
-    seen = []
-
-    def pretrained(name, **kwargs):
-        seen.append(kwargs.get("device"))
-        return _untrained(name, **kwargs)
-
-    monkeypatch.setattr(zoo, "pretrained", pretrained)
-    monkeypatch.setattr(zoo, "evaluate", lambda *args, **kwargs: 0.5)
-    assert main([*quick_compress, "--out", str(tmp_path / "m.pt"), "--device", "cpu"]) == 0
-    assert main(["evaluate", "lenet5", "--dataset", "digits"]) == 0
-    assert seen == [torch.device("cpu")] * 2
-    # tests/test_cuda.py runs the commands with --device cuda where a GPU is present
-
-
 def test_compress_and_evaluate_load_the_network_from_the_cache_train_used(quick_compress,
                                                                          tmp_path, monkeypatch):
     from tenflex import zoo
@@ -396,15 +378,18 @@ def test_compress_and_evaluate_load_the_network_from_the_cache_train_used(quick_
     seen = []
 
     def pretrained(name, **kwargs):
-        seen.append(kwargs.get("cache_dir"))
+        seen.append((kwargs.get("cache_dir"), kwargs.get("device")))
         return _untrained(name, **kwargs)
 
     monkeypatch.setattr(zoo, "pretrained", pretrained)
     monkeypatch.setattr(zoo, "evaluate", lambda *args, **kwargs: 0.5)
     cache = str(tmp_path / "weights")
-    assert main([*quick_compress, "--out", str(tmp_path / "m.pt"), "--cache-dir", cache]) == 0
+    assert main([*quick_compress, "--out", str(tmp_path / "m.pt"), "--cache-dir", cache,
+                 "--device", "cpu"]) == 0
     assert main(["evaluate", "lenet5", "--dataset", "digits", "--cache-dir", cache]) == 0
-    assert seen == [cache, cache]
+    # --device reaches zoo.pretrained too (the CPU by default); tests/test_cuda.py runs the
+    # commands with --device cuda where a GPU is present
+    assert seen == [(cache, torch.device("cpu"))] * 2
 
 
 def test_evaluate_an_unreadable_file_says_so(compressed, monkeypatch, capsys):
