@@ -576,13 +576,15 @@ class _VStepper:
             self.mu_rel *= 10
             self.n_rejected += 1
             return st
-        XD = X @ D
         alpha = 1.0
         T_dir = None
         new = None
         for _ in range(30):
             Vt = V + alpha * D
-            Zt = st.Z + alpha * XD
+            # Z = X V afresh, not Z + alpha X D: with a kinked basis (hinges) a point left on
+            # a knot by the search would otherwise change sides between the cost recorded here
+            # and the returned model's (whose Z is X V), by rounding alone.
+            Zt = X @ Vt
             if T_dir is None:
                 Tt = Jt.contract_input(Vt)
             else:
@@ -1233,21 +1235,23 @@ def _run_cmtf(
             st = vstep.step(st)  # never increases the cost (line search, checked)
         if extrapolate and joint is None and it > 2 and st.total < start_total:
             # Jump along the sweep's move (Bro's extrapolation, as in tensorly's parafac).
-            # T = J V and Z = X V are linear in V: no product with J or X is needed (the
-            # rounding of the combination is cleared by the next V step's fresh product).
+            # T = J V is linear in V: no product with J is needed (the rounding of the
+            # combination is cleared by the next V step's fresh product). Z = X V is
+            # recomputed, as in the V step: it is cheap, and it must be the model's Z.
             jump = it ** (1.0 / acc_pow)
 
             def lerp(a: Tensor, b: Tensor, jump: float = jump) -> Tensor:
                 return a + jump * (b - a)
 
+            V_ext = lerp(prev.V, st.V)
             ext = _make_state(
                 prob,
                 lerp(prev.W, st.W),
-                lerp(prev.V, st.V),
+                V_ext,
                 lerp(prev.C, st.C),
                 lerp(prev.b, st.b),
                 T=lerp(prev.T, st.T),
-                Z=lerp(prev.Z, st.Z),
+                Z=prob.X @ V_ext,
             )
             if ext.total < st.total:
                 st, acc_fail = ext, 0
