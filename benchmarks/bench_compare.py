@@ -37,7 +37,7 @@ time-to-accuracy runs only).
 Usage::
 
     python benchmarks/bench_compare.py            # full run: the entries about 35 minutes
-                                                  # on 2 cores, the races about an hour more
+                                                  # on 2 cores, the races 46 minutes more
     python benchmarks/bench_compare.py --quick    # ranks 4 and 8, short runs
 """
 
