@@ -606,6 +606,8 @@ def _check_train_options(
         raise ValueError(f"unknown schedule {schedule!r}; valid names: {list(_SCHEDULES)}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
     return lr, weight_decay
 
 
@@ -691,6 +693,7 @@ def train(
     lr, weight_decay = _check_train_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, optimizer=optimizer,
         schedule=schedule, weight_decay=weight_decay, callback=callback,
+        deterministic=deterministic,
     )
     n_classes = _n_outputs(model, x)
     if n_classes is not None:
