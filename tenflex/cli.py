@@ -231,6 +231,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "tensorly": tensorly.__version__,
         "numpy": numpy.__version__,
         "threads": torch.get_num_threads(),
+        # what --device cuda[:N] can use
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
         "data_dirs": {name: [str(p) for p in data.data_dirs(name)]
                       for name in ("mnist", "fashion-mnist")},
     }

@@ -39,6 +39,8 @@ def test_info_prints_versions(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["torch"].startswith("2.13.0")
     assert "mnist" in info["data_dirs"]
+    assert len(info["cuda_devices"]) == (torch.cuda.device_count() if torch.cuda.is_available()
+                                         else 0)
 
 
 def test_data_check_reports_mnist(capsys):
