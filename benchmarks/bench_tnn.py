@@ -44,6 +44,9 @@ Usage::
     for s in "0 3" "1 4" "2 5"; do python benchmarks/bench_tnn.py --seeds $s & done; wait
     # the reshaped forms with the other reshaping (chapter 5), into bench_tnn_layout.json:
     python benchmarks/bench_tnn.py --reshaping layout --forms rcp rtk rtt
+    # three times the fine-tuning at 20 % for the CP family (chapter 5), bench_tnn_ft24.json:
+    for s in "0 1 2" "3 4 5"; do python benchmarks/bench_tnn.py --rates 0.2 \
+        --finetune-epochs 24 --forms rcp cp --seeds $s & done; wait
 """
 
 from __future__ import annotations
@@ -281,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                              "default: 2 balanced modes for conv2, 3 for fc1 and fc2) or "
                              "'layout' (2 modes everywhere, fc1's along its 16 x 5 x 5 "
                              "layout); default balanced")
+    parser.add_argument("--rates", nargs="+", type=float, default=None,
+                        help="compression rates (default: 0.05 0.1 0.2; with --quick: 0.1)")
+    parser.add_argument("--finetune-epochs", type=int, default=None,
+                        help="epochs of end-to-end fine-tuning (default 8; with --quick: 1); "
+                             "another value names the default output ..._ft<E>.json")
     parser.add_argument("--fresh", action="store_true",
                         help="ignore entries of an existing result file and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -292,10 +300,19 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = [0] if args.quick else list(range(6))
     if any(s < 0 for s in args.seeds):
         parser.error("--seeds must be integers >= 0")
+    if args.rates is not None and not all(0 < r < 1 for r in args.rates):
+        parser.error("--rates must lie strictly between 0 and 1")
+    if args.finetune_epochs is not None and args.finetune_epochs < 0:
+        parser.error("--finetune-epochs must be >= 0")
     settings = dict(QUICK if args.quick else FULL)
     settings["forms"] = list(args.forms)
     settings.update(RESHAPINGS[args.reshaping])
     name = "bench_tnn" + ("" if args.reshaping == "balanced" else f"_{args.reshaping}")
+    if args.rates is not None:
+        settings["rates"] = sorted(set(args.rates))
+    if args.finetune_epochs is not None and args.finetune_epochs != settings["finetune_epochs"]:
+        settings["finetune_epochs"] = args.finetune_epochs
+        name += f"_ft{args.finetune_epochs}"
     out = args.out or ROOT / "benchmarks" / "results" / (
         f"{name}_quick.json" if args.quick else f"{name}.json")
 

@@ -135,3 +135,28 @@ def test_merge_ignores_a_file_with_other_settings(bench, tmp_path):
     result = _result(bench, {("rcp", 0.1): [0.99]})
     bench.merge_and_write(out, result)
     assert set(json.loads(out.read_text())["entries"]) == {"rcp@0.1#0"}
+
+
+def test_rates_and_finetune_epochs_options(bench, monkeypatch):
+    import torch
+
+    seen = {}
+    monkeypatch.setattr(bench, "run",
+                        lambda settings, out, args: seen.update(settings=settings, out=out) or 0)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # main sets the pool size
+    assert bench.main(["--rates", "0.2", "0.2", "--finetune-epochs", "24",
+                       "--forms", "rcp", "cp"]) == 0
+    settings = seen["settings"]
+    assert settings["rates"] == [0.2] and settings["finetune_epochs"] == 24
+    assert settings["forms"] == ["rcp", "cp"]
+    assert seen["out"].name == "bench_tnn_ft24.json"
+    # every other setting is the full run's, so that such files hold comparable entries
+    assert {k: v for k, v in settings.items() if k not in ("rates", "finetune_epochs", "forms")} \
+        == {k: v for k, v in bench.FULL.items() if k not in ("rates", "finetune_epochs", "forms")}
+    # the default number of epochs is the default run, under its own name
+    assert bench.main(["--finetune-epochs", "8"]) == 0
+    assert seen["out"].name == "bench_tnn.json" and seen["settings"]["rates"] == bench.FULL["rates"]
+    for bad in (["--rates", "1.5"], ["--rates", "0"], ["--finetune-epochs", "-1"]):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(bad)
+        assert stop.value.code == 2, bad
