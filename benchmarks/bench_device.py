@@ -50,8 +50,7 @@ def device_description(device: torch.device) -> dict:
             "cuda": torch.version.cuda}
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = zoo.as_device(args.device, "--device")
+def run(args: argparse.Namespace, device: torch.device) -> dict:
     weights, _ = zoo.cache_paths("reference_cnn", dataset=args.dataset,
                                  cache_dir=args.cache_dir, device=device)
     cached = weights.is_file()
@@ -81,11 +80,10 @@ def run(args: argparse.Namespace) -> dict:
               f"{report.times['sampling']:.2f}, fit {report.times['fit']:.2f}, evaluation "
               f"{report.times['evaluation']:.2f}); test accuracy {report.accuracy_after:.2%}",
               flush=True)
+    info = info or {}  # None for a cached file without its sidecar
     return {
         "network": {"cached_before": cached, "load_or_train_s": load_or_train_s,
-                    "train_time_s": None if info is None else info.get("train_time_s"),
-                    "test_accuracy": None if info is None else info.get("test_accuracy"),
-                    "config": None if info is None else info.get("config")},
+                    **{k: info.get(k) for k in ("train_time_s", "test_accuracy", "config")}},
         "accuracy_before": result.report.accuracy_before,
         "compressions": runs,
     }
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         f"bench_device_{device.type}{'_quick' if quick else ''}.json")
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    entries = run(args)
+    entries = run(args, device)
     result = {
         "benchmark": "bench_device",
         "date": started,

@@ -950,9 +950,15 @@ def cache_paths(
         hyperparameters, seed, torch version, cache format, and the device type where it
         is not the CPU).
     """
-    config = _pretrained_config(name, dataset, epochs, seed, n_train, device)
+    return _cache_files(_pretrained_config(name, dataset, epochs, seed, n_train, device),
+                        cache_dir)
+
+
+def _cache_files(config: dict[str, Any], cache_dir: str | os.PathLike | None
+                 ) -> tuple[Path, Path]:
+    """The weights and sidecar paths of a configuration (see :func:`cache_paths`)."""
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    stem = f"{name}-{dataset}-{_config_key(config)}"
+    stem = f"{config['model']}-{config['dataset']}-{_config_key(config)}"
     return folder / f"{stem}.pt", folder / f"{stem}.json"
 
 
@@ -1032,11 +1038,9 @@ def pretrained(
         ``n_parameters``, ``n_train``, ``n_test`` (read from the sidecar; ``None`` if a
         cached weights file has no sidecar).
     """
+    device = as_device(device)
     config = _pretrained_config(name, dataset, epochs, seed, n_train, device)
-    weights, sidecar = cache_paths(
-        name, dataset=dataset, epochs=epochs, seed=seed, n_train=n_train, cache_dir=cache_dir,
-        device=device,
-    )
+    weights, sidecar = _cache_files(config, cache_dir)
     model = build_model(name, seed=seed)
     if not retrain and weights.is_file() and _load_cached(model, weights):
         model.eval()
@@ -1052,7 +1056,7 @@ def pretrained(
     if n_train is not None:
         x, y = x[:n_train], y[:n_train]
     hyper = {k: config[k] for k in DEFAULT_TRAIN_CONFIG[name]}
-    model.to(as_device(device))  # initialised on the CPU, as everywhere: the same start
+    model.to(device)  # initialised on the CPU, as everywhere: the same start
     result = train(model, (x, y), seed=seed, progress=progress, **hyper)
     x_test, y_test = dataset_tensors(dataset, "test")
     info = {
