@@ -10,8 +10,11 @@ connected part again: with other weights ``lam`` of the output term, from other 
 CMTF-ALS (``--start-inits``, at the largest rank), with other seeds (``--extra-seeds``:
 other sampling points and random start columns, at ``--seed-ranks``), which tells a gap
 between methods from the scatter of the fit itself, and with more of what a fit can be
-given (``--capacity``: more sweeps, more sampling points, more basis functions, at the
-largest rank), which tells a limit of the layer's form from one of the fit's settings.
+given (``--capacity``: more sweeps, more sampling points up to every training image but the
+validation ones, more basis functions, at the largest rank), which tells a limit of the
+layer's form from one of the fit's settings. The fully connected part's Jacobians are held
+factored through fc1 (``compress``'s default ``jacobian="auto"``; ``--jacobian dense`` forms
+the whole tensor), which is what lets a fit use every training image on this machine.
 
 Targets checked (issue "Compress a pretrained CNN"):
 
@@ -120,14 +123,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="ranks of the seed ablation (default: the headline rank and the "
                              "largest)")
     parser.add_argument("--capacity", type=parse_capacity, nargs="*",
-                        default=[{"max_iter": 150}, {"n_samples": 10000}, {"n_functions": 16}],
+                        default=[{"max_iter": 150}, {"n_samples": 10000}, {"n_samples": 58000},
+                                 {"n_functions": 16}],
                         metavar="SETTING=VALUE",
                         help="fits at --capacity-rank (B-splines, fully connected part, no "
                              "fine-tuning) with one setting raised, each in turn; default: "
-                             "max_iter=150 n_samples=10000 n_functions=16")
+                             "max_iter=150 n_samples=10000 n_samples=58000 (every training "
+                             "image but the 2000 validation ones) n_functions=16")
     parser.add_argument("--capacity-rank", type=int, default=None,
                         help="rank of the capacity ablation (default: the largest of --ranks, "
                              "where the flexible layer trails the truncated SVD)")
+    parser.add_argument("--jacobian", default="auto", choices=["auto", "dense", "factored"],
+                        help="how compress holds the Jacobian tensor (see compress)")
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -181,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                            fit_options={"max_iter": args.max_iter},
                            finetune={"scope": "layer", "epochs": args.finetune_epochs,
                                      "lr": 1e-3, "train_labels": train_labels},
-                           seed=args.seed, progress=True)
+                           seed=args.seed, jacobian=args.jacobian, progress=True)
             report = out.report.to_dict()
             record({"method": "flexible", "span": list(span.names), "rank": rank, "basis": basis,
                     "parameters": report["parameters_model_after"],
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                        n_functions=setting["n_functions"], lam=setting["lam"],
                        n_samples=setting["n_samples"], test_data=(test_images, test_labels),
                        fit_options={"max_iter": setting["max_iter"], "init": setting["init"]},
-                       seed=setting["seed"], progress=True)
+                       seed=setting["seed"], jacobian=args.jacobian, progress=True)
         report = out.report.to_dict()
         record({"method": "flexible", "span": list(fc_names), "rank": rank, "basis": "bspline",
                 **change, "parameters": report["parameters_model_after"],

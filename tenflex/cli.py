@@ -300,7 +300,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                           n_functions=args.n_functions, lam=args.lam, n_samples=args.n_samples,
                           n_validation=args.n_validation,
                           test_data=(test_images, test_labels), fit_options=fit_options,
-                          finetune=finetune, seed=args.seed, progress=True)
+                          finetune=finetune, seed=args.seed, jacobian=args.jacobian,
+                          progress=True)
     # What rebuilds and evaluates the file: the network, and the data and training seed of
     # the pretrained weights (`tenflex evaluate` defaults to that data set).
     base = {"model": args.model, "dataset": args.dataset, "model_seed": args.model_seed}
@@ -535,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="further training images on which the fitted layer's output error "
                       "is measured (with --n-samples, at most the training set)")
     comp.add_argument("--max-iter", type=_int_type(1), default=30, help="ALS sweeps at most")
+    comp.add_argument("--jacobian", default="auto", choices=["auto", "dense", "factored"],
+                      help="hold the Jacobians as K_k A through a first fully connected layer "
+                      "A (factored: less memory and time), in full (dense), or factored when "
+                      "the span starts with a narrowing fully connected layer (auto)")
     comp.add_argument("--finetune-epochs", type=_int_type(0), default=0,
                       help="epochs of fine-tuning after the fit (0: none)")
     comp.add_argument("--finetune-scope", default="layer", choices=["layer", "all"],

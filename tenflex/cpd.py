@@ -13,7 +13,10 @@ so ``J`` could be streamed or never materialised (the products are Jacobian-vect
 vector-Jacobian products). :class:`DenseJacobian` stores ``J`` as an ``(n N, m)`` matrix,
 so that the two expensive products, ``contract_input`` and ``mttkrp_input``, are each one
 BLAS-3 matrix product of ``n N m R`` multiply-adds; the mode-1 and mode-3 MTTKRPs reuse ``T``
-at ``O(n N R)`` cost.
+at ``O(n N R)`` cost. :class:`FactoredJacobian` holds the Jacobians of a function whose first
+stage is linear, ``J_k = K_k A`` (a span that starts with a fully connected layer), as the
+smaller ``K`` and ``A``: memory and products shrink by the factor ``h / m`` of the layer's
+output to input width.
 
 :func:`cpd` computes a rank-``R`` CPD ``J ~ [[W, V, H]]`` (first step of the decoupling
 method of Dreesen, Ishteva and Schoukens, SIMAX 2015) with
@@ -39,6 +42,7 @@ from tenflex.checks import all_finite, check_int, check_seed
 __all__ = [
     "CPDResult",
     "DenseJacobian",
+    "FactoredJacobian",
     "JacobianTensor",
     "as_jacobian_tensor",
     "cp_norm_sq",
@@ -421,6 +425,106 @@ class DenseJacobian(JacobianTensor):
 
     def to_dense(self) -> Tensor:
         return self._A.permute(0, 2, 1)
+
+
+class FactoredJacobian(JacobianTensor):
+    """Jacobians ``J_k = K_k A`` of a function whose first stage is the linear map ``A``.
+
+    A function ``f(x) = g(A x + c)`` (a span that starts with a fully connected layer of
+    weight ``A``) has, by the chain rule, ``J_k = K_k A`` with ``K_k`` the Jacobian of ``g`` at
+    ``A x_k + c``. Holding ``K`` and ``A`` instead of ``J`` takes ``h / m`` of the memory when
+    the layer narrows (``h < m``; for the reference CNN's head, 128 / 3136), and every product
+    moves to the narrow side: ``contract_input(V) = K (A V)`` and
+    ``mttkrp_input(W, H) = A^T (sum_k K_k^T W diag(H[k]))``, ``n N h R + h m R``
+    multiply-adds instead of ``n N m R``.
+
+    Parameters
+    ----------
+    inner : JacobianTensor, tensor or ndarray, shape (n, h, N)
+        ``K[:, :, k] = dg/dz (A x_k + c)``. An array is wrapped in a :class:`DenseJacobian`
+        (a view of a contiguous ``(n, N, h)`` tensor, as
+        :func:`tenflex.sampling.sample_function` returns it, is used without a copy).
+    A : tensor or ndarray, shape (h, m)
+        The linear stage (a ``torch.nn.Linear`` layer's ``weight``); finite.
+    dtype : torch.dtype, optional
+        ``torch.float32`` or ``torch.float64``; default: ``inner``'s dtype (an array
+        ``inner`` as in :class:`DenseJacobian`). ``A`` is converted to it and to ``inner``'s
+        device.
+
+    Raises
+    ------
+    TypeError
+        ``dtype`` other than float32/float64; ``A`` not real numbers; a JacobianTensor
+        ``inner`` of another dtype than ``dtype``.
+    ValueError
+        ``A`` not 2-D, with NaN/Inf, or with ``A.shape[0]`` different from ``inner``'s input
+        dimension ``h``.
+
+    Notes
+    -----
+    ``||J||^2 = sum_k ||K_k A||^2 = sum_k ||K_k R^T||^2`` with ``A^T = Q R`` the reduced QR
+    factorisation (``Q`` has orthonormal columns), one product of ``K`` with ``min(h, m)``
+    columns, computed once. The residual is expanded as in :class:`JacobianTensor`.
+    """
+
+    def __init__(self, inner: JacobianTensor | Tensor | np.ndarray, A: Tensor | np.ndarray, *,
+                 dtype: torch.dtype | None = None) -> None:
+        if dtype is not None and dtype not in _SOLVER_DTYPES:
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        self._inner = as_jacobian_tensor(inner, dtype=dtype)
+        A = _as_float_tensor(A, "A", self._inner.dtype).to(self._inner.device)
+        if A.ndim != 2 or min(A.shape) < 1:
+            raise ValueError(f"A must be a matrix of shape (h, m), got shape {tuple(A.shape)}")
+        if A.shape[0] != self._inner.m:
+            raise ValueError(
+                f"A has shape {tuple(A.shape)} but inner is the Jacobian tensor of shape "
+                f"{self._inner.shape} (n, h, N) of the stage after it: A needs h = "
+                f"{self._inner.m} rows (the width of the linear stage's output)"
+            )
+        if not all_finite(A):
+            raise ValueError("A contains NaN or Inf values")
+        self._A = A
+        n, _, N = self._inner.shape
+        self._shape = (n, int(A.shape[1]), N)
+        self._norm_sq: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._inner.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._inner.device
+
+    @property
+    def K(self) -> JacobianTensor:
+        """The Jacobian tensor of the stage after ``A``, shape ``(n, h, N)``."""
+        return self._inner
+
+    @property
+    def A(self) -> Tensor:
+        """The linear stage, shape ``(h, m)`` (do not modify)."""
+        return self._A
+
+    def norm_sq(self) -> float:
+        if self._norm_sq is None:
+            R = torch.linalg.qr(self._A.T, mode="r").R  # A^T = Q R, so ||K A|| = ||K R^T||
+            T = self._inner.contract_input(R.T)
+            self._norm_sq = float((T * T).sum())
+        return self._norm_sq
+
+    def contract_input(self, V: Tensor) -> Tensor:
+        return self._inner.contract_input(self._A @ V)
+
+    def mttkrp_input(self, W: Tensor, H: Tensor) -> Tensor:
+        return transpose_matmul(self._A, self._inner.mttkrp_input(W, H))
+
+    def contract_input_adjoint(self, T: Tensor) -> Tensor:
+        return transpose_matmul(self._A, self._inner.contract_input_adjoint(T))
 
 
 def as_jacobian_tensor(J: Any, *, dtype: torch.dtype | None = None) -> JacobianTensor:

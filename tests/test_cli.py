@@ -150,6 +150,7 @@ def test_compress_stdout_is_only_the_json_report(compressed):
     report = json.loads(compressed["out"])  # the ALS log would make this invalid JSON
     assert report["output_file"] == str(compressed["path"])
     assert report["rank"] == 2 and report["fit_iterations"] == 2
+    assert report["jacobian"] == "factored"  # fc1:fc2 starts with a narrowing Linear
     assert "cmtf_als it    1" in compressed["err"]
     assert "sampling" in compressed["err"]
 
@@ -392,6 +393,27 @@ def test_compress_and_evaluate_load_the_network_from_the_cache_train_used(quick_
     # --device reaches zoo.pretrained too (the CPU by default); tests/test_cuda.py runs the
     # commands with --device cuda where a GPU is present
     assert seen == [(cache, torch.device("cpu"))] * 2
+
+
+def test_compress_passes_the_jacobian_form_on(tmp_path, monkeypatch):
+    import tenflex.nn.compress as compression
+    from tenflex import zoo
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def compress(*args, **kwargs):
+        seen.append(kwargs["jacobian"])
+        raise Stop
+
+    monkeypatch.setattr(zoo, "pretrained", _untrained)
+    monkeypatch.setattr(compression, "compress", compress)
+    for argv in ([], ["--jacobian", "dense"], ["--jacobian", "factored"]):
+        with pytest.raises(Stop):
+            main([*_CHEAP, *argv, "--out", str(tmp_path / "m.pt")])
+    assert seen == ["auto", "dense", "factored"]
 
 
 def test_evaluate_an_unreadable_file_says_so(compressed, monkeypatch, capsys):

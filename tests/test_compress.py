@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -162,6 +163,10 @@ def test_evaluate_command_on_a_saved_model(tmp_path, compressed, capsys, monkeyp
         ({"fit_options": {"max_iters": 5}}, ValueError, "unknown keys"),
         ({"fit_options": {"init": "svd"}}, ValueError, "init"),
         ({"fit_options": {"n_starts": 3}}, ValueError, "n_starts=3 needs a random"),
+        ({"jacobian": "sparse"}, ValueError, "jacobian must be one of 'auto', 'dense', "),
+        ({"span": ("conv2", "fc2"), "jacobian": "factored"}, ValueError,
+         (r"jacobian='factored' needs a span that starts with a fully connected layer "
+          r"\(nn.Linear, after any nn.Flatten\(\)\); the span conv2..fc2 does not")),
     ],
 )
 def test_bad_input_fails_before_any_long_computation(digits, monkeypatch, kwargs, error, message):
@@ -232,6 +237,50 @@ def test_labels_are_checked_before_any_long_computation(digits, monkeypatch):
                  finetune={"train_labels": train_labels.numpy()})
 
 
+def test_factored_and_dense_jacobians_give_the_same_compression(digits):
+    # The fully connected part starts with fc1 (3136 -> 128): J_k = K_k A is the same tensor
+    # as the dense one, so the fits agree to rounding (the factored one is the default).
+    model, train_images = digits[0], digits[1]
+    settings = {"rank": 4, "n_functions": 6, "n_samples": 600, "n_validation": 300,
+                "fit_options": {"max_iter": 10}, "seed": 1}
+    factored = compress(model, ("fc1", "fc2"), train_images, **settings)
+    dense = compress(model, ("fc1", "fc2"), train_images, jacobian="dense", **settings)
+    assert (factored.report.jacobian, dense.report.jacobian) == ("factored", "dense")
+    assert len(factored.fit.cost) == len(dense.fit.cost) == 11
+    np.testing.assert_allclose(factored.fit.cost, dense.fit.cost, rtol=1e-8)
+    for name in ("fit_output_error_train", "fit_jacobian_error_train",
+                 "fit_output_error_validation"):
+        assert getattr(factored.report, name) == pytest.approx(getattr(dense.report, name),
+                                                               rel=1e-6)
+    torch.testing.assert_close(factored.layer.V, dense.layer.V, rtol=1e-5, atol=1e-7)
+
+
+def test_the_jacobian_is_factored_only_through_a_narrowing_linear_layer(digits, monkeypatch):
+    model, train_images = digits[0], digits[1]
+    seen = _stop_at_sampling(monkeypatch)
+    settings = {"rank": 4, "n_samples": 600, "n_validation": 300}
+    # a span that starts at a convolution: the whole span is sampled
+    with pytest.raises(_Sampled):
+        compress(model, ("conv2", "fc2"), train_images, **settings)
+    assert list(seen["f"]) == [model.conv2, model.relu2, model.pool2, model.flatten, model.fc1,
+                               model.relu3, model.fc2]
+    # flatten + fc1 start the span: the layers after fc1 are sampled at fc1's outputs
+    with pytest.raises(_Sampled):
+        compress(model, ("flatten", "fc2"), train_images, **settings)
+    assert list(seen["f"]) == [model.relu3, model.fc2] and seen["X"].shape == (600, 128)
+    # a widening first layer (4 -> 8) gains nothing: dense, unless asked
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    images = torch.randn(40, 1, 2, 2)
+    with pytest.raises(_Sampled):
+        compress(wide, (1, 3), images, rank=2, n_samples=30, n_validation=0)
+    assert len(seen["f"]) == 3
+    with pytest.raises(_Sampled):
+        compress(wide, (1, 3), images, rank=2, n_samples=30, n_validation=0,
+                 jacobian="factored")
+    assert list(seen["f"]) == [wide[2], wide[3]]
+
+
 def test_a_model_without_parameters_is_refused():
     with pytest.raises(ValueError, match="model has no parameters"):
         compress(nn.Sequential(nn.Flatten(), nn.ReLU()), 1, torch.randn(20, 1, 2, 2), rank=1,
@@ -247,24 +296,33 @@ def test_the_span_of_a_model_with_a_repeated_module_is_sampled_at_its_inputs(mon
     images = torch.randn(30, 1, 2, 3)
     seen = _stop_at_sampling(monkeypatch)
     with pytest.raises(_Sampled):
-        compress(model, 5, images, rank=2, n_samples=20, n_validation=0)
+        compress(model, 5, images, rank=2, n_samples=20, n_validation=0, jacobian="dense")
     # the last Linear reads the output of the second tanh
     order = torch.randperm(30, generator=torch.Generator().manual_seed(0))[:20]
     with torch.no_grad():
         expected = act(model[3](act(model[1](images[order].flatten(1)))))
     torch.testing.assert_close(seen["X"], expected, rtol=0, atol=0)
     assert list(seen["f"]) == [model[5]]
+    # factored (the default for a narrowing Linear): what follows the Linear (nothing) is
+    # sampled at its outputs
+    with pytest.raises(_Sampled):
+        compress(model, 5, images, rank=2, n_samples=20, n_validation=0)
+    with torch.no_grad():
+        linear = model[5]
+        torch.testing.assert_close(seen["X"], nn.functional.linear(
+            expected.double(), linear.weight.double(), linear.bias.double()))
+    assert list(seen["f"]) == []
 
 
 @pytest.mark.filterwarnings("ignore:the flexible layer of rank")  # ranks this large compress nothing
 def test_a_rank_whose_sweeps_would_not_fit_in_memory_fails_before_sampling(digits, monkeypatch):
-    # m = 3136, n = 10, N = 600: the Jacobian (144 MiB) fits a 450 MiB machine; at R = 200,
-    # D = 8 the C step's 1600 x 1600 system and its kin (127 MiB) do not. The largest rank the
-    # message offers passes the check, one more does not.
+    # m = 3136, n = 10, N = 600: the dense Jacobian (144 MiB) fits a 450 MiB machine; at
+    # R = 200, D = 8 the C step's 1600 x 1600 system and its kin (127 MiB) do not. The largest
+    # rank the message offers passes the check, one more does not.
     model, train_images = digits[0], digits[1]
     _stop_at_sampling(monkeypatch)
     monkeypatch.setattr(compress_module, "memory_bytes", lambda: 450 * 2**20)
-    arguments = {"n_samples": 600, "n_validation": 300, "n_functions": 8}
+    arguments = {"n_samples": 600, "n_validation": 300, "n_functions": 8, "jacobian": "dense"}
     with pytest.raises(ValueError, match=r"rank R = 200 with D = 8 basis functions needs about "
                                          r".* 1600 x 1600 system .* use R <= \d+$") as info:
         compress(model, ("fc1", "fc2"), train_images, rank=200, **arguments)

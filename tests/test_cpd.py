@@ -9,6 +9,7 @@ import torch
 
 from tenflex.cpd import (
     DenseJacobian,
+    FactoredJacobian,
     JacobianTensor,
     as_jacobian_tensor,
     cp_norm_sq,
@@ -124,6 +125,45 @@ def test_inner_norm_and_residual(dense):
     assert Jt.residual_norm_sq(W, V, H) == pytest.approx(expected, rel=1e-13)
     # the generic (expanded) residual agrees too
     assert JacobianTensor.residual_norm_sq(Jt, W, V, H) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("h, m", [(3, 8), (6, 4)])  # a narrowing and a widening stage
+def test_factored_jacobian_against_its_dense_product(h, m):
+    # J_k = K_k A: every product, the norm and the residual as those of the dense tensor.
+    n, N, R = 4, 23, 3
+    K, A = _randn(n, h, N, seed=11), _randn(h, m, seed=12)
+    J = torch.einsum("ihk,hj->ijk", K, A)
+    Jt, ref = FactoredJacobian(K, A), DenseJacobian(J)
+    W, V, H = _randn(n, R, seed=13), _randn(m, R, seed=14), _randn(N, R, seed=15)
+    T = _randn(n, N, R, seed=16)
+    assert Jt.shape == (n, m, N) and Jt.dtype == torch.float64
+    assert Jt.K.shape == (n, h, N) and Jt.A.shape == (h, m)
+    assert Jt.norm_sq() == pytest.approx(ref.norm_sq(), rel=1e-13)
+    tol = {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(Jt.contract_input(V), ref.contract_input(V), **tol)
+    torch.testing.assert_close(Jt.mttkrp_input(W, H), ref.mttkrp_input(W, H), **tol)
+    torch.testing.assert_close(Jt.contract_input_adjoint(T), ref.contract_input_adjoint(T), **tol)
+    torch.testing.assert_close(Jt.to_dense(), J, **tol)
+    assert Jt.residual_norm_sq(W, V, H) == pytest.approx(ref.residual_norm_sq(W, V, H),
+                                                         rel=1e-11)
+
+
+def test_factored_jacobian_checks_its_factors():
+    K = _randn(2, 3, 5)
+    with pytest.raises(ValueError, match=r"A needs h = 3 rows"):
+        FactoredJacobian(K, _randn(4, 6))
+    with pytest.raises(ValueError, match=r"A must be a matrix of shape \(h, m\)"):
+        FactoredJacobian(K, _randn(3))
+    bad = _randn(3, 6)
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="A contains NaN or Inf"):
+        FactoredJacobian(K, bad)
+    with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64"):
+        FactoredJacobian(K, _randn(3, 6), dtype=torch.float16)
+    # A follows K's dtype; a JacobianTensor K of another dtype than asked is refused
+    assert FactoredJacobian(K.float(), _randn(3, 6)).A.dtype == torch.float32
+    with pytest.raises(TypeError, match="expected torch.float64"):
+        FactoredJacobian(DenseJacobian(K.float()), _randn(3, 6), dtype=torch.float64)
 
 
 def test_residual_is_accurate_when_tiny():

@@ -5,6 +5,11 @@ layers before the span to get the span's inputs ``X``; compute the span's output
 Jacobians ``J`` there (:func:`tenflex.sampling.sample_function`); fit ``b + W g(Vᵀx)`` by
 constrained CMTF-ALS (:func:`tenflex.fit.cmtf_als`); splice the resulting
 :class:`~tenflex.nn.FlexibleLayer` into the network; evaluate; optionally fine-tune.
+
+A span that starts with a fully connected layer ``x -> A x + c`` that narrows its input
+(``h < m``) has Jacobians ``J_k = K_k A``; by default only the Jacobians ``K`` of the layers
+after ``A`` are sampled, and the solver works with :class:`tenflex.cpd.FactoredJacobian`
+(``h / m`` of the memory and of the products' cost).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 import os
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +27,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import all_finite, check_seed, is_int
+from tenflex.cpd import as_jacobian_tensor
 from tenflex.files import atomic_write
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
@@ -34,6 +41,9 @@ __all__ = [
     "memory_bytes",
     "save_compressed",
 ]
+
+#: How ``compress`` may hold the Jacobian tensor.
+JACOBIAN_FORMS = ("auto", "dense", "factored")
 
 # Fraction of the machine's memory the Jacobian tensor may take (the solver needs a few
 # more arrays of the size of X besides J).
@@ -99,6 +109,7 @@ class CompressionReport:
     lam: float
     n_samples: int
     seed: int
+    jacobian: str
     parameters_span_before: int
     parameters_span_after: int
     parameters_model_before: int
@@ -252,6 +263,62 @@ def _check_labels(labels: Any, n: int, n_classes: int | None, argname: str) -> N
         zoo._check_label_range(labels, n_classes, argname)
 
 
+def _linear_first_stage(span_module: nn.Sequential, in_shape: tuple[int, ...]
+                        ) -> tuple[nn.Linear, nn.Sequential] | None:
+    """``(linear, rest)`` when the span starts with a fully connected layer, else None.
+
+    Leading ``nn.Flatten()`` layers (which make the input a vector) may come first. Only a
+    plain ``nn.Linear`` qualifies: a subclass may compute something else in ``forward``.
+    """
+    layers = list(span_module._modules.items())
+    i = 0
+    while (i < len(layers) and type(layers[i][1]) is nn.Flatten
+           and (layers[i][1].start_dim, layers[i][1].end_dim) == (1, -1)):
+        i += 1
+    if i == len(layers) or type(layers[i][1]) is not nn.Linear:
+        return None
+    linear = layers[i][1]
+    if (i == 0 and len(in_shape) != 1) or linear.in_features != math.prod(in_shape):
+        return None
+    return linear, nn.Sequential(OrderedDict(layers[i + 1:]))
+
+
+def _choose_jacobian(jacobian: Any, stage: tuple | None, span: Span, m: int) -> bool:
+    """Whether to factor the Jacobian through the span's first layer (see ``compress``)."""
+    if jacobian not in JACOBIAN_FORMS:
+        raise ValueError(f"jacobian must be one of {', '.join(map(repr, JACOBIAN_FORMS))}, "
+                         f"got {jacobian!r}")
+    if jacobian == "factored" and stage is None:
+        raise ValueError(
+            f"jacobian='factored' needs a span that starts with a fully connected layer "
+            f"(nn.Linear, after any nn.Flatten()); the span {span.label} does not: use "
+            "jacobian='dense' or 'auto'"
+        )
+    if jacobian == "auto":
+        return stage is not None and stage[0].out_features < m
+    return jacobian == "factored"
+
+
+def _sample_span(span_module: nn.Sequential, stage: tuple | None, X_in: torch.Tensor,
+                 progress: bool) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """``(X, Y, J)`` of the span at its inputs ``X_in`` (float64), ``J`` dense ``(n, m, N)``
+    or, given the first stage ``(linear, rest)``, a :class:`FactoredJacobian`."""
+    from tenflex.cpd import FactoredJacobian
+    from tenflex.sampling import sample_function
+
+    if stage is None:
+        samples = sample_function(span_module, X_in, dtype=torch.float64, progress=progress)
+        return samples.X, samples.Y, samples.J
+    linear, rest = stage
+    X = X_in.flatten(1).double()
+    A = linear.weight.detach().double()
+    bias = None if linear.bias is None else linear.bias.detach().double()
+    # J_k = K_k A: only the Jacobians K of the layers after the linear stage are sampled.
+    samples = sample_function(rest, nn.functional.linear(X, A, bias), dtype=torch.float64,
+                              progress=progress)
+    return X, samples.Y, FactoredJacobian(samples.J, A)
+
+
 def compress(
     model: nn.Sequential,
     span: Any,
@@ -269,6 +336,7 @@ def compress(
     finetune: dict[str, Any] | None = None,
     seed: int = 0,
     batch_size: int = 500,
+    jacobian: str = "auto",
     progress: bool = False,
 ) -> Compression:
     """Replace ``span`` of a pretrained ``model`` by a flexible layer fitted with CMTF-ALS.
@@ -296,7 +364,8 @@ def compress(
         rank tried (4 to 12), while the Jacobian term still keeps the fit from interpolating
         the samples (see chapter 4).
     n_samples : int
-        Number of sampling points ``N``. The Jacobian tensor takes ``8·n·m·N`` bytes.
+        Number of sampling points ``N``. The Jacobian tensor takes ``8·n·m·N`` bytes, or
+        ``8·n·h·N`` factored (see ``jacobian``).
     n_validation : int
         Further training images on which the fitted layer's output error is measured.
     test_data : (images, labels), optional
@@ -317,6 +386,13 @@ def compress(
         Seeds the choice of sampling points, the solver and fine-tuning.
     batch_size : int
         Batch size of the forward passes that produce the span's inputs.
+    jacobian : {"auto", "dense", "factored"}
+        How the Jacobian tensor is held. ``"factored"``: for a span that starts with a fully
+        connected layer ``A`` of width ``h`` (after any ``nn.Flatten()``), ``J_k = K_k A``
+        with only ``K`` sampled (:class:`tenflex.cpd.FactoredJacobian`); the same fit, on
+        ``h / m`` of the memory, with products ``h / m`` as costly. ``"dense"``: the full
+        ``(n, m, N)`` tensor. ``"auto"`` (default): factored when the span starts with a
+        fully connected layer with ``h < m``, dense otherwise.
     progress : bool
         Progress bars for sampling and fitting.
 
@@ -330,7 +406,8 @@ def compress(
         Before any long computation: a span that is not a contiguous chain, a rank below 1
         or larger than the data supports, training images of the wrong shape, too few
         sampling points for the number of unknowns, a Jacobian tensor or ALS sweeps that
-        would not fit in memory, an unknown basis or basis option, a negative ``lam`` or
+        would not fit in memory, an unknown ``jacobian`` or ``"factored"`` for a span that
+        does not start with a fully connected layer, an unknown basis or basis option, a negative ``lam`` or
         ``seed``, unknown ``fit_options`` keys or ``init`` names, fine-tuning without labels
         (or with labels of the wrong length, an unknown scope or unknown keys), ``test_data``
         that is not a pair, labels (of ``test_data`` or fine-tuning) that are not integers
@@ -343,7 +420,7 @@ def compress(
         A rank at which the flexible layer has no fewer parameters than the span.
     """
     from tenflex.fit import cmtf_als
-    from tenflex.sampling import evaluation_mode, sample_function
+    from tenflex.sampling import evaluation_mode
 
     times: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -396,14 +473,17 @@ def compress(
             f"and Jacobian entries) for {unknowns} unknowns; use N >= "
             f"{math.ceil(unknowns / (n * (m + 1)))}"
         )
-    jacobian_bytes = 8 * n * m * n_samples
+    stage = _linear_first_stage(resolved.module(model), in_shape)
+    factored = _choose_jacobian(jacobian, stage, resolved, m)
+    width = stage[0].out_features if factored else m  # of the stored Jacobians
+    jacobian_bytes = 8 * n * width * n_samples
     available = memory_bytes()
     if available and jacobian_bytes > _MEMORY_FRACTION * available:
         raise ValueError(
-            f"the Jacobian tensor (n, m, N) = ({n}, {m}, {n_samples}) needs "
-            f"{jacobian_bytes / 2**30:.1f} GiB in float64, more than half of this machine's "
-            f"{available / 2**30:.1f} GiB; use fewer sampling points (n_samples <= "
-            f"{int(_MEMORY_FRACTION * available / (8 * n * m))})"
+            f"the Jacobian tensor (n, {'h' if factored else 'm'}, N) = ({n}, {width}, "
+            f"{n_samples}) needs {jacobian_bytes / 2**30:.1f} GiB in float64, more than half "
+            f"of this machine's {available / 2**30:.1f} GiB; use fewer sampling points "
+            f"(n_samples <= {int(_MEMORY_FRACTION * available / (8 * n * width))})"
         )
     options = _check_fit_settings(basis, n_functions, basis_options, lam, fit_options, rank, n,
                                   m, n_samples, seed, progress)
@@ -451,17 +531,20 @@ def compress(
 
         t0 = time.perf_counter()
         X_in = _batched(prefix, train_images[sample_idx].to(device), batch_size)
-        samples = sample_function(span_module, X_in, dtype=torch.float64, progress=progress)
+        X, Y, J = _sample_span(span_module, stage if factored else None, X_in, progress)
+        J = as_jacobian_tensor(J)
         times["sampling"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        fit = cmtf_als(samples.X, samples.Y, samples.J, rank, basis=basis, n_functions=n_functions,
+        fit = cmtf_als(X, Y, J, rank, basis=basis, n_functions=n_functions,
                        basis_options=basis_options, lam=lam, **options)
         times["fit"] = time.perf_counter() - t0
         decoupled = fit.model
-        train_output_error = _relative_error(decoupled(samples.X), samples.Y)
-        train_jacobian_error = _relative_error(decoupled.jacobian(samples.X), samples.J)
-        del samples
+        train_output_error = _relative_error(decoupled(X), Y)
+        H = decoupled.branch_derivatives(decoupled.branch_inputs(X))
+        train_jacobian_error = math.sqrt(
+            J.residual_norm_sq(decoupled.W, decoupled.V, H) / J.norm_sq())
+        del X, Y, J, H
 
         t0 = time.perf_counter()
         dtype = first.dtype
@@ -501,7 +584,8 @@ def compress(
             span=list(resolved.names), input_shape=list(in_shape), output_shape=list(out_shape),
             rank=int(rank), basis=str(basis if isinstance(basis, str) else basis.name),
             n_functions=int(decoupled.n_functions), lam=float(lam), n_samples=int(n_samples),
-            seed=int(seed), parameters_span_before=before_span, parameters_span_after=after_span,
+            seed=int(seed), jacobian="factored" if factored else "dense",
+            parameters_span_before=before_span, parameters_span_after=after_span,
             parameters_model_before=before_model, parameters_model_after=after_model,
             fraction_model_kept=after_model / before_model,
             fit_output_error_train=train_output_error,
