@@ -11,8 +11,8 @@ CMTF-ALS (``--start-inits``, at the largest rank), with other seeds (``--extra-s
 other sampling points and random start columns, at ``--seed-ranks``), which tells a gap
 between methods from the scatter of the fit itself, and with more of what a fit can be
 given (``--capacity``: more sweeps, more sampling points up to every training image but the
-validation ones, more basis functions, at the largest rank), which tells a limit of the
-layer's form from one of the fit's settings. The fully connected part's Jacobians are held
+validation ones, more basis functions, and every image with heavier output weights, at the
+largest rank), which tells a limit of the layer's form from one of the fit's settings. The fully connected part's Jacobians are held
 factored through fc1 (``compress``'s default ``jacobian="auto"``; ``--jacobian dense`` forms
 the whole tensor), which is what lets a fit use every training image on this machine.
 
@@ -70,8 +70,9 @@ def load_existing(path: Path, fresh: bool) -> dict:
 #: Settings that only the ablation entries carry (the main grid uses --lam, compress's
 #: default start init="linear", --seed, --max-iter, --n-samples and --n-functions).
 ABLATION_FIELDS = ("lam", "init", "seed", "max_iter", "n_samples", "n_functions")
-#: The settings ``--capacity`` may raise, with their types.
-CAPACITY_FIELDS = {"max_iter": int, "n_samples": int, "n_functions": int}
+#: The settings ``--capacity`` may raise, with their types; ``lam`` only beside another one
+#: (alone it is the lam ablation's).
+CAPACITY_FIELDS = {"max_iter": int, "n_samples": int, "n_functions": int, "lam": float}
 
 
 def key(entry: dict) -> tuple:
@@ -80,18 +81,31 @@ def key(entry: dict) -> tuple:
 
 
 def parse_capacity(text: str) -> dict:
-    """``"max_iter=150"`` -> ``{"max_iter": 150}``; a clear error for anything else."""
-    name, sep, value = text.partition("=")
-    if not sep or name not in CAPACITY_FIELDS:
+    """``"max_iter=150"`` -> ``{"max_iter": 150}``, ``"n_samples=58000,lam=1000"`` -> both;
+    a clear error for anything else."""
+    change = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or name not in CAPACITY_FIELDS or name in change:
+            raise argparse.ArgumentTypeError(
+                f"expected SETTING=VALUE[,SETTING=VALUE...] with each SETTING once, one of "
+                f"{sorted(CAPACITY_FIELDS)}, got {text!r}")
+        kind = CAPACITY_FIELDS[name]
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} needs {'an integer' if kind is int else 'a number'}, got {value!r}"
+            ) from None
+        if kind is int and number < 1 or kind is float and not number >= 0:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be {'>= 1' if kind is int else '>= 0'}, got {number}")
+        change[name] = number
+    if set(change) == {"lam"}:
         raise argparse.ArgumentTypeError(
-            f"expected SETTING=VALUE with SETTING one of {sorted(CAPACITY_FIELDS)}, got {text!r}")
-    try:
-        number = CAPACITY_FIELDS[name](value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{name} needs an integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {number}")
-    return {name: number}
+            f"lam alone is the lam ablation (--ablation-lams); with --capacity give it beside "
+            f"another setting, e.g. n_samples=58000,lam=1000, got {text!r}")
+    return change
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="ranks of the seed ablation (default: the headline rank and the "
                              "largest)")
     parser.add_argument("--capacity", type=parse_capacity, nargs="*",
-                        default=[{"max_iter": 150}, {"n_samples": 10000}, {"n_samples": 58000},
-                                 {"n_functions": 16}],
-                        metavar="SETTING=VALUE",
+                        default=[{"max_iter": 150}, {"n_samples": 10000}, {"n_functions": 16},
+                                 {"n_samples": 58000}, {"n_samples": 58000, "lam": 1000.0},
+                                 {"n_samples": 58000, "lam": 10000.0}],
+                        metavar="SETTING=VALUE[,SETTING=VALUE]",
                         help="fits at --capacity-rank (B-splines, fully connected part, no "
-                             "fine-tuning) with one setting raised, each in turn; default: "
-                             "max_iter=150 n_samples=10000 n_samples=58000 (every training "
-                             "image but the 2000 validation ones) n_functions=16")
+                             "fine-tuning) with settings raised, each given in turn; default: "
+                             "max_iter=150 n_samples=10000 n_functions=16 n_samples=58000 "
+                             "(every training image but the 2000 validation ones) "
+                             "n_samples=58000,lam=1000 n_samples=58000,lam=10000")
     parser.add_argument("--capacity-rank", type=int, default=None,
                         help="rank of the capacity ablation (default: the largest of --ranks, "
                              "where the flexible layer trails the truncated SVD)")
@@ -236,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Ablations, without fine-tuning: the fully connected part fitted again with other
     # weights of the output term (at --ablation-rank), from other starts (at --start-rank),
-    # with other seeds (at --seed-ranks) and with one setting raised (at --capacity-rank).
+    # with other seeds (at --seed-ranks) and with settings raised (at --capacity-rank).
     fc_names = resolve_span(model, FC_SPAN).names
     ablations = [(args.ablation_rank, {"lam": lam}) for lam in args.ablation_lams]
     ablations += [(args.start_rank, {"init": init}) for init in args.start_inits]

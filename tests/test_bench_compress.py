@@ -17,6 +17,7 @@ BENCH = "bench_compress"  # the script the `bench` fixture imports
     ("max_iter=150", {"max_iter": 150}),
     ("n_samples=10000", {"n_samples": 10000}),
     ("n_functions=16", {"n_functions": 16}),
+    ("n_samples=58000,lam=1000", {"n_samples": 58000, "lam": 1000.0}),
 ])
 def test_capacity_settings_parse(bench, text, expected):
     assert bench.parse_capacity(text) == expected
@@ -24,7 +25,11 @@ def test_capacity_settings_parse(bench, text, expected):
 
 @pytest.mark.parametrize("text, message", [
     ("max_iter", "SETTING=VALUE"),
-    ("lam=10", "SETTING=VALUE"),          # lam has its own ablation
+    ("lam=10", "lam alone is the lam ablation"),  # it has its own
+    ("n_samples=100,n_samples=200", "each SETTING once"),
+    ("n_samples=100,lam=-1", "lam must be >= 0"),
+    ("n_samples=100,lam=nan", "lam must be >= 0"),
+    ("n_samples=100,lam=x", "lam needs a number"),
     ("n_samples=ten", "needs an integer"),
     ("n_functions=1.5", "needs an integer"),
     ("max_iter=0", ">= 1"),
@@ -40,6 +45,7 @@ def test_key_tells_each_ablation_from_the_grid(bench):
     variants = [grid, *({**grid, field: value} for field, value in
                         [("lam", 10.0), ("init", "linear+jacobian"), ("seed", 1),
                          ("max_iter", 150), ("n_samples", 10000), ("n_functions", 16)])]
+    variants.append({**grid, "n_samples": 58000, "lam": 1000.0})  # two settings raised
     keys = [bench.key(entry) for entry in variants]
     assert len(set(keys)) == len(variants)
     assert set(bench.ABLATION_FIELDS) == {"lam", "init", "seed", "max_iter", "n_samples",
