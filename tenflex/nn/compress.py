@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import all_finite, check_seed, is_int
-from tenflex.cpd import as_jacobian_tensor
+from tenflex.cpd import FactoredJacobian, as_jacobian_tensor
 from tenflex.files import atomic_write
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
@@ -303,7 +303,6 @@ def _sample_span(span_module: nn.Sequential, stage: tuple | None, X_in: torch.Te
                  progress: bool) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """``(X, Y, J)`` of the span at its inputs ``X_in`` (float64), ``J`` dense ``(n, m, N)``
     or, given the first stage ``(linear, rest)``, a :class:`FactoredJacobian`."""
-    from tenflex.cpd import FactoredJacobian
     from tenflex.sampling import sample_function
 
     if stage is None:
