@@ -19,6 +19,7 @@ from torch import nn
 
 from tenflex import zoo
 from tenflex.basis import make_basis
+from tenflex.cpd import FactoredJacobian
 from tenflex.fit import cmtf_als, decouple_cpd
 from tenflex.gradfit import fit_by_gradient
 from tenflex.nn import FlexibleLayer, ProjectedKAN
@@ -61,6 +62,23 @@ def test_bases_match_the_cpu(name):
     assert _on_cuda(G_gpu, dG_gpu)
     _close(G_gpu, G)
     _close(dG_gpu, dG)
+
+
+def test_factored_jacobian_matches_the_cpu():
+    gen = torch.Generator().manual_seed(3)
+    K, A = (torch.randn(*shape, generator=gen, dtype=torch.float64)
+            for shape in [(4, 6, 50), (6, 9)])
+    W, V, H = (torch.randn(*shape, generator=gen, dtype=torch.float64)
+               for shape in [(4, 3), (9, 3), (50, 3)])
+    cpu, gpu = FactoredJacobian(K, A), FactoredJacobian(K.to(CUDA), A.to(CUDA))
+    assert gpu.device.type == "cuda" and _on_cuda(gpu.A)
+    assert gpu.norm_sq() == pytest.approx(cpu.norm_sq(), rel=1e-12)
+    T = cpu.contract_input(V)
+    T_gpu = gpu.contract_input(V.to(CUDA))
+    assert _on_cuda(T_gpu)
+    _close(T_gpu, T)
+    _close(gpu.mttkrp_input(W.to(CUDA), H.to(CUDA)), cpu.mttkrp_input(W, H))
+    _close(gpu.contract_input_adjoint(T.to(CUDA)), cpu.contract_input_adjoint(T))
 
 
 def test_flexible_layer_forward_and_gradients_match_the_cpu(decoupled):
