@@ -440,24 +440,23 @@ class FactoredJacobian(JacobianTensor):
 
     Parameters
     ----------
-    inner : JacobianTensor, tensor or ndarray, shape (n, h, N)
+    K : JacobianTensor, tensor or ndarray, shape (n, h, N)
         ``K[:, :, k] = dg/dz (A x_k + c)``. An array is wrapped in a :class:`DenseJacobian`
         (a view of a contiguous ``(n, N, h)`` tensor, as
         :func:`tenflex.sampling.sample_function` returns it, is used without a copy).
     A : tensor or ndarray, shape (h, m)
         The linear stage (a ``torch.nn.Linear`` layer's ``weight``); finite.
     dtype : torch.dtype, optional
-        ``torch.float32`` or ``torch.float64``; default: ``inner``'s dtype (an array
-        ``inner`` as in :class:`DenseJacobian`). ``A`` is converted to it and to ``inner``'s
-        device.
+        ``torch.float32`` or ``torch.float64``; default: ``K``'s dtype (an array ``K`` as in
+        :class:`DenseJacobian`). ``A`` is converted to it and to ``K``'s device.
 
     Raises
     ------
     TypeError
-        ``dtype`` other than float32/float64; ``A`` not real numbers; a JacobianTensor
-        ``inner`` of another dtype than ``dtype``.
+        ``dtype`` other than float32/float64; ``A`` not real numbers; a JacobianTensor ``K``
+        of another dtype than ``dtype``.
     ValueError
-        ``A`` not 2-D, with NaN/Inf, or with ``A.shape[0]`` different from ``inner``'s input
+        ``A`` not 2-D, with NaN/Inf, or with ``A.shape[0]`` different from ``K``'s input
         dimension ``h``.
 
     Notes
@@ -467,17 +466,17 @@ class FactoredJacobian(JacobianTensor):
     columns, computed once. The residual is expanded as in :class:`JacobianTensor`.
     """
 
-    def __init__(self, inner: JacobianTensor | Tensor | np.ndarray, A: Tensor | np.ndarray, *,
+    def __init__(self, K: JacobianTensor | Tensor | np.ndarray, A: Tensor | np.ndarray, *,
                  dtype: torch.dtype | None = None) -> None:
         if dtype is not None and dtype not in _SOLVER_DTYPES:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-        self._inner = as_jacobian_tensor(inner, dtype=dtype)
+        self._inner = as_jacobian_tensor(K, dtype=dtype)
         A = _as_float_tensor(A, "A", self._inner.dtype).to(self._inner.device)
         if A.ndim != 2 or min(A.shape) < 1:
             raise ValueError(f"A must be a matrix of shape (h, m), got shape {tuple(A.shape)}")
         if A.shape[0] != self._inner.m:
             raise ValueError(
-                f"A has shape {tuple(A.shape)} but inner is the Jacobian tensor of shape "
+                f"A has shape {tuple(A.shape)} but K is the Jacobian tensor of shape "
                 f"{self._inner.shape} (n, h, N) of the stage after it: A needs h = "
                 f"{self._inner.m} rows (the width of the linear stage's output)"
             )
