@@ -47,7 +47,7 @@ from results_io import machine_description, write_json
 
 from tenflex import zoo
 from tenflex.nn.baselines import linear_span, svd_span
-from tenflex.nn.compress import compress, count_parameters
+from tenflex.nn.compress import JACOBIAN_FORMS, compress, count_parameters
 from tenflex.nn.surgery import resolve_span
 from tenflex.sampling import sample_function
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity-rank", type=int, default=None,
                         help="rank of the capacity ablation (default: the largest of --ranks, "
                              "where the flexible layer trails the truncated SVD)")
-    parser.add_argument("--jacobian", default="auto", choices=["auto", "dense", "factored"],
+    parser.add_argument("--jacobian", default="auto", choices=JACOBIAN_FORMS,
                         help="how compress holds the Jacobian tensor (see compress)")
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import all_finite, check_seed, is_int
-from tenflex.cpd import FactoredJacobian, as_jacobian_tensor
+from tenflex.cpd import DenseJacobian, FactoredJacobian, JacobianTensor
 from tenflex.files import atomic_write
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
@@ -300,14 +300,15 @@ def _choose_jacobian(jacobian: Any, stage: tuple | None, span: Span, m: int) -> 
 
 
 def _sample_span(span_module: nn.Sequential, stage: tuple | None, X_in: torch.Tensor,
-                 progress: bool) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """``(X, Y, J)`` of the span at its inputs ``X_in`` (float64), ``J`` dense ``(n, m, N)``
-    or, given the first stage ``(linear, rest)``, a :class:`FactoredJacobian`."""
+                 progress: bool) -> tuple[torch.Tensor, torch.Tensor, JacobianTensor]:
+    """``(X, Y, J)`` of the span at its inputs ``X_in`` (float64), ``J`` a
+    :class:`DenseJacobian` ``(n, m, N)`` or, given the first stage ``(linear, rest)``, a
+    :class:`FactoredJacobian`."""
     from tenflex.sampling import sample_function
 
     if stage is None:
         samples = sample_function(span_module, X_in, dtype=torch.float64, progress=progress)
-        return samples.X, samples.Y, samples.J
+        return samples.X, samples.Y, DenseJacobian(samples.J)
     linear, rest = stage
     X = X_in.flatten(1).double()
     A = linear.weight.detach().double()
@@ -534,7 +535,6 @@ def compress(
         t0 = time.perf_counter()
         X_in = _batched(prefix, train_images[sample_idx].to(device), batch_size)
         X, Y, J = _sample_span(span_module, stage if factored else None, X_in, progress)
-        J = as_jacobian_tensor(J)
         times["sampling"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
