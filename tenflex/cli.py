@@ -328,9 +328,14 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if result.report.finetune is not None:
         after = result.report.finetune.get("accuracy", after)
     tuned = " fine-tuning" if result.report.finetune is not None else ""
+    fidelity = result.report.test_fidelity
+    follows = "" if fidelity is None else (
+        f"same prediction as the original on {_percent(fidelity['agreement'])} of the test "
+        f"images{' (before fine-tuning)' if tuned else ''}, relative logit error "
+        f"{_percent(fidelity['output_error'])}\n")
     print(f"test accuracy on {_DATASET_DISPLAY[args.dataset]}: "
           f"{_percent(result.report.accuracy_before)} before, {_percent(after)} after{tuned}\n"
-          f"parameters kept: {_percent(result.report.fraction_model_kept)} of the model "
+          f"{follows}parameters kept: {_percent(result.report.fraction_model_kept)} of the model "
           f"({result.report.parameters_model_after} of {result.report.parameters_model_before})"
           f"\nwrote {args.out} (model) and {args.report} (report)")
     return 0

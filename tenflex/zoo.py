@@ -60,6 +60,7 @@ __all__ = [
     "LeNet5",
     "ReferenceCNN",
     "TrainResult",
+    "accuracy",
     "as_device",
     "build_model",
     "cache_paths",
@@ -71,6 +72,7 @@ __all__ = [
     "mnist_tensors",
     "normalize_images",
     "one_cycle_factor",
+    "predict",
     "pretrained",
     "train",
 ]
@@ -520,9 +522,8 @@ def _as_images_labels(data: Any, argname: str) -> tuple[torch.Tensor, torch.Tens
     return _check_images_labels(images, labels, argname)
 
 
-def _check_images_labels(
-    images: Any, labels: Any, argname: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_images(images: Any, argname: str) -> torch.Tensor:
+    """Float images ``(N, ...)`` with N >= 1, all finite; raw uint8 MNIST pixels normalised."""
     x = images if torch.is_tensor(images) else torch.as_tensor(np.asarray(images))
     if x.dtype == torch.uint8:
         # Raw pixels: apply the shared MNIST preprocessing, to MNIST-shaped images only (the
@@ -541,12 +542,18 @@ def _check_images_labels(
         )
     if x.ndim < 2:
         raise ValueError(f"{argname}: images must have shape (N, ...), got {tuple(x.shape)}")
-    y = _check_labels(labels, x.shape[0], argname)
     if x.shape[0] == 0:
         raise ValueError(f"{argname}: no samples (N = 0)")
     if not all_finite(x):
         raise ValueError(f"{argname}: images contain NaN or Inf")
-    return x, y
+    return x
+
+
+def _check_images_labels(
+    images: Any, labels: Any, argname: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _check_images(images, argname)
+    return x, _check_labels(labels, x.shape[0], argname)
 
 
 def _check_labels(labels: Any, n: int, argname: str) -> torch.Tensor:
@@ -773,8 +780,8 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000) -> float:
-    """Classification accuracy of ``model``.
+def predict(model: nn.Module, images: Any, batch_size: int = 1000) -> torch.Tensor:
+    """Logits of ``model`` on ``images``, in batches, on the model's device.
 
     Parameters
     ----------
@@ -785,10 +792,58 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
         Normalised float inputs, or uint8 raw pixels ``(N, 28, 28)`` or
         ``(N, 1, 28, 28)`` (normalised with the MNIST constants; other uint8 shapes are
         refused).
+    batch_size : int
+
+    Returns
+    -------
+    torch.Tensor, shape (N, n_classes)
+        The logits, detached, on the model's device, in the model's dtype.
+
+    Raises
+    ------
+    TypeError
+        Images of another dtype.
+    ValueError
+        Empty data, NaN/Inf images, ``batch_size < 1``, a model whose output is not
+        ``(B, n_classes)``.
+    """
+    x = _check_images(images, "images")
+    check_positive_int(batch_size, "batch_size")
+    device = _model_device(model)
+    batches = []
+    with evaluation_mode(model), torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size].to(device)
+            logits = model(xb)
+            if start == 0 and not (torch.is_tensor(logits) and logits.ndim == 2):
+                shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits)
+                raise ValueError(f"model must map a batch to logits (B, n_classes), got "
+                                 f"{shape} for a batch of {xb.shape[0]}")
+            batches.append(logits.detach())
+    return torch.cat(batches)
+
+
+def accuracy(logits: torch.Tensor, labels: Any, *, argname: str = "accuracy") -> float:
+    """Fraction of rows of ``logits (N, n_classes)`` whose arg-max is the label ``(N,)``.
+
+    Labels that are not ``N`` integers in ``[0, n_classes)`` raise (TypeError / ValueError,
+    naming ``argname``) rather than counting as wrong.
+    """
+    y = _check_labels(labels, logits.shape[0], argname)
+    _check_label_range(y, logits.shape[1], argname)
+    return int((logits.argmax(dim=1).cpu() == y.cpu()).sum()) / logits.shape[0]
+
+
+def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000) -> float:
+    """Classification accuracy of ``model``.
+
+    Parameters
+    ----------
+    model, images, batch_size
+        As in :func:`predict`.
     labels : array-like, shape (N,)
         Integer class labels in ``[0, n_classes)``, ``n_classes`` being the number of
         logits of ``model``.
-    batch_size : int
 
     Returns
     -------
@@ -805,22 +860,7 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
         not ``(B, n_classes)``.
     """
     x, y = _check_images_labels(images, labels, "images/labels")
-    check_positive_int(batch_size, "batch_size")
-    device = _model_device(model)
-    with evaluation_mode(model):
-        correct = 0
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].to(device)
-            yb = y[start : start + batch_size].to(device)
-            logits = model(xb)
-            if start == 0:
-                if not (torch.is_tensor(logits) and logits.ndim == 2):
-                    shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits)
-                    raise ValueError(f"model must map a batch to logits (B, n_classes), got "
-                                     f"{shape} for a batch of {xb.shape[0]}")
-                _check_label_range(y, logits.shape[1], "images/labels")
-            correct += int((logits.argmax(dim=1) == yb).sum())
-    return correct / x.shape[0]
+    return accuracy(predict(model, x, batch_size), y, argname="images/labels")
 
 
 # --------------------------------------------------------------------------------------

@@ -163,6 +163,10 @@ def test_compress_with_report_prints_a_summary(quick_compress, tmp_path, capsys)
     stdout = capsys.readouterr().out
     before, after = data["accuracy_before"], data["accuracy_after"]
     assert f"{100 * before:.2f} % before, {100 * after:.2f} % after" in stdout
+    fidelity = data["test_fidelity"]
+    assert (f"same prediction as the original on {100 * fidelity['agreement']:.2f} % of the test "
+            f"images, relative logit error {100 * fidelity['output_error']:.2f} %") in stdout
+    assert fidelity["accuracy"] == after and fidelity["reference_accuracy"] == before
     assert f"parameters kept: {100 * data['fraction_model_kept']:.2f} %" in stdout
     assert f"wrote {out} (model) and {report} (report)" in stdout
 

@@ -73,6 +73,28 @@ def test_flexible_layer_reproduces_the_span(digits, compressed):
     assert 0 <= report.finetune["accuracy"] <= 1
 
 
+def test_report_compares_the_compressed_network_with_the_original(digits, compressed):
+    model, test_images, test_labels = digits[0], digits[3], digits[4]
+    report = compressed.report
+    fid = report.test_fidelity
+    with torch.no_grad():
+        before, after = model(test_images), compressed.model(test_images)
+    y = test_labels
+    assert fid["n_images"] == len(y)
+    assert fid["accuracy"] == report.accuracy_after == zoo.evaluate(compressed.model, test_images, y)
+    assert fid["reference_accuracy"] == report.accuracy_before == zoo.evaluate(model, test_images, y)
+    assert fid["agreement"] == pytest.approx(
+        float((after.argmax(1) == before.argmax(1)).double().mean()), abs=1e-12)
+    assert fid["output_error"] == pytest.approx(
+        float((after - before).norm() / before.norm()), rel=1e-5)
+    right, right_before = after.argmax(1) == y, before.argmax(1) == y
+    assert fid["fixed"] == int((right & ~right_before).sum())
+    assert fid["broken"] == int((right_before & ~right).sum())
+    assert (fid["fixed"] - fid["broken"]) / len(y) == pytest.approx(
+        report.accuracy_after - report.accuracy_before, abs=1e-12)
+    assert 0 < fid["p_value"] <= 1
+
+
 def test_finetuning_the_layer_leaves_the_rest_untouched(compressed):
     before, after = compressed.model, compressed.finetuned_model
     for name in ("conv1", "conv2"):

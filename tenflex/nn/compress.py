@@ -29,6 +29,7 @@ from torch import nn
 from tenflex.checks import all_finite, check_seed, is_int
 from tenflex.cpd import DenseJacobian, FactoredJacobian, JacobianTensor
 from tenflex.files import atomic_write
+from tenflex.nn.fidelity import fidelity
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
 
@@ -97,7 +98,10 @@ def memory_bytes() -> int:
 class CompressionReport:
     """What a compression did and measured. All times in seconds, accuracies in [0, 1].
 
-    ``accuracy_*`` and ``finetune`` are None when no test data / fine-tuning was given.
+    ``accuracy_*``, ``test_fidelity`` and ``finetune`` are None when no test data /
+    fine-tuning was given. ``test_fidelity`` compares the compressed network with the original
+    on the test images (:class:`tenflex.nn.fidelity.ClassifierFidelity` as a dict: agreement
+    of their predictions, relative output error, images fixed and broken, McNemar p-value).
     """
 
     span: list[str]
@@ -124,6 +128,7 @@ class CompressionReport:
     times: dict[str, float] = field(default_factory=dict)
     accuracy_before: float | None = None
     accuracy_after: float | None = None
+    test_fidelity: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -564,11 +569,13 @@ def compress(
         else:
             validation_error = float("nan")
 
-        accuracy_before = accuracy_after = None
+        accuracy_before = accuracy_after = test_fidelity = None
         if test_data is not None:
             t0 = time.perf_counter()
-            accuracy_before = zoo.evaluate(model, test_images, test_labels)
-            accuracy_after = zoo.evaluate(compressed, test_images, test_labels)
+            comparison = fidelity(zoo.predict(compressed, test_images, batch_size),
+                                  zoo.predict(model, test_images, batch_size), test_labels)
+            accuracy_before, accuracy_after = comparison.reference_accuracy, comparison.accuracy
+            test_fidelity = comparison.to_dict()
             times["evaluation"] = time.perf_counter() - t0
 
         finetuned = None
@@ -595,7 +602,8 @@ def compress(
             fit_jacobian_error_train=train_jacobian_error,
             fit_converged=bool(fit.converged), fit_stop_reason=str(fit.stop_reason),
             fit_iterations=int(fit.n_iter), times=times, accuracy_before=accuracy_before,
-            accuracy_after=accuracy_after, finetune=finetune_report,
+            accuracy_after=accuracy_after, test_fidelity=test_fidelity,
+            finetune=finetune_report,
         )
         return Compression(model=compressed, layer=layer, report=report, fit=fit,
                            finetuned_model=finetuned)
