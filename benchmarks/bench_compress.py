@@ -108,6 +108,31 @@ def parse_capacity(text: str) -> dict:
     return change
 
 
+def baseline_model(method: str, model, span, flex_report: dict, train_images: torch.Tensor,
+                   n_samples: int, seed: int, span_samples: dict) -> tuple:
+    """The truncated SVD (``"svd"``) or the rank-constrained linear map (``"linear"``) of
+    ``span`` at the span parameter budget of the flexible layer of ``flex_report``, and its
+    rank. The linear map is fitted on the span's outputs at the ``n_samples`` images that
+    ``compress`` samples with ``seed`` (cached per span in ``span_samples``)."""
+    span_budget = flex_report["parameters_span_after"]
+    if method == "svd":
+        return svd_span(model, span, span_budget)
+    m = math.prod(flex_report["input_shape"])
+    n_out = math.prod(flex_report["output_shape"])
+    # A linear map has rank at most min(m, n): above that budget it is full rank (and uses
+    # fewer parameters than the flexible layer).
+    linear_rank = min((span_budget - n_out) // (m + n_out), m, n_out)
+    if span.names not in span_samples:
+        generator = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(train_images), generator=generator)[:n_samples]
+        with torch.no_grad():
+            inputs = span.prefix(model)(train_images[idx])
+        samples = sample_function(span.module(model), inputs, jacobian=False)
+        span_samples[span.names] = (samples.X, samples.Y)
+    X, Y = span_samples[span.names]
+    return linear_span(model, span, X, Y, linear_rank), linear_rank
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 6, 8, 12, 16])
@@ -215,40 +240,19 @@ def main(argv: list[str] | None = None) -> int:
                     "wall_s": time.perf_counter() - t0})
         # Baselines at the same parameter budget as this flexible layer.
         flex = next(e for e in result["entries"] if key(e) == entry_key)
-        span_budget = flex["report"]["parameters_span_after"]
-        svd_key = key({"method": "svd", "span": span.names, "rank": rank})
-        if svd_key not in done:
+        for method in ("svd", "linear"):
+            if key({"method": method, "span": span.names, "rank": rank}) in done:
+                continue
             t0 = time.perf_counter()
-            svd_model, svd_rank = svd_span(model, span, span_budget)
-            record({"method": "svd", "span": list(span.names), "rank": rank, "basis": None,
-                    "svd_rank": svd_rank, "parameters": count_parameters(svd_model),
-                    "fraction_kept": count_parameters(svd_model) / count_parameters(model),
-                    "accuracy": zoo.evaluate(svd_model, test_images, test_labels),
+            baseline, baseline_rank = baseline_model(
+                method, model, span, flex["report"], train_images, args.n_samples, args.seed,
+                span_samples)
+            record({"method": method, "span": list(span.names), "rank": rank, "basis": None,
+                    f"{method}_rank": baseline_rank, "parameters": count_parameters(baseline),
+                    "fraction_kept": count_parameters(baseline) / count_parameters(model),
+                    "accuracy": zoo.evaluate(baseline, test_images, test_labels),
                     "wall_s": time.perf_counter() - t0})
-            done.add(svd_key)
-        linear_key = key({"method": "linear", "span": span.names, "rank": rank})
-        if linear_key not in done:
-            t0 = time.perf_counter()
-            m = math.prod(flex["report"]["input_shape"])
-            n_out = math.prod(flex["report"]["output_shape"])
-            # A linear map has rank at most min(m, n): above that budget it is full rank
-            # (and uses fewer parameters than the flexible layer).
-            linear_rank = min((span_budget - n_out) // (m + n_out), m, n_out)
-            if span.names not in span_samples:
-                generator = torch.Generator().manual_seed(args.seed)
-                idx = torch.randperm(len(train_images), generator=generator)[:args.n_samples]
-                with torch.no_grad():
-                    inputs = span.prefix(model)(train_images[idx])
-                samples = sample_function(span.module(model), inputs, jacobian=False)
-                span_samples[span.names] = (samples.X, samples.Y)
-            X, Y = span_samples[span.names]
-            lin_model = linear_span(model, span, X, Y, linear_rank)
-            record({"method": "linear", "span": list(span.names), "rank": rank, "basis": None,
-                    "linear_rank": linear_rank, "parameters": count_parameters(lin_model),
-                    "fraction_kept": count_parameters(lin_model) / count_parameters(model),
-                    "accuracy": zoo.evaluate(lin_model, test_images, test_labels),
-                    "wall_s": time.perf_counter() - t0})
-            done.add(linear_key)
+            done.add(key({"method": method, "span": span.names, "rank": rank}))
 
     # Ablations, without fine-tuning: the fully connected part fitted again with other
     # weights of the output term (at --ablation-rank), from other starts (at --start-rank),
