@@ -101,13 +101,18 @@ def _check_logits(logits: Any, name: str) -> torch.Tensor:
     return t.detach().cpu()
 
 
-def agreement(logits: Any, reference_logits: Any) -> float:
-    """Fraction of rows on which two sets of logits ``(N, n_classes)`` pick the same class."""
+def _check_pair(logits: Any, reference_logits: Any) -> tuple[torch.Tensor, torch.Tensor]:
     out = _check_logits(logits, "logits")
     ref = _check_logits(reference_logits, "reference_logits")
     if out.shape != ref.shape:
         raise ValueError(f"logits and reference_logits must have the same shape, got "
                          f"{tuple(out.shape)} and {tuple(ref.shape)}")
+    return out, ref
+
+
+def agreement(logits: Any, reference_logits: Any) -> float:
+    """Fraction of rows on which two sets of logits ``(N, n_classes)`` pick the same class."""
+    out, ref = _check_pair(logits, reference_logits)
     return float((out.argmax(1) == ref.argmax(1)).double().mean())
 
 
@@ -167,16 +172,16 @@ def fidelity(logits: Any, reference_logits: Any, labels: Any) -> ClassifierFidel
     TypeError
         Non-integer labels.
     """
-    rate = agreement(logits, reference_logits)
-    out = _check_logits(logits, "logits")
-    ref = _check_logits(reference_logits, "reference_logits")
-    acc = accuracy(out, labels, argname="labels")
-    ref_acc = accuracy(ref, labels, argname="labels")
+    out, ref = _check_pair(logits, reference_logits)
+    reference_accuracy = accuracy(ref, labels, argname="labels")  # checks the labels
     y = torch.as_tensor(labels).cpu()
-    correct, ref_correct = out.argmax(1) == y, ref.argmax(1) == y
-    test = mcnemar_exact(correct, ref_correct)
+    predicted, reference_predicted = out.argmax(1), ref.argmax(1)
+    correct = predicted == y
+    test = mcnemar_exact(correct, reference_predicted == y)
+    n = int(out.shape[0])
     return ClassifierFidelity(
-        accuracy=acc, reference_accuracy=ref_acc, agreement=rate,
+        accuracy=int(correct.sum()) / n, reference_accuracy=reference_accuracy,
+        agreement=float((predicted == reference_predicted).double().mean()),
         output_error=relative_error(out, ref), fixed=test.only_a, broken=test.only_b,
-        p_value=test.p_value, n_images=int(out.shape[0]),
+        p_value=test.p_value, n_images=n,
     )
