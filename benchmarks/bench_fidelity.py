@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from bench_compress import DEFAULT_OUT as COMPRESS_RESULT
-from bench_compress import FC_SPAN, baseline_model
+from bench_compress import FC_SPAN, baseline_model, key
 from results_io import machine_description, write_json
 
 from tenflex import zoo
@@ -49,31 +49,22 @@ QUICK = {"ranks": [4, 8], "n_functions": 6, "n_samples": 300, "max_iter": 15, "l
          "seed": 0, "validated": {"n_samples": 600, "lam": 1000.0}, "n_validation": 300}
 
 
-def grid_settings(compress_result: Path) -> dict:
-    """The fully connected grid's settings of a bench_compress result file."""
-    if not compress_result.exists():
-        raise SystemExit(f"bench_fidelity: {compress_result} not found: run "
+def read_compress_result(path: Path) -> dict:
+    """bench_compress's result file, or a clear exit naming the command that writes it."""
+    if not path.exists():
+        raise SystemExit(f"bench_fidelity: {path} not found: run "
                          f"`python benchmarks/bench_compress.py` first (or pass "
                          f"--compress-result FILE)")
-    settings = json.loads(compress_result.read_text())["settings"]
+    return json.loads(path.read_text())
+
+
+def grid_settings(compress_result: dict) -> dict:
+    """The fully connected grid's settings of a bench_compress result."""
+    settings = compress_result["settings"]
     return {"ranks": settings["ranks"], "n_functions": settings["n_functions"],
             "n_samples": settings["n_samples"], "max_iter": settings["max_iter"],
             "lam": settings["lam"], "seed": settings["seed"],
             "validated": VALIDATED if VALIDATED in settings["capacity"] else None}
-
-
-def bench_accuracies(compress_result: Path) -> dict:
-    """(method, rank, setting) -> test accuracy of bench_compress's B-spline / baseline entries."""
-    if not compress_result.exists():
-        return {}
-    found = {}
-    for e in json.loads(compress_result.read_text())["entries"]:
-        if tuple(e["span"]) != ("fc1", "relu3", "fc2") or e.get("basis") not in ("bspline", None):
-            continue
-        extra = {k: e[k] for k in ("lam", "init", "seed", "max_iter", "n_samples",
-                                   "n_functions") if k in e}
-        found[(e["method"], e["rank"], json.dumps(extra, sort_keys=True))] = e["accuracy"]
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         model = zoo.build_model("reference_cnn", seed=0)
         zoo.train(model, (train_images, train_labels), epochs=2, lr=3e-3, seed=0)
     else:
-        settings, expected = grid_settings(args.compress_result), bench_accuracies(
-            args.compress_result)
+        compress_result = read_compress_result(args.compress_result)
+        settings = grid_settings(compress_result)
+        # bench_compress's accuracies, by its own entry key
+        expected = {key(e): e["accuracy"] for e in compress_result["entries"]}
         model = zoo.pretrained("reference_cnn", progress=True)
         train_images, _ = zoo.mnist_tensors("train")
         test_images, test_labels = zoo.mnist_tensors("test")
@@ -133,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         flex = describe(zoo.predict(flex_model, test_images), method="flexible", rank=rank,
                         n_samples=n_samples, lam=lam, parameters=count_parameters(flex_model),
                         wall_s=time.perf_counter() - t0)
-        lookup = ("flexible", rank, json.dumps(change or {}, sort_keys=True))
-        flex["bench_compress_accuracy"] = expected.get(lookup)
+        flex["bench_compress_accuracy"] = expected.get(key(
+            {"method": "flexible", "span": span.names, "rank": rank, "basis": "bspline",
+             **(change or {})}))
         rows.append(flex)
         if change:  # the baselines are those of the grid's fit at this rank
             baselines = [r for r in rows if r["method"] != "flexible" and r["rank"] == rank]
@@ -146,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  span_samples)
                 row = describe(zoo.predict(model_b, test_images), method=method, rank=rank,
                                baseline_rank=rank_b, parameters=count_parameters(model_b))
-                row["bench_compress_accuracy"] = expected.get((method, rank, "{}"))
+                row["bench_compress_accuracy"] = expected.get(
+                    key({"method": method, "span": span.names, "rank": rank}))
                 rows.append(row)
                 baselines.append(row)
         for other in baselines:
