@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,19 @@ def run_benchmark():
         return subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
                               capture_output=True, text=True, timeout=timeout,
                               cwd=BENCHMARKS.parent, check=False)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def benchmark_result(run_benchmark):
+    """Run a benchmark that must succeed and return the JSON result it wrote:
+    ``benchmark_result(name, *args, out=path, timeout=...)`` (``--out path`` is passed)."""
+
+    def run(name: str, *args: str, out: Path, timeout: float) -> dict:
+        proc = run_benchmark(name, *args, "--out", str(out), timeout=timeout)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(Path(out).read_text())
 
     return run
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -11,13 +9,11 @@ BENCH = "bench_device"
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, run_benchmark):
+def quick_run(tmp_path_factory, benchmark_result):
     folder = tmp_path_factory.mktemp("device")
-    out = folder / "bench_device.json"
-    proc = run_benchmark(BENCH, "--quick", "--device", "cpu", "--repeat", "2",
-                         "--cache-dir", str(folder / "cache"), "--out", str(out), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(out.read_text())
+    return benchmark_result(BENCH, "--quick", "--device", "cpu", "--repeat", "2",
+                            "--cache-dir", str(folder / "cache"),
+                            out=folder / "bench_device.json", timeout=300)
 
 
 def test_quick_run_trains_then_compresses_the_same_way_twice(quick_run):

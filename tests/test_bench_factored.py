@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 BENCH = "bench_factored"
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, run_benchmark):
+def quick_run(tmp_path_factory, benchmark_result):
     out = tmp_path_factory.mktemp("factored") / "bench_factored.json"
-    proc = run_benchmark(BENCH, "--quick", "--out", str(out), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(out.read_text())
+    return benchmark_result(BENCH, "--quick", out=out, timeout=300)
 
 
 def test_quick_run_times_both_forms_which_agree(quick_run):
@@ -36,11 +32,9 @@ def test_quick_run_times_both_forms_which_agree(quick_run):
             assert row["relative_difference"] < 1e-12
 
 
-def test_dense_max_leaves_the_dense_tensor_out(tmp_path, run_benchmark):
-    out = tmp_path / "bench.json"
-    proc = run_benchmark(BENCH, "--quick", "--dense-max", "300", "--out", str(out), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    small, large = json.loads(out.read_text())["entries"]
+def test_dense_max_leaves_the_dense_tensor_out(tmp_path, benchmark_result):
+    small, large = benchmark_result(BENCH, "--quick", "--dense-max", "300",
+                                    out=tmp_path / "bench.json", timeout=300)["entries"]
     assert set(small["sampling_s"]) == {"factored", "dense"}
     assert set(large["sampling_s"]) == {"factored"} and set(large["stored_bytes"]) == {"factored"}
     assert all("dense_s" not in r and "relative_difference" not in r for r in large["products"])

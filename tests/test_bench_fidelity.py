@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 BENCH = "bench_fidelity"
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, run_benchmark):
+def quick_run(tmp_path_factory, benchmark_result):
     out = tmp_path_factory.mktemp("fidelity") / "bench_fidelity.json"
-    proc = run_benchmark(BENCH, "--quick", "--out", str(out), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(out.read_text())
+    return benchmark_result(BENCH, "--quick", out=out, timeout=300)
 
 
 def test_quick_run_compares_every_compression_with_the_original(quick_run):

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 BENCH = "bench_products"  # the script the `bench` fixture imports
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, run_benchmark):
+def quick_run(tmp_path_factory, benchmark_result):
     out = tmp_path_factory.mktemp("products") / "bench_products.json"
-    proc = run_benchmark(BENCH, "--quick", "--threads", "1", "--repeat", "1", "--out", str(out),
-                         timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(out.read_text())
+    return benchmark_result(BENCH, "--quick", "--threads", "1", "--repeat", "1", out=out,
+                            timeout=120)
 
 
 def test_quick_run_times_both_forms_on_the_grid(quick_run):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -13,11 +12,9 @@ BENCH = "bench_route"  # the script the `bench` fixture imports
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, run_benchmark):
+def quick_run(tmp_path_factory, benchmark_result):
     out = tmp_path_factory.mktemp("route") / "bench_route.json"
-    proc = run_benchmark(BENCH, "--quick", "--budget", "0.01", "--out", str(out), timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(out.read_text())
+    return benchmark_result(BENCH, "--quick", "--budget", "0.01", out=out, timeout=300)
 
 
 def test_quick_run_times_every_route_and_applies_the_rule(quick_run):
