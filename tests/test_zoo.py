@@ -7,6 +7,7 @@ images), so the file runs in seconds and needs no downloaded data.
 from __future__ import annotations
 
 import json
+import warnings
 import math
 import os
 
@@ -531,3 +532,66 @@ def test_build_model_accepts_numpy_class_counts():
     for bad in (10.0, True, np.float64(3)):
         with pytest.raises(ValueError, match="n_classes must be a positive int"):
             zoo.build_model("reference_cnn", n_classes=bad)
+
+
+# ------------------------------------------------------------------ training threads
+
+
+def test_pretrained_trains_on_fixed_threads_whatever_the_caller_set(tmp_path, monkeypatch):
+    seen = []
+    real_train = zoo.train
+
+    def recording_train(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(zoo, "train", recording_train)
+    before = torch.get_num_threads()
+    models = []
+    try:
+        for caller_threads in (1, 3):
+            torch.set_num_threads(caller_threads)
+            model, info = zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path / str(caller_threads),
+                                         return_info=True)
+            assert torch.get_num_threads() == caller_threads  # the caller's count comes back
+            assert info["num_threads"] == zoo.TRAIN_THREADS
+            models.append(model)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [zoo.TRAIN_THREADS, zoo.TRAIN_THREADS]
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(p, q)  # one configuration, one network
+
+
+def test_cache_trained_on_other_threads_is_trained_again(tmp_path):
+    model, info = zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path, return_info=True)
+    weights, sidecar = zoo.cache_paths("lenet5", **TINY, cache_dir=tmp_path)
+    # what an older tenflex wrote when its caller had set one thread: other weights, one key
+    stale = {k: v + 1.0 for k, v in model.state_dict().items()}
+    torch.save(stale, weights)
+    sidecar.write_text(json.dumps({**info, "num_threads": zoo.TRAIN_THREADS + 1}))
+    with pytest.warns(RuntimeWarning, match=rf"trained on {zoo.TRAIN_THREADS + 1} thread\(s\), "
+                                            rf"not on tenflex.zoo.TRAIN_THREADS = "):
+        again, info2 = zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path, return_info=True)
+    assert info2["num_threads"] == zoo.TRAIN_THREADS
+    assert json.loads(sidecar.read_text()) == info2
+    for p, q in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q)  # trained from a fresh start, not from the stale weights
+    # a sidecar without the entry (or none at all) cannot tell: the weights are used
+    sidecar.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
+
+
+def test_torch_threads_restores_the_count():
+    before = torch.get_num_threads()
+    with zoo.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), zoo.torch_threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="n must be"):
+        with zoo.torch_threads(0):
+            pass
