@@ -7,9 +7,9 @@ images), so the file runs in seconds and needs no downloaded data.
 from __future__ import annotations
 
 import json
-import warnings
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -592,6 +592,5 @@ def test_torch_threads_restores_the_count():
     with pytest.raises(RuntimeError, match="inside"), zoo.torch_threads(1):
         raise RuntimeError("inside")
     assert torch.get_num_threads() == before
-    with pytest.raises(ValueError, match="n must be"):
-        with zoo.torch_threads(0):
-            pass
+    with pytest.raises(ValueError, match="n must be"), zoo.torch_threads(0):
+        pass
