@@ -34,7 +34,9 @@ the entries on disk under a lock.
 
 Threads: ``--threads`` (default 1) sets both torch's and the BLAS thread pools. On a CPU
 shared with other jobs, LeNet-5-sized operations run many times slower with two threads
-than with one (threads wait for each other), so one thread is the default.
+than with one (threads wait for each other), so one thread is the default. The pretrained
+LeNet-5, when it is not cached yet, is trained on ``tenflex.zoo.TRAIN_THREADS`` threads
+whatever ``--threads`` says, so that every run compresses the same network.
 
 Usage::
 
