@@ -27,10 +27,13 @@ them. The comparison of two forms uses the seeds run for both and records the st
 error of the difference and the p-value of Welch's t-test of equal means.
 
 The file is rewritten after every finished entry; running the same command again skips
-the entries already there (``--fresh`` starts over). Entries made with other settings are
-never mixed in: the script refuses to resume from a file with different settings. Several
-runs may write the same file at once (say, one per seed, one per core): each write merges
-the entries on disk under a lock.
+the entries already there (``--fresh`` deletes the file first and starts over: with several
+runs into one file, delete it once instead of passing ``--fresh`` to each). Entries made
+with other settings are never mixed in: the script refuses to resume from a file with
+different settings. Several runs may write the same file at once (say, one per seed, one
+per core): each write merges the entries on disk under a lock. Every run records its seeds
+in ``seeds_requested`` when it starts, and ``complete`` stays false until all of them have
+every network.
 
 Threads: ``--threads`` (default 1) sets both torch's and the BLAS thread pools. On a CPU
 shared with other jobs, LeNet-5-sized operations run many times slower with two threads
@@ -199,9 +202,13 @@ def targets(result: dict) -> dict[str, Any]:
 
 
 def complete(result: dict) -> bool:
-    """Whether every seed present has an entry for every form run (``--forms``) at every rate."""
+    """Whether every seed present or asked for (``seeds_requested``, by any of the runs
+    writing the file) has an entry for every form run (``--forms``) at every rate.
+
+    Seeds asked for count too: a run on other cores that has not finished its first network
+    yet leaves no entry, and the file is not complete without it."""
     entries, settings = result["entries"], result["settings"]
-    seeds = {e["seed"] for e in entries.values()}
+    seeds = {e["seed"] for e in entries.values()} | set(result.get("seeds_requested", ()))
     return bool(seeds) and all(entry_key(f, r, s) in entries for s in seeds
                                for r in settings["rates"] for f in settings["forms"])
 
@@ -218,6 +225,25 @@ def locked(folder: Path):
         os.close(fd)  # closing releases the lock
 
 
+def open_result(out: Path, settings: dict, *, fresh: bool, seeds: list[int]) -> dict | None:
+    """The result this run extends, with ``seeds`` added to ``seeds_requested``.
+
+    The file's content if it holds a run with the same ``settings``; a new result if there is
+    no file, or with ``fresh`` (the file is deleted: old entries must not come back through
+    the merges of :func:`merge_and_write`); None if the file holds other settings.
+    """
+    if fresh:
+        with locked(out.parent):
+            out.unlink(missing_ok=True)
+    result: dict[str, Any] = {"benchmark": "bench_tnn", "settings": settings, "entries": {}}
+    if out.is_file():
+        result = json.loads(out.read_text())
+        if result.get("settings") != settings:
+            return None
+    result["seeds_requested"] = sorted(set(result.get("seeds_requested", ())) | set(seeds))
+    return result
+
+
 def merge_and_write(out: Path, result: dict) -> None:
     """Write ``result`` with the entries other runs have written to ``out`` meanwhile, and
     the targets recomputed on all of them; ``result`` is updated in place."""
@@ -226,6 +252,8 @@ def merge_and_write(out: Path, result: dict) -> None:
             disk = json.loads(out.read_text())
             if disk.get("settings") == result["settings"]:
                 result["entries"] = {**disk["entries"], **result["entries"]}
+                result["seeds_requested"] = sorted(
+                    set(disk.get("seeds_requested", ())) | set(result.get("seeds_requested", ())))
         result["targets"] = targets(result)
         result["complete"] = complete(result)
         result["seeds"] = sorted({e["seed"] for e in result["entries"].values()})
@@ -348,16 +376,11 @@ def run(settings: dict, out: Path, args: argparse.Namespace) -> int:
     names = default_layers(pretrained)
     settings = {**settings, "layers": names, "pretrained_key": info["key"] if info else None}
 
-    result: dict[str, Any] = {}
-    if out.is_file() and not args.fresh:
-        old = json.loads(out.read_text())
-        if old.get("settings") != settings:
-            print(f"{out} holds a run with other settings; pass --fresh to overwrite it "
-                  "or --out to write elsewhere", file=sys.stderr)
-            return 2
-        result = old
-    if not result:
-        result = {"benchmark": "bench_tnn", "settings": settings, "entries": {}}
+    result = open_result(out, settings, fresh=args.fresh, seeds=args.seeds)
+    if result is None:
+        print(f"{out} holds a run with other settings; pass --fresh to overwrite it "
+              "or --out to write elsewhere", file=sys.stderr)
+        return 2
     result["machine"] = machine_description(blas_threads=args.threads)
     result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     result["command"] = " ".join([Path(sys.executable).name, *sys.argv])
@@ -380,6 +403,8 @@ def run(settings: dict, out: Path, args: argparse.Namespace) -> int:
             for n in names
         },
     }
+
+    merge_and_write(out, result)  # the seeds of this run count before its first network ends
 
     # Seeds outermost: a run stopped early leaves whole seeds, each one comparing all forms.
     todo = [(seed, rate, form) for seed in args.seeds for rate in settings["rates"]

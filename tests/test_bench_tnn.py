@@ -160,3 +160,43 @@ def test_rates_and_finetune_epochs_options(bench, monkeypatch):
         with pytest.raises(SystemExit) as stop:
             bench.main(bad)
         assert stop.value.code == 2, bad
+
+
+def test_complete_waits_for_seeds_requested_by_any_run(bench, tmp_path):
+    out = tmp_path / "result.json"
+    full = {(f, 0.1): [0.98] for f in bench.FORMS}  # seed 0, every form
+    first = _result(bench, full)
+    first["seeds_requested"] = [0]
+    bench.merge_and_write(out, first)
+    assert json.loads(out.read_text())["complete"] is True
+    # a second run, for seed 1, registers before its first network ends
+    second = bench.open_result(out, first["settings"], fresh=False, seeds=[1])
+    assert second["seeds_requested"] == [0, 1] and len(second["entries"]) == len(bench.FORMS)
+    bench.merge_and_write(out, second)
+    assert json.loads(out.read_text())["complete"] is False
+    # the first run's next write keeps the second run's seed
+    bench.merge_and_write(out, first)
+    disk = json.loads(out.read_text())
+    assert disk["seeds_requested"] == [0, 1] and disk["complete"] is False
+    for form in bench.FORMS:
+        second["entries"][bench.entry_key(form, 0.1, 1)] = _entry(form, 0.1, 1, 0.98)
+    bench.merge_and_write(out, second)
+    disk = json.loads(out.read_text())
+    assert disk["complete"] is True and disk["seeds"] == [0, 1]
+
+
+def test_open_result_fresh_drops_old_entries_and_refuses_other_settings(bench, tmp_path):
+    out = tmp_path / "result.json"
+    old = _result(bench, {("rcp", 0.1): [0.99]})
+    bench.merge_and_write(out, old)
+    resumed = bench.open_result(out, old["settings"], fresh=False, seeds=[0])
+    assert list(resumed["entries"]) == [bench.entry_key("rcp", 0.1, 0)]
+    fresh = bench.open_result(out, old["settings"], fresh=True, seeds=[0])
+    assert fresh["entries"] == {} and not out.exists()
+    fresh["dense"] = old["dense"]  # set by the run before its first write
+    fresh["entries"][bench.entry_key("cp", 0.1, 0)] = _entry("cp", 0.1, 0, 0.98)
+    bench.merge_and_write(out, fresh)  # the deleted entry does not come back
+    assert list(json.loads(out.read_text())["entries"]) == [bench.entry_key("cp", 0.1, 0)]
+    other = {**old["settings"], "rates": [0.2]}
+    assert bench.open_result(out, other, fresh=False, seeds=[0]) is None
+    assert bench.open_result(out, other, fresh=True, seeds=[0])["entries"] == {}
