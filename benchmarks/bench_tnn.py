@@ -49,12 +49,14 @@ Usage::
     for s in "0 3" "1 4" "2 5"; do python benchmarks/bench_tnn.py --seeds $s & done; wait
     # the reshaped forms with the other reshaping (chapter 5), into bench_tnn_layout.json:
     python benchmarks/bench_tnn.py --reshaping layout --forms rcp rtk rtt
-    # the two runs of chapter 5 at 20 %: a re-run of the benchmark's CP family, seeds 0-2,
-    # and three times the fine-tuning for the CP and Tucker families (about 35 min, 2 cores):
+    # the two runs of chapter 5 at 20 %: a re-run of the benchmark's CP family, seeds 0-2
+    # (about 11 min), and three times the fine-tuning for the CP and Tucker families, six
+    # seeds (24 networks of about 230 s, 46 min on 2 cores):
     python benchmarks/bench_tnn.py --rates 0.2 --forms rcp cp --seeds 0 1 2 \
         --out benchmarks/results/bench_tnn_ft8.json
-    for s in "0 1" "2"; do python benchmarks/bench_tnn.py --rates 0.2 --finetune-epochs 24 \
-        --forms rcp cp rtk tucker --seeds $s --out benchmarks/results/bench_tnn_ft24.json & done; wait
+    for s in "0 1 2" "3 4 5"; do python benchmarks/bench_tnn.py --rates 0.2 \
+        --finetune-epochs 24 --forms rcp cp rtk tucker --seeds $s \
+        --out benchmarks/results/bench_tnn_ft24.json & done; wait
 """
 
 from __future__ import annotations
