@@ -137,14 +137,9 @@ class Workbench:
         return tuned.eval(), time.perf_counter() - t0
 
     def inference_ms(self, replacement: nn.Module) -> float:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with zoo.torch_threads(1), torch.no_grad():
             module = copy.deepcopy(replacement).float()
-            with torch.no_grad():
-                return 1e3 * time_forward(module, self.test_features[:256])
-        finally:
-            torch.set_num_threads(threads)
+            return 1e3 * time_forward(module, self.test_features[:256])
 
 
 def _dtype(module: nn.Module) -> torch.dtype:

@@ -38,6 +38,7 @@ import torch
 from bench_cmtf import timeit
 from results_io import machine_description, write_json
 
+from tenflex import zoo
 from tenflex.cpd import tall_matmul, transpose_matmul
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -122,11 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [torch.float64] if args.quick else [torch.float64, torch.float32]
     out = args.out or RESULTS / ("bench_products_quick.json" if args.quick
                                  else "bench_products.json")
-    threads_before = torch.get_num_threads()
     entries = []
-    try:
-        for threads in args.threads:
-            torch.set_num_threads(threads)
+    for threads in args.threads:
+        with zoo.torch_threads(threads):
             for dtype in dtypes:
                 for (product, layout), (K, m), R in itertools.product(CASES, sizes, ranks):
                     e = measure(product, K, m, R, dtype, layout, args.repeat)
@@ -134,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{product} {e['dtype']} threads={threads} K={K} m={m} B by "
                           f"{layout} R={R}: torch {1e3 * e['torch_s']:.1f} ms, tenflex "
                           f"{1e3 * e['tenflex_s']:.1f} ms (x{e['speedup']:.1f})", flush=True)
-    finally:
-        torch.set_num_threads(threads_before)
     write_json(out, {
         "benchmark": "bench_products",
         "machine": machine_description(),

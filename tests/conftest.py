@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from tenflex import zoo
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -54,7 +55,13 @@ def bench(request):
 def single_thread():
     """Run the test with one torch thread: tiny problems are dominated by thread
     synchronisation on a busy 2-core machine (``pytestmark`` of the modules that use it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with zoo.torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def single_thread_module():
+    """One torch thread for a whole module, its module-scoped fixtures included (restored
+    after): ``pytestmark = pytest.mark.usefixtures("single_thread_module")``."""
+    with zoo.torch_threads(1):
+        yield

@@ -33,13 +33,8 @@ from tenflex.nn.tensorial import (
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on shared CPUs (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one thread avoids oversubscription on shared CPUs.
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 @pytest.fixture(params=["torch", "unfold"])
