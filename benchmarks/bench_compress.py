@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         # Baselines at the same parameter budget as this flexible layer.
         flex = next(e for e in result["entries"] if key(e) == entry_key)
         for method in ("svd", "linear"):
-            if key({"method": method, "span": span.names, "rank": rank}) in done:
+            baseline_key = key({"method": method, "span": span.names, "rank": rank})
+            if baseline_key in done:
                 continue
             t0 = time.perf_counter()
             baseline, baseline_rank = baseline_model(
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                     "fraction_kept": count_parameters(baseline) / count_parameters(model),
                     "accuracy": zoo.evaluate(baseline, test_images, test_labels),
                     "wall_s": time.perf_counter() - t0})
-            done.add(key({"method": method, "span": span.names, "rank": rank}))
+            done.add(baseline_key)
 
     # Ablations, without fine-tuning: the fully connected part fitted again with other
     # weights of the output term (at --ablation-rank), from other starts (at --start-rank),
