@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -414,3 +415,62 @@ def test_layer_fine_tuning_keeps_the_later_layers_frozen_batchnorm_included():
     for name, value in spliced.state_dict().items():
         if not name.startswith("flex_"):
             torch.testing.assert_close(tuned.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+class _Wrapped(nn.Module):
+    """The reference CNN's layers in a network of one's own: two containers, flattening in
+    ``forward``."""
+
+    def __init__(self, cnn: nn.Sequential):
+        super().__init__()
+        self.features = nn.Sequential(*list(cnn)[:6])
+        self.classifier = nn.Sequential(OrderedDict(
+            (name, getattr(cnn, name)) for name in ("fc1", "relu3", "fc2")))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def test_a_span_inside_a_network_of_your_own_compresses_as_in_a_sequential_one(digits):
+    model, train_images, train_labels, test_images, test_labels = digits
+    wrapped = _Wrapped(model).eval()
+    torch.testing.assert_close(wrapped(test_images[:50]), model(test_images[:50]))
+    settings = {"rank": 4, "n_functions": 6, "n_samples": 600, "n_validation": 300,
+                "test_data": (test_images, test_labels), "fit_options": {"max_iter": 5},
+                "seed": 3, "finetune": {"scope": "layer", "epochs": 1,
+                                        "train_labels": train_labels}}
+    ours = compress(wrapped, ("classifier.fc1", "classifier.fc2"), train_images, **settings)
+    plain = compress(model, ("fc1", "fc2"), train_images, **settings)
+    # The same samples, hence the same fit, to the last bit.
+    np.testing.assert_array_equal(ours.fit.cost, plain.fit.cost)
+    torch.testing.assert_close(ours.layer.V, plain.layer.V, rtol=0, atol=0)
+    assert ours.report.span == ["classifier.fc1", "classifier.relu3", "classifier.fc2"]
+    assert ours.report.accuracy_after == plain.report.accuracy_after
+    assert ours.report.parameters_model_after == plain.report.parameters_model_after
+    assert type(ours.model) is _Wrapped and ours.model.classifier.flex_fc1_fc2 is ours.layer
+    # Fine-tuning the layer alone: every step runs the whole frozen network instead of
+    # cached features, the same steps on the same batches.
+    tuned = ours.finetuned_model.classifier.flex_fc1_fc2
+    torch.testing.assert_close(tuned.V, plain.finetuned_model.flex_fc1_fc2.V)
+    assert not torch.equal(tuned.V, ours.layer.V)
+    for name, value in ours.model.state_dict().items():
+        if "flex_" not in name:
+            torch.testing.assert_close(ours.finetuned_model.state_dict()[name], value,
+                                       rtol=0, atol=0, msg=name)
+    # One named submodule: the flexible layer replaces the whole classifier.
+    whole = compress(wrapped, "classifier", train_images, **{**settings, "finetune": None})
+    assert whole.model.classifier is whole.layer
+    assert whole.report.accuracy_after == plain.report.accuracy_after
+
+
+def test_a_whole_classifier_as_the_span_has_its_jacobians_factored(digits):
+    # The span "classifier" is one nn.Sequential (fc1, relu3, fc2): its first layer is fc1,
+    # so the Jacobians are factored through it, the same fit as for the chain fc1..fc2.
+    model, train_images = digits[0], digits[1]
+    settings = {"rank": 3, "n_functions": 6, "n_samples": 400, "n_validation": 0,
+                "fit_options": {"max_iter": 4}, "seed": 2}
+    whole = compress(_Wrapped(model).eval(), "classifier", train_images, **settings)
+    chain = compress(model, ("fc1", "fc2"), train_images, **settings)
+    assert whole.report.jacobian == chain.report.jacobian == "factored"
+    assert whole.report.span == ["classifier"]
+    np.testing.assert_array_equal(whole.fit.cost, chain.fit.cost)

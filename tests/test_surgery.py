@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
+from tenflex.nn.surgery import Span, resolve_span, span_inputs, span_shapes, splice
 from tenflex.zoo import build_model
 
 
@@ -181,3 +181,125 @@ def test_a_hand_built_span_may_list_its_names():
     span = Span(0, 2, ["0", "1"])  # a list, as a user might write it
     x = torch.randn(5, 4)
     torch.testing.assert_close(span.module(model)(x), model[1](model[0](x)), rtol=0, atol=0)
+
+
+class Net(nn.Module):
+    """A network that is not an nn.Sequential: its forward flattens between two containers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Linear(4 * 3 * 3, 12), nn.ReLU(), nn.Linear(12, 5))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@pytest.mark.parametrize(
+    ("span", "names", "parent", "sequential"),
+    [
+        (("classifier.0", "classifier.2"), ("0", "1", "2"), "classifier", True),
+        (["classifier.1", "classifier.2"], ("1", "2"), "classifier", True),
+        ("classifier.2", ("2",), "classifier", True),
+        ("classifier", ("classifier",), "", False),
+        ("features.0", ("0",), "features", True),
+    ],
+)
+def test_spans_inside_a_network_of_your_own(span, names, parent, sequential):
+    net = Net()
+    resolved = resolve_span(net, span)
+    assert (resolved.names, resolved.parent, resolved.sequential) == (names, parent, sequential)
+    assert resolved.paths == tuple(f"{parent}.{n}" if parent else n for n in names)
+    assert resolve_span(net, list(resolved.paths)) == resolved  # the paths resolve back
+    assert not resolved.has_prefix
+    with pytest.raises(ValueError, match="has no prefix module: use span_inputs"):
+        resolved.prefix(net)
+
+
+def test_span_inputs_are_what_the_forward_hands_the_span():
+    net, x = Net().eval(), torch.randn(7, 1, 8, 8)
+    flat = torch.flatten(net.features(x), 1)
+    for span, expected in [(("classifier.0", "classifier.2"), flat), ("classifier", flat),
+                           ("classifier.2", net.classifier[1](net.classifier[0](flat))),
+                           ("features", x)]:
+        resolved = resolve_span(net, span)
+        inputs = span_inputs(net, resolved, x)
+        torch.testing.assert_close(inputs, expected, rtol=0, atol=0)
+        assert not inputs.requires_grad
+        # The span's own module maps them to what the model computes after them.
+        torch.testing.assert_close(resolved.module(net)(inputs), net.classifier(flat)
+                                   if span != "features" else net.features(x))
+    assert span_shapes(net, resolve_span(net, ("classifier.0", "classifier.2")), x) == (
+        (36,), (5,))
+    # A span of a sequential model's own children uses the prefix: the same inputs.
+    seq = nn.Sequential(net.features, nn.Flatten(), net.classifier)
+    torch.testing.assert_close(span_inputs(seq, resolve_span(seq, 2), x), flat)
+
+
+def test_splice_inside_a_network_of_your_own():
+    net, x = Net().eval(), torch.randn(5, 1, 8, 8)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    chain = resolve_span(net, ("classifier.0", "classifier.2"))
+    replacement = nn.Linear(36, 5)
+    new = splice(net, chain, replacement)
+    assert type(new) is Net and new.classifier.flex_0_2 is replacement
+    assert list(new.classifier._modules) == ["flex_0_2"]
+    torch.testing.assert_close(new(x), replacement(torch.flatten(net.features(x), 1)))
+    # The original is untouched, the kept layers are copies.
+    assert new.features[0] is not net.features[0]
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    # Part of a chain: the layers around it stay, in order.
+    tail = splice(net, resolve_span(net, "classifier.2"), nn.Linear(12, 5), name="head")
+    assert list(tail.classifier._modules) == ["0", "1", "head"]
+    # One submodule of a module with its own forward keeps its name: forward calls it.
+    whole = resolve_span(net, "classifier")
+    new = splice(net, whole, replacement)
+    assert new.classifier is replacement
+    torch.testing.assert_close(new(x), replacement(torch.flatten(net.features(x), 1)))
+    with pytest.raises(ValueError, match="keeps that name, not 'flex'"):
+        splice(net, whole, replacement, name="flex")
+
+
+def test_bad_spans_inside_a_network_of_your_own():
+    net = Net()
+    with pytest.raises(ValueError, match="names layers of different modules"):
+        resolve_span(net, ("features.0", "classifier.2"))
+    with pytest.raises(ValueError, match="'head' is not a submodule of the model; its "
+                                         "submodules with layers are \\['features', 'classifier'"):
+        resolve_span(net, "head.0")
+    with pytest.raises(ValueError, match="not a layer of the model"):
+        resolve_span(net, "classifier.7")
+    # Indices and chains need an nn.Sequential; one named submodule does not.
+    with pytest.raises(TypeError, match="Net, not a torch.nn.Sequential: a span of it is one "
+                                        "submodule named by its path"):
+        resolve_span(net, 1)
+    with pytest.raises(TypeError, match="not a torch.nn.Sequential"):
+        resolve_span(net, ("features", "classifier"))
+    # A span resolved on another network.
+    with pytest.raises(ValueError, match="resolved on another model"):
+        span_inputs(nn.Sequential(nn.Linear(2, 2)), resolve_span(net, "classifier.0"),
+                    torch.zeros(1, 2))
+
+    class Shared(nn.Module):  # one ReLU object used twice: no single input
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(self.act(x))))
+
+    with pytest.raises(ValueError, match="called the span's first layer act 2 times"):
+        span_inputs(Shared(), resolve_span(Shared(), "act"), torch.zeros(1, 3))
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bilinear = nn.Bilinear(3, 3, 2)
+
+        def forward(self, x):
+            return self.bilinear(x, x)
+
+    with pytest.raises(ValueError, match="with 2 positional and 0 keyword arguments"):
+        span_inputs(TwoInputs(), resolve_span(TwoInputs(), "bilinear"), torch.zeros(1, 3))

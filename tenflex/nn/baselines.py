@@ -19,18 +19,18 @@ from torch import nn
 from tenflex.checks import check_int
 from tenflex.nn.compress import count_parameters
 from tenflex.nn.lowrank import SVDLinear
-from tenflex.nn.surgery import Span, _check_span, splice
+from tenflex.nn.surgery import Span, _check_span, span_inputs, splice
 from tenflex.sampling import evaluation_mode
 
 __all__ = ["LinearReplacement", "linear_span", "reduced_rank_regression", "svd_span"]
 
 
-def svd_span(model: nn.Sequential, span: Span, budget: int) -> tuple[nn.Sequential, int]:
+def svd_span(model: nn.Module, span: Span, budget: int) -> tuple[nn.Module, int]:
     """Replace the largest ``nn.Linear`` of ``span`` by its best truncated SVD within ``budget``.
 
     Parameters
     ----------
-    model : torch.nn.Sequential
+    model : torch.nn.Module
     span : Span
         Must contain at least one ``nn.Linear``.
     budget : int
@@ -38,7 +38,7 @@ def svd_span(model: nn.Sequential, span: Span, budget: int) -> tuple[nn.Sequenti
 
     Returns
     -------
-    model : torch.nn.Sequential
+    model : torch.nn.Module
         A copy with the span replaced (the span's other layers are kept).
     rank : int
         The SVD rank used.
@@ -71,7 +71,9 @@ def svd_span(model: nn.Sequential, span: Span, budget: int) -> tuple[nn.Sequenti
     rank = min(rank, min(layer.in_features, layer.out_features))
     items = [(n, SVDLinear.from_dense(m, rank=rank) if n == name else m) for n, m in layers]
     child = f"svd_{span.names[0]}_{span.names[-1]}"
-    return splice(model, span, nn.Sequential(OrderedDict(items)), name=child), rank
+    # A single layer of a non-sequential parent keeps its name (its forward calls it).
+    return splice(model, span, nn.Sequential(OrderedDict(items)),
+                  name=child if span.sequential else None), rank
 
 
 class LinearReplacement(nn.Module):
@@ -143,13 +145,13 @@ def reduced_rank_regression(X: torch.Tensor, Y: torch.Tensor, rank: int
     return P, U, b
 
 
-def linear_span(model: nn.Sequential, span: Span, X: torch.Tensor, Y: torch.Tensor, rank: int
-                ) -> nn.Sequential:
+def linear_span(model: nn.Module, span: Span, X: torch.Tensor, Y: torch.Tensor, rank: int
+                ) -> nn.Module:
     """Replace ``span`` by a rank-``R`` linear map fitted to its samples ``(X, Y)``.
 
     Parameters
     ----------
-    model : torch.nn.Sequential
+    model : torch.nn.Module
     span : Span
     X : torch.Tensor, shape (N, m)
         The span's inputs, flattened.
@@ -192,10 +194,11 @@ def linear_span(model: nn.Sequential, span: Span, X: torch.Tensor, Y: torch.Tens
         layer.expand.weight.copy_(U.to(example))
         layer.expand.bias.copy_(b.to(example))
     child = f"linear_{span.names[0]}_{span.names[-1]}"
-    return splice(model, span, layer.to(example.device), name=child)
+    return splice(model, span, layer.to(example.device),
+                  name=child if span.sequential else None)
 
 
-def _input_shape(model: nn.Sequential, span: Span) -> tuple[int, ...]:
+def _input_shape(model: nn.Module, span: Span) -> tuple[int, ...]:
     shape = getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError("the model needs an `input_shape` attribute (one input, no batch)")
@@ -203,4 +206,4 @@ def _input_shape(model: nn.Sequential, span: Span) -> tuple[int, ...]:
     # mode (a training-mode BatchNorm would update its statistics, or fail on one sample).
     with torch.no_grad(), evaluation_mode(model):
         example = next(model.parameters()).new_zeros(1, *shape)
-        return tuple(span.prefix(model)(example).shape[1:])
+        return tuple(span_inputs(model, span, example).shape[1:])

@@ -18,7 +18,6 @@ import math
 import os
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,7 +30,7 @@ from tenflex.cpd import DenseJacobian, FactoredJacobian, JacobianTensor
 from tenflex.files import atomic_write
 from tenflex.nn.fidelity import fidelity
 from tenflex.nn.flexible import FlexibleLayer
-from tenflex.nn.surgery import Span, resolve_span, span_shapes, splice
+from tenflex.nn.surgery import Span, resolve_span, span_inputs, span_shapes, splice
 
 __all__ = [
     "Compression",
@@ -142,14 +141,15 @@ class Compression:
 
     Attributes
     ----------
-    model : torch.nn.Sequential
-        The compressed network (the input model's dtype and device).
+    model : torch.nn.Module
+        The compressed network (the input model's dtype and device): an ``nn.Sequential``
+        for a span of a sequential model's own layers, otherwise a copy of the model's class.
     layer : FlexibleLayer
         The flexible layer inside ``model``.
     report : CompressionReport
     fit : tenflex.fit.FitResult
         The solver's result (cost history, decoupled function in float64).
-    finetuned_model : torch.nn.Sequential or None
+    finetuned_model : torch.nn.Module or None
         The fine-tuned copy, when fine-tuning was asked for.
     """
 
@@ -274,8 +274,9 @@ def _linear_first_stage(span_module: nn.Sequential, in_shape: tuple[int, ...]
 
     Leading ``nn.Flatten()`` layers (which make the input a vector) may come first. Only a
     plain ``nn.Linear`` qualifies: a subclass may compute something else in ``forward``.
+    Plain ``nn.Sequential`` layers (a whole ``classifier`` as the span) are looked into.
     """
-    layers = list(span_module._modules.items())
+    layers = _flat_layers(span_module)
     i = 0
     while (i < len(layers) and type(layers[i][1]) is nn.Flatten
            and (layers[i][1].start_dim, layers[i][1].end_dim) == (1, -1)):
@@ -285,7 +286,18 @@ def _linear_first_stage(span_module: nn.Sequential, in_shape: tuple[int, ...]
     linear = layers[i][1]
     if (i == 0 and len(in_shape) != 1) or linear.in_features != math.prod(in_shape):
         return None
-    return linear, nn.Sequential(OrderedDict(layers[i + 1:]))
+    return linear, nn.Sequential(*(layer for _, layer in layers[i + 1:]))
+
+
+def _flat_layers(module: nn.Sequential) -> list[tuple[str, nn.Module]]:
+    """The layers a plain ``nn.Sequential`` runs, with nested plain ones expanded."""
+    layers = []
+    for name, layer in module._modules.items():  # a module used twice runs twice
+        if type(layer) is nn.Sequential:
+            layers += [(f"{name}.{inner}", m) for inner, m in _flat_layers(layer)]
+        else:
+            layers.append((name, layer))
+    return layers
 
 
 def _choose_jacobian(jacobian: Any, stage: tuple | None, span: Span, m: int) -> bool:
@@ -348,13 +360,17 @@ def compress(
 
     Parameters
     ----------
-    model : torch.nn.Sequential
-        The pretrained network; it is not modified.
+    model : torch.nn.Module
+        The pretrained network; it is not modified. An ``nn.Sequential`` or a network of
+        one's own whose spans are named by dotted paths.
     span : int, str, slice or sequence
         The contiguous layers to replace (see :func:`tenflex.nn.surgery.resolve_span`),
         e.g. ``("fc1", "fc2")`` for the whole fully connected part, ``"fc1"`` for one layer,
-        ``("conv2", "fc2")`` for a span starting at a convolution. Inputs are flattened as
-        the network does; outputs are reshaped back.
+        ``("conv2", "fc2")`` for a span starting at a convolution; in a network of one's own
+        ``("classifier.0", "classifier.2")`` (a chain of an ``nn.Sequential`` inside it) or
+        ``"classifier"`` (one submodule). Inputs are those the network hands the span
+        (flattened as the network does; see :func:`tenflex.nn.surgery.span_inputs`);
+        outputs are reshaped back.
     train_images : tensor, shape (N_train, *input_shape)
         Normalised training inputs of ``model``; sampling points and validation points are
         drawn from them without overlap.
@@ -532,13 +548,16 @@ def compress(
     # The work runs in eval mode (no BatchNorm statistics updated, no dropout); the caller's
     # model gets its own training flags back however this ends.
     with evaluation_mode(model):
-        prefix, span_module = resolved.prefix(model), resolved.module(model)
+        span_module = resolved.module(model)
+
+        def inputs_of_span(images: torch.Tensor) -> torch.Tensor:
+            return span_inputs(model, resolved, images)
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(train_images), generator=generator)
         sample_idx, valid_idx = order[:n_samples], order[n_samples:n_samples + n_validation]
 
         t0 = time.perf_counter()
-        X_in = _batched(prefix, train_images[sample_idx].to(device), batch_size)
+        X_in = _batched(inputs_of_span, train_images[sample_idx].to(device), batch_size)
         X, Y, J = _sample_span(span_module, stage if factored else None, X_in, progress)
         times["sampling"] = time.perf_counter() - t0
 
@@ -562,7 +581,7 @@ def compress(
         times["splice"] = time.perf_counter() - t0
 
         if n_validation:
-            valid_in = _batched(prefix, train_images[valid_idx].to(device), batch_size)
+            valid_in = _batched(inputs_of_span, train_images[valid_idx].to(device), batch_size)
             valid_out = _batched(span_module, valid_in, batch_size).flatten(1).double()
             valid_fit = decoupled(valid_in.flatten(1).double())
             validation_error = _relative_error(valid_fit, valid_out)
@@ -581,7 +600,7 @@ def compress(
         finetuned = None
         finetune_report = None
         if finetune is not None:
-            finetuned, finetune_report = _finetune(compressed, resolved, train_images, finetune,
+            finetuned, finetune_report = _finetune(compressed, layer, resolved, train_images, finetune,
                                                    seed, test_data, batch_size, progress)
             times["finetune"] = finetune_report["time_s"]
         times["total"] = time.perf_counter() - t_start
@@ -590,7 +609,7 @@ def compress(
         before_model = count_parameters(model)
         after_model = before_model - before_span + after_span
         report = CompressionReport(
-            span=list(resolved.names), input_shape=list(in_shape), output_shape=list(out_shape),
+            span=list(resolved.paths), input_shape=list(in_shape), output_shape=list(out_shape),
             rank=int(rank), basis=str(basis if isinstance(basis, str) else basis.name),
             n_functions=int(decoupled.n_functions), lam=float(lam), n_samples=int(n_samples),
             seed=int(seed), jacobian="factored" if factored else "dense",
@@ -623,13 +642,33 @@ class _Frozen(nn.Module):
         return self.layer(x)
 
 
-def _finetune(compressed: nn.Sequential, span: Span, train_images: torch.Tensor,
-              options: dict[str, Any], seed: int, test_data, batch_size: int, progress: bool
-              ) -> tuple[nn.Sequential, dict[str, Any]]:
-    """Fine-tune a copy of ``compressed``: the flexible layer alone or the whole network.
+class _OnlyPartTrains(nn.Module):
+    """Runs ``model`` with ``part`` alone in training mode, the rest in eval mode (BatchNorm
+    statistics kept, dropout off) whatever mode is asked for."""
 
-    With ``scope="layer"`` the frozen layers before the flexible layer are run once and
-    their outputs cached, so each epoch only runs the flexible layer and what follows it.
+    def __init__(self, model: nn.Module, part: nn.Module):
+        super().__init__()
+        self.model, self.part = model, part
+
+    def train(self, mode: bool = True) -> _OnlyPartTrains:
+        self.training = mode
+        self.model.eval()
+        self.part.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _finetune(compressed: nn.Module, layer: nn.Module, span: Span, train_images: torch.Tensor,
+              options: dict[str, Any], seed: int, test_data, batch_size: int, progress: bool
+              ) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune a copy of ``compressed``: the flexible layer (``layer``) alone or the whole
+    network.
+
+    With ``scope="layer"`` in a sequential model, the frozen layers before the flexible
+    layer are run once and their outputs cached, so each epoch only runs the flexible layer
+    and what follows it; in any other model every step runs the whole (frozen) model.
     """
     import copy
 
@@ -643,9 +682,20 @@ def _finetune(compressed: nn.Sequential, span: Span, train_images: torch.Tensor,
     options.setdefault("epochs", 1)
     options.setdefault("lr", 1e-3)
     options.setdefault("seed", seed)
+    path = next(name for name, module in compressed.named_modules() if module is layer)
     model = copy.deepcopy(compressed)
     t0 = time.perf_counter()
-    if scope == "layer":
+    if scope == "layer" and not span.has_prefix:
+        trained = model.get_submodule(path)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in trained.parameters():
+            p.requires_grad_(True)
+        zoo.train(_OnlyPartTrains(model, trained), (train_images, labels), progress=progress,
+                  **options)
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif scope == "layer":
         # The spliced layer sits at index span.start and is the only one trained; the
         # layers after it are frozen: no gradient step, and eval mode (their BatchNorm
         # statistics stay as trained, their dropout is off).

@@ -1,8 +1,11 @@
-"""Subnetwork surgery on sequential networks: find a span of layers, cut it out, splice in another.
+"""Subnetwork surgery: find a span of layers, cut it out, splice in another.
 
-A *span* is a contiguous chain of children of an :class:`torch.nn.Sequential` model, named
-by index or by child name. It is the subnetwork that a flexible layer (or any other module)
-replaces: the model becomes ``prefix → replacement → suffix``.
+A *span* is a contiguous chain of children of one :class:`torch.nn.Sequential` (the model
+itself, or a submodule named by its dotted path, e.g. ``"classifier.0"``), or a single
+submodule of any model (e.g. ``"classifier"`` of a module whose ``forward`` calls
+``self.classifier``). It is the subnetwork that a flexible layer (or any other module)
+replaces. In a sequential model the model becomes ``prefix → replacement → suffix``; in
+any other model the span's inputs are captured where its ``forward`` calls the span.
 """
 
 from __future__ import annotations
@@ -18,45 +21,82 @@ from torch import nn
 from tenflex.checks import is_int
 from tenflex.sampling import evaluation_mode
 
-__all__ = ["Span", "resolve_span", "span_shapes", "splice"]
+__all__ = ["Span", "resolve_span", "span_inputs", "span_shapes", "splice"]
 
 
 @dataclass(frozen=True)
 class Span:
-    """A contiguous chain ``model[start:stop]`` of a sequential model.
+    """A contiguous chain ``parent[start:stop]`` of the children of one module of a model.
 
-    Its methods (and :func:`span_shapes`, :func:`splice`) raise a ValueError when the model
-    they are given does not have ``names`` at positions ``start..stop - 1``: a span
-    resolved on another model.
+    Its methods (and :func:`span_inputs`, :func:`span_shapes`, :func:`splice`) raise a
+    ValueError when the model they are given does not have ``names`` at positions
+    ``start..stop - 1`` of ``parent``: a span resolved on another model.
 
     Attributes
     ----------
     start, stop : int
-        Positions of the layers in the order the model runs them; ``stop`` is exclusive.
+        Positions of the layers among ``parent``'s children, in the order a sequential
+        parent runs them; ``stop`` is exclusive.
     names : tuple of str
-        Names of the children in the span.
+        Names of the children in the span (without the parent's path).
+    parent : str
+        Dotted path of the module whose children the layers are (``model.get_submodule``);
+        ``""`` for the model itself.
+    sequential : bool
+        Whether ``parent`` is a plain ``nn.Sequential`` (its ``forward`` runs its children in
+        order). Otherwise the span is a single child, which the parent calls in its own way.
     """
 
     start: int
     stop: int
     names: tuple[str, ...]
+    parent: str = ""
+    sequential: bool = True
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Dotted paths of the layers in the model, e.g. ``("classifier.0", "classifier.1")``;
+        ``names`` for a span of the model's own children. :func:`resolve_span` accepts them."""
+        return tuple(f"{self.parent}.{name}" if self.parent else name for name in self.names)
 
     @property
     def label(self) -> str:
         """A short description, e.g. ``"fc1..fc2"``."""
-        return self.names[0] if len(self.names) == 1 else f"{self.names[0]}..{self.names[-1]}"
+        paths = self.paths
+        return paths[0] if len(paths) == 1 else f"{paths[0]}..{self.names[-1]}"
+
+    @property
+    def has_prefix(self) -> bool:
+        """Whether the span is a chain of the model's own children in a sequential model, so
+        that :meth:`prefix` and :meth:`suffix` exist."""
+        return self.sequential and not self.parent
+
+    def _no_prefix(self, what: str) -> ValueError:
+        return ValueError(
+            f"the span {self.label} is not a chain of the children of a sequential model, so it "
+            f"has no {what} module: use span_inputs(model, span, x) for its inputs and "
+            "splice(model, span, replacement) for the model without it"
+        )
 
     def prefix(self, model: nn.Sequential) -> nn.Sequential:
-        """The layers before the span (shared with ``model``, not copied)."""
-        return _subsequence(_check_span(model, self), 0, self.start)
+        """The layers before the span (shared with ``model``, not copied); only for a span
+        of a sequential model's own children (:attr:`has_prefix`)."""
+        layers = _check_span(model, self)
+        if not self.has_prefix:
+            raise self._no_prefix("prefix")
+        return _subsequence(layers, 0, self.start)
 
-    def module(self, model: nn.Sequential) -> nn.Sequential:
+    def module(self, model: nn.Module) -> nn.Sequential:
         """The span itself (shared with ``model``, not copied)."""
         return _subsequence(_check_span(model, self), self.start, self.stop)
 
     def suffix(self, model: nn.Sequential) -> nn.Sequential:
-        """The layers after the span (shared with ``model``, not copied)."""
-        return _subsequence(_check_span(model, self), self.stop, len(model))
+        """The layers after the span (shared with ``model``, not copied); only for a span
+        of a sequential model's own children (:attr:`has_prefix`)."""
+        layers = _check_span(model, self)
+        if not self.has_prefix:
+            raise self._no_prefix("suffix")
+        return _subsequence(layers, self.stop, len(layers))
 
 
 def _layers(model: nn.Sequential) -> list[tuple[str, nn.Module]]:
@@ -79,14 +119,22 @@ def _check_span(model: Any, span: Any) -> list[tuple[str, nn.Module]]:
             f"span must be a Span (from tenflex.nn.surgery.resolve_span(model, ...)), "
             f"got {type(span).__name__} {span!r}"
         )
-    if not isinstance(model, nn.Sequential):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if span.sequential and not span.parent and not isinstance(model, nn.Sequential):
         raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
-    layers = _layers(model)
+    try:
+        parent = model.get_submodule(span.parent) if span.parent else model
+    except AttributeError:
+        raise ValueError(f"span {span.label} was resolved on another model: this "
+                         f"{type(model).__name__} has no submodule {span.parent!r}") from None
+    layers = _layers(parent)
     names = tuple(name for name, _ in layers[span.start:span.stop])
+    where = f"{span.parent!r}" if span.parent else "the model"
     if names != tuple(span.names) or span.stop - span.start != len(span.names):
         raise ValueError(
             f"span covers layers {list(span.names)} at positions {span.start}..{span.stop - 1}, "
-            f"but the model has {list(names)} there (its layers are "
+            f"but {where} has {list(names)} there (its layers are "
             f"{[name for name, _ in layers]}); resolve the span on this model"
         )
     return layers
@@ -108,18 +156,36 @@ def _index(model: nn.Sequential, key: Any, names: list[str], what: str) -> int:
     return index
 
 
+def _split_path(key: Any) -> tuple[str, Any]:
+    """``("classifier", "0")`` for ``"classifier.0"``; ``("", key)`` for a child name or index."""
+    if isinstance(key, str) and "." in key:
+        parent, _, child = key.rpartition(".")
+        return parent, child
+    return "", key
+
+
+def _plain_sequential(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
 def resolve_span(model: nn.Module, span: Any) -> Span:
-    """Turn a span description into child indices of a sequential model.
+    """Turn a span description into child indices of one module of ``model``.
 
     Parameters
     ----------
-    model : torch.nn.Sequential
-        The network; its children are the layers a span may cover.
+    model : torch.nn.Module
+        The network. A span of several layers is a chain of children of a plain
+        ``nn.Sequential``: the model itself or one of its submodules. A span of one layer
+        may be any submodule, e.g. ``"classifier"`` of a module whose ``forward`` flattens
+        its features and calls ``self.classifier``.
     span : int, str, slice, or sequence of int/str
         One layer (index or name); a ``slice`` of indices; a tuple ``(first, last)`` of
         layers, both included; or a list naming every layer of the span, in order.
-        Indices are positions in the order ``model.forward`` runs the layers (a module
-        that occurs twice counts twice); Python and NumPy integers are accepted.
+        Names are child names of the model (``"fc1"``) or dotted paths of submodules
+        (``"classifier.0"``, as ``named_modules`` gives them; every layer of the span in the
+        same parent). Indices and slices count the model's own children, in the order
+        ``model.forward`` runs them (a module that occurs twice counts twice); Python and
+        NumPy integers are accepted.
 
     Returns
     -------
@@ -128,42 +194,80 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     Raises
     ------
     TypeError
-        ``model`` is not an ``nn.Sequential`` (or is a subclass with its own ``forward``)
-        or ``span`` has the wrong type (``bytes`` included).
+        Indices or several layers of a module that is not a plain ``nn.Sequential`` (a
+        subclass with its own ``forward`` included: its layers need not run in the listed
+        order), or ``span`` of the wrong type (``bytes`` included).
     ValueError
-        Unknown names, indices out of range, an empty span, or layers that are not a
-        contiguous chain in the model's order.
+        Unknown names or paths, indices out of range, an empty span, layers of different
+        parents, or layers that are not a contiguous chain in the parent's order.
     """
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(
-            "model must be a torch.nn.Sequential whose children are its layers in order, "
-            f"got {type(model).__name__}; for another module, cut the chain of layers to "
-            "compress into an nn.Sequential and call its forward from yours"
-        )
-    if type(model).forward is not nn.Sequential.forward:
-        # Spans, splicing and the prefix all assume that forward runs the children in
-        # order; a subclass's forward (a skip connection, a reused layer) would be lost.
-        raise TypeError(
-            f"{type(model).__name__} is an nn.Sequential with its own forward: its layers "
-            "need not run in the listed order, so a span of them cannot be cut out and "
-            "replaced; put the chain of layers to compress in a plain nn.Sequential"
-        )
-    names = [name for name, _ in _layers(model)]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(span, slice):
-        if span.step not in (None, 1):
-            raise ValueError(f"a span slice must have step 1, got {span.step}")
-        indices = list(range(len(names)))[span]
+        keys: list[Any] = []
     elif is_int(span) or isinstance(span, str):
-        indices = [_index(model, span, names, "span")]
+        keys = [span]
     elif isinstance(span, Sequence) and not isinstance(span, (bytes, bytearray)) and len(span):
-        indices = [_index(model, key, names, "span layer") for key in span]
-        if isinstance(span, tuple) and len(span) == 2 and indices[1] >= indices[0]:
-            indices = list(range(indices[0], indices[1] + 1))
+        keys = list(span)
+        for key in keys:
+            if not (is_int(key) or isinstance(key, str)):
+                raise TypeError(f"span layer must be a layer index (int) or name (str), got "
+                                f"{key!r}")
     else:
         raise TypeError(
             "span must be a layer index or name, a slice, a pair (first, last) or a list of "
             f"consecutive layers, got {span!r}"
         )
+    parents = {_split_path(key)[0] for key in keys} or {""}
+    if len(parents) > 1:
+        raise ValueError(
+            f"span {span!r} names layers of different modules {sorted(parents)}: the layers of "
+            "a span must be consecutive children of one nn.Sequential, e.g. "
+            "('classifier.0', 'classifier.2')"
+        )
+    path = parents.pop()
+    keys = [_split_path(key)[1] for key in keys]
+    if path:
+        try:
+            parent = model.get_submodule(path)
+        except AttributeError:
+            paths = [name for name, module in model.named_modules() if name and module._modules]
+            raise ValueError(f"{path!r} is not a submodule of the model; its submodules with "
+                             f"layers are {paths}") from None
+    else:
+        parent = model
+    where = f"{path!r}" if path else type(parent).__name__
+    sequential = _plain_sequential(parent)
+    single = len(keys) == 1 and isinstance(keys[0], str)
+    if not sequential and not single:
+        if not isinstance(parent, nn.Sequential):
+            raise TypeError(
+                f"{where} is a {type(parent).__name__}, not a torch.nn.Sequential: a span "
+                "of it is one submodule named by its path, e.g. 'classifier', or a chain of "
+                "layers of an nn.Sequential inside it, e.g. ('classifier.0', 'classifier.2'); "
+                "indices and chains need an nn.Sequential whose children are its layers in "
+                "order"
+            )
+        # Spans of several layers and the prefix assume that forward runs the children in
+        # order; a subclass's forward (a skip connection, a reused layer) would be lost.
+        raise TypeError(
+            f"{type(parent).__name__} is an nn.Sequential with its own forward: its layers "
+            "need not run in the listed order, so a chain of them cannot be cut out and "
+            "replaced; name one layer, or put the chain of layers to compress in a plain "
+            "nn.Sequential"
+        )
+    names = [name for name, _ in _layers(parent)]
+    if isinstance(span, slice):
+        if span.step not in (None, 1):
+            raise ValueError(f"a span slice must have step 1, got {span.step}")
+        indices = list(range(len(names)))[span]
+    elif len(keys) == 1 and not isinstance(span, Sequence | str):
+        indices = [_index(parent, keys[0], names, "span")]
+    else:
+        what = "span" if isinstance(span, str) else "span layer"
+        indices = [_index(parent, key, names, what) for key in keys]
+        if isinstance(span, tuple) and len(span) == 2 and indices[1] >= indices[0]:
+            indices = list(range(indices[0], indices[1] + 1))
     if not indices:
         raise ValueError(f"span {span!r} selects no layer of the model {names}")
     if indices != list(range(indices[0], indices[0] + len(indices))):
@@ -179,16 +283,72 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
             f"{[names[i] for i in indices]} from the model's layers {names}; a span must be "
             + hint
         )
-    return Span(indices[0], indices[-1] + 1, tuple(names[i] for i in indices))
+    return Span(indices[0], indices[-1] + 1, tuple(names[i] for i in indices), path, sequential)
 
 
 @torch.no_grad()
-def span_shapes(model: nn.Sequential, span: Span, example: torch.Tensor) -> tuple[tuple, tuple]:
+def span_inputs(model: nn.Module, span: Span, x: torch.Tensor) -> torch.Tensor:
+    """The inputs of the span when ``model`` runs on the batch ``x``.
+
+    For a span of a sequential model's own children this runs the layers before it
+    (:meth:`Span.prefix`); otherwise it runs the whole model once and captures what its
+    ``forward`` hands the span's first layer (a forward pre-hook), flattening included
+    (``torch.flatten(x, 1)`` in a ``forward`` before ``self.classifier``). The model runs
+    in whatever train/eval mode it is in; no gradients are recorded.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    span : Span
+    x : torch.Tensor, shape (B, *model_input_shape)
+
+    Returns
+    -------
+    torch.Tensor, shape (B, *span_input_shape)
+
+    Raises
+    ------
+    ValueError
+        ``span`` was resolved on another model; the model's ``forward`` did not call the
+        span's first layer exactly once (a module used twice has no single input), or called
+        it with anything but one tensor.
+    """
+    layers = _check_span(model, span)
+    if span.has_prefix:
+        return span.prefix(model)(x)
+    first = layers[span.start][1]
+    calls: list[tuple[tuple, dict]] = []
+
+    def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append((args, kwargs))
+
+    handle = first.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    if len(calls) != 1:
+        raise ValueError(
+            f"the model's forward called the span's first layer {span.paths[0]} "
+            f"{len(calls)} times on one batch, so the span has no single input; a span must "
+            "start at a module that runs once (give a module used twice its own instances)"
+        )
+    args, kwargs = calls[0]
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        raise ValueError(
+            f"the model's forward calls {span.paths[0]} with {len(args)} positional and "
+            f"{len(kwargs)} keyword arguments; a span maps one tensor to one tensor"
+        )
+    return args[0]
+
+
+@torch.no_grad()
+def span_shapes(model: nn.Module, span: Span, example: torch.Tensor) -> tuple[tuple, tuple]:
     """Shapes of one input and one output of the span, found by running ``example`` through.
 
     Parameters
     ----------
-    model : torch.nn.Sequential
+    model : torch.nn.Module
     span : Span
     example : torch.Tensor, shape (B, *model_input_shape)
         A small batch of model inputs.
@@ -203,59 +363,80 @@ def span_shapes(model: nn.Sequential, span: Span, example: torch.Tensor) -> tupl
     TypeError
         ``span`` is not a :class:`Span`.
     ValueError
-        ``span`` was resolved on another model (its names differ from ``model``'s layers
-        at its positions).
+        ``span`` was resolved on another model (its names differ from the layers at its
+        positions), or its inputs cannot be captured (see :func:`span_inputs`).
     """
     _check_span(model, span)
     with evaluation_mode(model):
-        inputs = span.prefix(model)(example)
+        inputs = span_inputs(model, span, example)
         outputs = span.module(model)(inputs)
     return tuple(inputs.shape[1:]), tuple(outputs.shape[1:])
 
 
-def splice(model: nn.Sequential, span: Span, replacement: nn.Module, name: str | None = None
-           ) -> nn.Sequential:
-    """A new sequential model with ``span`` replaced by ``replacement``.
+def splice(model: nn.Module, span: Span, replacement: nn.Module, name: str | None = None
+           ) -> nn.Module:
+    """A copy of ``model`` with ``span`` replaced by ``replacement``.
 
-    The other layers are deep-copied, so the original model is left untouched.
+    The other layers are deep-copied, so the original model is left untouched; the
+    replacement is inserted as it is.
 
     Parameters
     ----------
-    model : torch.nn.Sequential
+    model : torch.nn.Module
     span : Span
     replacement : torch.nn.Module
         Maps the span's inputs to its outputs (same shapes).
     name : str, optional
-        Child name of the replacement; default ``"flex_<first>_<last>"``.
+        Child name of the replacement in a sequential parent; default
+        ``"flex_<first>_<last>"``. The single layer of another parent keeps its name (the
+        parent's ``forward`` calls it by that name).
 
     Returns
     -------
-    torch.nn.Sequential
+    torch.nn.Module
+        An ``nn.Sequential`` for a span of a sequential model's own children; otherwise a
+        copy of ``model``'s class.
 
     Raises
     ------
     TypeError
         ``span`` is not a :class:`Span`, or ``name`` is not a non-empty str.
     ValueError
-        ``span`` was resolved on another model, or ``name`` is the name of a layer kept
-        outside the span (two children cannot share a name).
+        ``span`` was resolved on another model, ``name`` is the name of a layer kept
+        outside the span (two children cannot share a name), or another name than the
+        layer's own for a span in a parent that is not a sequential model.
     """
     import copy
 
     layers = _check_span(model, span)
     if name is None:
-        name = f"flex_{span.names[0]}_{span.names[-1]}"
+        name = f"flex_{span.names[0]}_{span.names[-1]}" if span.sequential else span.names[0]
     elif not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str or None, got {type(name).__name__} {name!r}")
+    if not span.sequential and name != span.names[0]:
+        raise ValueError(
+            f"the span {span.label} is called by its parent's forward as {span.names[0]!r}: "
+            f"the replacement keeps that name, not {name!r}"
+        )
     kept = layers[: span.start] + layers[span.stop:]
     if name in {n for n, _ in kept}:
         raise ValueError(
             f"name {name!r} is already the name of a layer kept outside the span "
             f"{[n for n, _ in kept]}; choose another name for the replacement"
         )
-    # One memo for all copies: a module used twice stays one (shared) module in the copy.
-    memo: dict[int, Any] = {}
-    items = [(n, copy.deepcopy(m, memo)) for n, m in layers[: span.start]]
-    items.append((name, replacement))
-    items += [(n, copy.deepcopy(m, memo)) for n, m in layers[span.stop:]]
-    return nn.Sequential(OrderedDict(items))
+    if span.has_prefix:
+        # One memo for all copies: a module used twice stays one (shared) module in the copy.
+        memo: dict[int, Any] = {}
+        items = [(n, copy.deepcopy(m, memo)) for n, m in layers[: span.start]]
+        items.append((name, replacement))
+        items += [(n, copy.deepcopy(m, memo)) for n, m in layers[span.stop:]]
+        return nn.Sequential(OrderedDict(items))
+    # The span's layers are copied too (a layer used again outside the span must stay),
+    # then dropped from the copy.
+    result = copy.deepcopy(model)
+    parent = result.get_submodule(span.parent) if span.parent else result
+    copied = list(parent._modules.items())
+    parent._modules.clear()
+    for n, m in copied[: span.start] + [(name, replacement)] + copied[span.stop:]:
+        parent._modules[n] = m
+    return result
