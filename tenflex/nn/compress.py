@@ -552,6 +552,7 @@ def compress(
 
         def inputs_of_span(images: torch.Tensor) -> torch.Tensor:
             return span_inputs(model, resolved, images)
+
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(train_images), generator=generator)
         sample_idx, valid_idx = order[:n_samples], order[n_samples:n_samples + n_validation]
@@ -600,8 +601,9 @@ def compress(
         finetuned = None
         finetune_report = None
         if finetune is not None:
-            finetuned, finetune_report = _finetune(compressed, layer, resolved, train_images, finetune,
-                                                   seed, test_data, batch_size, progress)
+            finetuned, finetune_report = _finetune(compressed, layer, resolved, train_images,
+                                                   finetune, seed, test_data, batch_size,
+                                                   progress)
             times["finetune"] = finetune_report["time_s"]
         times["total"] = time.perf_counter() - t_start
 
