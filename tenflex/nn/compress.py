@@ -684,35 +684,31 @@ def _finetune(compressed: nn.Module, layer: nn.Module, span: Span, train_images:
     options.setdefault("epochs", 1)
     options.setdefault("lr", 1e-3)
     options.setdefault("seed", seed)
-    path = next(name for name, module in compressed.named_modules() if module is layer)
-    model = copy.deepcopy(compressed)
+    memo: dict[int, Any] = {}
+    model = copy.deepcopy(compressed, memo)
     t0 = time.perf_counter()
-    if scope == "layer" and not span.has_prefix:
-        trained = model.get_submodule(path)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in trained.parameters():
-            p.requires_grad_(True)
-        zoo.train(_OnlyPartTrains(model, trained), (train_images, labels), progress=progress,
-                  **options)
-        for p in model.parameters():
-            p.requires_grad_(True)
-    elif scope == "layer":
-        # The spliced layer sits at index span.start and is the only one trained; the
-        # layers after it are frozen: no gradient step, and eval mode (their BatchNorm
-        # statistics stay as trained, their dropout is off).
-        # _modules, not children(): a module used twice runs (and counts) twice.
-        layers = list(model._modules.values())
-        trainable = nn.Sequential(layers[span.start],
-                                  *(_Frozen(layer) for layer in layers[span.start + 1:]))
-        for p in layers[span.start + 1:]:
-            p.requires_grad_(False)
-        device = next(model.parameters()).device
-        features = _batched(nn.Sequential(*layers[:span.start]), train_images.to(device),
-                            batch_size)
-        zoo.train(trainable, (features, labels), progress=progress, **options)
-        for p in model.parameters():
-            p.requires_grad_(True)
+    if scope == "layer":
+        if span.has_prefix:
+            # The spliced layer sits at index span.start and is the only one trained; the
+            # layers after it are frozen: no gradient step, and eval mode (their BatchNorm
+            # statistics stay as trained, their dropout is off).
+            # _modules, not children(): a module used twice runs (and counts) twice.
+            layers = list(model._modules.values())
+            trainable = nn.Sequential(layers[span.start],
+                                      *(_Frozen(m) for m in layers[span.start + 1:]))
+            for p in layers[span.start + 1:]:
+                p.requires_grad_(False)
+            device = next(model.parameters()).device
+            features = _batched(nn.Sequential(*layers[:span.start]), train_images.to(device),
+                                batch_size)
+            zoo.train(trainable, (features, labels), progress=progress, **options)
+        else:
+            trained = memo[id(layer)]  # the flexible layer's copy
+            model.requires_grad_(False)
+            trained.requires_grad_(True)
+            zoo.train(_OnlyPartTrains(model, trained), (train_images, labels),
+                      progress=progress, **options)
+        model.requires_grad_(True)
     else:
         zoo.train(model, (train_images, labels), progress=progress, **options)
     model.eval()

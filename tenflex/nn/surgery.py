@@ -124,7 +124,7 @@ def _check_span(model: Any, span: Any) -> list[tuple[str, nn.Module]]:
     if span.sequential and not span.parent and not isinstance(model, nn.Sequential):
         raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
     try:
-        parent = model.get_submodule(span.parent) if span.parent else model
+        parent = model.get_submodule(span.parent)  # "" is the model itself
     except AttributeError:
         raise ValueError(f"span {span.label} was resolved on another model: this "
                          f"{type(model).__name__} has no submodule {span.parent!r}") from None
@@ -227,15 +227,12 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
         )
     path = parents.pop()
     keys = [_split_path(key)[1] for key in keys]
-    if path:
-        try:
-            parent = model.get_submodule(path)
-        except AttributeError:
-            paths = [name for name, module in model.named_modules() if name and module._modules]
-            raise ValueError(f"{path!r} is not a submodule of the model; its submodules with "
-                             f"layers are {paths}") from None
-    else:
-        parent = model
+    try:
+        parent = model.get_submodule(path)  # "" is the model itself
+    except AttributeError:
+        paths = [name for name, module in model.named_modules() if name and module._modules]
+        raise ValueError(f"{path!r} is not a submodule of the model; its submodules with "
+                         f"layers are {paths}") from None
     where = f"{path!r}" if path else type(parent).__name__
     sequential = _plain_sequential(parent)
     single = len(keys) == 1 and isinstance(keys[0], str)
@@ -261,10 +258,8 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
         if span.step not in (None, 1):
             raise ValueError(f"a span slice must have step 1, got {span.step}")
         indices = list(range(len(names)))[span]
-    elif len(keys) == 1 and not isinstance(span, Sequence | str):
-        indices = [_index(parent, keys[0], names, "span")]
     else:
-        what = "span" if isinstance(span, str) else "span layer"
+        what = "span" if is_int(span) or isinstance(span, str) else "span layer"
         indices = [_index(parent, key, names, what) for key in keys]
         if isinstance(span, tuple) and len(span) == 2 and indices[1] >= indices[0]:
             indices = list(range(indices[0], indices[1] + 1))
@@ -434,7 +429,7 @@ def splice(model: nn.Module, span: Span, replacement: nn.Module, name: str | Non
     # The span's layers are copied too (a layer used again outside the span must stay),
     # then dropped from the copy.
     result = copy.deepcopy(model)
-    parent = result.get_submodule(span.parent) if span.parent else result
+    parent = result.get_submodule(span.parent)
     copied = list(parent._modules.items())
     parent._modules.clear()
     for n, m in copied[: span.start] + [(name, replacement)] + copied[span.stop:]:
