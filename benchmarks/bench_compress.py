@@ -12,7 +12,11 @@ other sampling points and random start columns, at ``--seed-ranks``), which tell
 between methods from the scatter of the fit itself, and with more of what a fit can be
 given (``--capacity``: more sweeps, more sampling points up to every training image but the
 validation ones, more basis functions, and every image with heavier output weights, at the
-largest rank), which tells a limit of the layer's form from one of the fit's settings. The fully connected part's Jacobians are held
+largest rank), which tells a limit of the layer's form from one of the fit's settings. A fifth fits, at each
+budget of ``--subspace-ranks``, the layer whose input directions are factored through the
+active subspace of the Jacobians (``compress(subspace=k)``): ``k = R - 1`` directions, and
+as many branches as the rest of the budget of ``R`` plain branches pays for (at most
+``n k``). The fully connected part's Jacobians are held
 factored through fc1 (``compress``'s default ``jacobian="auto"``; ``--jacobian dense`` forms
 the whole tensor), which is what lets a fit use every training image on this machine.
 
@@ -69,7 +73,8 @@ def load_existing(path: Path, fresh: bool) -> dict:
 
 #: Settings that only the ablation entries carry (the main grid uses --lam, compress's
 #: default start init="linear", --seed, --max-iter, --n-samples and --n-functions).
-ABLATION_FIELDS = ("lam", "init", "seed", "max_iter", "n_samples", "n_functions")
+ABLATION_FIELDS = ("lam", "init", "seed", "max_iter", "n_samples", "n_functions",
+                   "subspace")
 #: The settings ``--capacity`` may raise, with their types; ``lam`` only beside another one
 #: (alone it is the lam ablation's).
 CAPACITY_FIELDS = {"max_iter": int, "n_samples": int, "n_functions": int, "lam": float}
@@ -106,6 +111,17 @@ def parse_capacity(text: str) -> dict:
             f"lam alone is the lam ablation (--ablation-lams); with --capacity give it beside "
             f"another setting, e.g. n_samples=58000,lam=1000, got {text!r}")
     return change
+
+
+def subspace_layout(rank: int, m: int, n: int, n_functions: int) -> tuple[int, int]:
+    """``(k, branches)`` of the subspace layer at the budget of ``rank`` plain branches.
+
+    ``k = rank - 1`` directions cost ``m k``; every branch ``k + n + D``; the branches are
+    as many as the rest of the budget ``rank (m + n + D) + n`` pays for, at most ``n k``
+    (what the projected Jacobian tensor, of shape ``(n, k, N)``, can identify)."""
+    k = rank - 1
+    budget = rank * (m + n + n_functions) + n
+    return k, min(n * k, (budget - m * k - n) // (k + n + n_functions))
 
 
 def baseline_model(method: str, model, span, flex_report: dict, train_images: torch.Tensor,
@@ -174,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity-rank", type=int, default=None,
                         help="rank of the capacity ablation (default: the largest of --ranks, "
                              "where the flexible layer trails the truncated SVD)")
+    parser.add_argument("--subspace-ranks", type=int, nargs="*", default=None,
+                        help="budgets (plain ranks R) at which the layer in the Jacobians' "
+                        "active subspace is fitted (default: every rank of the grid)")
     parser.add_argument("--jacobian", default="auto", choices=JACOBIAN_FORMS,
                         help="how compress holds the Jacobian tensor (see compress)")
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")
@@ -188,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         args.start_rank = max(args.ranks)
     if args.capacity_rank is None:
         args.capacity_rank = max(args.ranks)
+    if args.subspace_ranks is None:
+        args.subspace_ranks = [] if args.quick else list(args.ranks)
 
     result = load_existing(args.out, args.fresh)
     done = {key(e) for e in result["entries"]}
@@ -280,6 +301,29 @@ def main(argv: list[str] | None = None) -> int:
         report = out.report.to_dict()
         record({"method": "flexible", "span": list(fc_names), "rank": rank, "basis": "bspline",
                 **change, "parameters": report["parameters_model_after"],
+                "fraction_kept": report["fraction_model_kept"],
+                "accuracy": report["accuracy_after"], "accuracy_finetuned": None,
+                "fit_cost": out.fit.cost.tolist(), "report": report,
+                "wall_s": time.perf_counter() - t0})
+
+    # The layer in the active subspace, at the budgets of the grid (B-splines, no fine-tuning).
+    m_fc = model.fc1.in_features
+    n_fc = model.fc2.out_features
+    for rank in args.subspace_ranks:
+        k, branches = subspace_layout(rank, m_fc, n_fc, args.n_functions)
+        if key({"method": "flexible", "span": fc_names, "rank": rank, "basis": "bspline",
+                "subspace": k}) in done:
+            continue
+        t0 = time.perf_counter()
+        out = compress(model, FC_SPAN, train_images, rank=branches, subspace=k,
+                       basis="bspline", n_functions=args.n_functions, lam=args.lam,
+                       n_samples=args.n_samples, test_data=(test_images, test_labels),
+                       fit_options={"max_iter": args.max_iter}, seed=args.seed,
+                       jacobian=args.jacobian, progress=True)
+        report = out.report.to_dict()
+        record({"method": "flexible", "span": list(fc_names), "rank": rank, "basis": "bspline",
+                "subspace": k, "branches": branches,
+                "parameters": report["parameters_model_after"],
                 "fraction_kept": report["fraction_model_kept"],
                 "accuracy": report["accuracy_after"], "accuracy_finetuned": None,
                 "fit_cost": out.fit.cost.tolist(), "report": report,

@@ -301,7 +301,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                           n_validation=args.n_validation,
                           test_data=(test_images, test_labels), fit_options=fit_options,
                           finetune=finetune, seed=args.seed, jacobian=args.jacobian,
-                          progress=True)
+                          subspace=args.subspace, progress=True)
     # What rebuilds and evaluates the file: the network, and the data and training seed of
     # the pretrained weights (`tenflex evaluate` defaults to that data set).
     base = {"model": args.model, "dataset": args.dataset, "model_seed": args.model_seed}
@@ -545,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hold the Jacobians as K_k A through a first fully connected layer "
                       "A (factored: less memory and time), in full (dense), or factored when "
                       "the span starts with a narrowing fully connected layer (auto)")
+    comp.add_argument("--subspace", type=_int_type(1), default=None,
+                      help="fit in the K-dimensional active subspace of the span's Jacobians "
+                      "and store the input directions factored (then --rank may exceed K)")
     comp.add_argument("--finetune-epochs", type=_int_type(0), default=0,
                       help="epochs of fine-tuning after the fit (0: none)")
     comp.add_argument("--finetune-scope", default="layer", choices=["layer", "all"],

@@ -51,6 +51,7 @@ from tenflex.cpd import (
     transpose_matmul,
 )
 from tenflex.model import DecoupledFunction
+from tenflex.subspace import gram_eigenvectors
 
 __all__ = ["FitResult", "cmtf_als", "decouple_cpd"]
 
@@ -959,7 +960,8 @@ def _jacobian_variation(Jt: JacobianTensor, k: int, seed: int) -> tuple[Tensor, 
     Jacobians ``[J_1 - Jbar; ...; J_N - Jbar]`` (``n N x m``) span the input directions of
     the nonlinear branches. They come from a randomized subspace iteration (Halko, Martinsson
     and Tropp 2011) on the ``m x m`` Gram ``sum_k (J_k - Jbar)^T (J_k - Jbar)``, applied
-    through :meth:`~tenflex.cpd.JacobianTensor.contract_input` and its adjoint, never formed.
+    through :meth:`~tenflex.cpd.JacobianTensor.contract_input` and its adjoint, never formed
+    (:func:`tenflex.subspace.gram_eigenvectors`).
     Each direction's output direction is the leading left singular vector of its
     Jacobian-vector products ``(J_k - Jbar) v`` over the samples.
 
@@ -967,21 +969,7 @@ def _jacobian_variation(Jt: JacobianTensor, k: int, seed: int) -> tuple[Tensor, 
     -------
     W : (n, k) and V : (m, k), unit columns, ``V`` by decreasing variation.
     """
-    m = Jt.m
-    p = min(m, k + 8)  # oversampling makes the subspace iteration accurate to k directions
-
-    def gram(Q: Tensor) -> Tensor:
-        T = Jt.contract_input(Q)
-        # sum_k (J_k - Jbar)^T (J_k - Jbar) Q: centring the products once is enough.
-        return Jt.contract_input_adjoint(T - T.mean(dim=1, keepdim=True))
-
-    gen = torch.Generator().manual_seed(int(seed))
-    Q = torch.randn(m, p, generator=gen, dtype=torch.float64).to(Jt.dtype).to(Jt.device)
-    for _ in range(4):
-        Q = torch.linalg.qr(gram(Q))[0]
-    small = Q.T @ gram(Q)
-    _, vecs = torch.linalg.eigh(0.5 * (small + small.T))
-    V = Q @ vecs[:, -k:].flip(1)
+    _, V = gram_eigenvectors(Jt, k, seed=seed, center=True, n_iter=4)
     T = Jt.contract_input(V)
     T = T - T.mean(dim=1, keepdim=True)  # (n, N, k)
     W = torch.linalg.svd(T.permute(2, 0, 1), full_matrices=False)[0][:, :, 0].T

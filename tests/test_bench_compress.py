@@ -44,13 +44,25 @@ def test_key_tells_each_ablation_from_the_grid(bench):
             "basis": "bspline"}
     variants = [grid, *({**grid, field: value} for field, value in
                         [("lam", 10.0), ("init", "linear+jacobian"), ("seed", 1),
-                         ("max_iter", 150), ("n_samples", 10000), ("n_functions", 16)])]
+                         ("max_iter", 150), ("n_samples", 10000), ("n_functions", 16),
+                         ("subspace", 15)])]
     variants.append({**grid, "n_samples": 58000, "lam": 1000.0})  # two settings raised
     keys = [bench.key(entry) for entry in variants]
     assert len(set(keys)) == len(variants)
     assert set(bench.ABLATION_FIELDS) == {"lam", "init", "seed", "max_iter", "n_samples",
-                                          "n_functions"}
+                                          "n_functions", "subspace"}
     # A span given as a tuple or a list, other fields ignored: the same entry.
     same = {**grid, "span": ("fc1", "relu3", "fc2"), "accuracy": 0.99}
     assert bench.key(same) == bench.key(grid)
     assert bench.key({**grid, "method": "svd", "basis": None}) != bench.key(grid)
+
+
+@pytest.mark.parametrize("rank, expected", [(16, (15, 103)), (12, (11, 110)), (4, (3, 30))])
+def test_the_subspace_layer_fills_the_budget_of_the_plain_one(bench, rank, expected):
+    m, n, D = 3136, 10, 8
+    k, branches = bench.subspace_layout(rank, m, n, D)
+    assert (k, branches) == expected
+    plain = rank * (m + n + D) + n
+    used = m * k + branches * (k + n + D) + n
+    assert used <= plain  # never more parameters than the plain layer it is compared with
+    assert branches == n * k or used + (k + n + D) > plain  # and no branch left unpaid for

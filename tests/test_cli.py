@@ -321,6 +321,7 @@ def test_evaluate_names_what_is_wrong_with_the_argument(tmp_path, monkeypatch, c
     (["compress", "--n-samples", "0"], "--n-samples"),
     (["compress", "--n-validation", "-1"], "--n-validation"),
     (["compress", "--lam", "-1"], "--lam"),
+    (["compress", "--subspace", "0"], "--subspace"),
     (["compress", "--lam", "nan"], "--lam"),
     (["compress", "--finetune-lr", "0"], "--finetune-lr"),
     (["train", "--seed", "-1"], "--seed"),
@@ -399,7 +400,7 @@ def test_compress_and_evaluate_load_the_network_from_the_cache_train_used(quick_
     assert seen == [(cache, torch.device("cpu"))] * 2
 
 
-def test_compress_passes_the_jacobian_form_on(tmp_path, monkeypatch):
+def test_compress_passes_the_jacobian_form_and_subspace_on(tmp_path, monkeypatch):
     import tenflex.nn.compress as compression
     from tenflex import zoo
 
@@ -409,15 +410,15 @@ def test_compress_passes_the_jacobian_form_on(tmp_path, monkeypatch):
     seen = []
 
     def compress(*args, **kwargs):
-        seen.append(kwargs["jacobian"])
+        seen.append((kwargs["jacobian"], kwargs["subspace"]))
         raise Stop
 
     monkeypatch.setattr(zoo, "pretrained", _untrained)
     monkeypatch.setattr(compression, "compress", compress)
-    for argv in ([], ["--jacobian", "dense"], ["--jacobian", "factored"]):
+    for argv in ([], ["--jacobian", "dense"], ["--jacobian", "factored", "--subspace", "7"]):
         with pytest.raises(Stop):
             main([*_CHEAP, *argv, "--out", str(tmp_path / "m.pt")])
-    assert seen == ["auto", "dense", "factored"]
+    assert seen == [("auto", None), ("dense", None), ("factored", 7)]
 
 
 def test_evaluate_an_unreadable_file_says_so(compressed, monkeypatch, capsys):

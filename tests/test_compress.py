@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections import OrderedDict
 
@@ -16,7 +17,7 @@ from tenflex.cli import main as cli_main
 from tenflex.nn import FlexibleLayer
 from tenflex.nn import compress as compress_module
 from tenflex.nn.compress import compress, count_parameters, load_compressed, save_compressed
-from tenflex.nn.surgery import resolve_span
+from tenflex.nn.surgery import resolve_span, span_inputs
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,11 @@ def test_evaluate_command_on_a_saved_model(tmp_path, compressed, capsys, monkeyp
         ({"fit_options": {"init": "svd"}}, ValueError, "init"),
         ({"fit_options": {"n_starts": 3}}, ValueError, "n_starts=3 needs a random"),
         ({"jacobian": "sparse"}, ValueError, "jacobian must be one of 'auto', 'dense', "),
+        ({"subspace": 0}, ValueError, r"subspace must be an integer k with 1 <= k < m = 3136"),
+        ({"subspace": 3136}, ValueError, "1 <= k < m = 3136"),
+        ({"subspace": 2.0}, ValueError, "subspace must be an integer"),
+        ({"subspace": 2, "rank": 21}, ValueError,
+         r"R <= min\(n k, N\) = 20 in a subspace of dimension k = 2"),
         ({"span": ("conv2", "fc2"), "jacobian": "factored"}, ValueError,
          (r"jacobian='factored' needs a span that starts with a fully connected layer "
           r"\(nn.Linear, after any nn.Flatten\(\)\); the span conv2..fc2 does not")),
@@ -474,3 +480,58 @@ def test_a_whole_classifier_as_the_span_has_its_jacobians_factored(digits):
     assert whole.report.jacobian == chain.report.jacobian == "factored"
     assert whole.report.span == ["classifier"]
     np.testing.assert_array_equal(whole.fit.cost, chain.fit.cost)
+
+
+def test_a_span_that_varies_in_a_subspace_is_fitted_there():
+    """f(x) = W2 tanh(A x + c) + b2 changes along the 3 rows of A only: its active subspace
+    holds all of the Jacobians' energy and a rank-3 flexible layer fitted there reproduces
+    it, with the directions stored as P Q."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 3), nn.Tanh(), nn.Linear(3, 4)).double()
+    X = torch.randn(1500, 20, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 115 parameters do not compress the 79 of the span
+        result = compress(net, (0, 2), X, rank=3, subspace=3, n_functions=10, n_samples=1000,
+                          n_validation=300, fit_options={"max_iter": 100})
+    report, layer = result.report, result.layer
+    assert report.subspace == 3 and report.subspace_captured == pytest.approx(1, abs=1e-12)
+    assert layer.subspace == 3 and layer.P.shape == (20, 3)
+    row_space = torch.linalg.qr(net[0].weight.detach().T)[0]
+    assert torch.allclose(torch.linalg.svdvals(layer.P.detach().T @ row_space),
+                          torch.ones(3, dtype=torch.float64), atol=1e-10)
+    assert report.fit_output_error_train < 0.01 and report.fit_output_error_validation < 0.01
+    assert report.fit_jacobian_error_train < 0.05
+    assert report.parameters_span_after == layer.n_parameters == 20 * 3 + 3 * (3 + 4 + 10) + 4
+    assert "subspace" in report.times
+    with torch.no_grad():
+        x = torch.randn(50, 20, dtype=torch.float64)
+        torch.testing.assert_close(result.model(x), result.fit.model(x @ layer.P), rtol=1e-12,
+                                   atol=1e-12)
+        assert _relative(result.model(x), net(x)) < 0.02
+
+
+def _relative(a, b):
+    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+
+
+def test_a_subspace_fit_of_the_cnn_head_reports_what_lies_outside_and_loads_back(digits, tmp_path):
+    model, train_images, _labels, test_images, test_labels = digits
+    result = compress(model, ("fc1", "fc2"), train_images, rank=24, subspace=5, n_functions=6,
+                      n_samples=600, n_validation=300, test_data=(test_images, test_labels),
+                      fit_options={"max_iter": 10}, seed=0)
+    report = result.report
+    assert 0 < report.subspace_captured < 1
+    # The Jacobians' energy outside the subspace is error the fit cannot remove.
+    assert report.fit_jacobian_error_train >= math.sqrt(1 - report.subspace_captured) - 1e-12
+    assert report.parameters_span_after == 3136 * 5 + 24 * (5 + 10 + 6) + 10
+    assert report.fraction_model_kept < 0.2
+    with torch.no_grad():  # the spliced layer is the fit at the projected inputs
+        inputs = span_inputs(model, resolve_span(model, ("fc1", "fc2")), test_images[:64])
+        projected = inputs.double() @ result.layer.P.double()
+        torch.testing.assert_close(result.layer(inputs), result.fit.model(projected).float(),
+                                   rtol=1e-4, atol=1e-4)
+    path = tmp_path / "sub.pt"
+    save_compressed(path, result, {"model": "reference_cnn"})
+    loaded, info = load_compressed(path)
+    assert info["layer"]["subspace"] == 5
+    assert zoo.evaluate(loaded, test_images, test_labels) == report.accuracy_after

@@ -28,6 +28,7 @@ from tenflex.nn.compress_tnn import compress_and_train, compress_network
 from tenflex.nn.lowrank import decompose_layer
 from tenflex.nn.tensorial import tensor_op
 from tenflex.sampling import sample_function
+from tenflex.subspace import active_subspace
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -235,6 +236,30 @@ def test_zoo_training_and_compression_of_a_cuda_cnn(digits, tmp_path):
     save_compressed(path, result, {"model": "reference_cnn"})
     loaded, _ = load_compressed(path)
     assert zoo.evaluate(loaded, test_x, test_y) == pytest.approx(report.accuracy_after)
+
+
+def test_active_subspace_and_a_subspace_compression_on_cuda(digits):
+    (train_x, _train_y), (test_x, test_y) = digits
+    gen = torch.Generator().manual_seed(3)
+    K = torch.randn(3, 6, 80, generator=gen, dtype=torch.float64)
+    A = torch.randn(6, 20, generator=gen, dtype=torch.float64)
+    cpu = active_subspace(FactoredJacobian(K, A), 4, seed=2)
+    gpu = active_subspace(FactoredJacobian(K.to(CUDA), A.to(CUDA)), 4, seed=2)
+    assert _on_cuda(gpu.P, gpu.energy)
+    _close(gpu.energy, cpu.energy, rtol=1e-8)
+    _close(torch.linalg.svdvals(gpu.P.T @ cpu.P.to(CUDA)), torch.ones(4, dtype=torch.float64),
+           rtol=0, atol=1e-8)
+    model = zoo.build_model("reference_cnn", seed=0).eval()
+    runs = {}
+    for device in ("cpu", "cuda"):
+        net = copy.deepcopy(model).to(device)
+        runs[device] = compress(net, ("fc1", "fc2"), train_x, rank=12, subspace=3,
+                                n_functions=6, n_samples=600, n_validation=300,
+                                test_data=(test_x, test_y), fit_options={"max_iter": 5}, seed=0)
+    assert _on_cuda(*runs["cuda"].model.parameters()) and runs["cuda"].layer.P.is_cuda
+    assert runs["cuda"].report.subspace_captured == pytest.approx(
+        runs["cpu"].report.subspace_captured, rel=1e-6)
+    assert abs(runs["cuda"].report.accuracy_after - runs["cpu"].report.accuracy_after) <= 0.01
 
 
 def test_tensorial_compression_and_training_of_a_cuda_lenet(digits):

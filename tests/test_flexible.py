@@ -219,3 +219,46 @@ def test_input_and_argument_errors_name_the_argument():
     for bad in [(2.5, 2), "4", (True, 4)]:
         with pytest.raises(TypeError, match="output_shape must be an int or a tuple of ints"):
             FlexibleLayer(6, 4, rank=2, output_shape=bad)
+
+
+def test_a_layer_in_a_subspace_is_the_decoupled_function_with_factored_directions():
+    df = _df(m=3, n=2, R=5)  # 5 branches of 3 projected inputs
+    P = torch.linalg.qr(torch.randn(8, 3, generator=torch.Generator().manual_seed(2),
+                                    dtype=torch.float64))[0]
+    layer = FlexibleLayer.from_decoupled(df, projection=P)
+    assert (layer.in_features, layer.subspace, layer.rank) == (8, 3, 5)
+    assert layer.V.shape == (3, 5) and layer.P.shape == (8, 3)
+    assert "subspace=3" in repr(layer)
+    assert layer.n_parameters == 8 * 3 + 3 * 5 + 2 * 5 + df.n_functions * 5 + 2
+    X = torch.randn(9, 8, dtype=torch.float64)
+    torch.testing.assert_close(layer(X), df(X @ P), rtol=1e-12, atol=1e-12)
+    full = layer.to_decoupled()  # V = P Q in the input space
+    assert full.V.shape == (8, 5)
+    torch.testing.assert_close(full(X), layer(X), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(full.jacobian(X), torch.einsum(
+        "imk,lm->ilk", df.jacobian(X @ P), P), rtol=1e-12, atol=1e-12)
+    # Gradients reach the projection, so fine-tuning moves the subspace too.
+    layer(X).pow(2).sum().backward()
+    assert layer.P.grad is not None and layer.P.grad.abs().sum() > 0
+    # A state dict rebuilds the layer.
+    again = FlexibleLayer(8, 2, 5, basis=df.basis, subspace=3, dtype=torch.float64)
+    again.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(again(X), layer(X), rtol=0, atol=0)
+
+
+def test_a_subspace_layer_without_projection_data_draws_it_and_keeps_plain_layers_unchanged():
+    plain = FlexibleLayer(6, 2, rank=3, seed=5)
+    assert plain.P is None and plain.subspace is None
+    assert list(dict(plain.named_parameters())) == ["W", "V", "C", "b"]
+    sub = FlexibleLayer(6, 2, rank=4, seed=5, subspace=2)
+    assert list(dict(sub.named_parameters())) == ["W", "V", "C", "b", "P"]
+    assert sub(torch.randn(3, 6)).shape == (3, 2)
+    with pytest.raises(ValueError, match="subspace"):
+        FlexibleLayer(6, 2, rank=4, subspace=0)
+    df = _df(m=3, n=2, R=5)
+    with pytest.raises(ValueError, match=r"projection must have shape \(m, 3\)"):
+        FlexibleLayer.from_decoupled(df, projection=torch.randn(8, 4, dtype=torch.float64))
+    bad = torch.randn(8, 3, dtype=torch.float64)
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        FlexibleLayer.from_decoupled(df, projection=bad)

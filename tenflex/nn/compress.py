@@ -31,6 +31,7 @@ from tenflex.files import atomic_write
 from tenflex.nn.fidelity import fidelity
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import Span, resolve_span, span_inputs, span_shapes, splice
+from tenflex.subspace import active_subspace
 
 __all__ = [
     "Compression",
@@ -98,7 +99,8 @@ class CompressionReport:
     """What a compression did and measured. All times in seconds, accuracies in [0, 1].
 
     ``accuracy_*``, ``test_fidelity`` and ``finetune`` are None when no test data /
-    fine-tuning was given. ``test_fidelity`` compares the compressed network with the original
+    fine-tuning was given; ``subspace`` (``k``) and ``subspace_captured`` (the fraction of
+    the sampled Jacobians' energy in the active subspace) None without a subspace. ``test_fidelity`` compares the compressed network with the original
     on the test images (:class:`tenflex.nn.fidelity.ClassifierFidelity` as a dict: agreement
     of their predictions, relative output error, images fixed and broken, McNemar p-value).
     """
@@ -125,6 +127,8 @@ class CompressionReport:
     fit_stop_reason: str
     fit_iterations: int
     times: dict[str, float] = field(default_factory=dict)
+    subspace: int | None = None
+    subspace_captured: float | None = None
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     test_fidelity: dict[str, Any] | None = None
@@ -354,6 +358,7 @@ def compress(
     seed: int = 0,
     batch_size: int = 500,
     jacobian: str = "auto",
+    subspace: int | None = None,
     progress: bool = False,
 ) -> Compression:
     """Replace ``span`` of a pretrained ``model`` by a flexible layer fitted with CMTF-ALS.
@@ -376,7 +381,14 @@ def compress(
         drawn from them without overlap.
     rank : int
         Number of branches ``R`` of the flexible layer.
-    basis, n_functions, basis_options
+    subspace : int, optional
+        ``k``: fit the flexible layer in the ``k``-dimensional active subspace ``P`` of the
+        span's sampled Jacobians (:func:`tenflex.subspace.active_subspace`), on the inputs
+        ``X P`` and Jacobians ``J_k P``, and store its input directions factored, ``V = P
+        Q`` (:class:`~tenflex.nn.FlexibleLayer` with ``subspace=k``). Then ``R`` may exceed
+        ``k`` (up to ``n k``): the directions cost ``m k`` parameters once, so a budget of
+        ``R0`` plain branches pays for ``k = R0 - 1`` directions and many more branches.
+        Default None: ``V`` is fitted in the full input space.
         Basis of the activation functions (see :func:`tenflex.basis.make_basis`).
     lam : float
         Weight ``λ`` of the output term against the Jacobian term in the CMTF cost (both
@@ -478,10 +490,17 @@ def compress(
         if not is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     seed = check_seed(seed)
-    if rank > min(m, n_samples):
+    if subspace is not None and (not is_int(subspace) or not 1 <= subspace < m):
+        raise ValueError(f"subspace must be an integer k with 1 <= k < m = {m} (the span's "
+                         f"input dimension), or None; got {subspace!r}")
+    k = m if subspace is None else int(subspace)  # the inputs the fit sees
+    limit = min(m, n_samples) if subspace is None else min(n * k, n_samples)
+    if rank > limit:
         raise ValueError(
             f"rank R = {rank} is larger than the data supports: the span maps R^{m} to R^{n} "
-            f"and is sampled at N = {n_samples} points, so R <= min(m, N) = {min(m, n_samples)}"
+            f"and is sampled at N = {n_samples} points, so R <= "
+            + (f"min(m, N) = {limit}" if subspace is None else
+               f"min(n k, N) = {limit} in a subspace of dimension k = {k}")
         )
     if n_samples + n_validation > len(train_images):
         raise ValueError(
@@ -489,14 +508,15 @@ def compress(
             f"{len(train_images)} training images given; lower n_samples or n_validation "
             "(the validation images are kept apart from the samples)"
         )
-    unknowns = rank * (m + n + n_functions) + n
-    equations = n_samples * n * (m + 1)
+    unknowns = rank * (k + n + n_functions) + n  # of the fit
+    equations = n_samples * n * (k + 1)
     if equations < unknowns:
         raise ValueError(
             f"too few sampling points: N = {n_samples} gives {equations} equations (outputs "
             f"and Jacobian entries) for {unknowns} unknowns; use N >= "
-            f"{math.ceil(unknowns / (n * (m + 1)))}"
+            f"{math.ceil(unknowns / (n * (k + 1)))}"
         )
+    layer_parameters = unknowns + (0 if subspace is None else m * k)
     stage = _linear_first_stage(resolved.module(model), in_shape)
     factored = _choose_jacobian(jacobian, stage, resolved, m)
     width = stage[0].out_features if factored else m  # of the stored Jacobians
@@ -510,13 +530,14 @@ def compress(
             f"(n_samples <= {int(_MEMORY_FRACTION * available / (8 * n * width))})"
         )
     options = _check_fit_settings(basis, n_functions, basis_options, lam, fit_options, rank, n,
-                                  m, n_samples, seed, progress)
+                                  k, n_samples, seed, progress)
     _check_solver_memory(rank, n_functions, n_samples, jacobian_bytes, available)
     span_parameters = count_parameters(resolved.module(model))
-    if unknowns >= span_parameters:  # the layer's parameters are the fit's unknowns
-        fewer = (span_parameters - n - 1) // (m + n + n_functions)
+    if layer_parameters >= span_parameters:
+        fewer = (span_parameters - n - 1 - (m * k if subspace else 0)) // (
+            (k if subspace else m) + n + n_functions)
         warnings.warn(
-            f"the flexible layer of rank {rank} has {unknowns} parameters, no fewer than "
+            f"the flexible layer of rank {rank} has {layer_parameters} parameters, no fewer than "
             f"the {span_parameters} of the span {resolved.label} it replaces: it compresses "
             "nothing; " + (f"ranks R <= {fewer} keep fewer" if fewer >= 1 else
                            "no rank keeps fewer"), UserWarning, stacklevel=2)
@@ -562,6 +583,15 @@ def compress(
         X, Y, J = _sample_span(span_module, stage if factored else None, X_in, progress)
         times["sampling"] = time.perf_counter() - t0
 
+        active = None
+        if subspace is not None:
+            t0 = time.perf_counter()
+            active = active_subspace(J, k, seed=seed)
+            full_norm_sq = J.norm_sq()
+            X, J = active.project(X, J)
+            outside = max(full_norm_sq - J.norm_sq(), 0.0)  # ||J (I - P P^T)||^2
+            times["subspace"] = time.perf_counter() - t0
+
         t0 = time.perf_counter()
         fit = cmtf_als(X, Y, J, rank, basis=basis, n_functions=n_functions,
                        basis_options=basis_options, lam=lam, **options)
@@ -569,14 +599,19 @@ def compress(
         decoupled = fit.model
         train_output_error = _relative_error(decoupled(X), Y)
         H = decoupled.branch_derivatives(decoupled.branch_inputs(X))
-        train_jacobian_error = math.sqrt(
-            J.residual_norm_sq(decoupled.W, decoupled.V, H) / J.norm_sq())
+        residual = J.residual_norm_sq(decoupled.W, decoupled.V, H)
+        if active is None:
+            train_jacobian_error = math.sqrt(residual / J.norm_sq())
+        else:  # relative to the full Jacobians: the part outside P is not fitted at all
+            train_jacobian_error = math.sqrt((residual + outside) / full_norm_sq)
         del X, Y, J, H
 
         t0 = time.perf_counter()
         dtype = first.dtype
-        layer = FlexibleLayer.from_decoupled(decoupled, output_shape=out_shape).to(
-            device=device, dtype=dtype)
+        projection = None if active is None else active.P
+        layer = FlexibleLayer.from_decoupled(decoupled, output_shape=out_shape,
+                                             projection=projection).to(device=device,
+                                                                       dtype=dtype)
         compressed = splice(model, resolved, layer)
         compressed.eval()
         times["splice"] = time.perf_counter() - t0
@@ -584,7 +619,8 @@ def compress(
         if n_validation:
             valid_in = _batched(inputs_of_span, train_images[valid_idx].to(device), batch_size)
             valid_out = _batched(span_module, valid_in, batch_size).flatten(1).double()
-            valid_fit = decoupled(valid_in.flatten(1).double())
+            valid_x = valid_in.flatten(1).double()
+            valid_fit = decoupled(valid_x if active is None else valid_x @ active.P.double())
             validation_error = _relative_error(valid_fit, valid_out)
         else:
             validation_error = float("nan")
@@ -622,7 +658,10 @@ def compress(
             fit_output_error_validation=validation_error,
             fit_jacobian_error_train=train_jacobian_error,
             fit_converged=bool(fit.converged), fit_stop_reason=str(fit.stop_reason),
-            fit_iterations=int(fit.n_iter), times=times, accuracy_before=accuracy_before,
+            fit_iterations=int(fit.n_iter), times=times,
+            subspace=None if active is None else active.k,
+            subspace_captured=None if active is None else active.captured,
+            accuracy_before=accuracy_before,
             accuracy_after=accuracy_after, test_fidelity=test_fidelity,
             finetune=finetune_report,
         )
@@ -771,6 +810,7 @@ def save_compressed(path: str | os.PathLike, compression: Compression, base: dic
             "in_features": layer.in_features,
             "out_features": layer.out_features,
             "rank": layer.rank,
+            "subspace": layer.subspace,
             "basis": layer.basis.config(),
             "output_shape": compression.report.output_shape,
         },
@@ -827,7 +867,7 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, A
         span = resolve_span(model, tuple(payload["span"]))
         spec = payload["layer"]
         layer = FlexibleLayer(spec["in_features"], spec["out_features"], spec["rank"],
-                              basis=make_basis(**spec["basis"]),
+                              basis=make_basis(**spec["basis"]), subspace=spec.get("subspace"),
                               output_shape=tuple(spec["output_shape"]))
         compressed = splice(model, span, layer)
         compressed.load_state_dict(payload["state_dict"])

@@ -112,6 +112,12 @@ def _check_output_shape(output_shape: Any, n: int) -> tuple[int, ...] | None:
 class FlexibleLayer(nn.Module):
     """Flexible layer ``y = b + g(x V) W^T`` with ``g_r = sum_d C[d, r] phi_d``.
 
+    With ``subspace=k`` the input directions are stored factored, ``V = P Q`` with ``P``
+    of shape ``(m, k)`` and ``Q`` of shape ``(k, R)`` (the attribute ``V``): the layer is
+    ``y = b + g(x P Q) W^T``, and ``R`` branches cost ``m k + k R`` coefficients for their
+    directions instead of ``m R``. That pays when the function varies along few input
+    directions (its active subspace, :mod:`tenflex.subspace`) but needs many branches.
+
     Parameters
     ----------
     in_features : int
@@ -130,12 +136,16 @@ class FlexibleLayer(nn.Module):
         Extra options for :func:`~tenflex.basis.make_basis`, e.g. ``{"degree": 3}``.
     bias : bool, optional
         Whether to learn ``b`` (default True). Without it ``b`` is None and counts nothing.
+    subspace : int, optional
+        ``k``: factor the input directions through an ``(m, k)`` projection ``P`` (see
+        above). Default None: ``V`` is ``(m, R)``, no projection.
     output_shape : int or tuple of int, optional
         If given, outputs are reshaped to ``(B, *output_shape)`` (product must be ``n``; an
         int ``k`` means ``(k,)``).
     seed : int or torch.Generator, optional
         Random initialisation: ``V ~ N(0, 1/m)``, ``W ~ N(0, 1/R)``, ``C ~ N(0, 1/D)``,
-        ``b = 0``. None uses torch's global generator.
+        ``b = 0``, and with a subspace ``P ~ N(0, 1/m)``, ``V ~ N(0, 1/k)``. None uses
+        torch's global generator.
     dtype, device : optional
         Of the parameters and basis buffers; ``dtype`` a floating point dtype.
 
@@ -151,9 +161,10 @@ class FlexibleLayer(nn.Module):
     Attributes
     ----------
     W : nn.Parameter, shape (n, R)
-    V : nn.Parameter, shape (m, R)
+    V : nn.Parameter, shape (m, R), or (k, R) with a subspace
     C : nn.Parameter, shape (D, R)
     b : nn.Parameter, shape (n,), or None
+    P : nn.Parameter, shape (m, k), or None without a subspace
     basis : Basis
         Submodule; its buffers ``scale``, ``shift`` follow ``.to()`` and the state dict.
 
@@ -177,6 +188,7 @@ class FlexibleLayer(nn.Module):
         *,
         basis_options: dict[str, Any] | None = None,
         bias: bool = True,
+        subspace: int | None = None,
         output_shape: tuple[int, ...] | None = None,
         seed: int | torch.Generator | None = None,
         dtype: torch.dtype | None = None,
@@ -191,19 +203,29 @@ class FlexibleLayer(nn.Module):
         dtype = _check_dtype(dtype)
         kw = {"dtype": dtype, "generator": _generator(seed)}
         self.W = nn.Parameter(torch.randn(n, R, **kw).to(device) / math.sqrt(R))
-        self.V = nn.Parameter(torch.randn(m, R, **kw).to(device) / math.sqrt(m))
+        k = m if subspace is None else check_positive_int(subspace, "subspace")
+        self.V = nn.Parameter(torch.randn(k, R, **kw).to(device) / math.sqrt(k))
         self.C = nn.Parameter(torch.randn(D, R, **kw).to(device) / math.sqrt(D))
         if bias:
             self.b = nn.Parameter(torch.zeros(n, dtype=dtype, device=device))
         else:
             self.register_parameter("b", None)
+        if subspace is None:
+            self.register_parameter("P", None)
+        else:
+            self.P = nn.Parameter(torch.randn(m, k, **kw).to(device) / math.sqrt(m))
         self.basis = basis.to(device=device, dtype=dtype)
         self.output_shape = _check_output_shape(output_shape, n)
 
     # ------------------------------------------------------------------ sizes
     @property
     def in_features(self) -> int:
-        return int(self.V.shape[0])
+        return int((self.V if self.P is None else self.P).shape[0])
+
+    @property
+    def subspace(self) -> int | None:
+        """``k`` when the input directions are factored through ``P``, else None."""
+        return None if self.P is None else int(self.P.shape[1])
 
     @property
     def out_features(self) -> int:
@@ -219,13 +241,14 @@ class FlexibleLayer(nn.Module):
 
     @property
     def n_parameters(self) -> int:
-        """Number of trainable coefficients (W, V, C and b if present)."""
+        """Number of trainable coefficients (W, V, C, and b and P if present)."""
         return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"rank={self.rank}, n_functions={self.n_functions}, bias={self.b is not None}"
+            + (f", subspace={self.subspace}" if self.P is not None else "")
             + (f", output_shape={self.output_shape}" if self.output_shape else "")
         )
 
@@ -250,7 +273,7 @@ class FlexibleLayer(nn.Module):
         """
         x = _flat_input(x, self.in_features)
         _check_input_dtype(x, self.V)
-        z = x @ self.V
+        z = x @ self.V if self.P is None else (x @ self.P) @ self.V
         g = torch.einsum("brd,dr->br", _basis_values(self.basis, z, x), self.C)
         y = g @ self.W.T
         if self.b is not None:
@@ -262,24 +285,48 @@ class FlexibleLayer(nn.Module):
     # ------------------------------------------------------------------ conversion
     @classmethod
     def from_decoupled(
-        cls, df: DecoupledFunction, *, output_shape: tuple[int, ...] | None = None
+        cls, df: DecoupledFunction, *, output_shape: tuple[int, ...] | None = None,
+        projection: Tensor | None = None,
     ) -> FlexibleLayer:
         """Layer with copies of the parameters and basis of ``df`` (same dtype and device).
 
         Parameters
         ----------
         df : DecoupledFunction
+            With ``projection``, a function of the projected inputs ``z = x P``.
         output_shape : tuple of int, optional
             See the class parameters.
+        projection : torch.Tensor, shape (m, k), optional
+            ``P``: the layer computes ``df(x P)`` (``df.m`` must be ``k``), e.g. with the
+            ``P`` of :func:`tenflex.subspace.active_subspace`.
+
+        Raises
+        ------
+        TypeError
+            ``df`` not a DecoupledFunction.
+        ValueError
+            ``projection`` not a finite ``(m, df.m)`` matrix.
         """
         if not isinstance(df, DecoupledFunction):
             raise TypeError(f"df must be a DecoupledFunction, got {type(df).__name__}")
+        m = df.m
+        if projection is not None:
+            projection = torch.as_tensor(projection)
+            if projection.ndim != 2 or projection.shape[1] != df.m:
+                raise ValueError(
+                    f"projection must have shape (m, {df.m}) (df takes {df.m} projected "
+                    f"inputs), got {tuple(projection.shape)}"
+                )
+            if not torch.isfinite(projection).all():
+                raise ValueError("projection contains NaN or Inf values")
+            m = int(projection.shape[0])
         layer = cls(
-            df.m,
+            m,
             df.n,
             df.rank,
             df.basis,
             seed=0,
+            subspace=None if projection is None else df.m,
             dtype=df.dtype,
             device=df.device,
             output_shape=output_shape,
@@ -289,14 +336,20 @@ class FlexibleLayer(nn.Module):
             layer.V.copy_(df.V)
             layer.C.copy_(df.C)
             layer.b.copy_(df.b)
+            if projection is not None:
+                layer.P.copy_(projection)
         return layer
 
     def to_decoupled(self) -> DecoupledFunction:
-        """Detached copy as a :class:`~tenflex.model.DecoupledFunction` (zero bias if none)."""
+        """Detached copy as a :class:`~tenflex.model.DecoupledFunction` (zero bias if none).
+
+        With a subspace its input directions are ``V = P Q``, shape ``(m, R)``.
+        """
         b = None if self.b is None else self.b.detach().clone()
+        V = self.V if self.P is None else self.P @ self.V
         return DecoupledFunction(
             self.W.detach().clone(),
-            self.V.detach().clone(),
+            V.detach().clone(),
             self.C.detach().clone(),
             b,
             self.basis.clone(),
