@@ -12,11 +12,11 @@ other sampling points and random start columns, at ``--seed-ranks``), which tell
 between methods from the scatter of the fit itself, and with more of what a fit can be
 given (``--capacity``: more sweeps, more sampling points up to every training image but the
 validation ones, more basis functions, and every image with heavier output weights, at the
-largest rank), which tells a limit of the layer's form from one of the fit's settings. A fifth fits, at each
-budget of ``--subspace-ranks``, the layer whose input directions are factored through the
-active subspace of the Jacobians (``compress(subspace=k)``): ``k = R - 1`` directions, and
-as many branches as the rest of the budget of ``R`` plain branches pays for (at most
-``n k``). The fully connected part's Jacobians are held
+largest rank), which tells a limit of the layer's form from one of the fit's settings. A
+fifth fits, at each budget of ``--subspace-ranks``, the layer whose input directions are
+factored through the active subspace of the Jacobians (``compress(subspace=k)``):
+``k = R - 1`` directions, and as many branches as the rest of the budget of ``R`` plain
+branches pays for (at most ``n k``). The fully connected part's Jacobians are held
 factored through fc1 (``compress``'s default ``jacobian="auto"``; ``--jacobian dense`` forms
 the whole tensor), which is what lets a fit use every training image on this machine.
 

@@ -100,9 +100,10 @@ class CompressionReport:
 
     ``accuracy_*``, ``test_fidelity`` and ``finetune`` are None when no test data /
     fine-tuning was given; ``subspace`` (``k``) and ``subspace_captured`` (the fraction of
-    the sampled Jacobians' energy in the active subspace) None without a subspace. ``test_fidelity`` compares the compressed network with the original
-    on the test images (:class:`tenflex.nn.fidelity.ClassifierFidelity` as a dict: agreement
-    of their predictions, relative output error, images fixed and broken, McNemar p-value).
+    the sampled Jacobians' energy in the active subspace) None without a subspace.
+    ``test_fidelity`` compares the compressed network with the original on the test images
+    (:class:`tenflex.nn.fidelity.ClassifierFidelity` as a dict: agreement of their
+    predictions, relative output error, images fixed and broken, McNemar p-value).
     """
 
     span: list[str]
@@ -389,6 +390,7 @@ def compress(
         ``k`` (up to ``n k``): the directions cost ``m k`` parameters once, so a budget of
         ``R0`` plain branches pays for ``k = R0 - 1`` directions and many more branches.
         Default None: ``V`` is fitted in the full input space.
+    basis, n_functions, basis_options
         Basis of the activation functions (see :func:`tenflex.basis.make_basis`).
     lam : float
         Weight ``λ`` of the output term against the Jacobian term in the CMTF cost (both
@@ -537,8 +539,8 @@ def compress(
         fewer = (span_parameters - n - 1 - (m * k if subspace else 0)) // (
             (k if subspace else m) + n + n_functions)
         warnings.warn(
-            f"the flexible layer of rank {rank} has {layer_parameters} parameters, no fewer than "
-            f"the {span_parameters} of the span {resolved.label} it replaces: it compresses "
+            f"the flexible layer of rank {rank} has {layer_parameters} parameters, no fewer "
+            f"than the {span_parameters} of the span {resolved.label} it replaces: it compresses "
             "nothing; " + (f"ranks R <= {fewer} keep fewer" if fewer >= 1 else
                            "no rank keeps fewer"), UserWarning, stacklevel=2)
     n_classes = None
