@@ -987,11 +987,12 @@ def _linear_start(
     definite, so well posed even when ``N < m`` or ``X`` is rank deficient, where the plain
     least-squares fit of the outputs has huge, Jacobian-violating coefficients). The best
     rank-``R`` approximation in the metric ``M`` keeps the leading eigenvectors ``U`` of the
-    ``n x n`` matrix ``A M A^T``: ``W = U``, ``V = A^T U``. Branches beyond ``n`` get seeded
+    ``n x n`` matrix ``A M A^T``: ``W = U``, ``V = A^T U``, at most ``min(n, m)`` of them
+    (the rank of ``A``). Further branches get seeded
     random input directions and small output weights (zero weights would leave them without
     a gradient) with ``extra="random"``, or with ``extra="jacobian"`` the directions along
     which the Jacobians vary most (:func:`_jacobian_variation`), where ``f`` is nonlinear
-    (at most ``m`` of them; branches beyond ``n + m`` start random).
+    (at most ``m`` of them; any others start random).
 
     Returns
     -------
@@ -1021,7 +1022,10 @@ def _linear_start(
     else:
         A = rhs / (a_j * N)  # the mean Jacobian
         metric = A @ A.T
-    k = min(rank, n)
+    # A linear map R^m -> R^n has rank at most min(n, m): with m < n (a fit in a small input
+    # subspace) further eigenvectors of A M A^T have eigenvalue 0 and V = A^T W would give
+    # dead branches (zero directions, whose domain maps blow up), so they start as extras.
+    k = min(rank, n, m)
     _, evecs = torch.linalg.eigh(0.5 * (metric + metric.T))
     W = evecs[:, -k:].flip(1).contiguous()
     V = A.T @ W
@@ -1045,19 +1049,20 @@ def _linear_start(
     return W, V, b
 
 
-def _check_n_starts(n_starts: int, init: Any, rank: int, n: int) -> None:
+def _check_n_starts(n_starts: int, init: Any, rank: int, n: int, m: int) -> None:
     """Several starts only from an init that uses the seed (else they are all the same)."""
     if not isinstance(n_starts, (int, np.integer)) or n_starts <= 1:
         return  # (a bad n_starts is reported by its own check)
     if not isinstance(init, str):
         why = f"a given {type(init).__name__} init is deterministic"
-    elif init in ("linear", "linear+jacobian") and rank <= n:
-        why = f"init={init!r} with rank={rank} <= n={n} is deterministic (it uses no seed)"
+    elif init in ("linear", "linear+jacobian") and rank <= min(n, m):
+        why = (f"init={init!r} with rank={rank} <= min(n, m) = {min(n, m)} is deterministic "
+               "(it uses no seed)")
     else:
         return
     raise ValueError(
         f"n_starts={n_starts} needs a random initialisation (an init that uses the seed): "
-        "'cpd', 'random', or 'linear' / 'linear+jacobian' with rank > n (init names: "
+        "'cpd', 'random', or 'linear' / 'linear+jacobian' with rank > min(n, m) (init names: "
         f"{', '.join(map(repr, _INIT_NAMES))}); {why}: use n_starts=1"
     )
 
@@ -1361,8 +1366,8 @@ def cmtf_als(
         rank-``R`` linear model ``b + A x`` for the same cost (outputs and Jacobians, same
         ``lam``; a ridge regression pulled towards the mean Jacobian, cheap and
         deterministic), whose branches the first C step then bends; a linear model has rank
-        at most ``n``, and branches beyond ``n`` start on seeded random directions;
-        ``"linear+jacobian"``: the same, with the branches beyond ``n`` on the input and
+        at most ``min(n, m)``, and further branches start on seeded random directions;
+        ``"linear+jacobian"``: the same, with the further branches on the input and
         output directions along which the Jacobians vary most about their mean (where the
         function is nonlinear; seeded randomized subspace iteration; at most ``m`` such
         directions, further branches start random); ``"random"``: seeded
@@ -1375,9 +1380,10 @@ def cmtf_als(
     n_starts : int, optional
         Number of seeded starts; the lowest final cost is kept. ``n_starts > 1`` needs an
         init that uses the seed: ``"cpd"``, ``"random"``, or ``"linear"`` /
-        ``"linear+jacobian"`` with ``rank > n`` (their branches beyond ``n`` are seeded);
-        a deterministic init (``"linear"`` or ``"linear+jacobian"`` with ``rank <= n``, a
-        DecoupledFunction or a dict) with ``n_starts > 1`` raises ValueError.
+        ``"linear+jacobian"`` with ``rank > min(n, m)`` (their further branches are
+        seeded); a deterministic init (``"linear"`` or ``"linear+jacobian"`` with
+        ``rank <= min(n, m)``, a DecoupledFunction or a dict) with ``n_starts > 1`` raises
+        ValueError.
     seed : int, optional
         Seed of the starts, a non-negative int; same seed, bitwise identical result (same
         machine and threads).
@@ -1455,7 +1461,7 @@ def cmtf_als(
     cg_maxiter = check_int(cg_maxiter, "cg_maxiter", 1, None)
     if solver not in ("als", "gn"):
         raise ValueError(f"solver must be 'als' or 'gn', got {solver!r}")
-    _check_n_starts(n_starts, init, rank, n)
+    _check_n_starts(n_starts, init, rank, n, m)
     cpd_options = {"n_starts": 3, **(cpd_options or {})}
     bad = set(cpd_options) - {"n_starts", "cpd_method", "n_iter_max", "tol"}
     if bad:

@@ -703,3 +703,19 @@ def test_data_of_extreme_magnitude_is_refused_not_nan(small, fit):
         fit(X, Y, J * 1e-170, 2, "monomial", 3)
     with pytest.raises(ValueError, match="J is identically zero"):
         fit(X, Y, J * 0, 2, "monomial", 3)
+
+
+def test_linear_init_with_fewer_inputs_than_outputs_starts_no_dead_branch():
+    # m = 2 < n = 5: the linear model has rank <= 2, so only 2 branches are linear; before,
+    # three more came from zero eigenvalues with V = A^T W = 0, dead branches whose domain
+    # maps blew up (scales ~1e13) and whose gradients wrecked any later training.
+    _f, X, Y, J = _truth(5, 2, 4, "chebyshev", 4, 200, seed=47)
+    res = cmtf_als(X, Y, J, 4, "bspline", 6, lam=10.0, init="linear", max_iter=0, seed=1)
+    norms = res.model.V.norm(dim=0)
+    assert float(norms.min()) > 1e-3 * float(norms.max())
+    assert float(res.model.basis.scale.abs().max()) < 1e6
+    with pytest.raises(ValueError, match=r"rank=2 <= min\(n, m\) = 2 is deterministic"):
+        cmtf_als(X, Y, J, 2, "bspline", 6, init="linear", n_starts=2, max_iter=0)
+    # rank 3 > min(n, m): its extra branch is seeded, so several starts differ
+    starts = cmtf_als(X, Y, J, 3, "bspline", 6, init="linear", n_starts=2, max_iter=0)
+    assert starts.start_costs[0] != starts.start_costs[1]

@@ -231,7 +231,7 @@ def _check_fit_settings(basis: Any, n_functions: Any, basis_options: Any, lam: A
     options.setdefault("seed", seed)
     options.setdefault("verbose", progress)
     _check_sizes(rank, n, m, n_samples, base.n_functions, float(lam) > 0)
-    _check_n_starts(options.get("n_starts", 1), init, rank, n)
+    _check_n_starts(options.get("n_starts", 1), init, rank, n, m)
     return options
 
 
