@@ -14,6 +14,7 @@ from torch import nn
 
 from tenflex import zoo
 from tenflex.cli import main as cli_main
+from tenflex.metrics import relative_error
 from tenflex.nn import FlexibleLayer
 from tenflex.nn import compress as compress_module
 from tenflex.nn.compress import compress, count_parameters, load_compressed, save_compressed
@@ -507,11 +508,7 @@ def test_a_span_that_varies_in_a_subspace_is_fitted_there():
         x = torch.randn(50, 20, dtype=torch.float64)
         torch.testing.assert_close(result.model(x), result.fit.model(x @ layer.P), rtol=1e-12,
                                    atol=1e-12)
-        assert _relative(result.model(x), net(x)) < 0.02
-
-
-def _relative(a, b):
-    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+        assert relative_error(result.model(x), net(x)) < 0.02
 
 
 def test_a_subspace_fit_of_the_cnn_head_reports_what_lies_outside_and_loads_back(digits, tmp_path):

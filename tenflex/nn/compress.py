@@ -518,7 +518,8 @@ def compress(
             f"and Jacobian entries) for {unknowns} unknowns; use N >= "
             f"{math.ceil(unknowns / (n * (k + 1)))}"
         )
-    layer_parameters = unknowns + (0 if subspace is None else m * k)
+    projection_parameters = 0 if subspace is None else m * k  # P, not fitted by the ALS
+    layer_parameters = unknowns + projection_parameters
     stage = _linear_first_stage(resolved.module(model), in_shape)
     factored = _choose_jacobian(jacobian, stage, resolved, m)
     width = stage[0].out_features if factored else m  # of the stored Jacobians
@@ -536,8 +537,7 @@ def compress(
     _check_solver_memory(rank, n_functions, n_samples, jacobian_bytes, available)
     span_parameters = count_parameters(resolved.module(model))
     if layer_parameters >= span_parameters:
-        fewer = (span_parameters - n - 1 - (m * k if subspace else 0)) // (
-            (k if subspace else m) + n + n_functions)
+        fewer = (span_parameters - n - 1 - projection_parameters) // (k + n + n_functions)
         warnings.warn(
             f"the flexible layer of rank {rank} has {layer_parameters} parameters, no fewer "
             f"than the {span_parameters} of the span {resolved.label} it replaces: it compresses "

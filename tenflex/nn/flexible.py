@@ -317,7 +317,7 @@ class FlexibleLayer(nn.Module):
                     f"projection must have shape (m, {df.m}) (df takes {df.m} projected "
                     f"inputs), got {tuple(projection.shape)}"
                 )
-            if not torch.isfinite(projection).all():
+            if not all_finite(projection):
                 raise ValueError("projection contains NaN or Inf values")
             m = int(projection.shape[0])
         layer = cls(
