@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import warnings
@@ -128,12 +129,61 @@ def test_interrupted_save_leaves_no_file(tmp_path, compressed, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_network_load_compressed_cannot_rebuild_is_refused_at_save_time(compressed, tmp_path):
-    for base in ({"model": "mine"}, {}, None):
+def test_a_base_load_compressed_cannot_rebuild_is_refused_at_save_time(compressed, tmp_path):
+    for base in ({"model": "mine"}, {}, "reference_cnn"):
         with pytest.raises(ValueError, match=r"a network of tenflex.zoo \(\['lenet5', "
-                                             r"'reference_cnn'\]\).*torch.save"):
+                                             r"'reference_cnn'\]\).*base=None.*model="):
             save_compressed(tmp_path / "model.pt", compressed, base)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_network_of_your_own_saves_and_loads_back_with_its_model(digits, tmp_path):
+    model, train_images, test_images = digits[0], digits[1], digits[3]
+    wrapped = _Wrapped(model).eval()
+    ours = compress(wrapped, ("classifier.fc1", "classifier.fc2"), train_images, rank=3,
+                    n_functions=5, n_samples=300, n_validation=0, fit_options={"max_iter": 3},
+                    seed=0)
+    path = tmp_path / "mine.pt"
+    save_compressed(path, ours)
+    with pytest.raises(ValueError, match=r"mine.pt holds a compressed network of your own "
+                                         r"\(.*test_compress._Wrapped\); pass an instance.*"
+                                         r"load_compressed\(path, model="):
+        load_compressed(path)
+    # Any instance of the class will do: its weights are replaced by the file's.
+    fresh = _Wrapped(zoo.build_model("reference_cnn", seed=5))
+    untouched = {k: v.clone() for k, v in fresh.state_dict().items()}
+    loaded, info = load_compressed(path, model=fresh)
+    assert type(loaded) is _Wrapped and not loaded.training
+    assert info["base"] is None and info["span"] == ours.report.span
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(test_images[:32]), ours.model(test_images[:32]),
+                                   rtol=0, atol=0)
+    for name, value in fresh.state_dict().items():  # the model given is left as it was
+        torch.testing.assert_close(value, untouched[name], rtol=0, atol=0)
+    # A network that is not the one compressed: the span is missing, or its shapes differ.
+    with pytest.raises(ValueError, match=r"mine.pt does not fit the model given \(it was made "
+                                         r"from .*_Wrapped, span .*classifier.fc1"):
+        load_compressed(path, model=model)
+    other = _Wrapped(model)
+    other.features[3] = nn.Conv2d(32, 32, 5, padding=2)
+    with pytest.raises(ValueError, match=r"(?s)does not fit the model given.*size mismatch"):
+        load_compressed(path, model=other)
+    with pytest.raises(TypeError, match="model must be the uncompressed torch.nn.Module"):
+        load_compressed(path, model=ours.model.state_dict())
+
+
+def test_a_float64_model_loads_back_in_float64(digits, tmp_path):
+    model, train_images, test_images = digits[0], digits[1], digits[3]
+    double = compress(copy.deepcopy(model).double(), "fc2", train_images.double(), rank=3,
+                      n_functions=5, n_samples=300, n_validation=0, fit_options={"max_iter": 3},
+                      seed=0)
+    path = tmp_path / "double.pt"
+    save_compressed(path, double, {"model": "reference_cnn"})
+    loaded, _ = load_compressed(path)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float64}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(test_images[:8].double()),
+                                   double.model(test_images[:8].double()), rtol=0, atol=0)
 
 
 def test_load_errors(tmp_path):

@@ -767,8 +767,8 @@ _FORMAT = "tenflex-compressed-model"
 _FORMAT_VERSION = 1
 
 
-def save_compressed(path: str | os.PathLike, compression: Compression, base: dict[str, Any],
-                    *, finetuned: bool = False) -> None:
+def save_compressed(path: str | os.PathLike, compression: Compression,
+                    base: dict[str, Any] | None = None, *, finetuned: bool = False) -> None:
     """Write a compressed model atomically: its state dict plus what rebuilds it.
 
     Parameters
@@ -777,27 +777,28 @@ def save_compressed(path: str | os.PathLike, compression: Compression, base: dic
         Target file (``torch.save`` format). Written to a temporary file in the same
         folder first and renamed, so an interrupted run never leaves a half-written file.
     compression : Compression
-    base : dict
-        How to rebuild the uncompressed network: ``{"model": name}`` for
-        :func:`tenflex.zoo.build_model` (plus its keyword arguments under ``"kwargs"``).
+    base : dict or None
+        How to rebuild the uncompressed network. ``{"model": name}`` for
+        :func:`tenflex.zoo.build_model` (plus its keyword arguments under ``"kwargs"``):
+        :func:`load_compressed` and ``tenflex evaluate`` then rebuild it from the file alone.
+        ``None`` for a network of your own: ``load_compressed(path, model=...)`` then takes
+        an instance of its uncompressed class (the file keeps only tensors, no code).
     finetuned : bool
         Save ``compression.finetuned_model`` instead of ``compression.model``.
 
     Raises
     ------
     ValueError
-        ``base`` names no network of :mod:`tenflex.zoo` (the file could not be loaded back;
-        for a network of your own, save ``compression.model`` with ``torch.save``), or
-        ``finetuned=True`` without fine-tuning.
+        ``base`` names no network of :mod:`tenflex.zoo`, or ``finetuned=True`` without
+        fine-tuning.
     """
     from tenflex.zoo import MODELS
 
-    name = base.get("model") if isinstance(base, dict) else None
-    if name not in MODELS:
+    if base is not None and (not isinstance(base, dict) or base.get("model") not in MODELS):
         raise ValueError(
             f"base must be {{'model': name}} with a network of tenflex.zoo ({sorted(MODELS)}) "
             f"that load_compressed can rebuild, got {base!r}; for a network of your own, "
-            "torch.save(compression.model, path) keeps the whole module"
+            "pass base=None and load it back with load_compressed(path, model=...)"
         )
     model = compression.finetuned_model if finetuned else compression.model
     if model is None:
@@ -807,6 +808,8 @@ def save_compressed(path: str | os.PathLike, compression: Compression, base: dic
         "format": _FORMAT,
         "version": _FORMAT_VERSION,
         "base": base,
+        # Named in load_compressed's message when the file needs the network's class.
+        "network": f"{type(model).__module__}.{type(model).__qualname__}",
         "span": compression.report.span,
         "layer": {
             "in_features": layer.in_features,
@@ -823,13 +826,24 @@ def save_compressed(path: str | os.PathLike, compression: Compression, base: dic
     atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
-def load_compressed(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, Any]]:
+def load_compressed(path: str | os.PathLike, model: nn.Module | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model written by :func:`save_compressed`.
+
+    Parameters
+    ----------
+    path : path-like
+    model : torch.nn.Module, optional
+        The uncompressed network the file was made from (its architecture; its weights are
+        replaced by the file's). Required for a network of your own, saved with
+        ``base=None``; for a network of :mod:`tenflex.zoo` the file rebuilds it by itself.
+        It is not modified: the flexible layer goes into a copy.
 
     Returns
     -------
-    model : torch.nn.Sequential
-        In eval mode, on the CPU.
+    model : torch.nn.Module
+        In eval mode, on the CPU, in the saved floating dtype: an ``nn.Sequential`` for a
+        network of the zoo, a copy of ``model``'s class otherwise.
     payload : dict
         The saved configuration and report (without the state dict).
 
@@ -839,15 +853,22 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, A
         No file at ``path``.
     OSError
         The file cannot be read (permissions, I/O).
+    TypeError
+        ``model`` is not a ``torch.nn.Module``.
     ValueError
-        A file that is not a tenflex model file (what was expected and how to make one), or
-        a damaged one (what is missing or does not fit).
+        A file that is not a tenflex model file (what was expected and how to make one), a
+        damaged one (what is missing or does not fit), a network of your own without
+        ``model``, or a ``model`` whose layers or shapes are not those of the saved network.
     """
+    import copy
     from pathlib import Path
 
     from tenflex import zoo
     from tenflex.basis import make_basis
 
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be the uncompressed torch.nn.Module the file was made "
+                        f"from, got {type(model).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"compressed model file {path} does not exist; create it with "
@@ -863,20 +884,35 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, A
         raise ValueError(f"{not_ours}; torch cannot read it as one") from exc
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{not_ours}; it has no '{_FORMAT}' header")
+    if model is None and "base" in payload and payload["base"] is None:
+        raise ValueError(f"{path} holds a compressed network of your own "
+                         f"({payload.get('network', 'class not recorded')}); pass an instance "
+                         "of the uncompressed network: load_compressed(path, model=YourNet(...))")
+    given = model is not None
     try:
-        base = payload["base"]
-        model = zoo.build_model(base["model"], **base.get("kwargs", {}))
+        base, state = payload["base"], payload["state_dict"]
+        dtype = next((v.dtype for v in state.values() if v.is_floating_point()), None)
+        if model is None:
+            model = zoo.build_model(base["model"], **base.get("kwargs", {}))
+        else:
+            model = copy.deepcopy(model).cpu()
+        if dtype is not None:
+            model = model.to(dtype)
         span = resolve_span(model, tuple(payload["span"]))
         spec = payload["layer"]
         layer = FlexibleLayer(spec["in_features"], spec["out_features"], spec["rank"],
                               basis=make_basis(**spec["basis"]), subspace=spec.get("subspace"),
-                              output_shape=tuple(spec["output_shape"]))
+                              output_shape=tuple(spec["output_shape"]), dtype=dtype)
         compressed = splice(model, span, layer)
-        compressed.load_state_dict(payload["state_dict"])
+        compressed.load_state_dict(state)
     except KeyError as exc:
         raise ValueError(f"{path} is a damaged tenflex model file: missing entry "
                          f"{exc.args[0]!r}") from exc
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        if given:
+            raise ValueError(f"{path} does not fit the model given (it was made from "
+                             f"{payload.get('network', 'another network')}, span "
+                             f"{payload.get('span')}): {exc}") from exc
         raise ValueError(f"{path} is a damaged tenflex model file: {exc}") from exc
     compressed.eval()
     info = {k: v for k, v in payload.items() if k != "state_dict"}
