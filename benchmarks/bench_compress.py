@@ -16,7 +16,8 @@ largest rank), which tells a limit of the layer's form from one of the fit's set
 fifth fits, at each budget of ``--subspace-ranks``, the layer whose input directions are
 factored through the active subspace of the Jacobians (``compress(subspace=k)``):
 ``k = R - 1`` directions, and as many branches as the rest of the budget of ``R`` plain
-branches pays for (at most ``n k``). The fully connected part's Jacobians are held
+branches pays for (at most ``n k``); and the same for the conv span at
+``--conv-subspace-ranks``. The fully connected part's Jacobians are held
 factored through fc1 (``compress``'s default ``jacobian="auto"``; ``--jacobian dense`` forms
 the whole tensor), which is what lets a fit use every training image on this machine.
 
@@ -52,7 +53,7 @@ from results_io import machine_description, write_json
 from tenflex import zoo
 from tenflex.nn.baselines import linear_span, svd_span
 from tenflex.nn.compress import JACOBIAN_FORMS, compress, count_parameters
-from tenflex.nn.surgery import resolve_span
+from tenflex.nn.surgery import resolve_span, span_shapes
 from tenflex.sampling import sample_function
 
 HERE = Path(__file__).resolve().parent
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subspace-ranks", type=int, nargs="*", default=None,
                         help="budgets (plain ranks R) at which the layer in the Jacobians' "
                         "active subspace is fitted (default: every rank of the grid)")
+    parser.add_argument("--conv-subspace-ranks", type=int, nargs="*", default=None,
+                        help="the same for the span conv2 ... fc2 (default: --conv-ranks)")
     parser.add_argument("--jacobian", default="auto", choices=JACOBIAN_FORMS,
                         help="how compress holds the Jacobian tensor (see compress)")
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")
@@ -209,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         args.capacity_rank = max(args.ranks)
     if args.subspace_ranks is None:
         args.subspace_ranks = [] if args.quick else list(args.ranks)
+    if args.conv_subspace_ranks is None:
+        args.conv_subspace_ranks = list(args.conv_ranks)
 
     result = load_existing(args.out, args.fresh)
     done = {key(e) for e in result["entries"]}
@@ -306,22 +311,25 @@ def main(argv: list[str] | None = None) -> int:
                 "fit_cost": out.fit.cost.tolist(), "report": report,
                 "wall_s": time.perf_counter() - t0})
 
-    # The layer in the active subspace, at the budgets of the grid (B-splines, no fine-tuning).
-    m_fc = model.fc1.in_features
-    n_fc = model.fc2.out_features
-    for rank in args.subspace_ranks:
-        k, branches = subspace_layout(rank, m_fc, n_fc, args.n_functions)
-        if key({"method": "flexible", "span": fc_names, "rank": rank, "basis": "bspline",
+    # The layer in the active subspace, at the budgets of the grid (B-splines, no fine-tuning),
+    # for the fully connected part and for the span that starts at conv2.
+    subspace_jobs = [(FC_SPAN, r) for r in args.subspace_ranks]
+    subspace_jobs += [(CONV_SPAN, r) for r in args.conv_subspace_ranks]
+    for span_names, rank in subspace_jobs:
+        span = resolve_span(model, span_names)
+        m, n = (math.prod(shape) for shape in span_shapes(model, span, train_images[:2]))
+        k, branches = subspace_layout(rank, m, n, args.n_functions)
+        if key({"method": "flexible", "span": span.names, "rank": rank, "basis": "bspline",
                 "subspace": k}) in done:
             continue
         t0 = time.perf_counter()
-        out = compress(model, FC_SPAN, train_images, rank=branches, subspace=k,
+        out = compress(model, span_names, train_images, rank=branches, subspace=k,
                        basis="bspline", n_functions=args.n_functions, lam=args.lam,
                        n_samples=args.n_samples, test_data=(test_images, test_labels),
                        fit_options={"max_iter": args.max_iter}, seed=args.seed,
                        jacobian=args.jacobian, progress=True)
         report = out.report.to_dict()
-        record({"method": "flexible", "span": list(fc_names), "rank": rank, "basis": "bspline",
+        record({"method": "flexible", "span": list(span.names), "rank": rank, "basis": "bspline",
                 "subspace": k, "branches": branches,
                 "parameters": report["parameters_model_after"],
                 "fraction_kept": report["fraction_model_kept"],

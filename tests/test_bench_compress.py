@@ -57,9 +57,11 @@ def test_key_tells_each_ablation_from_the_grid(bench):
     assert bench.key({**grid, "method": "svd", "basis": None}) != bench.key(grid)
 
 
-@pytest.mark.parametrize("rank, expected", [(16, (15, 103)), (12, (11, 110)), (4, (3, 30))])
-def test_the_subspace_layer_fills_the_budget_of_the_plain_one(bench, rank, expected):
-    m, n, D = 3136, 10, 8
+@pytest.mark.parametrize("m, rank, expected", [(3136, 16, (15, 103)), (3136, 12, (11, 110)),
+                                               (3136, 4, (3, 30)), (6272, 12, (11, 110)),
+                                               (6272, 16, (15, 150))])
+def test_the_subspace_layer_fills_the_budget_of_the_plain_one(bench, m, rank, expected):
+    n, D = 10, 8  # m: the fully connected part's inputs, or the conv span's
     k, branches = bench.subspace_layout(rank, m, n, D)
     assert (k, branches) == expected
     plain = rank * (m + n + D) + n
