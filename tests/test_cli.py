@@ -430,3 +430,16 @@ def test_evaluate_an_unreadable_file_says_so(compressed, monkeypatch, capsys):
     status, _, err = _exit(["evaluate", str(compressed["path"])], capsys)
     assert status == 2 and err.endswith(f"{compressed['path']}: cannot read: Permission denied\n")
     assert "not a tenflex model file" not in err
+
+
+def test_evaluate_a_network_of_ones_own_says_how_to_load_it(compressed, tmp_path, capsys):
+
+    payload = torch.load(compressed["path"], weights_only=True)
+    payload["base"], payload["network"] = None, "mine.MyNet"  # as save_compressed(base=None)
+    path = tmp_path / "mine.pt"
+    torch.save(payload, path)
+    status, _, err = _exit(["evaluate", str(path)], capsys)
+    assert status == 2 and "Traceback" not in err
+    assert err.startswith(f"tenflex evaluate: error: {path} holds a compressed network of your "
+                          "own (mine.MyNet); pass an instance of the uncompressed network: "
+                          "load_compressed(path, model=YourNet(...))")
