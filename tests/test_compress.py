@@ -193,6 +193,10 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="junk.pt is not a tenflex model file: expected a file "
                                          "written by `tenflex compress"):
         load_compressed(tmp_path / "junk.pt")
+    torch.save({"format": "tenflex-compressed-model", "base": {"model": "reference_cnn"},
+                "state_dict": [1, 2]}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="odd.pt is a damaged tenflex model file"):
+        load_compressed(tmp_path / "odd.pt")
 
 
 def test_evaluate_command_on_a_saved_model(tmp_path, compressed, capsys, monkeypatch):

@@ -908,7 +908,7 @@ def load_compressed(path: str | os.PathLike, model: nn.Module | None = None
     except KeyError as exc:
         raise ValueError(f"{path} is a damaged tenflex model file: missing entry "
                          f"{exc.args[0]!r}") from exc
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
         if given:
             raise ValueError(f"{path} does not fit the model given (it was made from "
                              f"{payload.get('network', 'another network')}, span "
