@@ -16,9 +16,9 @@ largest rank), which tells a limit of the layer's form from one of the fit's set
 fifth fits, at each budget of ``--subspace-ranks``, the layer whose input directions are
 factored through the active subspace of the Jacobians (``compress(subspace=k)``):
 ``k = R - 1`` directions, and as many branches as the rest of the budget of ``R`` plain
-branches pays for (at most ``n k``); and the same for the conv span at
-``--conv-subspace-ranks``. The fully connected part's Jacobians are held
-factored through fc1 (``compress``'s default ``jacobian="auto"``; ``--jacobian dense`` forms
+branches pays for (at most ``n k``); the same for the conv span at
+``--conv-subspace-ranks``; and again with the other seeds at ``--subspace-seed-ranks``. The
+fully connected part's Jacobians are held factored through fc1 (``compress``'s default ``jacobian="auto"``; ``--jacobian dense`` forms
 the whole tensor), which is what lets a fit use every training image on this machine.
 
 Targets checked (issue "Compress a pretrained CNN"):
@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                         "active subspace is fitted (default: every rank of the grid)")
     parser.add_argument("--conv-subspace-ranks", type=int, nargs="*", default=None,
                         help="the same for the span conv2 ... fc2 (default: --conv-ranks)")
+    parser.add_argument("--subspace-seed-ranks", type=int, nargs="*", default=None,
+                        help="budgets at which the layer in the active subspace (fully "
+                             "connected part) is fitted again with each of --extra-seeds "
+                             "(default: the largest of --subspace-ranks)")
     parser.add_argument("--jacobian", default="auto", choices=JACOBIAN_FORMS,
                         help="how compress holds the Jacobian tensor (see compress)")
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")
@@ -214,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         args.subspace_ranks = [] if args.quick else list(args.ranks)
     if args.conv_subspace_ranks is None:
         args.conv_subspace_ranks = list(args.conv_ranks)
+    if args.subspace_seed_ranks is None:
+        args.subspace_seed_ranks = [max(args.subspace_ranks)] if args.subspace_ranks else []
 
     result = load_existing(args.out, args.fresh)
     done = {key(e) for e in result["entries"]}
@@ -313,24 +319,28 @@ def main(argv: list[str] | None = None) -> int:
 
     # The layer in the active subspace, at the budgets of the grid (B-splines, no fine-tuning),
     # for the fully connected part and for the span that starts at conv2.
-    subspace_jobs = [(FC_SPAN, r) for r in args.subspace_ranks]
-    subspace_jobs += [(CONV_SPAN, r) for r in args.conv_subspace_ranks]
-    for span_names, rank in subspace_jobs:
+    # Fitted again with other seeds at --subspace-seed-ranks: the fit's own scatter.
+    subspace_jobs = [(FC_SPAN, r, {}) for r in args.subspace_ranks]
+    subspace_jobs += [(CONV_SPAN, r, {}) for r in args.conv_subspace_ranks]
+    subspace_jobs += [(FC_SPAN, r, {"seed": seed}) for r in args.subspace_seed_ranks
+                      for seed in args.extra_seeds if seed != args.seed]
+    for span_names, rank, change in subspace_jobs:
         span = resolve_span(model, span_names)
         m, n = (math.prod(shape) for shape in span_shapes(model, span, train_images[:2]))
         k, branches = subspace_layout(rank, m, n, args.n_functions)
         if key({"method": "flexible", "span": span.names, "rank": rank, "basis": "bspline",
-                "subspace": k}) in done:
+                "subspace": k, **change}) in done:
             continue
         t0 = time.perf_counter()
         out = compress(model, span_names, train_images, rank=branches, subspace=k,
                        basis="bspline", n_functions=args.n_functions, lam=args.lam,
                        n_samples=args.n_samples, test_data=(test_images, test_labels),
-                       fit_options={"max_iter": args.max_iter}, seed=args.seed,
-                       jacobian=args.jacobian, progress=True)
+                       fit_options={"max_iter": args.max_iter},
+                       seed=change.get("seed", args.seed), jacobian=args.jacobian,
+                       progress=True)
         report = out.report.to_dict()
         record({"method": "flexible", "span": list(span.names), "rank": rank, "basis": "bspline",
-                "subspace": k, "branches": branches,
+                "subspace": k, **change, "branches": branches,
                 "parameters": report["parameters_model_after"],
                 "fraction_kept": report["fraction_model_kept"],
                 "accuracy": report["accuracy_after"], "accuracy_finetuned": None,
