@@ -236,6 +236,26 @@ def test_zoo_training_and_compression_of_a_cuda_cnn(digits, tmp_path):
     save_compressed(path, result, {"model": "reference_cnn"})
     loaded, _ = load_compressed(path)
     assert zoo.evaluate(loaded, test_x, test_y) == pytest.approx(report.accuracy_after)
+    # A network of one's own: saved from the GPU, loaded into a copy of a CUDA instance,
+    # which comes back on the CPU while the instance given stays on the GPU.
+    class Mine(nn.Module):
+        def __init__(self, cnn):
+            super().__init__()
+            self.features, self.classifier = cnn[:7], cnn[7:]
+
+        def forward(self, x):
+            return self.classifier(self.features(x))
+
+    mine = compress(Mine(model).eval(), "classifier", train_x, rank=4, n_functions=6,
+                    n_samples=600, n_validation=0, fit_options={"max_iter": 5}, seed=0)
+    save_compressed(tmp_path / "mine.pt", mine)
+    given = Mine(zoo.build_model("reference_cnn", seed=1)).to(CUDA)
+    loaded, _ = load_compressed(tmp_path / "mine.pt", model=given)
+    assert not _on_cuda(*loaded.parameters()) and _on_cuda(*given.parameters())
+    with torch.no_grad():
+        # float32 convolutions on the GPU may run in TF32 (10-bit mantissa): about 1e-3.
+        torch.testing.assert_close(loaded(test_x[:64]), mine.model(test_x[:64].to(CUDA)).cpu(),
+                                   rtol=1e-2, atol=1e-2)
 
 
 def test_active_subspace_and_a_subspace_compression_on_cuda(digits):
