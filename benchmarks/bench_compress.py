@@ -18,8 +18,9 @@ factored through the active subspace of the Jacobians (``compress(subspace=k)``)
 ``k = R - 1`` directions, and as many branches as the rest of the budget of ``R`` plain
 branches pays for (at most ``n k``); the same for the conv span at
 ``--conv-subspace-ranks``; and again with the other seeds at ``--subspace-seed-ranks``. The
-fully connected part's Jacobians are held factored through fc1 (``compress``'s default ``jacobian="auto"``; ``--jacobian dense`` forms
-the whole tensor), which is what lets a fit use every training image on this machine.
+fully connected part's Jacobians are held factored through fc1 (``compress``'s default
+``jacobian="auto"``; ``--jacobian dense`` forms the whole tensor), which is what lets a fit
+use every training image on this machine.
 
 Targets checked (issue "Compress a pretrained CNN"):
 
