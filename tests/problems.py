@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
+from torch import nn
 
 from tenflex.basis import make_basis
 from tenflex.model import DecoupledFunction
@@ -23,3 +26,17 @@ def decoupled_samples(n, m, R, name, D, N, seed=0, **options):
     f = DecoupledFunction(W, V, C, b, make_basis(name, D, **options).fit_domain(X @ V))
     Y, J = f.outputs_and_jacobian(X)
     return f, X, Y, J
+
+
+class WrappedCNN(nn.Module):
+    """The reference CNN's layers in a network of one's own: two containers, flattening in
+    ``forward`` (the span ``("classifier.fc1", "classifier.fc2")`` or ``"classifier"``)."""
+
+    def __init__(self, cnn: nn.Sequential):
+        super().__init__()
+        self.features = nn.Sequential(*list(cnn)[:6])
+        self.classifier = nn.Sequential(OrderedDict(
+            (name, getattr(cnn, name)) for name in ("fc1", "relu3", "fc2")))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))

@@ -6,11 +6,11 @@ import copy
 import json
 import math
 import warnings
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
+from problems import WrappedCNN
 from torch import nn
 
 from tenflex import zoo
@@ -139,21 +139,21 @@ def test_a_base_load_compressed_cannot_rebuild_is_refused_at_save_time(compresse
 
 def test_a_network_of_your_own_saves_and_loads_back_with_its_model(digits, tmp_path):
     model, train_images, test_images = digits[0], digits[1], digits[3]
-    wrapped = _Wrapped(model).eval()
+    wrapped = WrappedCNN(model).eval()
     ours = compress(wrapped, ("classifier.fc1", "classifier.fc2"), train_images, rank=3,
                     n_functions=5, n_samples=300, n_validation=0, fit_options={"max_iter": 3},
                     seed=0)
     path = tmp_path / "mine.pt"
     save_compressed(path, ours)
     with pytest.raises(ValueError, match=r"mine.pt holds a compressed network of your own "
-                                         r"\(.*test_compress._Wrapped\); pass an instance.*"
+                                         r"\(problems.WrappedCNN\); pass an instance.*"
                                          r"load_compressed\(path, model="):
         load_compressed(path)
     # Any instance of the class will do: its weights are replaced by the file's.
-    fresh = _Wrapped(zoo.build_model("reference_cnn", seed=5))
+    fresh = WrappedCNN(zoo.build_model("reference_cnn", seed=5))
     untouched = {k: v.clone() for k, v in fresh.state_dict().items()}
     loaded, info = load_compressed(path, model=fresh)
-    assert type(loaded) is _Wrapped and not loaded.training
+    assert type(loaded) is WrappedCNN and not loaded.training
     assert info["base"] is None and info["span"] == ours.report.span
     with torch.no_grad():
         torch.testing.assert_close(loaded(test_images[:32]), ours.model(test_images[:32]),
@@ -162,9 +162,9 @@ def test_a_network_of_your_own_saves_and_loads_back_with_its_model(digits, tmp_p
         torch.testing.assert_close(value, untouched[name], rtol=0, atol=0)
     # A network that is not the one compressed: the span is missing, or its shapes differ.
     with pytest.raises(ValueError, match=r"mine.pt does not fit the model given \(it was made "
-                                         r"from .*_Wrapped, span .*classifier.fc1"):
+                                         r"from problems.WrappedCNN, span .*classifier.fc1"):
         load_compressed(path, model=model)
-    other = _Wrapped(model)
+    other = WrappedCNN(model)
     other.features[3] = nn.Conv2d(32, 32, 5, padding=2)
     with pytest.raises(ValueError, match=r"(?s)does not fit the model given.*size mismatch"):
         load_compressed(path, model=other)
@@ -478,23 +478,9 @@ def test_layer_fine_tuning_keeps_the_later_layers_frozen_batchnorm_included():
             torch.testing.assert_close(tuned.state_dict()[name], value, rtol=0, atol=0, msg=name)
 
 
-class _Wrapped(nn.Module):
-    """The reference CNN's layers in a network of one's own: two containers, flattening in
-    ``forward``."""
-
-    def __init__(self, cnn: nn.Sequential):
-        super().__init__()
-        self.features = nn.Sequential(*list(cnn)[:6])
-        self.classifier = nn.Sequential(OrderedDict(
-            (name, getattr(cnn, name)) for name in ("fc1", "relu3", "fc2")))
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.features(x), 1))
-
-
 def test_a_span_inside_a_network_of_your_own_compresses_as_in_a_sequential_one(digits):
     model, train_images, train_labels, test_images, test_labels = digits
-    wrapped = _Wrapped(model).eval()
+    wrapped = WrappedCNN(model).eval()
     torch.testing.assert_close(wrapped(test_images[:50]), model(test_images[:50]))
     settings = {"rank": 4, "n_functions": 6, "n_samples": 600, "n_validation": 300,
                 "test_data": (test_images, test_labels), "fit_options": {"max_iter": 5},
@@ -508,7 +494,7 @@ def test_a_span_inside_a_network_of_your_own_compresses_as_in_a_sequential_one(d
     assert ours.report.span == ["classifier.fc1", "classifier.relu3", "classifier.fc2"]
     assert ours.report.accuracy_after == plain.report.accuracy_after
     assert ours.report.parameters_model_after == plain.report.parameters_model_after
-    assert type(ours.model) is _Wrapped and ours.model.classifier.flex_fc1_fc2 is ours.layer
+    assert type(ours.model) is WrappedCNN and ours.model.classifier.flex_fc1_fc2 is ours.layer
     # Fine-tuning the layer alone: every step runs the whole frozen network instead of
     # cached features, the same steps on the same batches.
     tuned = ours.finetuned_model.classifier.flex_fc1_fc2
@@ -530,7 +516,7 @@ def test_a_whole_classifier_as_the_span_has_its_jacobians_factored(digits):
     model, train_images = digits[0], digits[1]
     settings = {"rank": 3, "n_functions": 6, "n_samples": 400, "n_validation": 0,
                 "fit_options": {"max_iter": 4}, "seed": 2}
-    whole = compress(_Wrapped(model).eval(), "classifier", train_images, **settings)
+    whole = compress(WrappedCNN(model).eval(), "classifier", train_images, **settings)
     chain = compress(model, ("fc1", "fc2"), train_images, **settings)
     assert whole.report.jacobian == chain.report.jacobian == "factored"
     assert whole.report.span == ["classifier"]

@@ -14,7 +14,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from problems import decoupled_samples
+from problems import WrappedCNN, decoupled_samples
 from torch import nn
 
 from tenflex import zoo
@@ -238,18 +238,10 @@ def test_zoo_training_and_compression_of_a_cuda_cnn(digits, tmp_path):
     assert zoo.evaluate(loaded, test_x, test_y) == pytest.approx(report.accuracy_after)
     # A network of one's own: saved from the GPU, loaded into a copy of a CUDA instance,
     # which comes back on the CPU while the instance given stays on the GPU.
-    class Mine(nn.Module):
-        def __init__(self, cnn):
-            super().__init__()
-            self.features, self.classifier = cnn[:7], cnn[7:]
-
-        def forward(self, x):
-            return self.classifier(self.features(x))
-
-    mine = compress(Mine(model).eval(), "classifier", train_x, rank=4, n_functions=6,
+    mine = compress(WrappedCNN(model).eval(), "classifier", train_x, rank=4, n_functions=6,
                     n_samples=600, n_validation=0, fit_options={"max_iter": 5}, seed=0)
     save_compressed(tmp_path / "mine.pt", mine)
-    given = Mine(zoo.build_model("reference_cnn", seed=1)).to(CUDA)
+    given = WrappedCNN(zoo.build_model("reference_cnn", seed=1)).to(CUDA)
     loaded, _ = load_compressed(tmp_path / "mine.pt", model=given)
     assert not _on_cuda(*loaded.parameters()) and _on_cuda(*given.parameters())
     with torch.no_grad():
