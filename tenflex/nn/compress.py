@@ -671,20 +671,6 @@ def compress(
                            finetuned_model=finetuned)
 
 
-class _Frozen(nn.Module):
-    """Runs ``layer`` in eval mode even while the model around it trains."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        self.layer = layer.eval()
-
-    def train(self, mode: bool = True) -> _Frozen:  # frozen: stays in eval whatever mode
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-
 class _OnlyPartTrains(nn.Module):
     """Runs ``model`` with ``part`` alone in training mode, the rest in eval mode (BatchNorm
     statistics kept, dropout off) whatever mode is asked for."""
@@ -729,24 +715,23 @@ def _finetune(compressed: nn.Module, layer: nn.Module, span: Span, train_images:
     model = copy.deepcopy(compressed, memo)
     t0 = time.perf_counter()
     if scope == "layer":
+        # Only the flexible layer's copy trains; the rest gets no gradient step and runs in
+        # eval mode (BatchNorm statistics stay as trained, dropout is off).
+        trained = memo[id(layer)]
+        model.requires_grad_(False)
+        trained.requires_grad_(True)
         if span.has_prefix:
-            # The spliced layer sits at index span.start and is the only one trained; the
-            # layers after it are frozen: no gradient step, and eval mode (their BatchNorm
-            # statistics stay as trained, their dropout is off).
+            # The spliced layer sits at index span.start of a sequential model: the frozen
+            # layers before it run once, their outputs cached, and each epoch runs only the
+            # flexible layer and what follows it.
             # _modules, not children(): a module used twice runs (and counts) twice.
             layers = list(model._modules.values())
-            trainable = nn.Sequential(layers[span.start],
-                                      *(_Frozen(m) for m in layers[span.start + 1:]))
-            for p in layers[span.start + 1:]:
-                p.requires_grad_(False)
             device = next(model.parameters()).device
             features = _batched(nn.Sequential(*layers[:span.start]), train_images.to(device),
                                 batch_size)
-            zoo.train(trainable, (features, labels), progress=progress, **options)
+            zoo.train(_OnlyPartTrains(nn.Sequential(*layers[span.start:]), trained),
+                      (features, labels), progress=progress, **options)
         else:
-            trained = memo[id(layer)]  # the flexible layer's copy
-            model.requires_grad_(False)
-            trained.requires_grad_(True)
             zoo.train(_OnlyPartTrains(model, trained), (train_images, labels),
                       progress=progress, **options)
         model.requires_grad_(True)
