@@ -28,6 +28,7 @@ from torch import nn
 from tenflex.checks import all_finite, check_seed, is_int
 from tenflex.cpd import DenseJacobian, FactoredJacobian, JacobianTensor
 from tenflex.files import atomic_write
+from tenflex.metrics import relative_error
 from tenflex.nn.fidelity import fidelity
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import Span, resolve_span, span_inputs, span_shapes, splice
@@ -163,10 +164,6 @@ class Compression:
     report: CompressionReport
     fit: Any
     finetuned_model: nn.Sequential | None = None
-
-
-def _relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((estimate - reference).norm() / reference.norm())
 
 
 @torch.no_grad()
@@ -599,7 +596,7 @@ def compress(
                        basis_options=basis_options, lam=lam, **options)
         times["fit"] = time.perf_counter() - t0
         decoupled = fit.model
-        train_output_error = _relative_error(decoupled(X), Y)
+        train_output_error = relative_error(decoupled(X), Y)
         H = decoupled.branch_derivatives(decoupled.branch_inputs(X))
         residual = J.residual_norm_sq(decoupled.W, decoupled.V, H)
         if active is None:
@@ -623,7 +620,7 @@ def compress(
             valid_out = _batched(span_module, valid_in, batch_size).flatten(1).double()
             valid_x = valid_in.flatten(1).double()
             valid_fit = decoupled(valid_x if active is None else valid_x @ active.P.double())
-            validation_error = _relative_error(valid_fit, valid_out)
+            validation_error = relative_error(valid_fit, valid_out)
         else:
             validation_error = float("nan")
 
