@@ -18,7 +18,13 @@ from tenflex.cli import main as cli_main
 from tenflex.metrics import relative_error
 from tenflex.nn import FlexibleLayer
 from tenflex.nn import compress as compress_module
-from tenflex.nn.compress import compress, count_parameters, load_compressed, save_compressed
+from tenflex.nn.compress import (
+    compress,
+    count_parameters,
+    finetune_replacement,
+    load_compressed,
+    save_compressed,
+)
 from tenflex.nn.surgery import resolve_span, span_inputs
 
 
@@ -104,6 +110,47 @@ def test_finetuning_the_layer_leaves_the_rest_untouched(compressed):
     for name in ("conv1", "conv2"):
         torch.testing.assert_close(getattr(after, name).weight, getattr(before, name).weight)
     assert not torch.equal(after.flex_fc1_fc2.V, before.flex_fc1_fc2.V)
+
+
+def test_finetune_replacement_repeats_compress_s_fine_tuning(digits, compressed):
+    train_images, train_labels = digits[1], digits[2]
+    settings = {"scope": "layer", "epochs": 1, "lr": 1e-3, "train_labels": train_labels}
+    before = copy.deepcopy(compressed.model.state_dict())
+    # Same seed as compress (0): the same steps, the same weights, bit for bit; by module
+    # or by name.
+    for part in (compressed.model.flex_fc1_fc2, "flex_fc1_fc2"):
+        tuned, report = finetune_replacement(compressed.model, part, train_images, settings,
+                                             seed=0, test_data=digits[3:])
+        for name, value in compressed.finetuned_model.state_dict().items():
+            assert torch.equal(tuned.state_dict()[name], value), name
+        assert report["accuracy"] == compressed.report.finetune["accuracy"]
+        assert report["scope"] == "layer" and report["epochs"] == 1
+    for name, value in compressed.model.state_dict().items():  # the model given is untouched
+        assert torch.equal(before[name], value)
+
+
+def test_finetune_replacement_trains_a_baseline_alone(digits):
+    from tenflex.nn.baselines import svd_span
+
+    model, train_images, train_labels, test_images, test_labels = digits
+    svd, _ = svd_span(model, resolve_span(model, ("fc1", "fc2")), 6 * (3136 + 16) + 10)
+    settings = {"scope": "layer", "epochs": 1, "lr": 1e-3, "train_labels": train_labels}
+    tuned, report = finetune_replacement(svd, "svd_fc1_fc2", train_images, settings,
+                                         test_data=(test_images, test_labels))
+    for name, value in svd.state_dict().items():
+        moved = not torch.equal(tuned.state_dict()[name], value)
+        assert moved == name.startswith("svd_fc1_fc2."), name
+    assert report["accuracy"] == zoo.evaluate(tuned, test_images, test_labels)
+    assert not tuned.training
+    with pytest.raises(ValueError, match="no submodule 'svd_fc9'.*'svd_fc1_fc2'"):
+        finetune_replacement(svd, "svd_fc9", train_images, settings)
+    with pytest.raises(ValueError, match="part must be a submodule of model"):
+        finetune_replacement(svd, nn.Linear(3, 3), train_images, settings)
+    with pytest.raises(ValueError, match="train_labels"):
+        finetune_replacement(svd, "svd_fc1_fc2", train_images, {"epochs": 1})
+    with pytest.raises(TypeError, match="normalised float"):
+        finetune_replacement(svd, "svd_fc1_fc2", (train_images * 255).to(torch.uint8),
+                             settings)
 
 
 def test_save_and_load_round_trip(tmp_path, digits, compressed):

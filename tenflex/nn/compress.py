@@ -39,6 +39,7 @@ __all__ = [
     "CompressionReport",
     "compress",
     "count_parameters",
+    "finetune_replacement",
     "load_compressed",
     "memory_bytes",
     "save_compressed",
@@ -636,7 +637,8 @@ def compress(
         finetuned = None
         finetune_report = None
         if finetune is not None:
-            finetuned, finetune_report = _finetune(compressed, layer, resolved, train_images,
+            start = resolved.start if resolved.has_prefix else None
+            finetuned, finetune_report = _finetune(compressed, layer, start, train_images,
                                                    finetune, seed, test_data, batch_size,
                                                    progress)
             times["finetune"] = finetune_report["time_s"]
@@ -686,15 +688,82 @@ class _OnlyPartTrains(nn.Module):
         return self.model(x)
 
 
-def _finetune(compressed: nn.Module, layer: nn.Module, span: Span, train_images: torch.Tensor,
-              options: dict[str, Any], seed: int, test_data, batch_size: int, progress: bool
-              ) -> tuple[nn.Module, dict[str, Any]]:
-    """Fine-tune a copy of ``compressed``: the flexible layer (``layer``) alone or the whole
+def finetune_replacement(model: nn.Module, part: nn.Module | str, train_images: Any,
+                         finetune: dict[str, Any], *, seed: int = 0,
+                         test_data: tuple[Any, Any] | None = None, batch_size: int = 256,
+                         progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune a copy of ``model`` whose ``part`` replaced a span, as
+    ``compress(..., finetune=...)`` fine-tunes its flexible layer.
+
+    For comparisons on equal terms: a baseline replacement of the same span (a truncated
+    SVD from :func:`tenflex.nn.baselines.svd_span`, a linear map, ...) gets the same steps,
+    on the same images, in the same order, as the flexible layer.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network with the replacement in place (left unchanged: a copy is trained).
+    part : torch.nn.Module or str
+        The replacement: a submodule of ``model`` or its dotted name (``"svd_fc1_fc2"``).
+    train_images : torch.Tensor, shape (N, *input_shape)
+        Normalised float training inputs.
+    finetune : dict
+        As :func:`compress`'s ``finetune``: ``{"scope": "layer" | "all", "epochs": 1,
+        "lr": 1e-3, "train_labels": labels, ...}``. ``"layer"`` trains ``part`` alone.
+    seed : int
+        Seeds the shuffling (unless ``finetune`` has its own ``"seed"``).
+    test_data : (images, labels), optional
+        Test set; the report then holds the accuracy after fine-tuning.
+    batch_size : int
+        Batch size of the forward passes that cache the inputs of ``part``.
+    progress : bool
+        tqdm progress bar over the training steps.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The fine-tuned copy, in eval mode.
+    report : dict
+        ``scope``, the training settings, ``time_s`` and, with ``test_data``, ``accuracy``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``part`` not in ``model``, bad images, labels or settings (as :func:`compress`),
+        before any step.
+    """
+    from tenflex import zoo
+
+    if isinstance(part, str):
+        named = dict(model.named_modules())
+        if part not in named or part == "":
+            raise ValueError(f"model has no submodule {part!r}; submodules: "
+                             f"{[n for n in named if n][:20]}")
+        part = named[part]
+    elif not isinstance(part, nn.Module) or not any(m is part for m in model.modules()):
+        raise ValueError("part must be a submodule of model (or its dotted name)")
+    train_images = _check_images(train_images, "train_images")
+    _check_finetune(finetune, len(train_images), zoo._n_outputs(model, train_images[:1]))
+    seed = check_seed(seed)
+    children = list(model._modules.values())
+    # Layers before part run once, their outputs cached, when part is a child of a
+    # sequential model (as the flexible layer compress splices usually is).
+    start = next((i for i, m in enumerate(children) if m is part), None) \
+        if isinstance(model, nn.Sequential) else None
+    return _finetune(model, part, start, train_images, finetune, seed, test_data, batch_size,
+                     progress)
+
+
+def _finetune(compressed: nn.Module, layer: nn.Module, start: int | None,
+              train_images: torch.Tensor, options: dict[str, Any], seed: int, test_data,
+              batch_size: int, progress: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune a copy of ``compressed``: the replacement ``layer`` alone or the whole
     network.
 
-    With ``scope="layer"`` in a sequential model, the frozen layers before the flexible
-    layer are run once and their outputs cached, so each epoch only runs the flexible layer
-    and what follows it; in any other model every step runs the whole (frozen) model.
+    With ``scope="layer"``, when ``layer`` is child ``start`` of a sequential model, the
+    frozen layers before it are run once and their outputs cached, so each epoch only runs
+    ``layer`` and what follows it; otherwise (``start`` None) every step runs the whole
+    (frozen) model.
     """
     import copy
 
@@ -717,16 +786,16 @@ def _finetune(compressed: nn.Module, layer: nn.Module, span: Span, train_images:
         trained = memo[id(layer)]
         model.requires_grad_(False)
         trained.requires_grad_(True)
-        if span.has_prefix:
-            # The spliced layer sits at index span.start of a sequential model: the frozen
-            # layers before it run once, their outputs cached, and each epoch runs only the
-            # flexible layer and what follows it.
+        if start is not None:
+            # The replacement is child `start` of a sequential model: the frozen layers
+            # before it run once, their outputs cached, and each epoch runs only the
+            # replacement and what follows it.
             # _modules, not children(): a module used twice runs (and counts) twice.
             layers = list(model._modules.values())
             device = next(model.parameters()).device
-            features = _batched(nn.Sequential(*layers[:span.start]), train_images.to(device),
+            features = _batched(nn.Sequential(*layers[:start]), train_images.to(device),
                                 batch_size)
-            zoo.train(_OnlyPartTrains(nn.Sequential(*layers[span.start:]), trained),
+            zoo.train(_OnlyPartTrains(nn.Sequential(*layers[start:]), trained),
                       (features, labels), progress=progress, **options)
         else:
             zoo.train(_OnlyPartTrains(model, trained), (train_images, labels),
