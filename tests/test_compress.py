@@ -151,6 +151,12 @@ def test_finetune_replacement_trains_a_baseline_alone(digits):
     with pytest.raises(TypeError, match="normalised float"):
         finetune_replacement(svd, "svd_fc1_fc2", (train_images * 255).to(torch.uint8),
                              settings)
+    # A bad test set is refused before the training, not after it.
+    with pytest.raises(TypeError, match="test_data must be a pair"):
+        finetune_replacement(svd, "svd_fc1_fc2", train_images, settings, test_data=test_images)
+    with pytest.raises(ValueError, match=r"test_data\[1\].*class indices in \[0, 10\)"):
+        finetune_replacement(svd, "svd_fc1_fc2", train_images, settings,
+                             test_data=(test_images, test_labels + 10))
 
 
 def test_save_and_load_round_trip(tmp_path, digits, compressed):

