@@ -515,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_help = "data set (digits: a small built-in set, for quick tries)"
     train = _add_command(commands, "train", "train a reference network (cached) and report it",
                          _cmd_train, "Prints the training report as JSON (or writes it to "
-                         "--report); a network already in the cache is loaded, not retrained.")
+                         "--report); a network already in the cache is loaded, not retrained, "
+                         "and an interrupted training resumes after its last finished epoch.")
     train.add_argument("--model", default="reference_cnn", choices=_MODELS,
                        help="the network to train")
     train.add_argument("--dataset", default="mnist", type=_dataset_type(datasets),
@@ -528,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_option(train)
     _add_device_option(train)
     train.add_argument("--retrain", action="store_true",
-                       help="train again and overwrite a cached network")
+                       help="train from the first epoch and overwrite a cached network "
+                       "(or an interrupted training's checkpoint)")
     _add_report_option(train, "report")
 
     comp = _add_command(commands, "compress", "replace a span of a network by a flexible layer",

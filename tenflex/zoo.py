@@ -640,6 +640,7 @@ def train(
     deterministic: bool = True,
     progress: bool = False,
     callback: Callable[[int, int, float], Any] | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a classifier in place with cross-entropy, reproducibly.
 
@@ -683,11 +684,18 @@ def train(
         Show a tqdm progress bar over the mini-batches.
     callback : callable, optional
         ``callback(epoch, step, loss)`` after every optimizer step.
+    checkpoint : path-like, optional
+        File that makes an interrupted training resumable. After every epoch the whole
+        training state (weights and buffers, optimizer and schedule state, the shuffling
+        generator, the losses so far, the time spent) is written to it atomically. If it
+        exists when ``train`` starts, training resumes after its last epoch, and the
+        result is bitwise that of an uninterrupted run (same seed and thread count). The
+        file is removed once training completes.
 
     Returns
     -------
     TrainResult
-        Losses per step and per epoch, timings.
+        Losses per step and per epoch, timings (summed over the resumed runs).
 
     Raises
     ------
@@ -698,11 +706,19 @@ def train(
         Before any step: mismatched or empty data, NaN/Inf images, labels outside
         ``[0, n_classes)`` (found by running the model on one image), ``epochs``,
         ``batch_size``, ``lr``, ``weight_decay`` or ``seed`` out of range, unknown
-        ``optimizer`` or ``schedule``.
+        ``optimizer`` or ``schedule``; a ``checkpoint`` written by another training (other
+        hyperparameters, data, or parameters), so as not to mix two runs.
+
+    Warns
+    -----
+    RuntimeWarning
+        A ``checkpoint`` that cannot be read (truncated, not a tenflex checkpoint): it is
+        ignored, training starts from the beginning and overwrites it.
 
     Notes
     -----
-    ``torch.set_num_threads`` is left to the caller.
+    ``torch.set_num_threads`` is left to the caller. An interruption inside an epoch loses
+    that epoch only.
     """
     x, y = _as_images_labels(train_data, "train_data")
     lr, weight_decay = _check_train_options(
@@ -730,20 +746,38 @@ def train(
             opt, lambda step: one_cycle_factor(step, total_steps)
         )
     generator = torch.Generator().manual_seed(int(seed))
+    losses = np.empty(total_steps, dtype=np.float64)
+    epoch_losses = np.empty(epochs, dtype=np.float64)
+    run = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": lr, "seed": int(seed),
+           "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay}
+    first_epoch, spent, spent_cpu = 0, 0.0, 0.0
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        run["fingerprint"] = _run_fingerprint(model, x, y)
+        saved = _read_checkpoint(checkpoint, run)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            first_epoch = saved["epoch"] + 1
+            losses[: first_epoch * steps_per_epoch] = saved["losses"].numpy()
+            epoch_losses[:first_epoch] = saved["epoch_losses"].numpy()
+            spent, spent_cpu = saved["time_s"], saved["cpu_time_s"]
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, desc="training", unit="batch")
+        bar = tqdm(total=total_steps, initial=first_epoch * steps_per_epoch, desc="training",
+                   unit="batch")
 
-    losses = np.empty(total_steps, dtype=np.float64)
-    epoch_losses = np.empty(epochs, dtype=np.float64)
     model.train()
     t0, c0 = time.perf_counter(), time.process_time()
-    step = 0
+    step = first_epoch * steps_per_epoch
     with deterministic_algorithms(deterministic):
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, epochs):
             perm = torch.randperm(n, generator=generator)
             total = 0.0
             for start in range(0, n, batch_size):
@@ -766,25 +800,96 @@ def train(
                 if callback is not None:
                     callback(epoch, step, value)
             epoch_losses[epoch] = total / n
+            if checkpoint is not None and epoch < epochs - 1:
+                _write_checkpoint(checkpoint, {
+                    "run": run, "epoch": epoch, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "losses": torch.from_numpy(losses[:step].copy()),
+                    "epoch_losses": torch.from_numpy(epoch_losses[: epoch + 1].copy()),
+                    "time_s": spent + time.perf_counter() - t0,
+                    "cpu_time_s": spent_cpu + time.process_time() - c0,
+                })
     if bar is not None:
         bar.close()
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # done: nothing left to resume
+    run.pop("fingerprint", None)
     return TrainResult(
         losses=losses,
         epoch_losses=epoch_losses,
         n_steps=total_steps,
-        time_s=time.perf_counter() - t0,
-        cpu_time_s=time.process_time() - c0,
+        time_s=spent + time.perf_counter() - t0,
+        cpu_time_s=spent_cpu + time.process_time() - c0,
         num_threads=torch.get_num_threads(),
-        config={
-            "epochs": int(epochs),
-            "batch_size": int(batch_size),
-            "lr": lr,
-            "seed": int(seed),
-            "optimizer": optimizer,
-            "schedule": schedule,
-            "weight_decay": weight_decay,
-        },
+        config=run,
     )
+
+
+# Version of the checkpoint layout written by train (part of what must match to resume).
+_CHECKPOINT_FORMAT = 1
+
+
+def _run_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """What must be the same for a checkpoint to continue this run: the data (hashed), the
+    parameters' names and shapes, and which of them train."""
+    data = hashlib.sha256()
+    for t in (x, y):
+        data.update(str((t.dtype, tuple(t.shape))).encode())
+        data.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
+    return {
+        "format": _CHECKPOINT_FORMAT,
+        "data_sha256": data.hexdigest(),
+        "state": [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()],
+        "trained": [k for k, p in model.named_parameters() if p.requires_grad],
+    }
+
+
+def _write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    # Tensors detached to the CPU, so the file loads anywhere with weights_only=True.
+    def cpu(obj: Any) -> Any:
+        if torch.is_tensor(obj):
+            return obj.detach().cpu().clone()
+        if isinstance(obj, dict):
+            return {k: cpu(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(cpu(v) for v in obj)
+        return obj
+
+    atomic_write(path, lambda f: torch.save(cpu(state), f))
+
+
+def _read_checkpoint(path: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The state saved in ``path`` if it continues ``run``; None if there is none or it
+    is unreadable (with a warning); ValueError if it belongs to another run."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):
+            raise TypeError(f"expected a tenflex training checkpoint (a dict with a 'run' "
+                            f"entry), found {type(saved).__name__}")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start over
+        why = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run for lines
+        warnings.warn(f"training checkpoint {path} cannot be read ({type(exc).__name__}: "
+                      f"{why}); training from the first epoch and overwriting it",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    if saved["run"] != run:
+        other = saved["run"]
+        differ = sorted(k for k in set(other) | set(run) if other.get(k) != run.get(k))
+        if "fingerprint" in differ:
+            differ.remove("fingerprint")
+            mine, theirs = run["fingerprint"], other.get("fingerprint") or {}
+            differ += [f"fingerprint.{k}" for k in sorted(set(mine) | set(theirs))
+                       if mine.get(k) != theirs.get(k)]
+        raise ValueError(
+            f"checkpoint {path} was written by another training (it differs in "
+            f"{', '.join(differ)}: data, model parameters or hyperparameters); resuming "
+            "from it would mix two runs. Delete it to start over, or pass another checkpoint "
+            "path")
+    return saved
 
 
 @torch.no_grad()
@@ -1078,7 +1183,9 @@ def pretrained(
     sidecar in ``cache_dir``; later calls with the same configuration load the file.
     Both files are written atomically (temporary file, then :func:`os.replace`), the
     sidecar first, the weights last, so an interrupted training leaves no file that
-    would be loaded. A weights file that cannot be loaded (truncated, corrupt, wrong
+    would be loaded; it leaves ``<name>-<dataset>-<key>.partial.pt``, the state after its
+    last finished epoch, and the next call resumes from there (see :func:`train`'s
+    ``checkpoint``: the same weights as an uninterrupted training). A weights file that cannot be loaded (truncated, corrupt, wrong
     shapes) triggers a :class:`RuntimeWarning` and a retraining that overwrites it.
 
     Training (and the test accuracy of the sidecar) runs on :data:`TRAIN_THREADS` torch
@@ -1104,7 +1211,8 @@ def pretrained(
     cache_dir : path-like, optional
         Defaults to :func:`default_cache_dir`.
     retrain : bool
-        Train and overwrite the cache even if a cached file exists.
+        Train from the first epoch and overwrite the cache even if a cached file (or the
+        checkpoint of an interrupted training) exists.
     device : str or torch.device, optional
         Where to train (default: the CPU). A network trained on a GPU is cached under a key
         of its own, since other kernels give other weights.
@@ -1144,8 +1252,13 @@ def pretrained(
     hyper = {k: config[k] for k in DEFAULT_TRAIN_CONFIG[name]}
     model.to(device)  # initialised on the CPU, as everywhere: the same start
     x_test, y_test = dataset_tensors(dataset, "test")
+    # An interrupted training resumes from its last epoch (the file is removed at the end).
+    partial = weights.with_suffix(".partial.pt")
+    if retrain:
+        partial.unlink(missing_ok=True)
     with torch_threads(TRAIN_THREADS):
-        result = train(model, (x, y), seed=seed, progress=progress, **hyper)
+        result = train(model, (x, y), seed=seed, progress=progress, checkpoint=partial,
+                       **hyper)
         test_accuracy = evaluate(model, x_test, y_test)
     info = {
         "config": config,

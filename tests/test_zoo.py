@@ -594,3 +594,141 @@ def test_torch_threads_restores_the_count():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="n must be"), zoo.torch_threads(0):
         pass
+
+
+# ------------------------------------------------------------ resumable training
+
+
+class _Interrupt(Exception):
+    """Stands for a Ctrl-C or a killed job in the middle of an epoch."""
+
+
+def _stop_in_epoch(epoch_to_stop: int):
+    def callback(epoch, step, loss):
+        if epoch == epoch_to_stop:
+            raise _Interrupt(f"stopped in epoch {epoch} at step {step}")
+    return callback
+
+
+@pytest.mark.parametrize("options", [{"optimizer": "adam", "schedule": "onecycle"},
+                                     {"optimizer": "sgd", "schedule": "constant"}])
+@pytest.mark.parametrize("stop_epoch", [1, 2])
+def test_train_resumes_bitwise_from_its_checkpoint(digits, tmp_path, options, stop_epoch):
+    (x, y), _ = digits
+    data = (x[:500], y[:500])
+    settings = {"epochs": 3, "batch_size": 64, "lr": 3e-3, "seed": 7, **options}
+    reference = zoo.build_model("reference_cnn", seed=3)
+    expected = zoo.train(reference, data, **settings)
+
+    path = tmp_path / "run.ckpt"
+    model = zoo.build_model("reference_cnn", seed=3)
+    with pytest.raises(_Interrupt):
+        zoo.train(model, data, **settings, checkpoint=path,
+                  callback=_stop_in_epoch(stop_epoch))
+    assert path.is_file()  # the state after epoch stop_epoch - 1
+
+    # A new process would start from a freshly built (here: differently initialised) model.
+    resumed_model = zoo.build_model("reference_cnn", seed=11)
+    steps = []
+    resumed = zoo.train(resumed_model, data, **settings, checkpoint=path,
+                        callback=lambda epoch, step, loss: steps.append((epoch, step)))
+    per_epoch = math.ceil(500 / 64)
+    # only the epochs after the checkpoint ran, numbered as in one run
+    assert steps[0] == (stop_epoch, stop_epoch * per_epoch + 1)
+    assert len(steps) == (3 - stop_epoch) * per_epoch
+    np.testing.assert_array_equal(resumed.losses, expected.losses)
+    np.testing.assert_array_equal(resumed.epoch_losses, expected.epoch_losses)
+    for a, b in zip(reference.state_dict().values(), resumed_model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert resumed.config == expected.config
+    assert resumed.time_s > 0
+    assert not path.exists()  # training completed: nothing to resume
+
+
+def test_train_refuses_the_checkpoint_of_another_run(digits, tmp_path):
+    (x, y), _ = digits
+    data = (x[:300], y[:300])
+    settings = {"epochs": 2, "batch_size": 64, "seed": 0}
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(_Interrupt):
+        zoo.train(zoo.build_model("lenet5", seed=0), data, **settings, checkpoint=path,
+                  callback=_stop_in_epoch(1))
+    saved = path.read_bytes()
+    for change, differs in (({"lr": 1e-3}, "lr"), ({"epochs": 3}, "epochs"),
+                            ({"seed": 1}, "seed")):
+        model = zoo.build_model("lenet5", seed=0)
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=rf"checkpoint .*run.ckpt was written by another "
+                                             rf"training \(it differs in {differs}:.*Delete it"):
+            zoo.train(model, data, **{**settings, **change}, checkpoint=path)
+        for a, b in zip(before, model.parameters(), strict=True):
+            assert torch.equal(a, b)  # refused before any step
+    other_images = (x[:300].flip(-1), y[:300])
+    with pytest.raises(ValueError, match=r"differs in fingerprint\.data_sha256"):
+        zoo.train(zoo.build_model("lenet5", seed=0), other_images, **settings, checkpoint=path)
+    with pytest.raises(ValueError, match=r"differs in fingerprint\.state, fingerprint\.trained"):
+        zoo.train(zoo.build_model("reference_cnn", seed=0), data, **settings, checkpoint=path)
+    frozen = zoo.build_model("lenet5", seed=0)
+    frozen.conv1.requires_grad_(False)  # fine-tuning another part is another run
+    with pytest.raises(ValueError, match=r"differs in fingerprint\.trained"):
+        zoo.train(frozen, data, **settings, checkpoint=path)
+    assert path.read_bytes() == saved  # left as it was
+
+
+def test_train_starts_over_from_an_unreadable_checkpoint(digits, tmp_path):
+    (x, y), _ = digits
+    data = (x[:300], y[:300])
+    settings = {"epochs": 2, "batch_size": 64, "seed": 0}
+    expected = zoo.train(zoo.build_model("lenet5", seed=0), data, **settings)
+    for content in (b"", b"not a checkpoint", None):
+        path = tmp_path / "run.ckpt"
+        if content is None:  # a file torch reads, but no checkpoint of tenflex's
+            torch.save({"weights": torch.zeros(3)}, path)
+        else:
+            path.write_bytes(content)
+        with pytest.warns(RuntimeWarning, match=r"training checkpoint .*run.ckpt cannot be "
+                                                r"read .*training from the first epoch"):
+            result = zoo.train(zoo.build_model("lenet5", seed=0), data, **settings,
+                               checkpoint=path)
+        np.testing.assert_array_equal(result.losses, expected.losses)
+        assert not path.exists()
+
+
+def test_pretrained_resumes_an_interrupted_training(tmp_path, monkeypatch):
+    config = {"dataset": "digits", "epochs": 2, "seed": 1, "n_train": 300}
+    expected = zoo.pretrained("lenet5", **config, cache_dir=tmp_path / "whole")
+    weights, sidecar = zoo.cache_paths("lenet5", **config, cache_dir=tmp_path / "cut")
+    partial = weights.with_suffix(".partial.pt")
+
+    train = zoo.train
+    monkeypatch.setattr(zoo, "train", lambda *args, **kwargs: train(
+        *args, callback=_stop_in_epoch(1), **kwargs))
+    with pytest.raises(_Interrupt):
+        zoo.pretrained("lenet5", **config, cache_dir=tmp_path / "cut")
+    # nothing that would be loaded as the trained network, only the state after epoch 0
+    assert sorted(p.name for p in weights.parent.iterdir()) == [partial.name]
+
+    epochs_run = []
+    monkeypatch.setattr(zoo, "train", lambda *args, **kwargs: train(
+        *args, callback=lambda epoch, step, loss: epochs_run.append(epoch), **kwargs))
+    model, info = zoo.pretrained("lenet5", **config, cache_dir=tmp_path / "cut",
+                                 return_info=True)
+    assert set(epochs_run) == {1}  # epoch 0 came from the checkpoint
+    for a, b in zip(expected.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert sorted(p.name for p in weights.parent.iterdir()) == sorted([weights.name,
+                                                                        sidecar.name])
+    assert info["train_time_s"] > 0
+
+    # retrain discards an interrupted training's checkpoint and starts from epoch 0
+    monkeypatch.setattr(zoo, "train", lambda *args, **kwargs: train(
+        *args, callback=_stop_in_epoch(1), **kwargs))
+    with pytest.raises(_Interrupt):
+        zoo.pretrained("lenet5", **config, cache_dir=tmp_path / "cut", retrain=True)
+    assert partial.is_file()
+    epochs_run.clear()
+    monkeypatch.setattr(zoo, "train", lambda *args, **kwargs: train(
+        *args, callback=lambda epoch, step, loss: epochs_run.append(epoch), **kwargs))
+    zoo.pretrained("lenet5", **config, cache_dir=tmp_path / "cut", retrain=True)
+    assert set(epochs_run) == {0, 1} and not partial.exists()
