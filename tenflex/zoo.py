@@ -606,7 +606,7 @@ def _model_device(model: nn.Module) -> torch.device:
 def _check_train_options(
     *, epochs: Any = 2, batch_size: Any = 128, lr: Any = 3e-3, seed: Any = 0,
     optimizer: Any = "adam", schedule: Any = "onecycle", weight_decay: Any = 0.0,
-    callback: Any = None, deterministic: Any = True,
+    callback: Any = None, deterministic: Any = True, checkpoint: Any = None,
 ) -> tuple[float, float]:
     """The checks :func:`train` makes of its options (callers that train later, after a
     long computation, run them first); returns ``lr`` and ``weight_decay`` as floats."""
@@ -623,6 +623,13 @@ def _check_train_options(
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a file path or None, got "
+                            f"{type(checkpoint).__name__}")
+        if Path(checkpoint).is_dir():
+            raise ValueError(f"checkpoint {str(checkpoint)!r} is a folder; give the path of a "
+                             "file in it (e.g. 'training.ckpt')")
     return lr, weight_decay
 
 
@@ -724,7 +731,7 @@ def train(
     lr, weight_decay = _check_train_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, optimizer=optimizer,
         schedule=schedule, weight_decay=weight_decay, callback=callback,
-        deterministic=deterministic,
+        deterministic=deterministic, checkpoint=checkpoint,
     )
     n_classes = _n_outputs(model, x)
     if n_classes is not None:

@@ -159,6 +159,32 @@ def test_finetune_replacement_trains_a_baseline_alone(digits):
                              test_data=(test_images, test_labels + 10))
 
 
+def test_interrupted_fine_tuning_resumes_from_its_checkpoint(tmp_path, digits, compressed):
+    train_images, train_labels = digits[1], digits[2]
+    settings = {"scope": "layer", "epochs": 2, "lr": 1e-3, "train_labels": train_labels}
+    whole, _ = finetune_replacement(compressed.model, "flex_fc1_fc2", train_images, settings)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(epoch, step, loss):
+        if epoch == 1:
+            raise Interrupt
+
+    path = tmp_path / "finetune.ckpt"
+    with pytest.raises(Interrupt):
+        finetune_replacement(compressed.model, "flex_fc1_fc2", train_images,
+                             {**settings, "checkpoint": path, "callback": stop})
+    assert path.is_file()
+    epochs_run = []
+    resumed, _ = finetune_replacement(
+        compressed.model, "flex_fc1_fc2", train_images,
+        {**settings, "checkpoint": path, "callback": lambda e, s, l: epochs_run.append(e)})
+    assert set(epochs_run) == {1} and not path.exists()
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
 def test_save_and_load_round_trip(tmp_path, digits, compressed):
     test_images, test_labels = digits[3], digits[4]
     path = tmp_path / "model.pt"

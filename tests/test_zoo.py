@@ -674,6 +674,10 @@ def test_train_refuses_the_checkpoint_of_another_run(digits, tmp_path):
     with pytest.raises(ValueError, match=r"differs in fingerprint\.trained"):
         zoo.train(frozen, data, **settings, checkpoint=path)
     assert path.read_bytes() == saved  # left as it was
+    with pytest.raises(TypeError, match="checkpoint must be a file path or None, got int"):
+        zoo.train(zoo.build_model("lenet5", seed=0), data, **settings, checkpoint=3)
+    with pytest.raises(ValueError, match=r"checkpoint .* is a folder; give the path of a file"):
+        zoo.train(zoo.build_model("lenet5", seed=0), data, **settings, checkpoint=tmp_path)
 
 
 def test_train_starts_over_from_an_unreadable_checkpoint(digits, tmp_path):
