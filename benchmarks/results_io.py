@@ -47,6 +47,9 @@ def machine_description(**extra: Any) -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "mkl": torch.backends.mkl.is_available(),
+        # Which vector kernels torch runs (AVX2, AVX512, ...): they round differently, so a
+        # network trained on another capability is another network.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "numpy": np.__version__,
         "tensorly": tensorly.__version__,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -1234,7 +1234,9 @@ def pretrained(
         On the CPU, in eval mode.
     info : dict
         Only with ``return_info``: ``config``, ``key``, ``test_accuracy``,
-        ``train_time_s``, ``train_cpu_time_s``, ``num_threads``, ``final_epoch_loss``,
+        ``train_time_s``, ``train_cpu_time_s``, ``num_threads``, ``cpu_capability``
+        (``torch.backends.cpu.get_cpu_capability()`` where it was trained; absent from
+        sidecars written before it was recorded), ``final_epoch_loss``,
         ``n_parameters``, ``n_train``, ``n_test`` (read from the sidecar; ``None`` if a
         cached weights file has no sidecar).
     """
@@ -1274,6 +1276,9 @@ def pretrained(
         "train_time_s": result.time_s,
         "train_cpu_time_s": result.cpu_time_s,
         "num_threads": result.num_threads,
+        # The vector kernels (AVX2, AVX512, ...) round differently: with the key, they name
+        # the weights.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "final_epoch_loss": float(result.epoch_losses[-1]),
         "n_parameters": count_parameters(model),
         "n_train": int(x.shape[0]),

@@ -402,7 +402,9 @@ def test_labels_are_checked_before_any_long_computation(digits, monkeypatch):
 
 def test_factored_and_dense_jacobians_give_the_same_compression(digits):
     # The fully connected part starts with fc1 (3136 -> 128): J_k = K_k A is the same tensor
-    # as the dense one, so the fits agree to rounding (the factored one is the default).
+    # as the dense one, so the fits agree to rounding (the factored one is the default). The
+    # float64 rounding differences of the two paths are amplified by the solver's steps: the
+    # cost histories agreed to 1e-8 relative on AVX-512 kernels and to 1.5e-8 on AVX2 ones.
     model, train_images = digits[0], digits[1]
     settings = {"rank": 4, "n_functions": 6, "n_samples": 600, "n_validation": 300,
                 "fit_options": {"max_iter": 10}, "seed": 1}
@@ -410,12 +412,16 @@ def test_factored_and_dense_jacobians_give_the_same_compression(digits):
     dense = compress(model, ("fc1", "fc2"), train_images, jacobian="dense", **settings)
     assert (factored.report.jacobian, dense.report.jacobian) == ("factored", "dense")
     assert len(factored.fit.cost) == len(dense.fit.cost) == 11
-    np.testing.assert_allclose(factored.fit.cost, dense.fit.cost, rtol=1e-8)
+    np.testing.assert_allclose(factored.fit.cost, dense.fit.cost, rtol=1e-7)
     for name in ("fit_output_error_train", "fit_jacobian_error_train",
                  "fit_output_error_validation"):
         assert getattr(factored.report, name) == pytest.approx(getattr(dense.report, name),
                                                                rel=1e-6)
-    torch.testing.assert_close(factored.layer.V, dense.layer.V, rtol=1e-5, atol=1e-7)
+    # V itself drifts further along the cost's flat directions (a branch's scale moves
+    # between V, C and the basis map): compared in norm, not entry by entry, where one small
+    # entry decides (1e-6 relative on AVX2 kernels).
+    Vf, Vd = factored.layer.V.detach(), dense.layer.V.detach()
+    assert float(torch.linalg.matrix_norm(Vf - Vd) / torch.linalg.matrix_norm(Vd)) < 1e-5
 
 
 def test_the_jacobian_is_factored_only_through_a_narrowing_linear_layer(digits, monkeypatch):
