@@ -1192,8 +1192,9 @@ def pretrained(
     sidecar first, the weights last, so an interrupted training leaves no file that
     would be loaded; it leaves ``<name>-<dataset>-<key>.partial.pt``, the state after its
     last finished epoch, and the next call resumes from there (see :func:`train`'s
-    ``checkpoint``: the same weights as an uninterrupted training). A weights file that cannot be loaded (truncated, corrupt, wrong
-    shapes) triggers a :class:`RuntimeWarning` and a retraining that overwrites it.
+    ``checkpoint``: the same weights as an uninterrupted training). A weights file that
+    cannot be loaded (truncated, corrupt, wrong shapes) triggers a
+    :class:`RuntimeWarning` and a retraining that overwrites it.
 
     Training (and the test accuracy of the sidecar) runs on :data:`TRAIN_THREADS` torch
     threads whatever the caller has set (the caller's count comes back afterwards): the
