@@ -296,6 +296,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from tenflex.nn.compress import compress, save_compressed
 
     device = _device(args)
+    if args.finetune_validation and not args.finetune_epochs:
+        raise CommandError("--finetune-validation selects among fine-tuning epochs: give "
+                           "--finetune-epochs too")
     with _progress_to_stderr():
         model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.model_seed,
                                cache_dir=args.cache_dir, device=device, progress=True)
@@ -306,6 +309,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         if args.finetune_epochs:
             finetune = {"scope": args.finetune_scope, "epochs": args.finetune_epochs,
                         "lr": args.finetune_lr, "train_labels": train_labels}
+            if args.finetune_validation:
+                finetune["validation"] = args.finetune_validation
         fit_options = {"max_iter": args.max_iter}
         result = compress(model, args.span, train_images, rank=args.rank, basis=args.basis,
                           n_functions=args.n_functions, lam=args.lam, n_samples=args.n_samples,
@@ -571,6 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fine-tune the flexible layer alone, or the whole network")
     comp.add_argument("--finetune-lr", type=_float_type(positive=True), default=1e-3,
                       help="peak learning rate of fine-tuning")
+    comp.add_argument("--finetune-validation", type=_int_type(0), default=0, metavar="N",
+                      help="hold N training images out of fine-tuning and keep the weights "
+                      "(before it or after one of its epochs) that classify them best "
+                      "(0: keep the last epoch's)")
     comp.add_argument("--seed", type=_seed_type, default=0,
                       help="seeds the sampling points, the fit and fine-tuning")
     comp.add_argument("--model-seed", type=_seed_type, default=0,

@@ -472,6 +472,12 @@ class TrainResult:
         for a fixed seed *and* a fixed number of threads on the same machine).
     config : dict
         The hyperparameters used.
+    validation_accuracy : numpy.ndarray, shape (epochs + 1,), or None
+        With ``validation``: the accuracy on it before training (entry 0) and after each
+        epoch.
+    best_epoch : int or None
+        With ``validation``: the epoch whose weights the model ends with (0: those it had
+        before training).
     """
 
     losses: np.ndarray
@@ -481,6 +487,8 @@ class TrainResult:
     cpu_time_s: float
     num_threads: int
     config: dict[str, Any] = field(default_factory=dict)
+    validation_accuracy: np.ndarray | None = None
+    best_epoch: int | None = None
 
 
 def one_cycle_factor(step: int, total_steps: int) -> float:
@@ -648,6 +656,7 @@ def train(
     progress: bool = False,
     callback: Callable[[int, int, float], Any] | None = None,
     checkpoint: str | os.PathLike | None = None,
+    validation: tuple[Any, Any] | None = None,
 ) -> TrainResult:
     """Train a classifier in place with cross-entropy, reproducibly.
 
@@ -698,6 +707,12 @@ def train(
         exists when ``train`` starts, training resumes after its last epoch, and the
         result is bitwise that of an uninterrupted run (same seed and thread count). The
         file is removed once training completes.
+    validation : (images, labels), optional
+        Held-out images (shaped and normalised as ``train_data``) and their labels. The
+        accuracy on them is measured before training and after every epoch, and the model
+        ends with the weights of the best of these states (the earliest among equals):
+        training never leaves it less accurate on them than it started. The steps taken
+        are the same as without ``validation``.
 
     Returns
     -------
@@ -728,6 +743,11 @@ def train(
     that epoch only.
     """
     x, y = _as_images_labels(train_data, "train_data")
+    if validation is not None:
+        vx, vy = _as_images_labels(validation, "validation")
+        if vx.shape[1:] != x.shape[1:]:
+            raise ValueError(f"validation images must have the shape of the training images, "
+                             f"(N, {', '.join(map(str, x.shape[1:]))}), got {tuple(vx.shape)}")
     lr, weight_decay = _check_train_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, optimizer=optimizer,
         schedule=schedule, weight_decay=weight_decay, callback=callback,
@@ -736,6 +756,8 @@ def train(
     n_classes = _n_outputs(model, x)
     if n_classes is not None:
         _check_label_range(y, n_classes, "train_data")
+        if validation is not None:
+            _check_label_range(vy, n_classes, "validation")
 
     device = _model_device(model)
     n = x.shape[0]
@@ -758,9 +780,15 @@ def train(
     run = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": lr, "seed": int(seed),
            "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay}
     first_epoch, spent, spent_cpu = 0, 0.0, 0.0
+    # With validation: the accuracy of each state (0: before training) and the best so far.
+    val_accuracy = best = None
+    if validation is not None:
+        val_accuracy = np.full(epochs + 1, np.nan)
+        best = {"epoch": 0, "state": _state_copy(model)}
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
-        run["fingerprint"] = _run_fingerprint(model, x, y)
+        run["fingerprint"] = _run_fingerprint(model, x, y,
+                                              None if validation is None else (vx, vy))
         saved = _read_checkpoint(checkpoint, run)
         if saved is not None:
             model.load_state_dict(saved["model"])
@@ -772,6 +800,11 @@ def train(
             losses[: first_epoch * steps_per_epoch] = saved["losses"].numpy()
             epoch_losses[:first_epoch] = saved["epoch_losses"].numpy()
             spent, spent_cpu = saved["time_s"], saved["cpu_time_s"]
+            if validation is not None:
+                val_accuracy[: first_epoch + 1] = saved["validation_accuracy"].numpy()
+                best = saved["best"]
+    if validation is not None and first_epoch == 0:
+        val_accuracy[0] = evaluate(model, vx, vy)
 
     bar = None
     if progress:
@@ -807,7 +840,14 @@ def train(
                 if callback is not None:
                     callback(epoch, step, value)
             epoch_losses[epoch] = total / n
+            if validation is not None:
+                val_accuracy[epoch + 1] = evaluate(model, vx, vy)  # restores training mode
+                if val_accuracy[epoch + 1] > val_accuracy[best["epoch"]]:
+                    best = {"epoch": epoch + 1, "state": _state_copy(model)}
             if checkpoint is not None and epoch < epochs - 1:
+                extra = {} if validation is None else {
+                    "validation_accuracy": torch.from_numpy(val_accuracy[: epoch + 2].copy()),
+                    "best": best}
                 _write_checkpoint(checkpoint, {
                     "run": run, "epoch": epoch, "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -817,9 +857,12 @@ def train(
                     "epoch_losses": torch.from_numpy(epoch_losses[: epoch + 1].copy()),
                     "time_s": spent + time.perf_counter() - t0,
                     "cpu_time_s": spent_cpu + time.process_time() - c0,
+                    **extra,
                 })
     if bar is not None:
         bar.close()
+    if validation is not None and best["epoch"] != epochs:
+        model.load_state_dict(best["state"])
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # done: nothing left to resume
     run.pop("fingerprint", None)
@@ -831,23 +874,35 @@ def train(
         cpu_time_s=spent_cpu + time.process_time() - c0,
         num_threads=torch.get_num_threads(),
         config=run,
+        validation_accuracy=val_accuracy,
+        best_epoch=None if best is None else best["epoch"],
     )
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s weights and buffers that later steps leave alone."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 # Version of the checkpoint layout written by train (part of what must match to resume).
 _CHECKPOINT_FORMAT = 1
 
 
-def _run_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """What must be the same for a checkpoint to continue this run: the data (hashed), the
-    parameters' names and shapes, and which of them train."""
-    data = hashlib.sha256()
-    for t in (x, y):
-        data.update(str((t.dtype, tuple(t.shape))).encode())
-        data.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
+def _run_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     validation: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
+    """What must be the same for a checkpoint to continue this run: the data and the
+    validation data (hashed), the parameters' names and shapes, and which of them train."""
+    def sha256(*tensors: torch.Tensor) -> str:
+        digest = hashlib.sha256()
+        for t in tensors:
+            digest.update(str((t.dtype, tuple(t.shape))).encode())
+            digest.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
+        return digest.hexdigest()
+
     return {
         "format": _CHECKPOINT_FORMAT,
-        "data_sha256": data.hexdigest(),
+        "data_sha256": sha256(x, y),
+        "validation_sha256": None if validation is None else sha256(*validation),
         "state": [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()],
         "trained": [k for k, p in model.named_parameters() if p.requires_grad],
     }

@@ -325,6 +325,7 @@ def test_evaluate_names_what_is_wrong_with_the_argument(tmp_path, monkeypatch, c
     (["compress", "--subspace", "0"], "--subspace"),
     (["compress", "--lam", "nan"], "--lam"),
     (["compress", "--finetune-lr", "0"], "--finetune-lr"),
+    (["compress", "--finetune-validation", "-1"], "--finetune-validation"),
     (["train", "--seed", "-1"], "--seed"),
     (["train", "--epochs", "0"], "--epochs"),
     (["train", "--seed", str(2**63)], "--seed"),
@@ -420,6 +421,35 @@ def test_compress_passes_the_jacobian_form_and_subspace_on(tmp_path, monkeypatch
         with pytest.raises(Stop):
             main([*_CHEAP, *argv, "--out", str(tmp_path / "m.pt")])
     assert seen == [("auto", None), ("dense", None), ("factored", 7)]
+
+
+def test_compress_passes_fine_tuning_validation_on(tmp_path, monkeypatch, capsys):
+    import tenflex.nn.compress as compression
+    from tenflex import zoo
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def compress(*args, **kwargs):
+        seen.append(kwargs["finetune"])
+        raise Stop
+
+    monkeypatch.setattr(zoo, "pretrained", _untrained)
+    monkeypatch.setattr(compression, "compress", compress)
+    out = ["--out", str(tmp_path / "m.pt")]
+    with pytest.raises(Stop):
+        main([*_CHEAP, "--finetune-epochs", "2", "--finetune-validation", "500", *out])
+    with pytest.raises(Stop):
+        main([*_CHEAP, "--finetune-epochs", "2", *out])
+    assert seen[0]["validation"] == 500 and seen[0]["epochs"] == 2
+    assert "validation" not in seen[1]
+    # without fine-tuning there is nothing to select: refused, before any work
+    status, _, err = _exit([*_CHEAP, "--finetune-validation", "500", *out], capsys)
+    assert status == 2 and err.endswith("--finetune-validation selects among fine-tuning "
+                                        "epochs: give --finetune-epochs too\n"), err
+    assert len(seen) == 2
 
 
 def test_evaluate_an_unreadable_file_says_so(compressed, monkeypatch, capsys):

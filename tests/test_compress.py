@@ -159,6 +159,29 @@ def test_finetune_replacement_trains_a_baseline_alone(digits):
                              test_data=(test_images, test_labels + 10))
 
 
+def test_fine_tuning_with_validation_keeps_the_best_state(digits, compressed):
+    train_images, train_labels = digits[1], digits[2]
+    settings = {"scope": "layer", "epochs": 2, "lr": 1e-3, "train_labels": train_labels,
+                "validation": 300}
+    tuned, report = finetune_replacement(compressed.model, "flex_fc1_fc2", train_images,
+                                         settings, seed=4)
+    # the held-out images: a subset drawn with the fine-tuning's seed
+    order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(4))
+    out = order[:300].sort().values
+    held_out = report["validation"]
+    assert held_out["n_images"] == 300 and len(held_out["accuracy"]) == 3
+    assert held_out["best_epoch"] == int(np.argmax(held_out["accuracy"]))
+    assert held_out["accuracy"][0] == zoo.evaluate(compressed.model, train_images[out],
+                                                   train_labels[out])
+    assert zoo.evaluate(tuned, train_images[out], train_labels[out]) == max(held_out["accuracy"])
+    json.dumps(report)
+    for bad in (0, len(train_images), 2.5, "300"):
+        with pytest.raises(ValueError, match=r"finetune\['validation'\] must be a number of "
+                                             r"training images to hold out"):
+            finetune_replacement(compressed.model, "flex_fc1_fc2", train_images,
+                                 {**settings, "validation": bad})
+
+
 def test_interrupted_fine_tuning_resumes_from_its_checkpoint(tmp_path, digits, compressed):
     train_images, train_labels = digits[1], digits[2]
     settings = {"scope": "layer", "epochs": 2, "lr": 1e-3, "train_labels": train_labels}

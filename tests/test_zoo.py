@@ -736,3 +736,87 @@ def test_pretrained_resumes_an_interrupted_training(tmp_path, monkeypatch):
         *args, callback=lambda epoch, step, loss: epochs_run.append(epoch), **kwargs))
     zoo.pretrained("lenet5", **config, cache_dir=tmp_path / "cut", retrain=True)
     assert set(epochs_run) == {0, 1} and not partial.exists()
+
+
+# ------------------------------------------------------------- validation selection
+
+
+def test_train_keeps_the_epoch_best_on_validation(digits):
+    (x, y), _ = digits
+    data, held_out = (x[:400], y[:400]), (x[400:800], y[400:800])
+    settings = {"epochs": 4, "batch_size": 64, "lr": 3e-3, "seed": 2}
+    plain_model = zoo.build_model("lenet5", seed=0)
+    plain = zoo.train(plain_model, data, **settings)
+    assert plain.validation_accuracy is None and plain.best_epoch is None
+
+    states = []  # the weights after each epoch, to compare with the one kept
+    per_epoch = math.ceil(400 / 64)
+
+    def keep(epoch, step, loss):
+        if step % per_epoch == 0:
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    model = zoo.build_model("lenet5", seed=0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result = zoo.train(model, data, **settings, validation=held_out, callback=keep)
+    # the same steps as without validation
+    np.testing.assert_array_equal(result.losses, plain.losses)
+    for a, b in zip(states[-1].values(), plain_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # the accuracies are those of the states, and the model ends with the first best one
+    accuracy = result.validation_accuracy
+    assert accuracy.shape == (5,)
+    for state, expected in zip([start, *states], accuracy, strict=True):
+        probe = zoo.build_model("lenet5")
+        probe.load_state_dict(state)
+        assert zoo.evaluate(probe, *held_out) == expected
+    assert result.best_epoch == int(np.argmax(accuracy))
+    kept = ([start, *states])[result.best_epoch]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, kept[name]), name
+
+
+def test_validation_keeps_the_start_when_training_only_harms(digits):
+    (x, y), _ = digits
+    model = zoo.build_model("lenet5", seed=0)
+    zoo.train(model, (x[:600], y[:600]), epochs=2, lr=3e-3, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # training on shuffled labels can only spoil what the network has learnt
+    noise = torch.randperm(600, generator=torch.Generator().manual_seed(0))
+    result = zoo.train(model, (x[:600], y[:600][noise]), epochs=2, lr=3e-3, seed=0,
+                       validation=(x[600:1000], y[600:1000]))
+    assert result.best_epoch == 0
+    assert result.validation_accuracy[0] > result.validation_accuracy[1:].max()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_validation_is_checked_and_resumed(digits, tmp_path):
+    (x, y), _ = digits
+    data, held_out = (x[:300], y[:300]), (x[300:500], y[300:500])
+    settings = {"epochs": 3, "batch_size": 64, "seed": 0}
+    model = zoo.build_model("lenet5", seed=0)
+    with pytest.raises(ValueError, match=r"validation images must have the shape of the "
+                                         r"training images, \(N, 1, 28, 28\), got \(200, 784\)"):
+        zoo.train(model, data, **settings, validation=(held_out[0].flatten(1), held_out[1]))
+    with pytest.raises(ValueError, match=r"validation: labels must be class indices in \[0, 10\)"):
+        zoo.train(model, data, **settings, validation=(held_out[0], held_out[1] + 10))
+    with pytest.raises(TypeError, match="validation"):
+        zoo.train(model, data, **settings, validation=held_out[0])
+
+    whole_model = zoo.build_model("lenet5", seed=0)
+    whole = zoo.train(whole_model, data, **settings, validation=held_out)
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(_Interrupt):
+        zoo.train(zoo.build_model("lenet5", seed=0), data, **settings, validation=held_out,
+                  checkpoint=path, callback=_stop_in_epoch(2))
+    with pytest.raises(ValueError, match=r"differs in fingerprint\.validation_sha256"):
+        zoo.train(zoo.build_model("lenet5", seed=0), data, **settings,
+                  validation=(x[500:700], y[500:700]), checkpoint=path)
+    resumed_model = zoo.build_model("lenet5", seed=5)
+    resumed = zoo.train(resumed_model, data, **settings, validation=held_out, checkpoint=path)
+    np.testing.assert_array_equal(resumed.validation_accuracy, whole.validation_accuracy)
+    assert resumed.best_epoch == whole.best_epoch
+    for a, b in zip(whole_model.state_dict().values(), resumed_model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)

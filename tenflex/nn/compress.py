@@ -257,9 +257,15 @@ def _check_finetune(finetune: Any, n_train: int, n_classes: int | None) -> None:
     unknown = sorted(set(finetune) - set(allowed))
     if unknown:
         raise ValueError(f"finetune has unknown keys {unknown}; valid keys: {allowed}")
+    if "validation" in finetune:
+        # Here a number of held-out training images (zoo.train takes the images themselves).
+        k = finetune["validation"]
+        if not is_int(k) or not 1 <= k < n_train:
+            raise ValueError(f"finetune['validation'] must be a number of training images to "
+                             f"hold out, an integer in [1, {n_train}), got {k!r}")
     # zoo.train's own checks, now rather than after the fit
     zoo._check_train_options(**{k: v for k, v in finetune.items()
-                                if k not in ("train_labels", "scope")})
+                                if k not in ("train_labels", "scope", "validation")})
 
 
 def _check_labels(labels: Any, n: int, n_classes: int | None, argname: str) -> None:
@@ -418,6 +424,10 @@ def compress(
         :func:`tenflex.zoo.train`. ``train_labels`` (the labels of ``train_images``) is
         required. ``"layer"`` trains the flexible layer alone: the layers after it are
         frozen (no step, eval mode: BatchNorm statistics kept, dropout off).
+        ``"validation": k`` holds ``k`` training images out of the fine-tuning (a subset
+        drawn with the fine-tuning's seed) and keeps the weights, before fine-tuning or
+        after one of its epochs, that classify them best (see :func:`tenflex.zoo.train`);
+        the report's ``validation`` entry has their accuracies.
     seed : int
         Seeds the choice of sampling points, the solver and fine-tuning.
     batch_size : int
@@ -784,6 +794,15 @@ def _finetune(compressed: nn.Module, layer: nn.Module, start: int | None,
     options.setdefault("epochs", 1)
     options.setdefault("lr", 1e-3)
     options.setdefault("seed", seed)
+    n_held_out = options.pop("validation", None)
+    held_out = None
+    if n_held_out is not None:
+        # A seeded subset is held out; the fine-tuning sees the rest, in its order.
+        order = torch.randperm(len(train_images),
+                               generator=torch.Generator().manual_seed(int(options["seed"])))
+        out, kept = order[:n_held_out].sort().values, order[n_held_out:].sort().values
+        held_out = (train_images[out], labels[out])
+        train_images, labels = train_images[kept], labels[kept]
     memo: dict[int, Any] = {}
     model = copy.deepcopy(compressed, memo)
     t0 = time.perf_counter()
@@ -800,19 +819,27 @@ def _finetune(compressed: nn.Module, layer: nn.Module, start: int | None,
             # _modules, not children(): a module used twice runs (and counts) twice.
             layers = list(model._modules.values())
             device = next(model.parameters()).device
-            features = _batched(nn.Sequential(*layers[:start]), train_images.to(device),
-                                batch_size)
-            zoo.train(_OnlyPartTrains(nn.Sequential(*layers[start:]), trained),
-                      (features, labels), progress=progress, **options)
+            prefix = nn.Sequential(*layers[:start])
+            features = _batched(prefix, train_images.to(device), batch_size)
+            if held_out is not None:
+                held_out = (_batched(prefix, held_out[0].to(device), batch_size), held_out[1])
+            result = zoo.train(_OnlyPartTrains(nn.Sequential(*layers[start:]), trained),
+                               (features, labels), progress=progress, validation=held_out,
+                               **options)
         else:
-            zoo.train(_OnlyPartTrains(model, trained), (train_images, labels),
-                      progress=progress, **options)
+            result = zoo.train(_OnlyPartTrains(model, trained), (train_images, labels),
+                               progress=progress, validation=held_out, **options)
         model.requires_grad_(True)
     else:
-        zoo.train(model, (train_images, labels), progress=progress, **options)
+        result = zoo.train(model, (train_images, labels), progress=progress,
+                           validation=held_out, **options)
     model.eval()
     report: dict[str, Any] = {"scope": scope, **{k: v for k, v in options.items()
                                                  if isinstance(v, (int, float, str))}}
+    if held_out is not None:
+        report["validation"] = {"n_images": int(n_held_out),
+                                "accuracy": result.validation_accuracy.tolist(),
+                                "best_epoch": result.best_epoch}
     report["time_s"] = time.perf_counter() - t0
     if test_data is not None:
         report["accuracy"] = zoo.evaluate(model, test_data[0], test_data[1])
