@@ -40,3 +40,16 @@ class WrappedCNN(nn.Module):
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class Interrupt(Exception):
+    """Stands for a Ctrl-C or a killed job in the middle of a training."""
+
+
+def stop_in_epoch(epoch_to_stop):
+    """A ``zoo.train`` callback that raises :class:`Interrupt` at the first step of
+    ``epoch_to_stop`` (the epochs before it are finished, and checkpointed if asked)."""
+    def callback(epoch, step, loss):
+        if epoch == epoch_to_stop:
+            raise Interrupt(f"stopped in epoch {epoch} at step {step}")
+    return callback

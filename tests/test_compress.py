@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from problems import WrappedCNN
+from problems import Interrupt, WrappedCNN, stop_in_epoch
 from torch import nn
 
 from tenflex import zoo
@@ -187,17 +187,10 @@ def test_interrupted_fine_tuning_resumes_from_its_checkpoint(tmp_path, digits, c
     settings = {"scope": "layer", "epochs": 2, "lr": 1e-3, "train_labels": train_labels}
     whole, _ = finetune_replacement(compressed.model, "flex_fc1_fc2", train_images, settings)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop(epoch, step, loss):
-        if epoch == 1:
-            raise Interrupt
-
     path = tmp_path / "finetune.ckpt"
     with pytest.raises(Interrupt):
         finetune_replacement(compressed.model, "flex_fc1_fc2", train_images,
-                             {**settings, "checkpoint": path, "callback": stop})
+                             {**settings, "checkpoint": path, "callback": stop_in_epoch(1)})
     assert path.is_file()
     epochs_run = []
     resumed, _ = finetune_replacement(

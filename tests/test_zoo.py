@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from problems import Interrupt, stop_in_epoch
 from torch import nn
 
 from tenflex import zoo
@@ -599,17 +600,6 @@ def test_torch_threads_restores_the_count():
 # ------------------------------------------------------------ resumable training
 
 
-class _Interrupt(Exception):
-    """Stands for a Ctrl-C or a killed job in the middle of an epoch."""
-
-
-def _stop_in_epoch(epoch_to_stop: int):
-    def callback(epoch, step, loss):
-        if epoch == epoch_to_stop:
-            raise _Interrupt(f"stopped in epoch {epoch} at step {step}")
-    return callback
-
-
 @pytest.mark.parametrize("options", [{"optimizer": "adam", "schedule": "onecycle"},
                                      {"optimizer": "sgd", "schedule": "constant"}])
 @pytest.mark.parametrize("stop_epoch", [1, 2])
@@ -622,9 +612,9 @@ def test_train_resumes_bitwise_from_its_checkpoint(digits, tmp_path, options, st
 
     path = tmp_path / "run.ckpt"
     model = zoo.build_model("reference_cnn", seed=3)
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         zoo.train(model, data, **settings, checkpoint=path,
-                  callback=_stop_in_epoch(stop_epoch))
+                  callback=stop_in_epoch(stop_epoch))
     assert path.is_file()  # the state after epoch stop_epoch - 1
 
     # A new process would start from a freshly built (here: differently initialised) model.
@@ -651,9 +641,9 @@ def test_train_refuses_the_checkpoint_of_another_run(digits, tmp_path):
     data = (x[:300], y[:300])
     settings = {"epochs": 2, "batch_size": 64, "seed": 0}
     path = tmp_path / "run.ckpt"
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         zoo.train(zoo.build_model("lenet5", seed=0), data, **settings, checkpoint=path,
-                  callback=_stop_in_epoch(1))
+                  callback=stop_in_epoch(1))
     saved = path.read_bytes()
     for change, differs in (({"lr": 1e-3}, "lr"), ({"epochs": 3}, "epochs"),
                             ({"seed": 1}, "seed")):
@@ -707,8 +697,8 @@ def test_pretrained_resumes_an_interrupted_training(tmp_path, monkeypatch):
 
     train = zoo.train
     monkeypatch.setattr(zoo, "train", lambda *args, **kwargs: train(
-        *args, callback=_stop_in_epoch(1), **kwargs))
-    with pytest.raises(_Interrupt):
+        *args, callback=stop_in_epoch(1), **kwargs))
+    with pytest.raises(Interrupt):
         zoo.pretrained("lenet5", **config, cache_dir=tmp_path / "cut")
     # nothing that would be loaded as the trained network, only the state after epoch 0
     assert sorted(p.name for p in weights.parent.iterdir()) == [partial.name]
@@ -727,8 +717,8 @@ def test_pretrained_resumes_an_interrupted_training(tmp_path, monkeypatch):
 
     # retrain discards an interrupted training's checkpoint and starts from epoch 0
     monkeypatch.setattr(zoo, "train", lambda *args, **kwargs: train(
-        *args, callback=_stop_in_epoch(1), **kwargs))
-    with pytest.raises(_Interrupt):
+        *args, callback=stop_in_epoch(1), **kwargs))
+    with pytest.raises(Interrupt):
         zoo.pretrained("lenet5", **config, cache_dir=tmp_path / "cut", retrain=True)
     assert partial.is_file()
     epochs_run.clear()
@@ -807,9 +797,9 @@ def test_validation_is_checked_and_resumed(digits, tmp_path):
     whole_model = zoo.build_model("lenet5", seed=0)
     whole = zoo.train(whole_model, data, **settings, validation=held_out)
     path = tmp_path / "run.ckpt"
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         zoo.train(zoo.build_model("lenet5", seed=0), data, **settings, validation=held_out,
-                  checkpoint=path, callback=_stop_in_epoch(2))
+                  checkpoint=path, callback=stop_in_epoch(2))
     with pytest.raises(ValueError, match=r"differs in fingerprint\.validation_sha256"):
         zoo.train(zoo.build_model("lenet5", seed=0), data, **settings,
                   validation=(x[500:700], y[500:700]), checkpoint=path)
