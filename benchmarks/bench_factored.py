@@ -70,7 +70,7 @@ def run(model, images: torch.Tensor, sizes: list[int], ranks: list[int], dense_m
         warm = span.prefix(model)(images[:8])
     warm_stage = _linear_first_stage(module, tuple(warm.shape[1:]))
     for stage in (warm_stage, None):  # torch.func's first calls are slow: not timed
-        _sample_span(module, stage, warm, False)
+        _sample_span(module, stage, warm, False, span.label)
     entries = []
     for N in sizes:
         with torch.no_grad():
@@ -81,7 +81,7 @@ def run(model, images: torch.Tensor, sizes: list[int], ranks: list[int], dense_m
         for form in ("factored", "dense") if N <= dense_max else ("factored",):
             t0 = time.perf_counter()
             _, _, forms[form] = _sample_span(module, stage if form == "factored" else None,
-                                             X_in, False)
+                                             X_in, False, span.label)
             sampling[form] = time.perf_counter() - t0
         entry = {"N": N, "shape": list(forms["factored"].shape), "h": int(stage[0].out_features),
                  "sampling_s": sampling,

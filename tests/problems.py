@@ -53,3 +53,22 @@ def stop_in_epoch(epoch_to_stop):
         if epoch == epoch_to_stop:
             raise Interrupt(f"stopped in epoch {epoch} at step {step}")
     return callback
+
+
+class Looped(nn.Module):
+    """Runs its nn.Sequential's layers in its own loop (residual steps), or, with
+    ``call=True``, calls the nn.Sequential once (a residual around the whole chain)."""
+
+    def __init__(self, call=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.call = call
+        self.blocks = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        if self.call:
+            return self.head(x + self.blocks(x))
+        for layer in self.blocks:  # nn.Sequential.forward never runs
+            x = x + layer(x)
+        return self.head(x)

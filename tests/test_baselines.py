@@ -9,6 +9,7 @@ from torch import nn
 
 from tenflex.nn.baselines import linear_span, reduced_rank_regression, svd_span
 from tenflex.nn.compress import count_parameters
+from tenflex.nn.lowrank import SVDLinear
 from tenflex.nn.surgery import resolve_span
 from tenflex.zoo import build_model
 
@@ -172,3 +173,136 @@ def test_linear_span_leaves_a_training_model_untouched():
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
     assert count_parameters(new) < count_parameters(model)
+
+
+class _Net(nn.Module):
+    """A module that is no nn.Sequential, with a nested nn.Sequential classifier."""
+
+    input_shape = (1, 6, 6)
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Linear(64, 20), nn.ReLU(), nn.Linear(20, 5))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def test_svd_span_looks_into_a_nested_sequential():
+    # The span is the whole classifier: its Linear layers are inside it (used to be "no
+    # nn.Linear layer"); the largest is classifier.0, 64 -> 20.
+    torch.manual_seed(0)
+    net = _Net().eval()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    span = resolve_span(net, "classifier")
+    others = 20 * 5 + 5                                  # classifier.2
+    budget = 1500
+    new, rank = svd_span(net, span, budget)
+    assert rank == (budget - others - 20) // (64 + 20) == 16
+    after = count_parameters(new.classifier)
+    assert after == rank * (64 + 20) + 20 + others <= budget < after + 64 + 20
+    assert count_parameters(new) == count_parameters(net) - count_parameters(
+        net.classifier) + after
+    assert isinstance(new.classifier[0], SVDLinear) and new.classifier[0].rank == rank
+    # the same layers named as a chain give the same rank
+    assert svd_span(net, resolve_span(net, ("classifier.0", "classifier.2")), budget)[1] == rank
+    # ground truth: at full rank the SVD reproduces the dense span, hence the network
+    full, rank = svd_span(net, span, 10**6)
+    assert rank == 20
+    x = torch.randn(7, 1, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(full(x), net(x), rtol=1e-5, atol=1e-6)
+    for key, value in net.state_dict().items():  # the model given is untouched
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    assert isinstance(net.classifier[0], nn.Linear)
+
+
+def test_svd_span_in_a_sequential_with_nested_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(8, 6), nn.ReLU()),
+                          nn.Sequential(nn.Sequential(nn.Linear(6, 12)), nn.Tanh()),
+                          nn.Linear(12, 2))
+    span = resolve_span(model, slice(1, 4))
+    new, rank = svd_span(model, span, 10**6)
+    assert rank == 6                                    # of the largest layer, 6 -> 12
+    assert isinstance(new.svd_1_3[1][0][0], SVDLinear)
+    x = torch.randn(5, 2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), model(x), rtol=1e-5, atol=1e-6)
+    budget = 200
+    new, rank = svd_span(model, span, budget)
+    others = (8 * 6 + 6) + (12 * 2 + 2)
+    assert rank == (budget - others - 12) // (6 + 12) == 6
+    assert count_parameters(new.svd_1_3) == rank * 18 + 12 + others <= budget
+    new, rank = svd_span(model, span, 150)
+    assert rank == (150 - others - 12) // 18 == 3
+    assert count_parameters(new.svd_1_3) <= 150 < count_parameters(new.svd_1_3) + 18
+
+
+def test_svd_span_of_a_layer_used_twice_compresses_it_once():
+    # One Linear(8, 8) at two positions of the span: one SVD at both, counted once.
+    torch.manual_seed(0)
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 2))
+    span = resolve_span(model, slice(1, 6))
+    new, rank = svd_span(model, span, 100)
+    others = 8 * 2 + 2
+    assert rank == (100 - others - 8) // 16 == 4
+    replaced = new.svd_1_5
+    assert replaced[0] is replaced[2] and isinstance(replaced[0], SVDLinear)
+    assert count_parameters(replaced) == 4 * 16 + 8 + others <= 100
+    full, rank = svd_span(model, span, 10**6)
+    x = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(full(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_svd_span_returns_a_copy():
+    # The span's other layers used to be the model's own modules in the result.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    new, _ = svd_span(model, resolve_span(model, slice(1, 4)), 10**6)
+    assert new.svd_1_3[2] is not model[3]
+    with torch.no_grad():
+        new.svd_1_3[2].weight.add_(1.0)
+    assert not torch.equal(new.svd_1_3[2].weight, model[3].weight)
+
+
+class _Scaled(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_svd_span_skips_a_linear_with_its_own_forward():
+    # Its SVD would not reproduce it: the plain, smaller Linear is compressed instead.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), _Scaled(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    new, rank = svd_span(model, resolve_span(model, slice(1, 4)), 10**6)
+    assert rank == 3 and isinstance(new.svd_1_3[2], SVDLinear)
+    x = torch.randn(4, 2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), model(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no nn.Linear layer"):
+        svd_span(model, resolve_span(model, 1), 10**6)
+
+
+class _Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 5)
+        self.fc2 = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_svd_span_of_one_layer_of_a_module_keeps_its_name():
+    torch.manual_seed(0)
+    model = _Head()
+    new, rank = svd_span(model, resolve_span(model, "fc1"), 10**6)
+    assert rank == 5 and isinstance(new.fc1, SVDLinear)   # in place of fc1, not nested
+    assert new.fc2 is not model.fc2
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), model(x), rtol=1e-5, atol=1e-6)

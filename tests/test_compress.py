@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from problems import Interrupt, WrappedCNN, stop_in_epoch
+from problems import Interrupt, Looped, WrappedCNN, stop_in_epoch
 from torch import nn
 
 from tenflex import zoo
@@ -673,3 +673,173 @@ def test_a_subspace_fit_of_the_cnn_head_reports_what_lies_outside_and_loads_back
     loaded, info = load_compressed(path)
     assert info["layer"]["subspace"] == 5
     assert zoo.evaluate(loaded, test_images, test_labels) == report.accuracy_after
+
+
+@pytest.mark.filterwarnings("ignore:the flexible layer of rank")  # toy spans
+def test_a_chain_that_the_forward_loops_over_is_refused_before_sampling(monkeypatch):
+    # The forward runs blocks' layers in its own residual loop: the chain blocks.0..2 never
+    # runs as nn.Sequential.forward computes it, and a layer fitted to that chain would be
+    # wrong in the model (relative error near 1 while the fit reported 0.04).
+    seen = _stop_at_sampling(monkeypatch)
+    X = torch.randn(600, 6)
+    with pytest.raises(ValueError, match=r"never calls 'blocks', the nn.Sequential that "
+                                         r"holds the span blocks.0..2"):
+        compress(Looped(), ("blocks.0", "blocks.2"), X, rank=6, n_samples=400,
+                 n_validation=100)
+    assert not seen
+    # One layer of the loop, or the chain of a forward that calls blocks, is sampled.
+    with pytest.raises(_Sampled):
+        compress(Looped(), "blocks.2", X, rank=2, n_samples=400, n_validation=100,
+                 jacobian="dense")
+    with pytest.raises(_Sampled):
+        compress(Looped(call=True), ("blocks.0", "blocks.2"), X, rank=2, n_samples=400,
+                 n_validation=100, jacobian="dense")
+    order = torch.randperm(600, generator=torch.Generator().manual_seed(0))[:400]
+    torch.testing.assert_close(seen["X"], X[order], rtol=0, atol=0)
+
+
+def test_parameters_shared_with_the_rest_of_the_model_are_counted_once():
+    # The span (shared, tanh, last) reuses the first layer: splicing it out removes only the
+    # last Linear (27 parameters); a rank-2 layer (35) makes the model larger, not smaller.
+    torch.manual_seed(0)
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(shared, nn.Tanh(), shared, nn.Tanh(), nn.Linear(8, 3))
+    with pytest.warns(UserWarning, match=r"has 35 parameters, no fewer than the 27 that "
+                                         r"removing the span 2..4 saves \(another 72 of its "
+                                         r"parameters are used outside it and stay\): it "
+                                         r"compresses nothing; ranks R <= 1 keep fewer"):
+        result = compress(model, (2, 4), torch.randn(200, 8), rank=2, n_functions=5,
+                          n_samples=100, n_validation=20, fit_options={"max_iter": 3})
+    report = result.report
+    assert count_parameters(model) == report.parameters_model_before == 99
+    assert report.parameters_span_before == 27 and report.parameters_span_after == 35
+    assert report.parameters_model_after == count_parameters(result.model) == 99 - 27 + 35
+    assert report.fraction_model_kept == pytest.approx(107 / 99)
+    # Tied weights (one Parameter in two modules) stay too; a layer used only in the span goes.
+    head = nn.Linear(4, 4)
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), head, nn.Tanh(), nn.Linear(4, 2))
+    tied[0].weight = head.weight
+    span = resolve_span(tied, (2, 4))
+    assert compress_module._span_parameters(tied, span) == (4 + 10, 16)
+    net = WrappedCNN(zoo.build_model("reference_cnn", seed=0))
+    span = resolve_span(net, ("classifier.fc1", "classifier.fc2"))
+    assert compress_module._span_parameters(net, span) == (
+        count_parameters(span.module(net)), 0)
+
+
+def test_a_basis_instance_brings_its_own_number_of_functions(monkeypatch):
+    # D = 40 from the basis, not the n_functions argument (8): the layer's 2 (8 + 3 + 40) + 3
+    # = 105 parameters are no fewer than the span's 99, and the warning says so.
+    from tenflex.basis import make_basis
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(),
+                          nn.Linear(8, 3))
+    _stop_at_sampling(monkeypatch)
+    with pytest.warns(UserWarning, match=r"rank 2 has 105 parameters, no fewer than the 99 "
+                                         r"that removing the span 2..4 saves: it compresses "
+                                         r"nothing; ranks R <= 1 keep fewer"), \
+            pytest.raises(_Sampled):
+        compress(model, (2, 4), torch.randn(200, 8), rank=2, basis=make_basis("bspline", 40),
+                 n_samples=100, n_validation=20)
+    # The pre-checks use that D too: 40 functions need N >= 40 sampling points.
+    with pytest.raises(ValueError, match="N must be >= D"):
+        compress(model, (2, 4), torch.randn(200, 8), rank=1, basis=make_basis("bspline", 40),
+                 n_samples=30, n_validation=0)
+
+
+def test_a_span_whose_output_is_one_number_per_image_is_validated():
+    # The span maps (B, 5) to (B,): n = 1, and the validation images' outputs are (B,) too.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1), nn.Flatten(0))
+    X = torch.randn(300, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 3 (5 + 1 + 8) + 1 = 43 parameters against 57
+        result = compress(net, (0, 3), X, rank=3, n_samples=150, n_validation=30,
+                          fit_options={"max_iter": 5})
+    report = result.report
+    assert report.input_shape == [5] and report.output_shape == []
+    valid = torch.randperm(300, generator=torch.Generator().manual_seed(0))[150:180]
+    with torch.no_grad():
+        expected = relative_error(result.fit.model(X[valid].double()),
+                                  net(X[valid]).double()[:, None])
+        assert report.fit_output_error_validation == pytest.approx(expected, rel=1e-6)
+        assert result.model(X[:7]).shape == (7,)
+        torch.testing.assert_close(result.model(X[:7]).double(),
+                                   result.fit.model(X[:7].double())[:, 0], rtol=1e-5, atol=1e-5)
+    # A span whose inputs are (B,) has no feature dimension to sample: refused up front.
+    scalar = nn.Sequential(nn.Linear(5, 1), nn.Flatten(0), nn.Tanh())
+    with pytest.raises(ValueError, match=r"the span 2 takes inputs of shape \(B,\), one "
+                                         r"number per image: .* start the span at a layer"):
+        compress(scalar, 2, X, rank=1, n_samples=150, n_validation=30)
+
+
+@pytest.mark.parametrize("jacobian", ["auto", "dense", "factored"])
+def test_non_finite_weights_are_named_before_sampling(monkeypatch, jacobian):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 8),
+                          nn.Tanh(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[3].weight[2, 5] = float("nan")
+        model[5].bias[0] = float("inf")
+    images = torch.randn(200, 8, 8)  # finite
+
+    def no_sampling(*args, **kw):
+        raise AssertionError("sampling started before the weights were checked")
+
+    monkeypatch.setattr("tenflex.sampling.sample_function", no_sampling)
+    with pytest.raises(ValueError, match=r"the model's parameters contain NaN or Inf values: "
+                                         r"3.weight \(1 of 128 entries\), 5.bias \(1 of 3 "
+                                         r"entries\); .*load or train finite weights"):
+        compress(model, (3, 5), images, rank=2, n_samples=100, n_validation=20,
+                 jacobian=jacobian)
+
+
+def test_non_finite_span_inputs_and_outputs_are_blamed_on_the_network(monkeypatch):
+    # Finite weights and images, but the network overflows: the message says where.
+    class Exp(nn.Module):
+        def forward(self, x):
+            return torch.exp(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), Exp(), nn.Linear(6, 6), Exp(), nn.Linear(6, 2))
+    model = model.double()
+    images = 1e3 * torch.randn(100, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a toy span
+        with pytest.raises(ValueError, match=r"the inputs of the span 2..4 contain NaN or Inf "
+                                             r"values at \d+ of 60 sampling points, though the "
+                                             r"images and the model's parameters are finite: "
+                                             r"the layers before it overflow there"):
+            compress(model, (2, 4), images, rank=2, n_samples=60, n_validation=0)
+        with pytest.raises(ValueError, match=r"the outputs of the span 0..4 contain NaN or Inf "
+                                             r"values at \d+ of 60 sampling points, .*: its "
+                                             r"layers overflow there"):
+            compress(model, (0, 4), images, rank=2, n_samples=60, n_validation=0,
+                     jacobian="dense")
+
+
+def test_check_only_makes_the_checks_and_nothing_else(digits, monkeypatch):
+    _, train_images, train_labels, test_images, test_labels = digits
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("check_only sampled the span")
+
+    monkeypatch.setattr(compress_module, "_sample_span", no_sampling)
+    settings = {"rank": 6, "n_functions": 6, "n_samples": 600, "n_validation": 300,
+                "test_data": (test_images, test_labels),
+                "finetune": {"epochs": 1, "train_labels": train_labels}}
+    # an untrained network of the same architecture is enough
+    untrained = zoo.build_model("reference_cnn", seed=1)
+    assert compress(untrained, ("fc1", "fc2"), train_images, check_only=True, **settings) is None
+    # the same refusals as a real run, before any work
+    with pytest.raises(ValueError, match="rank R = 700 is larger than the data supports"):
+        compress(untrained, ("fc1", "fc2"), train_images, check_only=True,
+                 **{**settings, "rank": 700})
+    with pytest.raises(ValueError, match="finetune has unknown keys"):
+        compress(untrained, ("fc1", "fc2"), train_images, check_only=True,
+                 **{**settings, "finetune": {"epochs": 1, "train_labels": train_labels,
+                                             "epoch": 2}})
+    with pytest.raises(ValueError, match="exceeds the"):
+        compress(untrained, ("fc1", "fc2"), train_images, check_only=True,
+                 **{**settings, "n_samples": len(train_images)})

@@ -536,3 +536,109 @@ def test_a_layer_shared_by_two_positions_is_refused():
         compress_network(model, "cp", 0.5)
     out, _ = compress_network(model, "cp", 0.5, layers=["0", "5"])  # the others are fine
     assert isinstance(out[0], LowRankLayer | SVDLinear) and out[2] is out[4]
+
+
+# ---------------------------------------------------------------------------------------
+# Reused modules
+# ---------------------------------------------------------------------------------------
+
+
+def test_layer_inputs_refuses_a_reused_module():
+    # A hook on a module object fires at every position it is registered at: the inputs at
+    # one of them cannot be told apart (they used to be those of the first call, silently).
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 4), relu)
+    x = torch.randn(5, 4)
+    for names in (["3"], ["1"], ["0", "1"]):
+        with pytest.raises(ValueError, match=r"registered under several names .*'1', '3'"):
+            layer_inputs(model, names, x)
+    with torch.no_grad():
+        expected = model[0](x)
+    torch.testing.assert_close(layer_inputs(model, ["2"], x)["2"], relu(expected))
+    # a layer of a block used at two positions has two names too
+    block = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    model = nn.Sequential(block, nn.Linear(4, 4), block)
+    with pytest.raises(ValueError, match=r"'0.0': \['0.0', '2.0'\]"):
+        layer_inputs(model, ["0.0"], x)
+    with pytest.raises(ValueError, match="registered under several names"):
+        feature_shapes(model, ["2.0"], x)
+    for m in model.modules():  # no hook left behind
+        assert not m._forward_pre_hooks and not m._forward_hooks
+
+
+class _Twice(nn.Module):
+    """Calls its layer twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.fc(self.act(self.fc(x)))
+
+
+def test_layer_inputs_refuses_a_layer_called_twice():
+    model = _Twice()
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"more than once.*\{'fc': 2\}.*no single input"):
+        layer_inputs(model, ["fc"], x)
+    torch.testing.assert_close(layer_inputs(model, ["act"], x)["act"], model.fc(x))
+
+
+class _TwiceFlattened(nn.Module):
+    """Calls fc twice: first on a flattened 4 x 2 x 2 map, then on another such map
+    (``second="map"``) or on the output of a Linear(8, 16) (``second="vector"``)."""
+
+    def __init__(self, second: str):
+        super().__init__()
+        self.conv, self.conv2 = nn.Conv2d(1, 4, 3), nn.Conv2d(1, 4, 3)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(16, 16)
+        self.down, self.up = nn.Linear(16, 8), nn.Linear(8, 16)
+        self.second = second
+
+    def forward(self, x):
+        h = self.fc(self.flat(self.conv(x)))
+        if self.second == "map":
+            return self.fc(self.flat(self.conv2(h.view(-1, 1, 4, 4))))
+        return self.fc(self.up(self.down(h)))
+
+
+def test_feature_shapes_of_a_layer_called_twice():
+    x = torch.randn(1, 1, 4, 4)
+    net = _TwiceFlattened("map")
+    assert feature_shapes(net, ["fc"], x) == {"fc": (4, 2, 2)}  # both calls agree
+    net.second = "vector"
+    assert feature_shapes(net, ["fc"], x) == {}  # the second call has no layout: no shape
+
+
+def test_default_layers_counts_positions_of_reused_layers():
+    # The first layer reused as the last: named_modules() lists it once, as '0', and '4'
+    # used to pass for the last layer.
+    first = nn.Linear(8, 8)
+    model = nn.Sequential(first, nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8),
+                          nn.ReLU(), first)
+    assert default_layers(model) == ["2", "4"]
+    with pytest.raises(ValueError, match="no layer but the first and the last"):
+        default_layers(nn.Sequential(first, nn.ReLU(), first, nn.ReLU(), first))
+
+
+def test_compress_network_names_every_position_of_a_shared_layer():
+    shared = nn.Linear(32, 32)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), shared, nn.ReLU(), shared, nn.Linear(32, 4))
+    # '4', the second name of the shared layer, used to be an "unknown layer name"
+    with pytest.raises(ValueError, match=r"layer '4' is one module registered under the names "
+                                         r"\['2', '4'\] \(shared weights\)"):
+        compress_network(model, "cp", 0.5, layers=["4"])
+
+
+def test_layer_inputs_of_an_in_place_layer_are_its_inputs():
+    # ReLU(inplace=True) overwrites its input: a reference to it would hold the output.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 2))
+    x = torch.randn(6, 4)
+    with torch.no_grad():
+        expected = model[0](x)
+    assert (expected < 0).any()
+    torch.testing.assert_close(layer_inputs(model, ["1"], x)["1"], expected, rtol=0, atol=0)

@@ -303,6 +303,44 @@ def test_replace_layer_sequential_named_and_nested():
         replace_layer(model, "fc", lambda x: x)
 
 
+def test_replace_layer_replaces_one_position_of_a_reused_module():
+    # named_modules() lists `relu` once, as '1': position '3' used to be "no submodule".
+    torch.manual_seed(0)
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 4), relu)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        expected = torch.tanh(model[2](relu(model[0](x))))
+    tanh = nn.Tanh()
+    assert replace_layer(model, "3", tanh) is relu
+    assert model[3] is tanh and model[1] is relu  # only the named position changed
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    # and the first position, the name named_modules() gave
+    assert replace_layer(model, "1", nn.Identity()) is relu and model[3] is tanh
+
+
+def test_replace_layer_goes_by_child_name_not_position():
+    # An nn.Sequential from an OrderedDict: its child '0' is its second layer.
+    first, second = nn.ReLU(), nn.Linear(3, 3)
+    model = nn.Sequential(OrderedDict([("1", first), ("0", second)]))
+    assert replace_layer(model, "0", nn.Tanh()) is second
+    assert model[0] is first and isinstance(model[1], nn.Tanh)
+    assert list(model._modules) == ["1", "0"]
+
+
+def test_replace_layer_refuses_a_child_of_a_reused_parent():
+    block = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    model = nn.Sequential(block, nn.Linear(4, 4), block)
+    with pytest.raises(ValueError, match=r"the parent of '2.0' is one module registered under "
+                                         r"the names \['0', '2'\]"):
+        replace_layer(model, "2.0", nn.Identity())
+    assert isinstance(block[0], nn.Linear)
+    # the reused block itself, at one of its positions, is replaced there only
+    new = nn.Identity()
+    assert replace_layer(model, "2", new) is block and model[0] is block and model[2] is new
+
+
 # ---------------------------------------------------------------------------------------
 # Distillation and fine-tuning
 # ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from problems import Looped
 from torch import nn
 
 from tenflex.nn.surgery import Span, resolve_span, span_inputs, span_shapes, splice
@@ -303,3 +304,69 @@ def test_bad_spans_inside_a_network_of_your_own():
 
     with pytest.raises(ValueError, match="with 2 positional and 0 keyword arguments"):
         span_inputs(TwoInputs(), resolve_span(TwoInputs(), "bilinear"), torch.zeros(1, 3))
+
+
+def test_a_chain_the_forward_does_not_run_through_its_sequential_is_refused():
+    net, x = Looped().eval(), torch.randn(9, 6)
+    chain = resolve_span(net, ("blocks.0", "blocks.2"))
+    with torch.no_grad():
+        # What the model computes after the chain's input x is not what the chain computes:
+        # a replacement fitted to the chain would be wrong in the model.
+        after = x
+        for layer in net.blocks:
+            after = after + layer(after)
+        assert not torch.allclose(chain.module(net)(x), after, atol=0.1)
+    message = (r"forward never calls 'blocks', the nn.Sequential that holds the span "
+               r"blocks.0..2, so nn.Sequential.forward does not run the span's layers as a "
+               r"chain .* choose a span the model calls as one module")
+    for function in (span_inputs, span_shapes):
+        with pytest.raises(ValueError, match=message):
+            function(net, chain, x)
+    # One layer of the loop is called by the forward as it is: its inputs are captured.
+    with torch.no_grad():
+        step = x + net.blocks[0](x)
+        step = step + net.blocks[1](step)
+    torch.testing.assert_close(span_inputs(net, resolve_span(net, "blocks.0"), x), x,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(span_inputs(net, resolve_span(net, "blocks.2"), x), step,
+                               rtol=0, atol=0)
+    # The same chain in a forward that calls the nn.Sequential (once) is a chain.
+    called = Looped(call=True).eval()
+    torch.testing.assert_close(span_inputs(called, chain, x), x, rtol=0, atol=0)
+    assert span_shapes(called, chain, x) == ((6,), (6,))
+
+    class Twice(Looped):
+        def forward(self, x):
+            return self.head(self.blocks(self.blocks(x)))
+
+    with pytest.raises(ValueError, match=r"calls 'blocks', the nn.Sequential that holds the "
+                                         r"span blocks.0..2, 2 times on one batch"):
+        span_inputs(Twice(), chain, x)
+
+
+    class Reused(Looped):  # calls blocks, and its last layer again on its own
+        def forward(self, x):
+            return self.head(self.blocks(x) + self.blocks[2](x))
+
+    with pytest.raises(ValueError, match=r"calls blocks.2 of the span blocks.0..2 outside "
+                                         r"'blocks''s own forward too .* would not be there"):
+        span_inputs(Reused(), chain, x)
+    torch.testing.assert_close(span_inputs(Reused(), resolve_span(Reused(), ("blocks.0",
+                                                                             "blocks.1")), x),
+                               x, rtol=0, atol=0)
+
+    class SharedActivation(Looped):  # one Tanh object in blocks and in front of it
+        def __init__(self):
+            super().__init__(call=True)
+            self.act = self.blocks[1]
+
+        def forward(self, x):
+            return self.head(self.blocks(self.act(x)))
+
+    shared = SharedActivation()  # the splice keeps self.act: the chain may use it too
+    torch.testing.assert_close(span_inputs(shared, chain, x), torch.tanh(x), rtol=0, atol=0)
+    # A chain of an nn.Sequential nested in a sequential model: the outer forward calls it.
+    nested = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4)),
+                           nn.Linear(4, 2))
+    torch.testing.assert_close(span_inputs(nested, resolve_span(nested, ("0.1", "0.2")), x),
+                               nested[0][0](x).detach(), rtol=0, atol=0)

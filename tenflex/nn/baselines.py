@@ -9,37 +9,50 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from collections import OrderedDict
 
 import numpy as np
 import torch
 from torch import nn
 
 from tenflex.checks import check_int
-from tenflex.nn.compress import count_parameters
 from tenflex.nn.lowrank import SVDLinear
-from tenflex.nn.surgery import Span, _check_span, span_inputs, splice
+from tenflex.nn.surgery import Span, _check_span, flat_layers, span_inputs, splice
 from tenflex.sampling import evaluation_mode
 
 __all__ = ["LinearReplacement", "linear_span", "reduced_rank_regression", "svd_span"]
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` whose ``forward`` is ``nn.Linear``'s: ``x W^T + b``, which the SVD
+    of ``W`` reproduces (a subclass may compute something else)."""
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+
+
 def svd_span(model: nn.Module, span: Span, budget: int) -> tuple[nn.Module, int]:
     """Replace the largest ``nn.Linear`` of ``span`` by its best truncated SVD within ``budget``.
+
+    The span's layers are those it runs: plain ``nn.Sequential`` layers in it (a whole
+    ``classifier`` as the span) are looked into, as :func:`tenflex.nn.compress.compress`
+    does. A layer used at several positions is replaced at all of them by one SVD (its
+    weights stay shared) and counts once.
 
     Parameters
     ----------
     model : torch.nn.Module
     span : Span
-        Must contain at least one ``nn.Linear``.
+        Must contain at least one ``nn.Linear`` (one whose ``forward`` is ``nn.Linear``'s).
     budget : int
         Maximum number of parameters of the span after compression.
 
     Returns
     -------
     model : torch.nn.Module
-        A copy with the span replaced (the span's other layers are kept).
+        A copy with the span replaced (the span's other layers are copied too). The
+        replacement is the copy of the span with the SVD in it: a child
+        ``svd_<first>_<last>`` of a sequential parent, or, for a single layer that another
+        parent's ``forward`` calls, that layer under its own name.
     rank : int
         The SVD rank used.
 
@@ -54,12 +67,17 @@ def svd_span(model: nn.Module, span: Span, budget: int) -> tuple[nn.Module, int]
     _check_span(model, span)
     budget = check_int(budget, "budget", 1)
     span_module = span.module(model)
-    layers = list(span_module._modules.items())  # a module used twice counts twice
-    linears = [(name, m) for name, m in layers if isinstance(m, nn.Linear)]
+    layers = flat_layers(span_module)  # a module used twice counts twice
+    linears = [(path, m) for path, m in layers if _plain_linear(m)]
     if not linears:
-        raise ValueError(f"span {span.label} has no nn.Linear layer to compress by SVD")
-    name, layer = max(linears, key=lambda item: item[1].weight.numel())
-    others = count_parameters(span_module) - count_parameters(layer)
+        raise ValueError(f"span {span.label} has no nn.Linear layer to compress by SVD (the "
+                         "layers of plain nn.Sequential modules in it included)")
+    path, layer = max(linears, key=lambda item: item[1].weight.numel())
+    name = f"{span.parent}.{path}" if span.parent else path
+    # The span afterwards: its other layers (with any parameter they share with the layer)
+    # and the SVD, once for all the positions of the layer.
+    kept = {id(p): p for _, m in layers if m is not layer for p in m.parameters()}
+    others = sum(p.numel() for p in kept.values())
     per_rank = layer.in_features + layer.out_features
     bias = layer.out_features if layer.bias is not None else 0
     rank = (budget - others - bias) // per_rank
@@ -69,11 +87,18 @@ def svd_span(model: nn.Module, span: Span, budget: int) -> tuple[nn.Module, int]
             f"({others + bias + per_rank} parameters at rank 1)"
         )
     rank = min(rank, min(layer.in_features, layer.out_features))
-    items = [(n, SVDLinear.from_dense(m, rank=rank) if n == name else m) for n, m in layers]
-    child = f"svd_{span.names[0]}_{span.names[-1]}"
-    # A single layer of a non-sequential parent keeps its name (its forward calls it).
-    return splice(model, span, nn.Sequential(OrderedDict(items)),
-                  name=child if span.sequential else None), rank
+    svd = SVDLinear.from_dense(layer, rank=rank)
+    # A copy of the span (a module it uses twice stays one module), with the SVD at every
+    # position of the layer.
+    replacement = copy.deepcopy(span_module)
+    for where, m in layers:
+        if m is layer:
+            parent, _, key = where.rpartition(".")
+            replacement.get_submodule(parent)._modules[key] = svd
+    if not span.sequential:
+        # A single layer of a non-sequential parent keeps its name (its forward calls it).
+        return splice(model, span, replacement._modules[span.names[0]]), rank
+    return splice(model, span, replacement, name=f"svd_{span.names[0]}_{span.names[-1]}"), rank
 
 
 class LinearReplacement(nn.Module):

@@ -31,7 +31,15 @@ from tenflex.files import atomic_write
 from tenflex.metrics import relative_error
 from tenflex.nn.fidelity import fidelity
 from tenflex.nn.flexible import FlexibleLayer
-from tenflex.nn.surgery import Span, resolve_span, span_inputs, span_shapes, splice
+from tenflex.nn.surgery import (
+    Span,
+    _kept_modules,
+    flat_layers,
+    resolve_span,
+    span_inputs,
+    span_shapes,
+    splice,
+)
 from tenflex.subspace import active_subspace
 
 __all__ = [
@@ -106,6 +114,10 @@ class CompressionReport:
     ``test_fidelity`` compares the compressed network with the original on the test images
     (:class:`tenflex.nn.fidelity.ClassifierFidelity` as a dict: agreement of their
     predictions, relative output error, images fixed and broken, McNemar p-value).
+    Parameters are counted once each (a shared layer or tied weights once):
+    ``parameters_span_before`` counts those that the splice removes, not the span's
+    parameters that the rest of the model uses too (they stay), and
+    ``parameters_model_after`` is the count of the compressed model.
     """
 
     span: list[str]
@@ -196,12 +208,14 @@ def _check_images(images: Any, name: str, model_input_shape: tuple | None = None
 _SET_BY_COMPRESS = ("X", "Y", "J", "rank", "basis", "n_functions", "basis_options", "lam")
 
 
-def _check_fit_settings(basis: Any, n_functions: Any, basis_options: Any, lam: Any,
-                        fit_options: dict[str, Any] | None, rank: int, n: int, m: int,
-                        n_samples: int, seed: int, progress: bool) -> dict[str, Any]:
+def _check_fit_settings(base: Any, lam: Any, fit_options: dict[str, Any] | None, rank: int,
+                        n: int, m: int, n_samples: int, seed: int, progress: bool
+                        ) -> dict[str, Any]:
     """The checks :func:`tenflex.fit.cmtf_als` would make after sampling, made before it.
 
-    Returns the keyword arguments of ``cmtf_als`` beyond the data and the basis.
+    ``base`` is the basis as :func:`tenflex.fit._prepare_basis` makes it (name and options
+    already checked). Returns the keyword arguments of ``cmtf_als`` beyond the data and the
+    basis.
     """
     import inspect
 
@@ -210,11 +224,9 @@ def _check_fit_settings(basis: Any, n_functions: Any, basis_options: Any, lam: A
         _check_init,
         _check_n_starts,
         _check_sizes,
-        _prepare_basis,
         cmtf_als,
     )
 
-    base = _prepare_basis(basis, n_functions, basis_options)  # unknown names, bad options
     _check_float(lam, "lam")
     options = dict(fit_options or {})
     allowed = [p for p in inspect.signature(cmtf_als).parameters if p not in _SET_BY_COMPRESS]
@@ -277,6 +289,45 @@ def _check_labels(labels: Any, n: int, n_classes: int | None, argname: str) -> N
         zoo._check_label_range(labels, n_classes, argname)
 
 
+def _check_finite_parameters(model: nn.Module) -> None:
+    """Refuse a model with NaN or Inf parameters, naming them, before any sampling.
+
+    A non-finite weight makes the span's inputs, outputs or Jacobians non-finite, which the
+    sampling would otherwise blame on the sampling points ``X`` or on ``J``.
+    """
+    bad = []
+    for name, parameter in model.named_parameters():
+        if not all_finite(parameter):
+            count = int((~torch.isfinite(parameter.detach())).sum())
+            bad.append(f"{name} ({count} of {parameter.numel()} entries)")
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise ValueError(
+            f"the model's parameters contain NaN or Inf values: {shown}; a model with "
+            "non-finite weights computes NaN/Inf wherever they enter, so the span cannot be "
+            "sampled: load or train finite weights (a diverged training, a damaged checkpoint)"
+        )
+
+
+def _span_parameters(model: nn.Module, span: Span) -> tuple[int, int]:
+    """``(removed, shared)``: how many of the span's parameters splicing it out removes,
+    and how many stay because the rest of the model uses them too (a layer used both in
+    and outside the span, tied weights).
+
+    The model is walked as :func:`tenflex.nn.surgery.splice` copies it: everything but the
+    span's children of its parent (wherever that parent occurs) is kept.
+    """
+    outside = {id(p) for module in _kept_modules(model, span)
+               for p in module._parameters.values() if p is not None}
+    removed = shared = 0
+    for parameter in span.module(model).parameters():  # each parameter once
+        if id(parameter) in outside:
+            shared += parameter.numel()
+        else:
+            removed += parameter.numel()
+    return removed, shared
+
+
 def _linear_first_stage(span_module: nn.Sequential, in_shape: tuple[int, ...]
                         ) -> tuple[nn.Linear, nn.Sequential] | None:
     """``(linear, rest)`` when the span starts with a fully connected layer, else None.
@@ -285,7 +336,7 @@ def _linear_first_stage(span_module: nn.Sequential, in_shape: tuple[int, ...]
     plain ``nn.Linear`` qualifies: a subclass may compute something else in ``forward``.
     Plain ``nn.Sequential`` layers (a whole ``classifier`` as the span) are looked into.
     """
-    layers = _flat_layers(span_module)
+    layers = flat_layers(span_module)
     i = 0
     while (i < len(layers) and type(layers[i][1]) is nn.Flatten
            and (layers[i][1].start_dim, layers[i][1].end_dim) == (1, -1)):
@@ -296,17 +347,6 @@ def _linear_first_stage(span_module: nn.Sequential, in_shape: tuple[int, ...]
     if (i == 0 and len(in_shape) != 1) or linear.in_features != math.prod(in_shape):
         return None
     return linear, nn.Sequential(*(layer for _, layer in layers[i + 1:]))
-
-
-def _flat_layers(module: nn.Sequential) -> list[tuple[str, nn.Module]]:
-    """The layers a plain ``nn.Sequential`` runs, with nested plain ones expanded."""
-    layers = []
-    for name, layer in module._modules.items():  # a module used twice runs twice
-        if type(layer) is nn.Sequential:
-            layers += [(f"{name}.{inner}", m) for inner, m in _flat_layers(layer)]
-        else:
-            layers.append((name, layer))
-    return layers
 
 
 def _choose_jacobian(jacobian: Any, stage: tuple | None, span: Span, m: int) -> bool:
@@ -325,24 +365,50 @@ def _choose_jacobian(jacobian: Any, stage: tuple | None, span: Span, m: int) -> 
     return jacobian == "factored"
 
 
+def _check_finite_samples(label: str, what: str, values: torch.Tensor, point_dim: int,
+                          where: str, points: str = "sampling points") -> None:
+    """Refuse non-finite span inputs, outputs or Jacobians, naming where they come from.
+
+    :func:`compress` has checked the images and the model's parameters: what is left is an
+    overflow in the network (``where``), not bad sampling points.
+    """
+    if all_finite(values):
+        return
+    bad = (~torch.isfinite(values)).movedim(point_dim, 0)
+    count = int(bad.reshape(bad.shape[0], -1).any(dim=1).sum())
+    raise ValueError(
+        f"the {what} of the span {label} contain NaN or Inf values at {count} of "
+        f"{bad.shape[0]} {points}, though the images and the model's parameters are "
+        f"finite: {where} overflow there; check the model on these images (inputs far outside "
+        "the range it was trained on?) or choose another span"
+    )
+
+
 def _sample_span(span_module: nn.Sequential, stage: tuple | None, X_in: torch.Tensor,
-                 progress: bool) -> tuple[torch.Tensor, torch.Tensor, JacobianTensor]:
+                 progress: bool, label: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, JacobianTensor]:
     """``(X, Y, J)`` of the span at its inputs ``X_in`` (float64), ``J`` a
     :class:`DenseJacobian` ``(n, m, N)`` or, given the first stage ``(linear, rest)``, a
-    :class:`FactoredJacobian`."""
+    :class:`FactoredJacobian`. Non-finite inputs, outputs or Jacobians are refused, blamed
+    on the layers before the span or on the span (``label``)."""
     from tenflex.sampling import sample_function
 
+    _check_finite_samples(label, "inputs", X_in, 0, "the layers before it")
     if stage is None:
         samples = sample_function(span_module, X_in, dtype=torch.float64, progress=progress)
-        return samples.X, samples.Y, DenseJacobian(samples.J)
-    linear, rest = stage
-    X = X_in.flatten(1).double()
-    A = linear.weight.detach().double()
-    bias = None if linear.bias is None else linear.bias.detach().double()
-    # J_k = K_k A: only the Jacobians K of the layers after the linear stage are sampled.
-    samples = sample_function(rest, nn.functional.linear(X, A, bias), dtype=torch.float64,
-                              progress=progress)
-    return X, samples.Y, FactoredJacobian(samples.J, A)
+        X, J = samples.X, samples.J
+    else:
+        linear, rest = stage
+        X = X_in.flatten(1).double()
+        A = linear.weight.detach().double()
+        bias = None if linear.bias is None else linear.bias.detach().double()
+        # J_k = K_k A: only the Jacobians K of the layers after the linear stage are sampled.
+        samples = sample_function(rest, nn.functional.linear(X, A, bias), dtype=torch.float64,
+                                  progress=progress)
+        J = samples.J
+    _check_finite_samples(label, "outputs", samples.Y, 0, "its layers")
+    _check_finite_samples(label, "Jacobians", J, -1, "its layers' derivatives")
+    return X, samples.Y, DenseJacobian(J) if stage is None else FactoredJacobian(J, A)
 
 
 def compress(
@@ -365,7 +431,8 @@ def compress(
     jacobian: str = "auto",
     subspace: int | None = None,
     progress: bool = False,
-) -> Compression:
+    check_only: bool = False,
+) -> Compression | None:
     """Replace ``span`` of a pretrained ``model`` by a flexible layer fitted with CMTF-ALS.
 
     Parameters
@@ -395,7 +462,9 @@ def compress(
         ``R0`` plain branches pays for ``k = R0 - 1`` directions and many more branches.
         Default None: ``V`` is fitted in the full input space.
     basis, n_functions, basis_options
-        Basis of the activation functions (see :func:`tenflex.basis.make_basis`).
+        Basis of the activation functions: a name with its number of functions ``D`` and
+        options (see :func:`tenflex.basis.make_basis`), or a :class:`tenflex.basis.Basis`,
+        which brings its own ``D`` (``n_functions`` is then not used).
     lam : float
         Weight ``λ`` of the output term against the Jacobian term in the CMTF cost (both
         relative). The default 100 suits classifiers, whose accuracy depends on the outputs
@@ -441,29 +510,42 @@ def compress(
         fully connected layer with ``h < m``, dense otherwise.
     progress : bool
         Progress bars for sampling and fitting.
+    check_only : bool
+        Only make the checks listed under Raises that come before any long computation,
+        then return None. They depend on the architecture, not on the weights, so they can
+        run on an untrained network of the same architecture before training the real one
+        (``tenflex compress`` does so); the one exception is the check for NaN/Inf
+        parameters.
 
     Returns
     -------
-    Compression
+    Compression or None
+        None with ``check_only``.
 
     Raises
     ------
     TypeError, ValueError
-        Before any long computation: a span that is not a contiguous chain, a rank below 1
-        or larger than the data supports, training images of the wrong shape, too few
-        sampling points for the number of unknowns, a Jacobian tensor or ALS sweeps that
-        would not fit in memory, an unknown ``jacobian`` or ``"factored"`` for a span that
-        does not start with a fully connected layer, an unknown basis or basis option, a negative ``lam`` or
-        ``seed``, unknown ``fit_options`` keys or ``init`` names, fine-tuning without labels
-        (or with labels of the wrong length, an unknown scope or unknown keys), ``test_data``
-        that is not a pair, labels (of ``test_data`` or fine-tuning) that are not integers
-        ``(N,)`` in ``[0, n_classes)``, a model without parameters, images of another dtype
-        than the model's parameters.
+        Before any long computation: a span that is not a contiguous chain (or a chain
+        inside the model that its ``forward`` does not run through its ``nn.Sequential``,
+        see :func:`tenflex.nn.surgery.span_inputs`), a span whose inputs have shape
+        ``(B,)``, a rank below 1 or larger than the data supports, training images of the
+        wrong shape, too few sampling points for the number of unknowns, a Jacobian tensor
+        or ALS sweeps that would not fit in memory, an unknown ``jacobian`` or
+        ``"factored"`` for a span that does not start with a fully connected layer, an
+        unknown basis or basis option, a negative ``lam`` or ``seed``, unknown
+        ``fit_options`` keys or ``init`` names, fine-tuning without labels (or with labels
+        of the wrong length, an unknown scope or unknown keys), ``test_data`` that is not a
+        pair, labels (of ``test_data`` or fine-tuning) that are not integers ``(N,)`` in
+        ``[0, n_classes)``, a model without parameters or with NaN/Inf parameters (named),
+        images of another dtype than the model's parameters. After sampling: span inputs,
+        outputs or Jacobians that are not finite though the model's parameters and the
+        images are (an overflow in the network).
 
     Warns
     -----
     UserWarning
-        A rank at which the flexible layer has no fewer parameters than the span.
+        A rank at which the flexible layer has no fewer parameters than splicing the span
+        out removes (the span's parameters that layers outside it use too stay).
     """
     from tenflex.fit import cmtf_als
     from tenflex.sampling import evaluation_mode
@@ -475,6 +557,7 @@ def compress(
     first = next(model.parameters(), None)
     if first is None:
         raise ValueError("model has no parameters: there is nothing to compress")
+    _check_finite_parameters(model)
     param_dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if param_dtypes and train_images.dtype not in param_dtypes:
         raise TypeError(
@@ -492,6 +575,14 @@ def compress(
     except RuntimeError as exc:
         raise ValueError(f"train_images of shape {tuple(train_images.shape[1:])} cannot be fed "
                          f"to the model: {exc}") from exc
+    if not in_shape:
+        raise ValueError(
+            f"the span {resolved.label} takes inputs of shape (B,), one number per image: "
+            "the sampling and the flexible layer need inputs (B, *input_shape) with a feature "
+            "dimension; start the span at a layer whose input keeps it (e.g. before an "
+            "nn.Flatten(0))"
+        )
+    # An output of shape (B,) is one number per image: n = 1, reshaped back to (B,).
     m, n = math.prod(in_shape), math.prod(out_shape)
 
     # Every check that can fail is done here, before sampling and fitting.
@@ -518,7 +609,12 @@ def compress(
             f"{len(train_images)} training images given; lower n_samples or n_validation "
             "(the validation images are kept apart from the samples)"
         )
-    unknowns = rank * (k + n + n_functions) + n  # of the fit
+    from tenflex.fit import _prepare_basis
+
+    # D of the fit: a Basis instance brings its own number of functions.
+    base = _prepare_basis(basis, n_functions, basis_options)  # unknown names, bad options
+    n_basis = base.n_functions
+    unknowns = rank * (k + n + n_basis) + n  # of the fit
     equations = n_samples * n * (k + 1)
     if equations < unknowns:
         raise ValueError(
@@ -540,17 +636,22 @@ def compress(
             f"of this machine's {available / 2**30:.1f} GiB; use fewer sampling points "
             f"(n_samples <= {int(_MEMORY_FRACTION * available / (8 * n * width))})"
         )
-    options = _check_fit_settings(basis, n_functions, basis_options, lam, fit_options, rank, n,
-                                  k, n_samples, seed, progress)
-    _check_solver_memory(rank, n_functions, n_samples, jacobian_bytes, available)
-    span_parameters = count_parameters(resolved.module(model))
+    options = _check_fit_settings(base, lam, fit_options, rank, n, k, n_samples, seed,
+                                  progress)
+    _check_solver_memory(rank, n_basis, n_samples, jacobian_bytes, available)
+    # Only the parameters that the splice removes count: those the rest of the model uses
+    # too (a layer used again outside the span, tied weights) stay.
+    span_parameters, shared_parameters = _span_parameters(model, resolved)
     if layer_parameters >= span_parameters:
-        fewer = (span_parameters - n - 1 - projection_parameters) // (k + n + n_functions)
+        fewer = (span_parameters - n - 1 - projection_parameters) // (k + n + n_basis)
+        shared_note = (f" (another {shared_parameters} of its parameters are used outside it "
+                       "and stay)" if shared_parameters else "")
         warnings.warn(
             f"the flexible layer of rank {rank} has {layer_parameters} parameters, no fewer "
-            f"than the {span_parameters} of the span {resolved.label} it replaces: it compresses "
-            "nothing; " + (f"ranks R <= {fewer} keep fewer" if fewer >= 1 else
-                           "no rank keeps fewer"), UserWarning, stacklevel=2)
+            f"than the {span_parameters} that removing the span {resolved.label} saves"
+            f"{shared_note}: it compresses nothing; "
+            + (f"ranks R <= {fewer} keep fewer" if fewer >= 1 else "no rank keeps fewer"),
+            UserWarning, stacklevel=2)
     n_classes = None
     if finetune is not None or test_data is not None:
         from tenflex.zoo import _n_outputs
@@ -573,6 +674,8 @@ def compress(
             raise ValueError(f"test labels must have shape ({len(test_images)},), got "
                              f"{tuple(test_labels.shape)}")
         _check_labels(test_labels, len(test_images), n_classes, "test_data[1]")
+    if check_only:
+        return None
 
     from tenflex import zoo
 
@@ -590,7 +693,8 @@ def compress(
 
         t0 = time.perf_counter()
         X_in = _batched(inputs_of_span, train_images[sample_idx].to(device), batch_size)
-        X, Y, J = _sample_span(span_module, stage if factored else None, X_in, progress)
+        X, Y, J = _sample_span(span_module, stage if factored else None, X_in, progress,
+                               resolved.label)
         times["sampling"] = time.perf_counter() - t0
 
         active = None
@@ -628,7 +732,13 @@ def compress(
 
         if n_validation:
             valid_in = _batched(inputs_of_span, train_images[valid_idx].to(device), batch_size)
-            valid_out = _batched(span_module, valid_in, batch_size).flatten(1).double()
+            # reshape, not flatten(1): a span's output may be (B,) (n = 1)
+            valid_out = _batched(span_module, valid_in, batch_size)
+            valid_out = valid_out.reshape(len(valid_out), -1).double()
+            for what, values, where in (("inputs", valid_in, "the layers before it"),
+                                        ("outputs", valid_out, "its layers")):
+                _check_finite_samples(resolved.label, what, values, 0, where,
+                                      "validation images")
             valid_x = valid_in.flatten(1).double()
             valid_fit = decoupled(valid_x if active is None else valid_x @ active.P.double())
             validation_error = relative_error(valid_fit, valid_out)
@@ -656,7 +766,7 @@ def compress(
 
         before_span, after_span = span_parameters, layer.n_parameters
         before_model = count_parameters(model)
-        after_model = before_model - before_span + after_span
+        after_model = count_parameters(compressed)  # = before - removed span + layer
         report = CompressionReport(
             span=list(resolved.paths), input_shape=list(in_shape), output_shape=list(out_shape),
             rank=int(rank), basis=str(basis if isinstance(basis, str) else basis.name),
@@ -745,7 +855,7 @@ def finetune_replacement(model: nn.Module, part: nn.Module | str, train_images: 
     from tenflex import zoo
 
     if isinstance(part, str):
-        named = dict(model.named_modules())
+        named = dict(model.named_modules(remove_duplicate=False))  # every position
         if part not in named or part == "":
             raise ValueError(f"model has no submodule {part!r}; submodules: "
                              f"{[n for n in named if n][:20]}")

@@ -150,6 +150,10 @@ def _dense_count(layer: nn.Module) -> int:
 def default_layers(model: nn.Module) -> list[str]:
     """Names of the layers compressed by default: every Conv2d / Linear but the first and last.
 
+    Positions count, not module objects: a layer registered under several names (one
+    module reused) is listed under each of them, and a module that is the first or the
+    last layer is left out under all its names.
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -157,20 +161,32 @@ def default_layers(model: nn.Module) -> list[str]:
     Returns
     -------
     list of str
-        Dotted names in ``model.named_modules()`` order.
+        Dotted names in ``model.named_modules(remove_duplicate=False)`` order.
 
     Raises
     ------
     ValueError
-        When the model has fewer than three Conv2d / Linear layers.
+        When the model has fewer than three Conv2d / Linear positions, or no layer other
+        than its first and last modules.
     """
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    # named_modules() lists a reused module once, under its first name: the last position
+    # of the network could then pass for a middle one, or the other way round.
+    found = [(n, m) for n, m in model.named_modules(remove_duplicate=False)
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    names = [n for n, _ in found]
     if len(names) < 3:
         raise ValueError(
             f"default_layers needs a model with at least 3 Conv2d/Linear layers (the first and "
             f"last stay dense), found {len(names)}: {names}; pass layers= explicitly"
         )
-    return names[1:-1]
+    first, last = found[0][1], found[-1][1]
+    middle = [n for n, m in found[1:-1] if m is not first and m is not last]
+    if not middle:
+        raise ValueError(
+            f"default_layers found no layer but the first and the last modules among the "
+            f"Conv2d/Linear layers {names} (reused modules); pass layers= explicitly"
+        )
+    return middle
 
 
 def ranks_within_budget(
@@ -287,13 +303,14 @@ def feature_shapes(
     modes that follow this layout (channels, positions) keeps related weights together;
     :func:`plan_layer` uses it (``input_shape=``).
 
-    ``model`` runs once on ``x`` with forward hooks on its leaf modules. From each named
-    ``nn.Linear``, the walk goes back through the modules that ran before it while their
-    output holds ``in_features`` values per sample; the nearest multi-dimensional output
-    on the way is the layer's feature shape. Layers whose input was never multi-dimensional
-    (fc2 of LeNet-5) and convolutions are left out. A permutation done outside modules
-    between the two would go unseen: the shape only chooses a reshaping, the compressed
-    layer is the same function class either way.
+    ``model`` runs once on ``x`` with forward hooks on its leaf modules. From each call of
+    each named ``nn.Linear``, the walk goes back through the modules that ran before it
+    while their output holds ``in_features`` values per sample; the nearest
+    multi-dimensional output on the way is the layer's feature shape. A layer that its
+    parent calls several times gets a shape when all its calls found the same one. Layers whose input was never
+    multi-dimensional (fc2 of LeNet-5) and convolutions are left out. A permutation done
+    outside modules between the two would go unseen: the shape only chooses a reshaping,
+    the compressed layer is the same function class either way.
 
     Parameters
     ----------
@@ -311,13 +328,16 @@ def feature_shapes(
     Raises
     ------
     ValueError
-        Unknown names or layers the forward pass does not call (as :func:`layer_inputs`).
+        Unknown names (the valid ones listed), reused modules or layers the forward pass
+        does not call (as :func:`layer_inputs`).
     """
     param = next(model.parameters(), None)
     if param is not None:
         x = x.to(param.device)
     # Output shapes (per sample) of the leaf modules, in the order they ran.
     ran: list[tuple[nn.Module, tuple[int, ...] | None]] = []
+    # Per named layer, how many leaves had run when it was called (one entry per call).
+    called: dict[str, list[int]] = {}
 
     def record(module: nn.Module, _args: tuple, out: Any) -> None:
         shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) and out.ndim else None
@@ -330,25 +350,34 @@ def feature_shapes(
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(record) for m in leaves]
     try:
-        # layer_inputs checks the names and runs the one forward pass the hooks record.
-        targets = {n: model.get_submodule(n) for n in layer_inputs(model, names, x)}
+        _record_calls(model, names, x,
+                      lambda n, _args, _kwargs: called.setdefault(n, []).append(len(ran)))
     finally:
         for h in handles:
             h.remove()
         for m, training in training_flags.items():
             m.training = training
     shapes: dict[str, tuple[int, ...]] = {}
-    for name, layer in targets.items():
+    for name, positions in called.items():
+        layer = model.get_submodule(name)
         if not isinstance(layer, nn.Linear):
             continue
-        position = next(i for i, (m, _) in enumerate(ran) if m is layer)
-        for _, shape in reversed(ran[:position]):
-            if shape is None or math.prod(shape) != layer.in_features:
-                break
-            if len([d for d in shape if d > 1]) >= 2:
-                shapes[name] = shape
-                break
+        found = {_shape_before(ran[:position], layer.in_features) for position in positions}
+        if len(found) == 1 and None not in found:  # a layer called twice: the same layout
+            shapes[name] = found.pop()
     return shapes
+
+
+def _shape_before(ran: list[tuple[nn.Module, tuple[int, ...] | None]], n_features: int
+                  ) -> tuple[int, ...] | None:
+    """The nearest multi-dimensional output, back from the end of ``ran``, of those that
+    hold ``n_features`` values (see :func:`feature_shapes`)."""
+    for _, shape in reversed(ran):
+        if shape is None or math.prod(shape) != n_features:
+            return None
+        if len([d for d in shape if d > 1]) >= 2:
+            return shape
+    return None
 
 
 def _structured_factors(shape: Sequence[int], modes: int) -> tuple[int, ...] | None:
@@ -630,15 +659,16 @@ def compress_network(
         raise ValueError("layers must name at least one layer")
     if len(set(names)) != len(names):
         raise ValueError(f"layers has duplicated names: {names}")
-    valid = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    # Every position of a reused module has its name (named_modules() lists it once), so
+    # that naming any of them gets the message about shared weights below.
+    positions = list(model.named_modules(remove_duplicate=False))
+    valid = [n for n, m in positions if isinstance(m, (nn.Conv2d, nn.Linear))]
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ValueError(f"unknown layer name(s) {unknown}; Conv2d/Linear layers: {valid}")
-    # named_modules() lists a module registered under several names once: replacing it
-    # under one name would leave the other occurrences dense and end the weight sharing.
-    aliases: dict[int, list[str]] = {}
-    for n, m in model.named_modules(remove_duplicate=False):
-        aliases.setdefault(id(m), []).append(n)
+    # Replacing a module registered under several names under one of them would leave the
+    # other occurrences dense and end the weight sharing.
+    aliases = _aliases(positions)
     for n in names:
         shared = aliases[id(model.get_submodule(n))]
         if len(shared) > 1:
@@ -680,51 +710,112 @@ def compress_network(
     return out, plans
 
 
-def layer_inputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Inputs that the named layers receive when ``model`` runs on ``x`` (forward hooks).
+def _aliases(positions: Sequence[tuple[str, nn.Module]]) -> dict[int, list[str]]:
+    """``id(module) -> every name it is registered under``, from
+    ``model.named_modules(remove_duplicate=False)``."""
+    aliases: dict[int, list[str]] = {}
+    for n, m in positions:
+        aliases.setdefault(id(m), []).append(n)
+    return aliases
 
-    Parameters
-    ----------
-    model : torch.nn.Module
-    names : sequence of str
-    x : torch.Tensor, shape (B, *input_shape)
 
-    Returns
-    -------
-    dict
-        name -> tensor ``(B, ...)`` (detached).
+def _record_calls(model: nn.Module, names: Sequence[str], x: torch.Tensor,
+                  on_call: Callable[[str, tuple, dict], None]) -> dict[str, int]:
+    """Run ``model(x)`` once (no gradients); ``on_call(name, args, kwargs)`` at each call of
+    each named layer, before the call (forward pre-hooks). Returns the number of calls per
+    name.
 
-    Raises
-    ------
-    TypeError
-        ``names`` is a str.
-    ValueError
-        A name that is no submodule of ``model`` (the valid names are listed), or a layer
-        the forward pass does not call.
+    A module object registered under several names (an activation reused along an
+    ``nn.Sequential``, any layer of a reused block) is refused: a hook on it fires at every
+    position, and the calls at the named one cannot be told apart from the others.
     """
     if isinstance(names, str):
         raise TypeError("names must be a sequence of layer names, not a str")
-    valid = [n for n, _ in model.named_modules() if n]
+    positions = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
+    valid = [n for n, _ in positions]
     unknown = [n for n in names if n not in valid]
     if unknown:
         shown = valid if len(valid) <= 40 else valid[:40] + ["..."]
         raise ValueError(f"model has no submodule(s) {unknown}; valid names: {shown}")
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-    for n in names:
-        def hook(_m: nn.Module, args: tuple, _out: Any, n: str = n) -> None:
-            store.setdefault(n, args[0].detach())
+    aliases = _aliases(positions)
+    names = list(dict.fromkeys(names))
+    reused = {n: aliases[id(model.get_submodule(n))] for n in names
+              if len(aliases[id(model.get_submodule(n))]) > 1}
+    if reused:
+        raise ValueError(
+            f"layers {list(reused)} are module objects registered under several names "
+            f"({reused}): a hook cannot tell the calls at one of these positions from those at "
+            "the others; give each position its own module (copy.deepcopy), or name a layer "
+            "that is not reused"
+        )
+    counts = dict.fromkeys(names, 0)
 
-        handles.append(model.get_submodule(n).register_forward_hook(hook))
+    def hook_for(n: str) -> Callable:
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            counts[n] += 1
+            on_call(n, args, kwargs)
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook_for(n), with_kwargs=True)
+               for n in names]
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-    missing = [n for n in names if n not in store]
+    missing = [n for n in names if not counts[n]]
     if missing:
         raise ValueError(f"layers {missing} were not called in the forward pass")
+    return counts
+
+
+def layer_inputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inputs that the named layers receive when ``model`` runs on ``x``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    names : sequence of str
+        Dotted names, as ``model.named_modules(remove_duplicate=False)`` gives them.
+    x : torch.Tensor, shape (B, *input_shape)
+
+    Returns
+    -------
+    dict
+        name -> tensor ``(B, ...)``: a detached copy of the first positional argument of
+        the call, made as the call begins.
+
+    Raises
+    ------
+    TypeError
+        ``names`` is a str.
+    ValueError
+        A name that is no submodule of ``model`` (the valid names are listed), a module
+        object registered under several names (a reused module: its calls at one position
+        cannot be told apart), a layer the forward pass does not call, one it calls more
+        than once (no single input), or one called without a positional tensor.
+    """
+    calls: dict[str, list[Any]] = {}
+
+    def keep(n: str, args: tuple, _kwargs: dict) -> None:
+        # Copied when the call begins: an in-place layer (ReLU(inplace=True)) overwrites it.
+        tensor = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        calls.setdefault(n, []).append(None if tensor is None else tensor.detach().clone())
+
+    _record_calls(model, names, x, keep)
+    repeated = {n: len(c) for n, c in calls.items() if len(c) > 1}
+    if repeated:
+        raise ValueError(
+            f"layers ran more than once in one forward pass (name: calls "
+            f"{repeated}; their parent's forward calls them more than once), so they have no "
+            "single input; give each call its own module (copy.deepcopy)"
+        )
+    store: dict[str, torch.Tensor] = {}
+    for n in dict.fromkeys(names):  # in the order of names
+        [store[n]] = calls[n]
+        if store[n] is None:
+            raise ValueError(f"layer {n!r} was called without a positional tensor input")
     return store
 
 

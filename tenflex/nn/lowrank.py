@@ -728,13 +728,16 @@ def replace_layer(model: nn.Module, name: str, new_module: nn.Module) -> nn.Modu
     """Replace the submodule at a dotted name, in place.
 
     Works for ``nn.Sequential`` (``"3"``, ``"features.3"``), named children
-    (``"fc1"``), nested modules and ``nn.ModuleList`` / ``nn.ModuleDict`` entries.
+    (``"fc1"``), nested modules and ``nn.ModuleList`` / ``nn.ModuleDict`` entries. Only
+    the named position changes: a module object registered at several positions (one
+    activation reused along an ``nn.Sequential``) stays at the others.
 
     Parameters
     ----------
     model : torch.nn.Module
     name : str
-        Dotted name as in ``model.named_modules()``.
+        Dotted name as in ``model.named_modules(remove_duplicate=False)``: every position
+        of a reused module has its name.
     new_module : torch.nn.Module
 
     Returns
@@ -747,23 +750,32 @@ def replace_layer(model: nn.Module, name: str, new_module: nn.Module) -> nn.Modu
     TypeError
         ``new_module`` is not an ``nn.Module``.
     ValueError
-        ``name`` is empty or names no submodule (the message lists valid names).
+        ``name`` is empty or names no submodule (the message lists valid names), or its
+        parent is one module object registered under several names: replacing the layer
+        in it would replace it at all of them.
     """
     if not isinstance(new_module, nn.Module):
         raise TypeError(f"new_module must be a torch.nn.Module, got {type(new_module).__name__}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty dotted module name, got {name!r}")
-    valid = [n for n, _ in model.named_modules() if n]
+    # named_modules() would list a module object once, under its first name only.
+    positions = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
+    valid = [n for n, _ in positions]
     if name not in valid:
         shown = valid if len(valid) <= 40 else valid[:40] + ["..."]
         raise ValueError(f"model has no submodule {name!r}; valid names: {shown}")
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    old = parent.get_submodule(child)
-    if isinstance(parent, nn.ModuleList | nn.Sequential) and child.isdigit():
-        parent[int(child)] = new_module
-    elif isinstance(parent, nn.ModuleDict):
-        parent[child] = new_module
-    else:
-        setattr(parent, child, new_module)
+    if parent_name:
+        shared = [n for n, m in positions if m is parent]
+        if len(shared) > 1:
+            raise ValueError(
+                f"the parent of {name!r} is one module registered under the names {shared}: "
+                f"replacing its child {child!r} would replace it at every one of them; give "
+                "each position its own module (copy.deepcopy) to replace one"
+            )
+    old = parent._modules[child]
+    # By key, not by index: the children of an nn.Sequential built from an OrderedDict
+    # need not be named after their positions ("0" may be the second child).
+    setattr(parent, child, new_module)
     return old

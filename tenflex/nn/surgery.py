@@ -5,7 +5,9 @@ itself, or a submodule named by its dotted path, e.g. ``"classifier.0"``), or a 
 submodule of any model (e.g. ``"classifier"`` of a module whose ``forward`` calls
 ``self.classifier``). It is the subnetwork that a flexible layer (or any other module)
 replaces. In a sequential model the model becomes ``prefix → replacement → suffix``; in
-any other model the span's inputs are captured where its ``forward`` calls the span.
+any other model the span's inputs are captured where its ``forward`` calls the span (a chain
+of several layers must then run through its ``nn.Sequential``'s ``forward``, which the model
+calls once).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 from tenflex.checks import is_int
 from tenflex.sampling import evaluation_mode
 
-__all__ = ["Span", "resolve_span", "span_inputs", "span_shapes", "splice"]
+__all__ = ["Span", "flat_layers", "resolve_span", "span_inputs", "span_shapes", "splice"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class Span:
         ``""`` for the model itself.
     sequential : bool
         Whether ``parent`` is a plain ``nn.Sequential`` (its ``forward`` runs its children in
-        order). Otherwise the span is a single child, which the parent calls in its own way.
+        order; :func:`span_inputs` checks that the model calls it, for a span of several
+        layers). Otherwise the span is a single child, which the parent calls in its own way.
     """
 
     start: int
@@ -99,6 +102,25 @@ class Span:
         return _subsequence(layers, self.stop, len(layers))
 
 
+def flat_layers(module: nn.Sequential) -> list[tuple[str, nn.Module]]:
+    """The ``(dotted name, layer)`` pairs a plain ``nn.Sequential`` runs, in order, with
+    nested plain ``nn.Sequential`` layers expanded (a module used twice is listed twice).
+
+    Examples
+    --------
+    >>> block = nn.Sequential(nn.Linear(4, 3), nn.Sequential(nn.ReLU(), nn.Linear(3, 2)))
+    >>> [name for name, _ in flat_layers(block)]
+    ['0', '1.0', '1.1']
+    """
+    layers = []
+    for name, layer in module._modules.items():  # a module used twice runs twice
+        if type(layer) is nn.Sequential:
+            layers += [(f"{name}.{inner}", m) for inner, m in flat_layers(layer)]
+        else:
+            layers.append((name, layer))
+    return layers
+
+
 def _layers(model: nn.Sequential) -> list[tuple[str, nn.Module]]:
     """The ``(name, layer)`` pairs that ``nn.Sequential.forward`` runs, in order.
 
@@ -140,6 +162,25 @@ def _check_span(model: Any, span: Any) -> list[tuple[str, nn.Module]]:
     return layers
 
 
+def _kept_modules(model: nn.Module, span: Span) -> list[nn.Module]:
+    """The modules of ``model`` that :func:`splice` keeps: every module reachable from the
+    model but through the span's entries in its parent (wherever that parent occurs), each
+    once. A layer of the span that is registered elsewhere too is among them."""
+    parent = model.get_submodule(span.parent)
+    kept: list[nn.Module] = []
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        kept.append(module)
+        stack.extend(child for name, child in module._modules.items()
+                     if child is not None and not (module is parent and name in span.names))
+    return kept
+
+
 def _index(model: nn.Sequential, key: Any, names: list[str], what: str) -> int:
     if not (is_int(key) or isinstance(key, str)):
         raise TypeError(f"{what} must be a layer index (int) or name (str), got {key!r}")
@@ -175,7 +216,8 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     ----------
     model : torch.nn.Module
         The network. A span of several layers is a chain of children of a plain
-        ``nn.Sequential``: the model itself or one of its submodules. A span of one layer
+        ``nn.Sequential``: the model itself or one of its submodules, which the model's
+        ``forward`` must call (checked by :func:`span_inputs`). A span of one layer
         may be any submodule, e.g. ``"classifier"`` of a module whose ``forward`` flattens
         its features and calls ``self.classifier``.
     span : int, str, slice, or sequence of int/str
@@ -288,8 +330,10 @@ def span_inputs(model: nn.Module, span: Span, x: torch.Tensor) -> torch.Tensor:
     For a span of a sequential model's own children this runs the layers before it
     (:meth:`Span.prefix`); otherwise it runs the whole model once and captures what its
     ``forward`` hands the span's first layer (a forward pre-hook), flattening included
-    (``torch.flatten(x, 1)`` in a ``forward`` before ``self.classifier``). The model runs
-    in whatever train/eval mode it is in; no gradients are recorded.
+    (``torch.flatten(x, 1)`` in a ``forward`` before ``self.classifier``), and checks that
+    a span of several layers runs as a chain: its ``nn.Sequential`` is called, once, and its
+    layers run nowhere else. The model runs in whatever train/eval mode it is in; no
+    gradients are recorded.
 
     Parameters
     ----------
@@ -306,22 +350,83 @@ def span_inputs(model: nn.Module, span: Span, x: torch.Tensor) -> torch.Tensor:
     ValueError
         ``span`` was resolved on another model; the model's ``forward`` did not call the
         span's first layer exactly once (a module used twice has no single input), or called
-        it with anything but one tensor.
+        it with anything but one tensor; for a span of several layers inside the model, the
+        ``forward`` did not call their ``nn.Sequential`` exactly once (a ``forward`` that
+        loops over its layers, ``for layer in self.blocks: x = x + layer(x)``, does not run
+        them as the chain that the span's module computes), or also calls one of them
+        outside it (``self.blocks[2](y)``: the replacement would not be there).
     """
     layers = _check_span(model, span)
     if span.has_prefix:
         return span.prefix(model)(x)
     first = layers[span.start][1]
     calls: list[tuple[tuple, dict]] = []
+    parent_calls: list[None] = []
 
     def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
         calls.append((args, kwargs))
 
-    handle = first.register_forward_pre_hook(capture, with_kwargs=True)
+    handles = [first.register_forward_pre_hook(capture, with_kwargs=True)]
+    # A chain of several layers runs as one only inside nn.Sequential.forward: a forward
+    # that loops over the layers itself (x = x + layer(x)) combines them in its own way,
+    # which the span's module, and a replacement fitted to it, would not reproduce.
+    chain = span.sequential and len(span.names) > 1
+    outside: list[str] = []  # layers of the chain called outside the parent's forward
+    if chain:
+        parent = model.get_submodule(span.parent)
+        depth = [0]
+
+        def enter(module: nn.Module, args: tuple) -> None:
+            parent_calls.append(None)
+            depth[0] += 1
+
+        def leave(module: nn.Module, args: tuple, output: Any) -> None:
+            depth[0] -= 1
+
+        def called(path: str):
+            def hook(module: nn.Module, args: tuple) -> None:
+                if not depth[0] and path not in outside:
+                    outside.append(path)
+            return hook
+
+        handles += [parent.register_forward_pre_hook(enter), parent.register_forward_hook(leave)]
+        # A layer registered elsewhere in the model too (one activation object in two
+        # places) may run there: the splice keeps it there. A layer of the span alone that
+        # runs outside the parent's forward is reached by index or name (self.blocks[2]).
+        kept = {id(module) for module in _kept_modules(model, span)}
+        handles += [layer.register_forward_pre_hook(called(path))
+                    for path, (_, layer) in zip(span.paths, layers[span.start:span.stop])
+                    if id(layer) not in kept]
     try:
         model(x)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+    if chain and len(parent_calls) != 1:
+        if not parent_calls:
+            raise ValueError(
+                f"the model's forward never calls {span.parent!r}, the nn.Sequential that holds "
+                f"the span {span.label}, so nn.Sequential.forward does not run the span's "
+                "layers as a chain (a forward that loops over them, e.g. x = x + layer(x), "
+                "combines them in its own way, which a replacement of the chain would not "
+                "reproduce); choose a span the model calls as one module (a single layer, e.g. "
+                f"{span.paths[0]!r}, or a submodule its forward calls), or restructure the "
+                "model so that its forward calls an nn.Sequential holding the chain"
+            )
+        raise ValueError(
+            f"the model's forward calls {span.parent!r}, the nn.Sequential that holds the span "
+            f"{span.label}, {len(parent_calls)} times on one batch, so the span has no single "
+            "input; a chain of layers must be in an nn.Sequential that runs once (give a "
+            "module used twice its own instances)"
+        )
+    if outside:
+        raise ValueError(
+            f"the model's forward calls {', '.join(outside)} of the span {span.label} outside "
+            f"{span.parent!r}'s own forward too (by index or name, e.g. self.blocks[2](x)): "
+            "after the splice the replacement would not be there; choose a span whose layers "
+            f"the model uses only through {span.parent!r}, or give the layer used elsewhere its "
+            "own instance"
+        )
     if len(calls) != 1:
         raise ValueError(
             f"the model's forward called the span's first layer {span.paths[0]} "
@@ -359,7 +464,8 @@ def span_shapes(model: nn.Module, span: Span, example: torch.Tensor) -> tuple[tu
         ``span`` is not a :class:`Span`.
     ValueError
         ``span`` was resolved on another model (its names differ from the layers at its
-        positions), or its inputs cannot be captured (see :func:`span_inputs`).
+        positions), or its inputs cannot be captured or its layers do not run as a chain
+        (see :func:`span_inputs`).
     """
     _check_span(model, span)
     with evaluation_mode(model):
