@@ -5,9 +5,13 @@ for the options of one command.
 
 Standard output carries only a command's result (a JSON document, or a short summary when
 ``--report FILE`` takes the JSON); progress bars and the solver's log go to standard error,
-so ``tenflex compress ... > report.json`` writes valid JSON. Exit status: 0 on success, 1 when
-a result file cannot be written after the work is done, 2 for a setting or file the command
-refuses (nothing is computed), 130 when interrupted.
+so ``tenflex compress ... > report.json`` writes valid JSON. In the JSON documents (on
+standard output and in ``--report`` files) a number that is not finite (NaN or infinity,
+e.g. ``fit_output_error_validation`` with ``--n-validation 0``) is written as ``null``.
+Exit status: 0 on success, 1 when a result file cannot be written after the work is done, 2
+for a setting or file the command refuses (nothing is computed: ``compress`` checks its
+settings against the network's architecture and the data set before it trains or loads the
+network), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import platform
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -189,16 +194,45 @@ def _write_output(args: argparse.Namespace, option: str, path: str,
     args.written.append(path)
 
 
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None (in dicts, lists
+    and tuples too), so that it encodes as strict JSON (``null``)."""
+    if isinstance(value, float):  # numpy.float64 included
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def _json_number(value: Any) -> float | None:
+    """``json.dumps``' fallback: other numbers (numpy, 0-d tensors) as floats, non-finite
+    ones as None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable"
+                        ) from None
+    return number if math.isfinite(number) else None
+
+
+def _json_text(data: Any) -> str:
+    """``data`` as strict JSON (RFC 8259): NaN and infinities become ``null``."""
+    return json.dumps(_finite_or_none(data), indent=2, default=_json_number, allow_nan=False)
+
+
 def _print_json(data: Any) -> None:
-    """Print ``data`` as JSON on standard output, the command's result."""
-    print(json.dumps(data, indent=2, default=float))
+    """Print ``data`` as JSON on standard output, the command's result (non-finite numbers
+    as ``null``)."""
+    print(_json_text(data))
 
 
 def _write_report(args: argparse.Namespace, data: Any) -> None:
-    """Write ``data`` as JSON to ``--report`` (atomically)."""
+    """Write ``data`` as JSON to ``--report`` (atomically; non-finite numbers as ``null``)."""
     from tenflex.files import atomic_write
 
-    text = json.dumps(data, indent=2, default=float) + "\n"
+    text = _json_text(data) + "\n"
     _write_output(args, "--report", args.report,
                   lambda: atomic_write(args.report, lambda handle: handle.write(text), mode="w"))
 
@@ -290,6 +324,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Defaults of ``compress --n-samples`` and ``--n-validation`` where the data set has room.
+_N_SAMPLES, _N_VALIDATION = 5000, 2000
+
+
+def _sample_counts(args: argparse.Namespace, n_train: int) -> tuple[int, int]:
+    """``(n_samples, n_validation)`` of ``compress``: the options, or their defaults fitted
+    to the ``n_train`` training images; too many images asked for is refused.
+
+    Defaults: ``n_validation = min(2000, n_train // 5)`` (no more than what an explicit
+    ``--n-samples`` leaves), then ``n_samples = min(5000, n_train - n_validation)``.
+
+    Raises
+    ------
+    CommandError
+        The counts (explicit ones, or what an explicit one leaves) exceed the training set.
+    """
+    n_samples, n_validation = args.n_samples, args.n_validation
+    shown = _DATASET_DISPLAY[args.dataset]
+    if n_validation is None:
+        n_validation = min(_N_VALIDATION, n_train // 5)
+        if n_samples is not None:
+            n_validation = max(0, min(n_validation, n_train - n_samples))
+    if n_samples is None:
+        n_samples = min(_N_SAMPLES, n_train - n_validation)
+        if n_samples < 1:
+            raise CommandError(f"--n-validation {n_validation} leaves none of the {n_train} "
+                               f"training images of {shown} to sample the span at; lower "
+                               "--n-validation")
+    if n_samples + n_validation > n_train:
+        given = " and ".join(f"{option} {value}" for option, value, explicit in (
+            ("--n-samples", n_samples, args.n_samples is not None),
+            ("--n-validation", n_validation, args.n_validation is not None)) if explicit)
+        raise CommandError(f"{given}: n_samples + n_validation = {n_samples} + {n_validation} "
+                           f"= {n_samples + n_validation} exceeds the {n_train} training "
+                           f"images of {shown} (the validation images are kept apart from the "
+                           "samples); lower them, or leave them out to get defaults that fit")
+    return n_samples, n_validation
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     """Compress a span of a pretrained reference network with a flexible layer."""
     from tenflex import zoo
@@ -300,24 +373,30 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise CommandError("--finetune-validation selects among fine-tuning epochs: give "
                            "--finetune-epochs too")
     with _progress_to_stderr():
-        model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.model_seed,
-                               cache_dir=args.cache_dir, device=device, progress=True)
-        model.to(device)  # the compression runs where the model is
         train_images, train_labels = zoo.dataset_tensors(args.dataset, "train")
         test_images, test_labels = zoo.dataset_tensors(args.dataset, "test")
+        n_samples, n_validation = _sample_counts(args, len(train_images))
         finetune = None
         if args.finetune_epochs:
             finetune = {"scope": args.finetune_scope, "epochs": args.finetune_epochs,
                         "lr": args.finetune_lr, "train_labels": train_labels}
             if args.finetune_validation:
                 finetune["validation"] = args.finetune_validation
-        fit_options = {"max_iter": args.max_iter}
-        result = compress(model, args.span, train_images, rank=args.rank, basis=args.basis,
-                          n_functions=args.n_functions, lam=args.lam, n_samples=args.n_samples,
-                          n_validation=args.n_validation,
-                          test_data=(test_images, test_labels), fit_options=fit_options,
-                          finetune=finetune, seed=args.seed, jacobian=args.jacobian,
-                          subspace=args.subspace, progress=True)
+        settings = {"rank": args.rank, "basis": args.basis, "n_functions": args.n_functions,
+                    "lam": args.lam, "n_samples": n_samples, "n_validation": n_validation,
+                    "test_data": (test_images, test_labels),
+                    "fit_options": {"max_iter": args.max_iter}, "finetune": finetune,
+                    "seed": args.seed, "jacobian": args.jacobian, "subspace": args.subspace}
+        # Every setting is checked on an untrained network of the same architecture before
+        # the real one is trained (or loaded); its warnings come with the real run.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compress(zoo.build_model(args.model, seed=0), args.span, train_images,
+                     check_only=True, **settings)
+        model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.model_seed,
+                               cache_dir=args.cache_dir, device=device, progress=True)
+        model.to(device)  # the compression runs where the model is
+        result = compress(model, args.span, train_images, progress=True, **settings)
     # What rebuilds and evaluates the file: the network, and the data and training seed of
     # the pretrained weights (`tenflex evaluate` defaults to that data set).
     base = {"model": args.model, "dataset": args.dataset, "model_seed": args.model_seed}
@@ -415,7 +494,11 @@ def _resolve_evaluated(args: argparse.Namespace, device: Any) -> tuple[Any, dict
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    """Test accuracy of a compressed model file or of a pretrained reference network."""
+    """Test accuracy of a compressed model file or of a pretrained reference network.
+
+    The test images are converted to the dtype of the model's parameters (a model file may
+    be float64).
+    """
     from tenflex import zoo
     from tenflex.nn.compress import count_parameters
 
@@ -423,7 +506,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with _progress_to_stderr():
         model, source, dataset = _resolve_evaluated(args, device)
         model.to(device)
-        images, labels = zoo.dataset_tensors(dataset, "test")
+        images, labels = zoo.dataset_tensors(dataset, "test")  # float32
+        # A model file keeps its dtype (float64 for a model compressed in double precision):
+        # the images follow it.
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        if dtype is not None:
+            images = images.to(dtype)
         accuracy = zoo.evaluate(model, images, labels)
     result = {**source, "dataset": dataset, "parameters": count_parameters(model),
               "test_accuracy": accuracy}
@@ -557,11 +645,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="basis functions D per branch")
     comp.add_argument("--lam", type=_float_type(positive=False), default=100.0,
                       help="weight of the output term against the Jacobian term")
-    comp.add_argument("--n-samples", type=_int_type(1), default=5000,
-                      help="sampling points N (training images where the span is sampled)")
-    comp.add_argument("--n-validation", type=_int_type(0), default=2000,
+    comp.add_argument("--n-samples", type=_int_type(1), default=None,
+                      help="sampling points N (training images where the span is sampled; "
+                      f"default: {_N_SAMPLES}, or the training images that --n-validation "
+                      "leaves if fewer, e.g. 1150 on digits)")
+    comp.add_argument("--n-validation", type=_int_type(0), default=None,
                       help="further training images on which the fitted layer's output error "
-                      "is measured (with --n-samples, at most the training set)")
+                      "is measured (with --n-samples, at most the training set; default: "
+                      f"{_N_VALIDATION}, or a fifth of the training images if fewer, e.g. 287 "
+                      "on digits, and no more than an explicit --n-samples leaves; 0: none, "
+                      "the report's fit_output_error_validation is then null)")
     comp.add_argument("--max-iter", type=_int_type(1), default=30, help="ALS sweeps at most")
     comp.add_argument("--jacobian", default="auto", choices=["auto", "dense", "factored"],
                       help="hold the Jacobians as K_k A through a first fully connected layer "
@@ -593,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = _add_command(commands, "evaluate", "test accuracy of a model file or network",
                             _cmd_evaluate, "Prints the result as JSON (or writes it to "
-                            "--report).")
+                            "--report). The test images take the dtype of the model's "
+                            "parameters (a model file may be float64).")
     evaluate.add_argument("model", help=f"{_MAKE_MODEL_FILE}, or a network name "
                           f"({', '.join(_MODELS)})")
     evaluate.add_argument("--dataset", default=None, type=_dataset_type(datasets),

@@ -17,6 +17,9 @@ model's Jacobian tensor is never formed.
 
 Notation: ``X`` (N, m), ``Y`` (N, n), ``J`` (n, m, N), ``W`` (n, R), ``V`` (m, R),
 ``C`` (D, R), ``b`` (n,), ``Z = X V``, ``G[k, r] = g_r(Z[k, r])``, ``H[k, r] = g_r'(Z[k, r])``.
+For a layer with a subspace (``FlexibleLayer(..., subspace=k)``) the input directions are
+``V = P Q`` with the projection ``P`` (m, k) and the layer's attribute ``V`` = ``Q`` (k, R),
+and ``Z = (X P) Q``, as in the layer's forward pass.
 """
 
 from __future__ import annotations
@@ -146,6 +149,9 @@ class _Inner(torch.autograd.Function):
 class _FlexibleCost:
     """Cost of :func:`tenflex.fit.cmtf_als` for a FlexibleLayer, on all samples or a batch.
 
+    With a subspace the directions are ``V = P Q`` (:meth:`directions`), and the branch
+    inputs and ``J_B V`` are computed factored, ``(X P) Q`` and ``(J_B P) Q``.
+
     For a dense ``J`` the samples of a batch are gathered from the ``(n, N, m)`` storage
     of :class:`~tenflex.cpd.DenseJacobian` (rows of ``m`` contiguous entries), and the
     Jacobian term's gradient flows by autograd through the product ``J_B V``; for any other
@@ -164,6 +170,17 @@ class _FlexibleCost:
         self.dense = Jt.data if isinstance(Jt, DenseJacobian) else None  # (n, N, m)
         # ||J_k||^2 per sample, so that ||J_B||^2 of a batch is a sum.
         self.sample_norm_sq = None if self.dense is None else (self.dense**2).sum(dim=(0, 2))
+
+    def directions(self) -> Tensor:
+        """The layer's input directions ``V`` (m, R): ``P Q`` with a subspace, as in its
+        forward pass (autograd then carries the gradient to both ``P`` and ``Q``)."""
+        layer = self.layer
+        return layer.V if layer.P is None else layer.P @ layer.V
+
+    def branch_inputs(self, X: Tensor) -> Tensor:
+        """``Z = X V``, or ``(X P) Q`` with a subspace, as in the layer's forward pass."""
+        layer = self.layer
+        return X @ layer.V if layer.P is None else (X @ layer.P) @ layer.V
 
     def branches(self, Z: Tensor) -> tuple[Tensor, Tensor]:
         Phi, dPhi = self.layer.basis.values_and_derivatives(Z)
@@ -186,16 +203,17 @@ class _FlexibleCost:
         ``co_B = ||Y_B - 1 b^T - G_B W^T||^2 / ||Y - Ybar||^2``; summed over a partition
         of the samples they give the full-data terms. ``idx`` None: all samples.
         """
-        W, V = self.layer.W, self.layer.V
+        W, V = self.layer.W, self.directions()
         X = self.X if idx is None else self.X.index_select(0, idx)
         Y = self.Y if idx is None else self.Y.index_select(0, idx)
-        G, H = self.branches(X @ V)
+        G, H = self.branches(self.branch_inputs(X))
         if idx is None and self.dense is None:
             inner, norm_jb = _Inner.apply(V, W, H, self.Jt), self.norm_j
         else:
             A = self.dense if idx is None else self.dense.index_select(1, idx)  # (n, B, m)
             n, B, m = A.shape
-            T = (A.reshape(n * B, m) @ V).reshape(n, B, -1)  # T[:, k, r] = J_k v_r
+            # T[:, k, r] = J_k v_r, factored as (J_k P) Q with a subspace.
+            T = self.branch_inputs(A.reshape(n * B, m)).reshape(n, B, -1)
             inner = (torch.einsum("ikr,kr->ir", T, H) * W).sum()
             norm_jb = self.norm_j if idx is None else self.sample_norm_sq[idx].sum()
         cj = (norm_jb - 2 * inner + cp_norm_sq(W, V, H)) / self.norm_j
@@ -215,8 +233,8 @@ class _FlexibleCost:
     @torch.no_grad()
     def full_costs(self) -> tuple[float, float, float]:
         """``(cost_jacobian, cost_output, total)`` exactly as ``cmtf_als`` computes them."""
-        W, V, C = self.layer.W, self.layer.V, self.layer.C
-        G, H = self.branches(self.X @ V)
+        W, V, C = self.layer.W, self.directions(), self.layer.C
+        G, H = self.branches(self.branch_inputs(self.X))
         b = torch.zeros_like(self.Y[0]) + self.bias()
         return self.problem.costs(W, V, C, b, G, H, self.Jt.contract_input(V))
 
@@ -291,7 +309,12 @@ def fit_by_gradient(
       + ridge (||W||^2 + ||C||^2)``, whose Jacobian term is evaluated from the structure,
       ``||J_B||^2 - 2 sum_k sum_r H[k, r] w_r^T J_k v_r + ||[[W, V, H_B]]||^2`` on a batch
       ``B``, without forming the model's Jacobians. The basis' affine maps stay fixed, as
-      in ``cmtf_als``.
+      in ``cmtf_als``. For a layer with a subspace (``FlexibleLayer(..., subspace=k)``,
+      e.g. the ``layer`` of :func:`tenflex.nn.compress` with ``subspace=k``) the
+      directions are ``V = P Q`` and the branch inputs ``Z = (X P) Q``, as in the layer's
+      forward pass; ``P`` trains with the other parameters unless it is frozen (e.g.
+      ``layer.P.requires_grad_(False)`` keeps the active subspace fixed). The ridge term
+      does not include ``P``.
 
     A minibatch's loss uses the full-data normalisation scaled by ``|B| / N`` (the ridge
     term once), so the minibatch losses of a pass average to the full-data cost (exactly
@@ -303,8 +326,9 @@ def fit_by_gradient(
     ----------
     layer : torch.nn.Module
         Maps a batch ``(B, m)`` (or ``(B, *in_shape)``, as ``X``) to ``(B, n)`` (or
-        ``(B, *out_shape)``; compared flattened). Trained in place; its dtype and device
-        (of its first parameter) are those of the computation. It is in train mode during
+        ``(B, *out_shape)``; compared flattened). Trained in place: its parameters with
+        ``requires_grad`` (the others stay fixed); its dtype and device (of its first
+        trainable parameter) are those of the computation. It is in train mode during
         the steps and in eval mode for the records and the callback; its original mode is
         restored at the end.
     X : tensor or ndarray, shape (N, m)

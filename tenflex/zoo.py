@@ -531,17 +531,27 @@ def one_cycle_factor(step: int, total_steps: int) -> float:
     return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * progress)) / 2.0
 
 
-def _as_images_labels(data: Any, argname: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_images_labels(
+    data: Any, argname: str, dtypes: tuple[torch.dtype, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"{argname} must be a pair (images, labels), got {type(data).__name__}")
     images, labels = data
-    return _check_images_labels(images, labels, argname)
+    return _check_images_labels(images, labels, argname, dtypes)
 
 
-def _check_images(images: Any, argname: str) -> torch.Tensor:
-    """Float images ``(N, ...)`` with N >= 1, all finite; raw uint8 MNIST pixels normalised."""
+def _check_images(
+    images: Any, argname: str, dtypes: tuple[torch.dtype, ...] = ()
+) -> torch.Tensor:
+    """Float images ``(N, ...)`` with N >= 1, all finite; raw uint8 MNIST pixels normalised.
+
+    With ``dtypes`` (the model's, :func:`_model_dtypes`): normalised raw pixels are returned
+    in the first, and float images of none of them raise a TypeError (the model would fail
+    on them with a less helpful message).
+    """
     x = images if torch.is_tensor(images) else torch.as_tensor(np.asarray(images))
-    if x.dtype == torch.uint8:
+    raw = x.dtype == torch.uint8
+    if raw:
         # Raw pixels: apply the shared MNIST preprocessing, to MNIST-shaped images only (the
         # constants are MNIST's; other images need their own).
         if tuple(x.shape[1:]) not in ((28, 28), (1, 28, 28)):
@@ -551,10 +561,18 @@ def _check_images(images: Any, argname: str) -> torch.Tensor:
                 f"{tuple(x.shape)}: normalise them yourself and pass float images"
             )
         x = normalize_images(x, "mnist")
+        if dtypes:
+            x = x.to(dtypes[0])
     if not x.is_floating_point():
         raise TypeError(
             f"{argname}: images must be float (normalised) or uint8 (raw pixels), "
             f"got dtype {x.dtype}"
+        )
+    if dtypes and x.dtype not in dtypes:
+        raise TypeError(
+            f"{argname}: images have dtype {x.dtype} but the model's parameters are "
+            f"{dtypes[0]}; convert one of them (e.g. images.to({dtypes[0]}) or "
+            f"model.to({x.dtype}))"
         )
     if x.ndim < 2:
         raise ValueError(f"{argname}: images must have shape (N, ...), got {tuple(x.shape)}")
@@ -566,9 +584,9 @@ def _check_images(images: Any, argname: str) -> torch.Tensor:
 
 
 def _check_images_labels(
-    images: Any, labels: Any, argname: str
+    images: Any, labels: Any, argname: str, dtypes: tuple[torch.dtype, ...] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x = _check_images(images, argname)
+    x = _check_images(images, argname, dtypes)
     return x, _check_labels(labels, x.shape[0], argname)
 
 
@@ -609,6 +627,12 @@ def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def _model_dtypes(model: nn.Module) -> tuple[torch.dtype, ...]:
+    """The floating point dtypes of the parameters of ``model``, first met first (empty
+    without any): the dtypes its float inputs may have."""
+    return tuple(dict.fromkeys(p.dtype for p in model.parameters() if p.is_floating_point()))
 
 
 def _check_train_options(
@@ -675,9 +699,9 @@ def train(
         parameters live (CPU or GPU); left in training mode.
     train_data : (images, labels)
         ``images`` float ``(N, *input_shape)`` already normalised (see
-        :func:`normalize_images`), or uint8 raw pixels ``(N, 28, 28)`` or
-        ``(N, 1, 28, 28)`` that are normalised with the MNIST constants (other uint8
-        shapes are refused); ``labels`` integer ``(N,)`` in
+        :func:`normalize_images`) in the model's dtype, or uint8 raw pixels
+        ``(N, 28, 28)`` or ``(N, 1, 28, 28)`` that are normalised with the MNIST constants
+        (other uint8 shapes are refused); ``labels`` integer ``(N,)`` in
         ``[0, n_classes)``, ``n_classes`` being the number of logits of ``model``.
     epochs : int
         Passes over the data.
@@ -722,7 +746,8 @@ def train(
     Raises
     ------
     TypeError
-        ``train_data`` not a pair, non-integer labels, images of another dtype, ``lr`` or
+        ``train_data`` not a pair, non-integer labels, float images of a dtype that none of
+        the model's parameters has (as in :func:`predict`), ``lr`` or
         ``weight_decay`` not a number, a ``callback`` that is not callable.
     ValueError
         Before any step: mismatched or empty data, NaN/Inf images, labels outside
@@ -742,9 +767,10 @@ def train(
     ``torch.set_num_threads`` is left to the caller. An interruption inside an epoch loses
     that epoch only.
     """
-    x, y = _as_images_labels(train_data, "train_data")
+    dtypes = _model_dtypes(model)
+    x, y = _as_images_labels(train_data, "train_data", dtypes)
     if validation is not None:
-        vx, vy = _as_images_labels(validation, "validation")
+        vx, vy = _as_images_labels(validation, "validation", dtypes)
         if vx.shape[1:] != x.shape[1:]:
             raise ValueError(f"validation images must have the shape of the training images, "
                              f"(N, {', '.join(map(str, x.shape[1:]))}), got {tuple(vx.shape)}")
@@ -964,8 +990,10 @@ def predict(model: nn.Module, images: Any, batch_size: int = 1000) -> torch.Tens
         Maps ``(B, *input_shape)`` to logits ``(B, n_classes)``. Evaluated in eval
         mode without gradients, on its own device; every submodule's train/eval mode is restored.
     images : array-like, shape (N, *input_shape)
-        Normalised float inputs, or uint8 raw pixels ``(N, 28, 28)`` or
-        ``(N, 1, 28, 28)`` (normalised with the MNIST constants; other uint8 shapes are
+        Normalised float inputs in the dtype of the model's parameters (they are not cast:
+        convert them, e.g. ``images.to(torch.float64)`` for a float64 model), or uint8 raw
+        pixels ``(N, 28, 28)`` or ``(N, 1, 28, 28)`` (normalised with the MNIST constants,
+        in the dtype of the model's first floating point parameter; other uint8 shapes are
         refused).
     batch_size : int
 
@@ -977,12 +1005,13 @@ def predict(model: nn.Module, images: Any, batch_size: int = 1000) -> torch.Tens
     Raises
     ------
     TypeError
-        Images of another dtype.
+        Images neither float nor uint8, float images of a dtype that none of the model's
+        parameters has (e.g. float32 images for a float64 model).
     ValueError
         Empty data, NaN/Inf images, ``batch_size < 1``, a model whose output is not
         ``(B, n_classes)``.
     """
-    x = _check_images(images, "images")
+    x = _check_images(images, "images", _model_dtypes(model))
     check_positive_int(batch_size, "batch_size")
     device = _model_device(model)
     batches = []
@@ -1028,13 +1057,14 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000)
     Raises
     ------
     TypeError
-        Non-integer labels, images of another dtype.
+        Non-integer labels, images neither float nor uint8, float images of a dtype that
+        none of the model's parameters has (e.g. float32 images for a float64 model).
     ValueError
         Mismatched or empty data, NaN/Inf images, labels outside ``[0, n_classes)``
         (rather than counting them as wrong), ``batch_size < 1``, a model whose output is
         not ``(B, n_classes)``.
     """
-    x, y = _check_images_labels(images, labels, "images/labels")
+    x, y = _check_images_labels(images, labels, "images/labels", _model_dtypes(model))
     return accuracy(predict(model, x, batch_size), y, argname="images/labels")
 
 

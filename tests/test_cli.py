@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,8 +112,10 @@ def compressed(tmp_path_factory):
     results = []
 
     def compress(*args, **kwargs):
-        results.append(real(*args, **kwargs))
-        return results[-1]
+        result = real(*args, **kwargs)
+        if not kwargs.get("check_only"):  # the command checks its settings first
+            results.append(result)
+        return result
 
     real = compression.compress
     path = tmp_path_factory.mktemp("compressed") / "cnn.pt"
@@ -132,8 +135,24 @@ def quick_compress(monkeypatch, compressed):
     from tenflex import zoo
 
     monkeypatch.setattr(zoo, "pretrained", _untrained)
-    monkeypatch.setattr(compression, "compress", lambda *args, **kwargs: compressed["result"])
+    monkeypatch.setattr(compression, "compress",
+                        _after_real_checks(lambda *args, **kwargs: compressed["result"]))
     return _CHEAP
+
+
+def _after_real_checks(fake):
+    """A stand-in for ``compress``: the command's up-front call (``check_only=True``, on an
+    untrained network) runs the real checks, the compression itself is ``fake``."""
+    import tenflex.nn.compress as compression
+
+    real = compression.compress
+
+    def compress(*args, **kwargs):
+        if kwargs.get("check_only"):
+            return real(*args, **kwargs)
+        return fake(*args, **kwargs)
+
+    return compress
 
 
 def _exit(argv, capsys):
@@ -352,7 +371,8 @@ def test_every_command_and_option_is_described(capsys):
         main(["compress", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for default in ("ALS sweeps at most (default: 30)", "(default: fc1:fc2)",
-                    "(default: bspline)", "(default: 5000)", "(default: 0.001)"):
+                    "(default: bspline)", "default: 5000, or the training images",
+                    "default: 2000, or a fifth of the training images", "(default: 0.001)"):
         assert default in text
     with pytest.raises(SystemExit):
         main(["data", "--help"])
@@ -416,7 +436,7 @@ def test_compress_passes_the_jacobian_form_and_subspace_on(tmp_path, monkeypatch
         raise Stop
 
     monkeypatch.setattr(zoo, "pretrained", _untrained)
-    monkeypatch.setattr(compression, "compress", compress)
+    monkeypatch.setattr(compression, "compress", _after_real_checks(compress))
     for argv in ([], ["--jacobian", "dense"], ["--jacobian", "factored", "--subspace", "7"]):
         with pytest.raises(Stop):
             main([*_CHEAP, *argv, "--out", str(tmp_path / "m.pt")])
@@ -437,7 +457,7 @@ def test_compress_passes_fine_tuning_validation_on(tmp_path, monkeypatch, capsys
         raise Stop
 
     monkeypatch.setattr(zoo, "pretrained", _untrained)
-    monkeypatch.setattr(compression, "compress", compress)
+    monkeypatch.setattr(compression, "compress", _after_real_checks(compress))
     out = ["--out", str(tmp_path / "m.pt")]
     with pytest.raises(Stop):
         main([*_CHEAP, "--finetune-epochs", "2", "--finetune-validation", "500", *out])
@@ -505,3 +525,138 @@ def test_data_fetch_installs_mnist_where_the_loaders_look(tmp_path, monkeypatch,
     with pytest.raises(SystemExit) as stop:
         main(["data", "fashion_mnist", "--fetch"])
     assert stop.value.code == 2 and "dataset-fashion-mnist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# compress checks its settings before the network is trained; strict JSON; float64 files
+# --------------------------------------------------------------------------------------
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("the network was trained or loaded before the settings were checked")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--span", "fc9"], "span 'fc9' is not a layer of the model; its layers are ["),
+    (["--span", "fc2", "--rank", "200"],
+     ("rank R = 200 is larger than the data supports: the span maps R^128 to R^10 and is "
+      "sampled at N = 100 points, so R <= min(m, N) = 100")),
+    (["--span", "fc2", "--subspace", "128"],
+     "subspace must be an integer k with 1 <= k < m = 128 (the span's input dimension)"),
+    (["--n-functions", "2"], "a B-spline basis of degree 3 needs n_functions >= degree + 1"),
+    (["--n-samples", "1400"], ("--n-samples 1400 and --n-validation 100: n_samples + "
+                               "n_validation = 1400 + 100 = 1500 exceeds the 1437 training "
+                               "images of digits")),
+    (["--span", "fc2", "--subspace", "1", "--rank", "10", "--n-samples", "10",
+      "--n-functions", "100"],
+     ("too few sampling points: N = 10 gives 200 equations (outputs and Jacobian "
+      "entries) for 1120 unknowns; use N >= 56")),
+    (["--finetune-epochs", "1", "--finetune-validation", "1437"],
+     ("finetune['validation'] must be a number of training images to hold out, an integer "
+      "in [1, 1437), got 1437")),
+])
+def test_compress_settings_are_refused_before_the_network_is_trained(argv, message, tmp_path,
+                                                                      monkeypatch, capsys):
+    # The settings used to be checked by the library after zoo.pretrained had trained (and
+    # cached) the network: exit 2, but after minutes of work. Now the library checks them
+    # first, on an untrained network of the same architecture (its own messages).
+    from tenflex import zoo
+
+    monkeypatch.setattr(zoo, "pretrained", _no_training)
+    out = tmp_path / "m.pt"
+    status, stdout, err = _exit([*_CHEAP, *argv, "--out", str(out)], capsys)
+    assert status == 2, err
+    assert err.startswith("tenflex compress: error: ") and message in err, err
+    assert stdout == "" and not out.exists()
+
+
+def _capture_compress(monkeypatch):
+    """zoo.pretrained gives an untrained network; compress records its keywords and stops."""
+    import tenflex.nn.compress as compression
+    from tenflex import zoo
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def compress(*args, **kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(zoo, "pretrained", _untrained)
+    monkeypatch.setattr(compression, "compress", _after_real_checks(compress))
+    return Stop, seen
+
+
+def test_compress_sample_count_defaults_fit_the_data_set(tmp_path, monkeypatch, capsys):
+    # With the former defaults (5000 + 2000) `--dataset digits` always failed, after training.
+    Stop, seen = _capture_compress(monkeypatch)
+    base = ["compress", "--dataset", "digits", "--rank", "2", "--out", str(tmp_path / "m.pt")]
+    for extra in ([], ["--n-samples", "1400"], ["--n-validation", "400"],
+                  ["--n-samples", "300", "--n-validation", "0"]):
+        with pytest.raises(Stop):
+            main([*base, *extra])
+    counts = [(kw["n_samples"], kw["n_validation"]) for kw in seen]
+    # defaults: validation min(2000, 1437 // 5), samples min(5000, what is left)
+    assert counts == [(1150, 287), (1400, 37), (1037, 400), (300, 0)]
+    # ... and on MNIST's 60000 training images the former defaults, unchanged
+    from tenflex.cli import _sample_counts
+
+    args = build_parser().parse_args(["compress", "--rank", "2", "--out", "m.pt"])
+    assert _sample_counts(args, 60000) == (5000, 2000)
+    # an explicit count too large stays an error, before any training
+    monkeypatch.setattr("tenflex.zoo.pretrained", _no_training)
+    status, _, err = _exit([*base, "--n-validation", "1437"], capsys)
+    assert status == 2 and "--n-validation 1437 leaves none of the 1437 training images" in err
+    status, _, err = _exit([*base, "--n-samples", "1500"], capsys)
+    assert status == 2 and "--n-samples 1500: n_samples + n_validation = 1500 + 0" in err, err
+
+
+def test_json_output_is_strict_non_finite_numbers_are_null(tmp_path, monkeypatch, capsys):
+    from tenflex import zoo
+    from tenflex.cli import _json_text
+
+    def strict(text):  # as JSON.parse: NaN and Infinity are not JSON
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    assert strict(_json_text({"a": float("nan"), "b": [float("inf"), 1.5, None],
+                              "c": np.float32("-inf"), "d": np.float64(2.0),
+                              "e": torch.tensor(0.25), "f": (np.nan, 3)})) == {
+        "a": None, "b": [None, 1.5, None], "c": None, "d": 2.0, "e": 0.25, "f": [None, 3]}
+    # A real compression with --n-validation 0 has no validation error (NaN in the library's
+    # report): `null` on stdout and in the report file, which used to hold a bare NaN.
+    monkeypatch.setattr(zoo, "pretrained", _untrained)
+    argv = [*_CHEAP, "--n-validation", "0", "--max-iter", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "NaN" not in text
+    assert strict(text)["fit_output_error_validation"] is None
+    report = tmp_path / "r.json"
+    assert main([*argv, "--out", str(tmp_path / "b.pt"), "--report", str(report)]) == 0
+    data = strict(report.read_text())
+    assert data["fit_output_error_validation"] is None
+    assert data["fit_output_error_train"] > 0  # finite numbers stay numbers
+
+
+def test_evaluate_a_float64_model_file(compressed, tmp_path, capsys):
+    # The test images are float32; a float64 model file used to crash zoo.evaluate with
+    # torch's "Input type (float) and bias type (double) should be the same".
+    import copy
+    import dataclasses
+
+    from tenflex import zoo
+    from tenflex.nn.compress import load_compressed, save_compressed
+
+    result = compressed["result"]
+    double = dataclasses.replace(result, model=copy.deepcopy(result.model).double())
+    path = tmp_path / "double.pt"
+    save_compressed(path, double, {"model": "reference_cnn", "dataset": "digits",
+                                   "model_seed": 3})
+    model, _ = load_compressed(path)
+    assert next(model.parameters()).dtype == torch.float64
+    assert main(["evaluate", str(path)]) == 0
+    reported = json.loads(capsys.readouterr().out)["test_accuracy"]
+    images, labels = zoo.dataset_tensors("digits", "test")
+    assert reported == zoo.evaluate(model, images.double(), labels)
+    assert reported == pytest.approx(result.report.accuracy_after, abs=2 / len(labels))

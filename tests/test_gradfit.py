@@ -167,6 +167,104 @@ def test_batch_terms_sum_to_full_data_terms_and_gradients():
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)
 
 
+# ---------------------------------------------------------------------------- subspace
+def _subspace_truth(k=2, seed=0):
+    """Samples of ``f(x) = b + W g(x P Q)``, a decoupled function of ``k`` projected inputs
+    (m=6, n=3, R=4 branches, Chebyshev D=5), and the true ``P`` (m, k) and ``g`` (of x P)."""
+    gen = torch.Generator().manual_seed(seed)
+    P = torch.linalg.qr(torch.randn(m, k, generator=gen, dtype=torch.float64))[0]
+    g, Z, _, _ = decoupled_samples(n, k, 4, "chebyshev", D, N, seed=seed)
+    X = torch.randn(N, m, generator=gen, dtype=torch.float64)
+    X = X - (X @ P) @ P.T + Z @ P.T  # so that X P = Z, the points g's basis was fitted on
+    f = FlexibleLayer.from_decoupled(g, projection=P)
+    with torch.no_grad():
+        Y = f(X)
+    J = torch.func.vmap(torch.func.jacrev(lambda x: f(x[None])[0]))(X).permute(1, 2, 0)
+    return g, P, X, Y, J.detach().contiguous()
+
+
+def _layer_errors(layer, X, Y, J):
+    """Ground truth from the layer itself: its forward pass and its autograd Jacobians."""
+    with torch.no_grad():
+        co = float(((Y - layer(X)) ** 2).sum() / ((Y - Y.mean(0)) ** 2).sum())
+    Jh = torch.func.vmap(torch.func.jacrev(lambda x: layer(x[None])[0]))(X).permute(1, 2, 0)
+    cj = float(((J - Jh.detach()) ** 2).sum() / (J**2).sum())
+    return cj, co
+
+
+@pytest.mark.parametrize("k", [2, m])
+@pytest.mark.parametrize("batch_size", [None, 50])
+def test_subspace_layer_costs_are_the_layers_errors(k, batch_size):
+    # The branch inputs of a subspace layer are (x P) Q: the fit used to compute x Q, a
+    # shape error for k < m and, for k = m, costs of another function than the layer's.
+    _, X, Y, J = _truth()
+    layer = FlexibleLayer(m, n, 4, "chebyshev", D, subspace=k, seed=0, dtype=torch.float64)
+    P0 = layer.P.detach().clone()
+    out = fit_by_gradient(layer, X, Y, J, lam=0.7, epochs=3, lr=1e-2, batch_size=batch_size)
+    assert out.n_epochs == 3
+    assert not torch.equal(layer.P, P0)  # P trains with the other parameters
+    cj, co = _layer_errors(layer, X, Y, J)
+    np.testing.assert_allclose(out.cost_jacobian[-1], cj, rtol=1e-10)
+    np.testing.assert_allclose(out.cost_output[-1], co, rtol=1e-10)
+    np.testing.assert_allclose(out.cost[-1], cj + 0.7 * co, rtol=1e-10)
+    # The start record too, and the same costs as the equivalent layer without subspace.
+    start = fit_by_gradient(layer, X, Y, J, lam=0.7, epochs=0)
+    plain = FlexibleLayer.from_decoupled(layer.to_decoupled())
+    ref = fit_by_gradient(plain, X, Y, J, lam=0.7, epochs=0)
+    np.testing.assert_allclose(start.cost_jacobian[0], cj, rtol=1e-10)
+    np.testing.assert_allclose(start.cost_output[0], co, rtol=1e-10)
+    np.testing.assert_allclose(start.cost, ref.cost, rtol=1e-10)
+
+
+def test_subspace_layer_gradient_reaches_p_and_q():
+    _, X, Y, J = _truth()
+    layer = FlexibleLayer(m, n, 4, "chebyshev", D, subspace=2, seed=0, dtype=torch.float64)
+    lam = 0.6
+    params = [layer.W, layer.V, layer.C, layer.b, layer.P]
+    prob = _FlexibleCost(layer, X, Y, DenseJacobian(J), lam, 0.0)
+    grads = torch.autograd.grad(prob.batch_loss(None), params)
+    # Dense reference: the layer's own outputs and autograd Jacobians (double backward).
+    out = layer(X)
+    Jh = torch.func.vmap(torch.func.jacrev(lambda x: layer(x[None])[0]))(X).permute(1, 2, 0)
+    dense = ((J - Jh) ** 2).sum() / (J**2).sum() + lam * ((Y - out) ** 2).sum() / (
+        (Y - Y.mean(0)) ** 2
+    ).sum()
+    for g, r in zip(grads, torch.autograd.grad(dense, params), strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)
+    # Minibatches and a JacobianTensor that is not dense give the same gradient.
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(0))
+    summed = [torch.zeros_like(p) for p in params]
+    for idx in order.split(64):
+        gb = torch.autograd.grad(prob.batch_loss(idx) * idx.numel() / N, params)
+        summed = [s + g for s, g in zip(summed, gb, strict=True)]
+    generic = _FlexibleCost(layer, X, Y, _Wrapped(J), lam, 0.0)
+    gg = torch.autograd.grad(generic.batch_loss(None), params)
+    for g, s, h in zip(grads, summed, gg, strict=True):
+        torch.testing.assert_close(s, g, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(h, g, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_subspace_layer_training_on_exactly_decoupled_data(freeze):
+    g, P, X, Y, J = _subspace_truth(k=2)
+    gen = torch.Generator().manual_seed(1)
+
+    def p(A, level=0.1):
+        E = torch.randn(A.shape, generator=gen, dtype=A.dtype)
+        return A + level * E * A.norm() / E.norm()
+
+    start = DecoupledFunction(p(g.W), p(g.V), p(g.C), g.b.clone(), g.basis.clone())
+    layer = FlexibleLayer.from_decoupled(start, projection=P if freeze else p(P))
+    if freeze:  # the documented way to keep the subspace fixed
+        layer.P.requires_grad_(False)
+    out = fit_by_gradient(layer, X, Y, J, epochs=150, lr=3e-3, batch_size=50)
+    assert out.cost[-1] < out.cost[0] / 100
+    if freeze:
+        assert torch.equal(layer.P, P)
+    cj, co = _layer_errors(layer, X, Y, J)
+    np.testing.assert_allclose(out.cost[-1], cj + co, rtol=1e-10, atol=1e-14)
+
+
 # ---------------------------------------------------------------------------- training
 @pytest.mark.parametrize("batch_size", [None, 50])
 def test_training_lowers_cost_on_exactly_decoupled_data(batch_size):

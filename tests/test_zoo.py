@@ -316,6 +316,39 @@ def test_evaluate_matches_dense_computation(digits):
         zoo.evaluate(model, colour, labels)
 
 
+def test_images_of_another_dtype_than_the_model_are_refused_clearly(digits):
+    # A float64 model on float32 images used to fail inside torch ("Input type (float) and
+    # bias type (double) should be the same") although a TypeError was documented.
+    (x, y), _ = digits
+    x, y = x[:50], y[:50]
+    model = zoo.build_model("lenet5", seed=0).double()
+    fix = (r"images have dtype torch.float32 but the model's parameters are torch.float64; "
+           r"convert one of them \(e.g. images.to\(torch.float64\) or "
+           r"model.to\(torch.float32\)\)")
+    with pytest.raises(TypeError, match="images: " + fix):
+        zoo.predict(model, x)
+    with pytest.raises(TypeError, match="images/labels: " + fix):
+        zoo.evaluate(model, x, y)
+    with pytest.raises(TypeError, match="train_data: " + fix):
+        zoo.train(model, (x, y), epochs=1)
+    with pytest.raises(TypeError, match="validation: " + fix):
+        zoo.train(model, (x.double(), y), epochs=1, validation=(x, y))
+    with pytest.raises(TypeError, match="images have dtype torch.float64 but the model's "
+                                        "parameters are torch.float32"):
+        zoo.predict(zoo.build_model("lenet5", seed=0), x.double())
+    # images in the model's dtype work (and agree with the dense computation)
+    with torch.no_grad():
+        expected = model.eval()(x.double())
+    torch.testing.assert_close(zoo.predict(model, x.double()), expected, rtol=0, atol=0)
+    assert zoo.evaluate(model, x.double(), y) == float((expected.argmax(1) == y).double().mean())
+    # raw uint8 pixels are normalised in the model's dtype
+    raw = np.random.default_rng(0).integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
+    logits = zoo.predict(model, raw)
+    assert logits.dtype == torch.float64
+    torch.testing.assert_close(logits, zoo.predict(model, zoo.normalize_images(raw).double()),
+                               rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------- pretrained cache
 
 
