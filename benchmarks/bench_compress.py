@@ -209,8 +209,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="how compress holds the Jacobian tensor (see compress)")
     parser.add_argument("--quick", action="store_true", help="ranks 8 12, B-splines only")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="result file, resumed if it exists (default: "
+                             "results/bench_compress.json; with --quick "
+                             "results/bench_compress_quick.json, git-ignored)")
     args = parser.parse_args(argv)
+    if args.quick and args.out == DEFAULT_OUT:  # never into the committed result
+        args.out = DEFAULT_OUT.with_name("bench_compress_quick.json")
     if args.quick:
         args.ranks, args.bases, args.conv_ranks = [8, 12], ["bspline"], []
         args.ablation_lams, args.start_inits, args.extra_seeds = [], [], []

@@ -114,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per product")
     parser.add_argument("--quick", action="store_true",
                         help="an untrained reference CNN on the digits set, N 200 400, R 4 12")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="result file (default: results/bench_factored.json; with --quick "
+                             "results/bench_factored_quick.json, git-ignored)")
     args = parser.parse_args(argv)
+    if args.quick and args.out == DEFAULT_OUT:  # never over the committed result
+        args.out = DEFAULT_OUT.with_name("bench_factored_quick.json")
     if min(args.sizes) < 1 or min(args.ranks) < 1 or args.repeat < 1:
         parser.error("--sizes, --ranks and --repeat must be >= 1")
 

@@ -312,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch and BLAS threads (default 1, see the module docstring)")
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="train every network once per seed (default: 0 1 2; with "
-                             "--quick: 0)")
+                        help="train every network once per seed (default: 0 1 2 3 4 5; "
+                             "with --quick: 0)")
     parser.add_argument("--reshaping", choices=sorted(RESHAPINGS), default="balanced",
                         help="reshaping of the tensorial forms: 'balanced' (the package's "
                              "default: 2 balanced modes for conv2, 3 for fc1 and fc2) or "
