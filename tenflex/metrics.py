@@ -52,10 +52,13 @@ def relative_error(estimate, reference) -> float:
         raise ValueError(
             f"estimate has shape {estimate.shape} but reference has shape {reference.shape}"
         )
-    norm = np.linalg.norm(reference)
-    if norm == 0:
+    # Scaled by the largest entry first: the norms of finite arrays of entries near the
+    # ends of the floating-point range would overflow (1e200) or underflow (1e-170).
+    scale = np.max(np.abs(reference)) if reference.size else 0.0
+    if scale == 0:
         raise ValueError("reference is zero: the relative error is undefined")
-    return float(np.linalg.norm(estimate - reference) / norm)
+    return float(np.linalg.norm(estimate / scale - reference / scale)
+                 / np.linalg.norm(reference / scale))
 
 
 def congruence_matrix(A, B) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tenflex.checks import check_int
+from tenflex.checks import check_int, check_seed
 from tenflex.cpd import DenseJacobian, JacobianTensor, as_jacobian_tensor
 
 
@@ -61,7 +61,7 @@ def gram_eigenvectors(Jt: JacobianTensor, k: int, *, seed: int = 0, center: bool
             T = T - T.mean(dim=1, keepdim=True)
         return Jt.contract_input_adjoint(T)
 
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(check_seed(seed))
     Q = torch.randn(m, p, generator=gen, dtype=torch.float64).to(Jt.dtype).to(Jt.device)
     for _ in range(n_iter):
         Q = torch.linalg.qr(gram(Q))[0]
@@ -135,9 +135,11 @@ def active_subspace(J: JacobianTensor | Tensor, k: int, *, seed: int = 0) -> Act
 
     Raises
     ------
+    TypeError
+        ``seed`` not an integer (``1.5`` is not seed 1).
     ValueError
-        ``k`` outside ``[1, m]``, or Jacobians that are all zero (a constant function has
-        no direction to keep).
+        ``k`` outside ``[1, m]``, a negative ``seed``, or Jacobians that are all zero (a
+        constant function has no direction to keep).
 
     Examples
     --------

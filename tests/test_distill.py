@@ -81,3 +81,44 @@ def test_distill_blocks_asks_for_deterministic_kernels_and_restores_the_setting(
     assert torch.are_deterministic_algorithms_enabled() == before
     with pytest.raises(TypeError, match="deterministic must be a bool, got str"):
         distill_blocks(student, pretrained, "conv", x, deterministic="yes")
+
+
+def test_a_block_of_another_output_shape_is_refused_before_training():
+    # (B, 1) against the teacher's (B, 3) used to broadcast in the loss and train silently.
+    torch.manual_seed(0)
+    pretrained = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    compressed = copy.deepcopy(pretrained)
+    compressed[0] = nn.Linear(4, 1)
+    before = copy.deepcopy(compressed.state_dict())
+    with pytest.raises(ValueError, match=r"block '0' returns \(8, 1\) where the pretrained "
+                                         r"block returns \(8, 3\)"):
+        distill_blocks(compressed, pretrained, "0", torch.randn(8, 4), epochs=2, batch_size=8)
+    assert all(torch.equal(v, compressed.state_dict()[k]) for k, v in before.items())
+
+
+class _Pair(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+def test_a_block_that_returns_a_tuple_is_refused_clearly():
+    pretrained = nn.Sequential(nn.Linear(4, 4), _Pair())
+    with pytest.raises(ValueError, match="return a single tensor, got tuple from _Pair"):
+        distill_blocks(copy.deepcopy(pretrained), pretrained, "1", torch.randn(4, 4), epochs=1)
+
+
+def test_each_block_gets_its_modes_back():
+    # A block in evaluation mode (BatchNorm using its running statistics) used to be left
+    # in training mode, so the network's outputs then depended on the batch.
+    torch.manual_seed(0)
+    pretrained = nn.Sequential(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)), nn.ReLU(),
+                               nn.Linear(3, 2)).eval()
+    compressed = copy.deepcopy(pretrained)
+    compressed[0][0].weight.data.mul_(1.1)
+    compressed.eval()
+    compressed[0][0].train()  # a mixed setting comes back as it was, too
+    modes = [m.training for m in compressed.modules()]
+    x = torch.randn(16, 4)
+    result = distill_blocks(compressed, pretrained, "0", x, epochs=2, batch_size=8)
+    assert result.losses["0"].shape == (2,)
+    assert [m.training for m in compressed.modules()] == modes

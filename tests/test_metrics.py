@@ -143,3 +143,11 @@ def test_branch_function_checks_the_branch_index():
     Z[:, 2] = t
     np.testing.assert_allclose(alignment.branch_function(truth, np.int64(2), t),
                                truth.branch_outputs(torch.as_tensor(Z)).numpy()[:, 2], atol=1e-12)
+
+
+def test_relative_error_of_entries_near_the_ends_of_the_float_range():
+    # The unscaled norms overflowed (nan) or underflowed ("reference is zero").
+    assert relative_error(np.array([1e200, 0.0]), np.array([2e200, 0.0])) == pytest.approx(0.5)
+    assert relative_error(np.array([1e-170]), np.array([2e-170])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="reference is zero"):
+        relative_error(np.zeros(3), np.zeros(3))

@@ -102,3 +102,16 @@ def test_bad_input_is_refused_with_what_was_expected():
         sub.project(X[:10], DenseJacobian(J))
     with pytest.raises(ValueError, match="NaN"):
         active_subspace(np.full((2, 3, 4), np.nan), 1)
+
+
+@pytest.mark.parametrize(("seed", "error"), [(1.9, TypeError), (True, TypeError),
+                                             ("7", TypeError), (-1, ValueError),
+                                             (None, TypeError)])
+def test_a_seed_that_is_not_a_nonnegative_integer_is_refused(seed, error):
+    # int(seed) used to turn 1.9 and True into seed 1, and accept "7" and -1.
+    J = DenseJacobian(torch.randn(2, 5, 30, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(error, match="seed"):
+        active_subspace(J, 2, seed=seed)
+    with pytest.raises(error, match="seed"):
+        gram_eigenvectors(J, 2, seed=seed)

@@ -83,6 +83,9 @@ def _capture(module: nn.Module):
         if "input" not in store:
             if len(args) != 1 or not torch.is_tensor(args[0]):
                 raise ValueError("distillation needs blocks that take a single tensor input")
+            if not torch.is_tensor(output):
+                raise ValueError(f"distillation needs blocks that return a single tensor, got "
+                                 f"{type(output).__name__} from {type(_mod).__name__}")
             store["input"], store["output"] = args[0].detach(), output.detach()
 
     handle = module.register_forward_hook(hook)
@@ -113,13 +116,23 @@ def _as_inputs(inputs: Any, dtype: torch.dtype) -> torch.Tensor:
 
 def _block_error(
     pretrained: nn.Module, teacher: nn.Module, student: nn.Module, x: torch.Tensor,
-    batch_size: int, device: torch.device,
+    batch_size: int, device: torch.device, name: str,
 ) -> float:
+    """Relative squared error of the compressed block against the pretrained one, over
+    ``x``; a block whose output has another shape than the pretrained block's is refused
+    (the squared difference would broadcast)."""
     num = den = 0.0
     with torch.no_grad(), evaluation_mode(student):
         for start in range(0, x.shape[0], batch_size):
             xin, target = _activations(pretrained, teacher, x[start : start + batch_size].to(device))
             out = student(xin)
+            if not torch.is_tensor(out) or out.shape != target.shape:
+                got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+                raise ValueError(
+                    f"compressed block {name!r} returns {got} where the pretrained block "
+                    f"returns {tuple(target.shape)}: a block must replace its pretrained "
+                    "block with outputs of the same shape"
+                )
             num += float((out - target).square().sum())
             den += float(target.square().sum())
     return num / den if den > 0 else num
@@ -145,6 +158,7 @@ def distill_blocks(
     that ``pretrained.<name>`` receives inside the pretrained network on ``inputs``
     (captured by a forward hook, batch by batch, so nothing is stored). Only that
     block's parameters move; the pretrained network is left untouched (evaluation mode).
+    Each block trains in training mode, and its modules get their own modes back after it.
 
     Parameters
     ----------
@@ -181,7 +195,9 @@ def distill_blocks(
         ``lr`` or ``seed`` of the wrong type, non-float inputs.
     ValueError
         Unknown block name (valid names listed), bad hyperparameters, empty or non-finite
-        inputs, a block that the pretrained forward pass never calls.
+        inputs, a block that the pretrained forward pass never calls, a block that does
+        not take and return one tensor, a compressed block whose output shape differs from
+        its pretrained block's (checked before any training step).
     """
     names = [names] if isinstance(names, str) else list(names)
     if not names:
@@ -210,32 +226,38 @@ def distill_blocks(
                 deterministic_algorithms(deterministic):
             for name, student, teacher in pairs:
                 result.initial_error[name] = _block_error(
-                    pretrained, teacher, student, x, batch_size, device
+                    pretrained, teacher, student, x, batch_size, device, name
                 )
                 params = [p for p in student.parameters() if p.requires_grad]
                 if not params:
                     raise ValueError(f"compressed block {name!r} has no trainable parameters")
                 opt = torch.optim.Adam(params, lr=lr)
+                # trains in training mode; each module's own mode comes back afterwards
+                modes = [(m, m.training) for m in student.modules()]
                 student.train()
                 history = np.empty(epochs)
-                for epoch in range(epochs):
-                    perm = torch.randperm(n, generator=generator)
-                    total = 0.0
-                    for start in range(0, n, batch_size):
-                        idx = perm[start : start + batch_size]
-                        xin, target = _activations(pretrained, teacher, x[idx].to(device))
-                        opt.zero_grad(set_to_none=True)
-                        loss = (student(xin) - target).square().mean()
-                        loss.backward()
-                        opt.step()
-                        total += float(loss.detach()) * len(idx)
-                    history[epoch] = total / n
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(block=name, loss=f"{history[epoch]:.3g}", refresh=False)
+                try:
+                    for epoch in range(epochs):
+                        perm = torch.randperm(n, generator=generator)
+                        total = 0.0
+                        for start in range(0, n, batch_size):
+                            idx = perm[start : start + batch_size]
+                            xin, target = _activations(pretrained, teacher, x[idx].to(device))
+                            opt.zero_grad(set_to_none=True)
+                            loss = (student(xin) - target).square().mean()
+                            loss.backward()
+                            opt.step()
+                            total += float(loss.detach()) * len(idx)
+                        history[epoch] = total / n
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(block=name, loss=f"{history[epoch]:.3g}", refresh=False)
+                finally:
+                    for module, mode in modes:
+                        module.training = mode
                 result.losses[name] = history
                 result.final_error[name] = _block_error(
-                    pretrained, teacher, student, x, batch_size, device
+                    pretrained, teacher, student, x, batch_size, device, name
                 )
     finally:
         if bar is not None:
