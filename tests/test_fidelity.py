@@ -58,6 +58,20 @@ def test_mcnemar_refuses_bad_input():
         mcnemar_exact(np.ones((2, 2), bool), np.ones((2, 2), bool))
 
 
+def test_mcnemar_of_no_images_is_one_whatever_the_empty_input():
+    # [] is read as float32 and np.array([]) as float64: both are empty boolean vectors
+    for a, b in [([], []), (np.array([]), np.array([])), (torch.zeros(0, dtype=torch.bool), []),
+                 (torch.zeros(0, dtype=torch.int64), torch.zeros(0))]:
+        result = mcnemar_exact(a, b)
+        assert (result.only_a, result.only_b, result.p_value) == (0, 0, 1.0)
+    with pytest.raises(ValueError, match="same images, got 0 and 1"):
+        mcnemar_exact([], [True])
+    with pytest.raises(TypeError, match="booleans"):  # non-empty floats are still refused
+        mcnemar_exact([1.0], [True])
+    with pytest.raises(ValueError, match=r"vector \(N,\)"):
+        mcnemar_exact(np.zeros((0, 2), bool), np.zeros((0, 2), bool))
+
+
 def test_fidelity_separates_agreement_from_accuracy():
     # 6 images, 3 classes. The original is right on 0-3 and wrong on 4-5.
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -92,6 +106,34 @@ def test_fidelity_and_agreement_refuse_bad_input():
         fidelity(good, good, torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         fidelity(good, good, labels[:1])
+
+
+def test_fidelity_reports_all_zero_reference_logits_with_an_infinite_output_error():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    logits = torch.eye(3)[[0, 1, 2, 1, 1, 2]] * 5.0
+    zero = torch.zeros(6, 3)
+    fid = fidelity(logits, zero, labels)  # the reference predicts class 0 everywhere
+    assert fid.output_error == math.inf
+    assert fid.reference_accuracy == pytest.approx(2 / 6) and fid.accuracy == pytest.approx(5 / 6)
+    assert fid.agreement == pytest.approx(agreement(logits, zero)) == pytest.approx(1 / 6)
+    assert (fid.fixed, fid.broken) == (4, 1)  # fixes 1, 2, 4, 5; breaks 3
+    assert fid.p_value == pytest.approx(mcnemar_exact(
+        logits.argmax(1) == labels, zero.argmax(1) == labels).p_value)
+    both = fidelity(zero, zero, labels)  # identical outputs: no error at all
+    assert (both.output_error, both.agreement, both.fixed, both.broken, both.p_value) == (
+        0.0, 1.0, 0, 0, 1.0)
+    assert fidelity(-0.0 * logits, zero, labels).output_error == 0.0  # -0.0 is zero too
+
+
+def test_logits_need_at_least_one_class():
+    empty = torch.zeros(3, 0)
+    with pytest.raises(ValueError, match=r"logits \(N, n_classes\) with N >= 1 and "
+                       r"n_classes >= 1, got \(3, 0\)"):
+        agreement(empty, empty)
+    with pytest.raises(ValueError, match="n_classes >= 1"):
+        fidelity(empty, empty, torch.tensor([0, 0, 0]))
+    with pytest.raises(ValueError, match="N >= 1"):
+        agreement(torch.zeros(0, 3), torch.zeros(0, 3))
 
 
 def test_predict_gives_the_model_logits_in_batches_and_restores_modes():

@@ -857,6 +857,87 @@ def test_tensor_op_zero_length_kernel_and_ellipsis_sizes():
         tensor_op("a...b,...bc->a...c", torch.ones(7, 3, 4, 2), torch.ones(5, 4, 2, 3))
 
 
+def _numpy_reference(spec, ops, conv):
+    """``tensor_op`` evaluated with numpy alone: each convolved mode of the signal is
+    replaced by (output position, kernel offset) through an index gather, then one
+    ``np.einsum``. Padding as an int or a pair; stride, dilation, flip."""
+    lhs, rhs = spec.split("->")
+    out, _, conv_letters = rhs.partition("|")
+    terms, arrays = lhs.split(","), [o.detach().numpy() for o in ops]
+    fresh = iter("ABCDEFGH")
+    for c in conv_letters:
+        i, j = [k for k, t in enumerate(terms) if c in t]
+        opts = conv.get(c, {})
+        pad = opts.get("padding", 0)
+        pl, pr = (pad, pad) if isinstance(pad, int) else pad
+        st, d = opts.get("stride", 1), opts.get("dilation", 1)
+        named = terms[i].replace("...", ".")
+        di = named.index(c)
+        if "." in named[:di]:
+            di += arrays[i].ndim - len(named)
+        dj = terms[j].index(c)  # kernels in these tests have no '...'
+        K = arrays[j].shape[dj]
+        widths = [(0, 0)] * arrays[i].ndim
+        widths[di] = (pl, pr)
+        x = np.pad(arrays[i], widths)
+        n_out = (x.shape[di] - d * (K - 1) - 1) // st + 1
+        idx = np.arange(n_out)[:, None] * st + np.arange(K)[None, :] * d
+        arrays[i] = np.take(x, idx, axis=di)  # axis di -> (n_out, K)
+        if opts.get("flip", False):
+            arrays[j] = np.flip(arrays[j], dj)
+        w = next(fresh)
+        terms[i] = terms[i].replace(c, c + w)
+        terms[j] = terms[j].replace(c, w)
+    return np.einsum(",".join(terms) + "->" + out, *arrays)
+
+
+@pytest.mark.parametrize(
+    "spec, shapes, conv, out_shape",
+    [
+        ("bsh,tsh->bth|h", [(2, 3, 6), (4, 3, 3)], {"h": {"padding": 1}}, (2, 4, 6)),  # sanity
+        ("bsh,tsh->bth|h", [(2, 0, 6), (4, 0, 3)], {}, (2, 4, 4)),  # contracted s = 0
+        ("bsh,tsh->bth|h", [(2, 3, 6), (0, 3, 3)], {}, (2, 0, 4)),  # kernel-only t = 0
+        ("bsgh,tgh->bgth|h", [(2, 3, 0, 6), (4, 0, 3)], {}, (2, 0, 4, 4)),  # shared g = 0
+        ("bsh,tsh->bth|h", [(0, 3, 6), (4, 3, 3)], {}, (0, 4, 4)),  # signal-only b = 0
+        ("bsh,tsh->bth|h", [(2, 3, 0), (4, 3, 3)], {"h": {"padding": 2}}, (2, 4, 2)),  # L = 0
+        ("bsh,tsh->bth|h", [(2, 0, 7), (4, 0, 3)],
+         {"h": {"padding": (2, 0), "stride": 2, "dilation": 2, "flip": True}}, (2, 4, 3)),
+        ("bsqh,tsph->bth|h", [(2, 3, 0, 6), (4, 3, 2, 3)], {}, (2, 4, 4)),  # summed q = 0
+        ("bsqh,tsph->bth|h", [(2, 3, 2, 6), (4, 3, 0, 3)], {}, (2, 4, 4)),  # summed p = 0
+        ("btaqxy,axy->btqxy|xy", [(2, 2, 0, 2, 6, 5), (0, 3, 2)],  # depthwise pattern
+         {"x": {"padding": 1}}, (2, 2, 2, 6, 4)),
+        ("bshw,tshw->bthw|hw", [(2, 0, 6, 5), (4, 0, 3, 2)],
+         {"h": {"padding": 1, "stride": 2}, "w": {"padding": (0, 1), "dilation": 2}},
+         (2, 4, 3, 4)),
+        ("bshwz,tshwz->bthwz|hwz", [(2, 3, 4, 4, 4), (0, 3, 2, 2, 2)], {}, (2, 0, 3, 3, 3)),
+        ("...sh,tsh->...th|h", [(0, 2, 3, 6), (4, 3, 3)], {}, (0, 2, 4, 4)),  # '...' = 0
+        ("abc,cd->abd", [(2, 3, 0), (0, 4)], {}, (2, 3, 4)),  # no convolution: mode product
+        ("abc,cd->abd", [(2, 3, 3), (3, 0)], {}, (2, 3, 0)),
+    ],
+)
+@pytest.mark.parametrize("route", ["auto", "torch", "unfold"])
+def test_tensor_op_zero_size_modes_agree_with_a_dense_reference(
+    spec, shapes, conv, out_shape, route
+):
+    if route == "torch" and "|" not in spec:
+        pytest.skip("impl='torch' is for convolutions")
+    ops = [rand(*sh, seed=i).requires_grad_() for i, sh in enumerate(shapes)]
+    ref = _numpy_reference(spec, ops, conv)
+    assert ref.shape == out_shape
+    if any(o.numel() == 0 for o in ops):
+        assert not ref.any()  # empty, or a sum over nothing / over padding zeros
+    y = tensor_op(spec, *ops, conv=conv, impl=route)
+    assert y.shape == out_shape and y.dtype == DT
+    np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-12, atol=1e-12)
+    g = rand(*out_shape, seed=7)
+    grads = torch.autograd.grad((y * g).sum(), ops, allow_unused=True)
+    for o, gr in zip(ops, grads):
+        assert gr is None or gr.shape == o.shape
+    if any(o.numel() == 0 for o in ops):
+        # every output term is a product with an entry of the empty operand
+        assert all(gr is None or not gr.any() for gr in grads)
+
+
 def test_conv_output_length_refuses_zero_stride_and_dilation():
     with pytest.raises(ValueError, match="stride must be an int >= 1, got 0"):
         conv_output_length(5, 3, (0, 0), 0, 1)

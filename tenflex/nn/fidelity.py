@@ -18,6 +18,7 @@ image is equally likely to favour either, so their split is Binomial(n, 1/2).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,6 +54,8 @@ def _as_bool_vector(values: Any, name: str) -> torch.Tensor:
     if t.ndim != 1:
         raise ValueError(f"{name} must be a vector (N,) of per-image correctness, "
                          f"got shape {tuple(t.shape)}")
+    if t.numel() == 0:  # no images: whatever dtype it was read as (a [] is float32)
+        return torch.zeros(0, dtype=torch.bool)
     if t.dtype != torch.bool:
         if t.is_floating_point() or t.is_complex() or bool(((t != 0) & (t != 1)).any()):
             raise TypeError(f"{name} must hold booleans (or 0/1 integers), got dtype {t.dtype}")
@@ -67,7 +70,9 @@ def mcnemar_exact(correct_a: Any, correct_b: Any) -> McNemarResult:
     ----------
     correct_a, correct_b : bool array-like, shape (N,)
         Whether each test image is classified correctly by ``a`` and by ``b`` (the same
-        images in the same order).
+        images in the same order). ``N = 0`` is allowed: an empty vector (``[]`` included,
+        whatever dtype it is read as) is an empty boolean vector, and the result is
+        ``only_a = only_b = 0``, ``p_value = 1.0``.
 
     Returns
     -------
@@ -78,7 +83,7 @@ def mcnemar_exact(correct_a: Any, correct_b: Any) -> McNemarResult:
     ValueError
         Vectors of different lengths or not one-dimensional.
     TypeError
-        Values other than booleans or 0/1 integers.
+        Non-empty input with values other than booleans or 0/1 integers.
     """
     a = _as_bool_vector(correct_a, "correct_a")
     b = _as_bool_vector(correct_b, "correct_b")
@@ -93,9 +98,9 @@ def mcnemar_exact(correct_a: Any, correct_b: Any) -> McNemarResult:
 
 def _check_logits(logits: Any, name: str) -> torch.Tensor:
     t = logits if torch.is_tensor(logits) else torch.as_tensor(logits)
-    if t.ndim != 2 or t.shape[0] == 0 or not t.is_floating_point():
-        raise ValueError(f"{name} must be float logits (N, n_classes) with N >= 1, got "
-                         f"{tuple(t.shape)} of dtype {t.dtype}")
+    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0 or not t.is_floating_point():
+        raise ValueError(f"{name} must be float logits (N, n_classes) with N >= 1 and "
+                         f"n_classes >= 1, got {tuple(t.shape)} of dtype {t.dtype}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contain NaN or Inf")
     return t.detach().cpu()
@@ -111,7 +116,14 @@ def _check_pair(logits: Any, reference_logits: Any) -> tuple[torch.Tensor, torch
 
 
 def agreement(logits: Any, reference_logits: Any) -> float:
-    """Fraction of rows on which two sets of logits ``(N, n_classes)`` pick the same class."""
+    """Fraction of rows on which two sets of logits ``(N, n_classes)`` pick the same class.
+
+    Raises
+    ------
+    ValueError
+        Logits of different shapes, not float ``(N, n_classes)`` with ``N >= 1`` and
+        ``n_classes >= 1``, or with NaN/Inf.
+    """
     out, ref = _check_pair(logits, reference_logits)
     return float((out.argmax(1) == ref.argmax(1)).double().mean())
 
@@ -127,7 +139,10 @@ class ClassifierFidelity:
     agreement : float
         Fraction of images on which both predict the same class.
     output_error : float
-        ``||logits - reference_logits||_F / ||reference_logits||_F``.
+        ``||logits - reference_logits||_F / ||reference_logits||_F``. When the reference
+        logits are all zero this ratio is undefined; it is then ``0.0`` if the logits are
+        all zero too (identical outputs) and ``inf`` otherwise (``json.dumps`` writes it
+        as ``Infinity``). The other fields do not depend on it.
     fixed, broken : int
         Images the original gets wrong and the compressed network right, and the reverse;
         ``accuracy - reference_accuracy = (fixed - broken) / N``.
@@ -167,8 +182,11 @@ def fidelity(logits: Any, reference_logits: Any, labels: Any) -> ClassifierFidel
     Raises
     ------
     ValueError
-        Logits of different shapes, not ``(N, n_classes)``, with NaN/Inf; labels not ``N``
-        class indices in ``[0, n_classes)``.
+        Logits of different shapes, not float ``(N, n_classes)`` with ``N >= 1`` and
+        ``n_classes >= 1``, with NaN/Inf; labels not ``N`` class indices in
+        ``[0, n_classes)``. All-zero reference logits are not an error: the report is
+        complete, with ``output_error`` ``inf`` (or ``0.0`` when the logits are all zero
+        too), see :class:`ClassifierFidelity`.
     TypeError
         Non-integer labels.
     """
@@ -179,9 +197,13 @@ def fidelity(logits: Any, reference_logits: Any, labels: Any) -> ClassifierFidel
     correct = predicted == y
     test = mcnemar_exact(correct, reference_predicted == y)
     n = int(out.shape[0])
+    if bool(ref.any()):
+        output_error = relative_error(out, ref)
+    else:  # relative error undefined: 0 for identical (zero) outputs, inf otherwise
+        output_error = math.inf if bool(out.any()) else 0.0
     return ClassifierFidelity(
         accuracy=int(correct.sum()) / n, reference_accuracy=reference_accuracy,
         agreement=float((predicted == reference_predicted).double().mean()),
-        output_error=relative_error(out, ref), fixed=test.only_a, broken=test.only_b,
+        output_error=output_error, fixed=test.only_a, broken=test.only_b,
         p_value=test.p_value, n_images=n,
     )

@@ -424,10 +424,13 @@ def tensor_op(
       kernel; the whole operation is then one :func:`torch.einsum`. Memory grows with
       the window size.
 
-    ``impl="auto"`` takes ``"torch"`` where it applies, ``"unfold"`` otherwise; a binary
-    operation without convolution whose contracted modes are one contiguous block of the
-    larger operand runs as a broadcast :func:`torch.matmul` on views of that operand
-    (mode product), anything else as :func:`torch.einsum`.
+    ``impl="auto"`` takes ``"torch"`` where it applies, ``"unfold"`` otherwise. An
+    operand with no elements (some mode of size 0) always takes ``"unfold"``, also with
+    ``impl="torch"`` (torch's convolutions refuse zero channels or groups): the result
+    has the output shape above, empty where a kept mode has size 0, all zeros otherwise.
+    A binary operation without convolution whose contracted modes are one contiguous
+    block of the larger operand runs as a broadcast :func:`torch.matmul` on views of that
+    operand (mode product), anything else as :func:`torch.einsum`.
 
     Examples
     --------
@@ -536,7 +539,10 @@ def tensor_op(
             "impl='torch' needs two operands and one to three convolved modes, got "
             f"{len(ops)} operands and {len(plans)} convolved modes"
         )
-    if plans and native_ok and impl != "unfold":
+    # torch's convolutions refuse zero channels, groups or spatial sizes: an operand
+    # without elements takes the unfold route whatever impl says (empty or zero result).
+    empty = any(x.numel() == 0 for x in ops)
+    if plans and native_ok and impl != "unfold" and not empty:
         return _conv_native(terms, output, ops, plans)
     if not plans and len(ops) == 2 and impl != "unfold":
         y = _mode_product(terms, output, ops)
