@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "all_finite", "as_int_tuple", "check_float", "check_int", "check_positive_int",
-    "check_seed", "is_int", "is_real",
+    "all_finite", "as_int_tuple", "asks_to_stop", "check_float", "check_int",
+    "check_positive_int", "check_seed", "is_int", "is_real",
 ]
 
 #: Largest seed: torch.Generator.manual_seed takes a signed 64-bit integer.
@@ -138,3 +138,25 @@ def all_finite(t: torch.Tensor) -> bool:
         if bool(torch.isfinite(t.sum())):
             return True
         return all(bool(torch.isfinite(block).all()) for block in t.reshape(-1).split(1 << 22))
+
+
+def asks_to_stop(value: Any) -> bool:
+    """Whether a callback's return value asks the loop that called it to stop.
+
+    ``True`` stops: a Python or NumPy bool, or a one-element torch bool tensor (what a
+    comparison such as ``info["W"].norm() > 10`` returns). ``None`` and ``False`` go on.
+
+    Raises
+    ------
+    TypeError
+        Any other value: a callback that returns, say, a cost by mistake would otherwise be
+        ignored, or stop the loop, without a word.
+    """
+    if value is None:
+        return False
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
+        return bool(value)
+    raise TypeError(f"a callback must return None, False or True (stop), got "
+                    f"{type(value).__name__} {value!r}")

@@ -519,6 +519,28 @@ class FactoredJacobian(JacobianTensor):
     def contract_input(self, V: Tensor) -> Tensor:
         return self._inner.contract_input(self._A @ V)
 
+    exact_residual = True
+
+    def residual_norm_sq(self, W: Tensor, V: Tensor, H: Tensor) -> float:
+        """``||J - [[W, V, H]]||^2`` computed directly (no cancellation), on the narrow side.
+
+        The rows of every ``J_k = K_k A`` and of the model's slices ``W diag(H[k]) V^T`` lie
+        in the span of the columns of ``[A^T, V]``; with ``Q`` an orthonormal basis of it
+        (``m x q``, ``q <= h + R``), ``||J_k - W diag(H[k]) V^T|| = ||K_k A Q -
+        W diag(H[k]) V^T Q||``: ``n N q`` entries instead of ``n N m``.
+        """
+        Q = torch.linalg.qr(torch.cat([self._A.T, V], dim=1)).Q  # (m, q)
+        T = self._inner.contract_input(self._A @ Q)  # (n, N, q): K_k A Q
+        VQ = V.T @ Q  # (R, q)
+        total = 0.0
+        n, _, N = self._shape
+        step = max(1, _CHUNK_ELEMENTS // max(N * Q.shape[1], 1))
+        for i0 in range(0, n, step):
+            i1 = min(i0 + step, n)
+            diff = T[i0:i1] - (W[i0:i1].unsqueeze(1) * H.unsqueeze(0)) @ VQ
+            total += float((diff * diff).sum())
+        return total
+
     def mttkrp_input(self, W: Tensor, H: Tensor) -> Tensor:
         return transpose_matmul(self._A, self._inner.mttkrp_input(W, H))
 

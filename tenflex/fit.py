@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from tenflex.basis import Basis, make_basis
-from tenflex.checks import all_finite, check_int, check_seed
+from tenflex.checks import all_finite, asks_to_stop, check_int, check_seed
 from tenflex.cpd import (
     _SOLVER_DTYPES,
     DenseJacobian,
@@ -91,7 +91,10 @@ class FitResult:
     time_s : float
         Wall-clock time of the whole call (all starts).
     start_costs : numpy.ndarray, shape (n_starts,)
-        Final total cost of every start; the smallest was kept.
+        What ranked the starts; the smallest was kept. :func:`cmtf_als`: the final total
+        cost of every start run (fewer than ``n_starts`` when a callback stopped the call).
+        :func:`decouple_cpd`: the squared relative error of every start's CPD (step 1),
+        which is what it ranks them by.
     best_start : int
         Index of the kept start.
     lam : float
@@ -1269,7 +1272,8 @@ def _run_cmtf(
                 "C": st.C,
                 "b": st.b,
             }
-            if callback(info) is True:
+            # a truthy bool-like (numpy or 0-d torch bool, as a comparison returns) stops
+            if asks_to_stop(callback(info)):
                 reason = "stopped by callback"
                 break
         if st.total <= _COST_FLOOR:
@@ -1420,9 +1424,13 @@ def cmtf_als(
     verbose : bool, optional
         Print one line per sweep.
     callback : callable, optional
-        Called after each sweep with a dict (``iteration``, ``cost``, ``cost_jacobian``,
-        ``cost_output``, ``W``, ``V``, ``C``, ``b``); returning True stops the iteration.
-        Must be callable or None (checked on entry).
+        Called after each sweep with a dict (``start``, ``iteration``, ``cost``,
+        ``cost_jacobian``, ``cost_output``, ``W``, ``V``, ``C``, ``b``); returning True (a
+        Python or NumPy bool, or a one-element torch bool tensor) stops the whole call, the
+        remaining starts included, and the best start so far is returned; None or False go
+        on, anything else raises TypeError. ``W``, ``V``, ``C``, ``b`` are the solver's own
+        tensors: read them (``.clone()`` to keep), never modify them. Must be callable or
+        None (checked on entry).
 
     Returns
     -------
@@ -1440,6 +1448,10 @@ def cmtf_als(
     """
     t0 = time.perf_counter()
     seed = check_seed(seed)
+    for flag, value in (("extrapolate", extrapolate), ("verbose", verbose)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {type(value).__name__} "
+                            f"{value!r}")
     if callback is not None and not callable(callback):
         raise TypeError(
             f"callback must be callable (called with a dict after each sweep) or None, got "
@@ -1474,12 +1486,17 @@ def cmtf_als(
     for start in range(n_starts):
         prob = _Problem(X, Y, Jt, base_basis.clone(), lam, ridge)
         st = _initial_state(prob, init, rank, int(seeds[start]), margin, cpd_options)
+        # the callback learns which start it watches
+        watch = None if callback is None else (
+            lambda info, start=start: callback({**info, "start": start}))
         st, history, reason, converged, it, stats = _run_cmtf(
-            prob, st, max_iter, tol, cg_maxiter, extrapolate, solver, verbose, callback
+            prob, st, max_iter, tol, cg_maxiter, extrapolate, solver, verbose, watch
         )
         start_costs.append(st.total)
         if best is None or st.total < best[1].total:
             best = (prob, st, history, reason, converged, it, start, stats)
+        if reason == "stopped by callback":  # the whole call stops, not just this start
+            break
     prob, st, history, reason, converged, it, best_start, stats = best
     hist = np.asarray(history, dtype=np.float64)
     model = DecoupledFunction(st.W, st.V, st.C, st.b, prob.basis)

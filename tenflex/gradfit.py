@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tenflex.checks import check_int, check_seed
+from tenflex.checks import asks_to_stop, check_int, check_seed
 from tenflex.cpd import (
     _SOLVER_DTYPES,
     DenseJacobian,
@@ -328,9 +328,11 @@ def fit_by_gradient(
         Maps a batch ``(B, m)`` (or ``(B, *in_shape)``, as ``X``) to ``(B, n)`` (or
         ``(B, *out_shape)``; compared flattened). Trained in place: its parameters with
         ``requires_grad`` (the others stay fixed); its dtype and device (of its first
-        trainable parameter) are those of the computation. It is in train mode during
-        the steps and in eval mode for the records and the callback; its original mode is
-        restored at the end.
+        trainable parameter) are those of the computation. It is in eval mode for the
+        records and the callback. During the steps a layer given in train mode keeps its
+        modules' own modes (a BatchNorm put in eval mode inside it keeps its statistics);
+        a layer given in eval mode is put in train mode. Every module's mode is restored
+        at the end.
     X : tensor or ndarray, shape (N, m)
         Inputs; ``(N, *in_shape)`` is accepted when ``J`` is None.
     Y : tensor or ndarray, shape (N, n)
@@ -465,7 +467,16 @@ def fit_by_gradient(
         _check_magnitudes(X, Y, Jt, dtype)
         problem = _FlexibleCost(layer, X, Y, Jt, lam, ridge)
 
-    was_training = layer.training
+    modes = [(module, module.training) for module in layer.modules()]
+
+    def step_mode() -> None:
+        """The modes of the steps: the caller's, or train mode for a layer given in eval."""
+        if modes[0][1]:
+            for module, mode in modes:
+                module.training = mode
+        else:
+            layer.train()
+
     optimizer = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     records: list[tuple[float, float, float, float, float]] = []
@@ -486,7 +497,8 @@ def fit_by_gradient(
                 "cost_output": co,
                 "layer": layer,
             }
-            stop = callback(info) is True
+            # a truthy bool-like (numpy or 0-d torch bool, as a comparison returns) stops
+            stop = asks_to_stop(callback(info))
         return stop
 
     bar = None
@@ -502,7 +514,7 @@ def fit_by_gradient(
         else:
             for epoch in range(1, epochs + 1):
                 t0 = time.perf_counter()
-                layer.train()
+                step_mode()
                 if full:
                     batches: list[Tensor | None] = [None]
                 else:
@@ -536,7 +548,8 @@ def fit_by_gradient(
     finally:
         if bar is not None:
             bar.close()
-        layer.train(was_training)
+        for module, mode in modes:
+            module.training = mode
     hist = np.asarray(records, dtype=np.float64)
     return GradientFitResult(
         time_s=hist[:, 0],

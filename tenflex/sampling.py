@@ -295,7 +295,9 @@ def sample_function(
     with evaluation_mode(f):
         call = _functional(f, dtype)
         with torch.no_grad():
-            probe = call(X[:1])
+            # f gets copies: a layer that works in place (ReLU(inplace=True)) first in f
+            # would overwrite the sampling points, and break the Jacobians of a view.
+            probe = call(X[:1].clone())
         if not isinstance(probe, Tensor):
             raise TypeError(f"f must return a tensor, got {type(probe).__name__}")
         if probe.ndim < 1 or probe.shape[0] != 1:
@@ -314,7 +316,7 @@ def sample_function(
             mode = "rev" if n <= m else "fwd"
 
         def single(x: Tensor) -> tuple[Tensor, Tensor]:
-            y = call(x.unsqueeze(0)).reshape(-1)
+            y = call(x.unsqueeze(0).clone()).reshape(-1)
             return y, y
 
         if jacobian:
@@ -335,10 +337,20 @@ def sample_function(
                 stop = min(start + chunk_size, N)
                 xb = X[start:stop]
                 if jacobian:
-                    jac, yb = batched(xb)  # jac (B, n, *input_shape), yb (B, n)
+                    try:
+                        jac, yb = batched(xb)  # jac (B, n, *input_shape), yb (B, n)
+                    except RuntimeError as exc:
+                        if "randomness" not in str(exc):
+                            raise
+                        # A module is put in eval mode here; a plain function is called as is.
+                        raise ValueError(
+                            "f draws random numbers (dropout in training mode?): its "
+                            "Jacobians are not those of one function; pass the module itself, "
+                            "or put the modules f calls in eval mode (module.eval())"
+                        ) from exc
                     Jbuf[:, start:stop, :] = jac.reshape(stop - start, n, m).transpose(0, 1)
                 else:
-                    yb = call(xb)
+                    yb = call(xb.clone())
                     if yb.shape[0] != stop - start:
                         raise ValueError(
                             f"f returned a batch of {yb.shape[0]} outputs for {stop - start} inputs"

@@ -99,3 +99,13 @@ def test_all_finite_passes_under_vmap():
     # A tensor inside a torch.func transform cannot become a bool: the check answers True.
     out = torch.func.vmap(lambda row: row * float(all_finite(row)))(x)
     assert torch.equal(out, x)
+
+
+def test_asks_to_stop():
+    from tenflex.checks import asks_to_stop
+
+    assert asks_to_stop(True) and asks_to_stop(np.True_) and asks_to_stop(torch.tensor(True))
+    assert not any(asks_to_stop(v) for v in (None, False, np.False_, torch.tensor([False])))
+    for value in (1, 0.0, "yes", torch.tensor([True, True]), torch.tensor(1.0)):
+        with pytest.raises(TypeError, match="a callback must return None, False or True"):
+            asks_to_stop(value)

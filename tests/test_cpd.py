@@ -417,3 +417,21 @@ def test_match_components_refuses_complex_and_non_finite():
         match_components(A * float("nan"), A)
     with pytest.raises(TypeError, match="estimate must hold real numbers"):
         match_components(A.numpy(), A.numpy() * 1j)
+
+
+@pytest.mark.parametrize("h, m", [(3, 8), (6, 4)])
+def test_factored_residual_is_accurate_when_tiny(h, m):
+    # The expanded square loses everything below ~1e-8 relative: an exact fit used to be
+    # reported as error 0 (and the solvers stopped on rounding), 1e-10 off as anything.
+    n, N, R = 4, 30, 2
+    W, Vh, H = _randn(n, R, seed=5), _randn(h, R, seed=6), _randn(N, R, seed=7)
+    A = _randn(h, m, seed=8)
+    K = cp_to_tensor(W, Vh, H)  # (n, h, N): J_k = K_k A = W diag(H[k]) (A^T Vh)^T
+    V = A.T @ Vh
+    Jt = FactoredJacobian(K, A)
+    assert Jt.exact_residual
+    Vp = V * (1 + 1e-10)
+    J = torch.einsum("ihk,hj->ijk", K, A)
+    expected = float(((J - cp_to_tensor(W, Vp, H)) ** 2).sum())
+    assert Jt.residual_norm_sq(W, Vp, H) == pytest.approx(expected, rel=1e-5)
+    assert Jt.residual_norm_sq(W, V, H) <= 1e-26 * Jt.norm_sq()

@@ -719,3 +719,41 @@ def test_linear_init_with_fewer_inputs_than_outputs_starts_no_dead_branch():
     # rank 3 > min(n, m): its extra branch is seeded, so several starts differ
     starts = cmtf_als(X, Y, J, 3, "bspline", 6, init="linear", n_starts=2, max_iter=0)
     assert starts.start_costs[0] != starts.start_costs[1]
+
+
+@pytest.mark.parametrize("stop", [np.True_, torch.tensor(True), True])
+def test_a_bool_like_from_the_callback_stops(small, stop):
+    # `is True` used to ignore np.True_ and torch.tensor(True) (what `norm > 10` returns).
+    _f, X, Y, J = small
+    res = cmtf_als(X, Y, J, 2, "monomial", 3, init="random", max_iter=20, tol=0.0,
+                   callback=lambda info: stop if info["iteration"] == 2 else None)
+    assert res.n_iter == 2 and res.stop_reason == "stopped by callback"
+
+
+def test_a_callback_returning_anything_else_is_refused(small):
+    _f, X, Y, J = small
+    with pytest.raises(TypeError, match="a callback must return None, False or True"):
+        cmtf_als(X, Y, J, 2, "monomial", 3, init="random", max_iter=3,
+                 callback=lambda info: info["cost"])
+
+
+def test_a_callback_stop_ends_every_start(small):
+    # It used to end only the start it watched: every later start still ran.
+    _f, X, Y, J = small
+    seen = []
+
+    def cb(info):
+        seen.append((info["start"], info["iteration"]))
+        return info["start"] == 1 and info["iteration"] == 2
+
+    res = cmtf_als(X, Y, J, 2, "monomial", 3, init="random", n_starts=3, max_iter=4,
+                   tol=0.0, callback=cb)
+    assert seen == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (1, 2)]
+    assert len(res.start_costs) == 2
+
+
+@pytest.mark.parametrize("flag", ["extrapolate", "verbose"])
+def test_flags_must_be_bools(small, flag):
+    _f, X, Y, J = small
+    with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+        cmtf_als(X, Y, J, 2, "monomial", 3, init="random", max_iter=1, **{flag: "no"})

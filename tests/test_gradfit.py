@@ -431,3 +431,27 @@ def test_magnitude_checks_and_messages_are_those_of_cmtf_als():
     # the Jacobian cost of cmtf_als needs single precision at least
     with pytest.raises(TypeError, match="with J given, the layer must be float32 or float64"):
         fit_by_gradient(layer32.half(), X, Y, J, epochs=1)
+
+
+def test_every_module_gets_its_mode_back_and_a_frozen_batchnorm_its_statistics():
+    # Only the top flag came back; a BatchNorm the caller had put in eval mode was trained
+    # in train mode (its running statistics moved) and left in it.
+    torch.manual_seed(0)
+    _, X, Y, _ = _truth()
+    net = nn.Sequential(nn.Linear(X.shape[1], 6), nn.BatchNorm1d(6), nn.Tanh(),
+                        nn.Linear(6, Y.shape[1])).double()
+    net.train()
+    net[1].eval()
+    net[1].requires_grad_(False)
+    stats = net[1].running_mean.clone()
+    modes = [m.training for m in net.modules()]
+    fit_by_gradient(net, X, Y, epochs=2, batch_size=10)
+    assert [m.training for m in net.modules()] == modes
+    assert torch.equal(net[1].running_mean, stats)
+    # a network given in eval mode trains in train mode and comes back in eval mode
+    net.eval()
+    net[3].train()
+    modes = [m.training for m in net.modules()]
+    fit_by_gradient(net, X, Y, epochs=1, batch_size=10)
+    assert [m.training for m in net.modules()] == modes
+    assert not torch.equal(net[1].running_mean, stats)  # the steps ran in train mode

@@ -177,3 +177,29 @@ def test_bad_function():
         sample_function(3, torch.randn(2, 2))
     with pytest.raises(ValueError, match="batch"):
         sample_function(lambda x: x.sum(), torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("mode", ["rev", "fwd"])
+@pytest.mark.parametrize("jacobian", [True, False])
+def test_a_function_that_starts_in_place_leaves_the_points_alone(mode, jacobian):
+    # ReLU(inplace=True) first in f overwrote the caller's points (and Samples.X held
+    # relu(X)); with Jacobians in reverse mode it failed on the in-place view of a leaf.
+    torch.manual_seed(0)
+    in_place = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(5, 2)).double()
+    plain = nn.Sequential(nn.ReLU(), in_place[1])
+    X = torch.randn(6, 5, dtype=torch.float64)
+    kept = X.clone()
+    got = sample_function(in_place, X, jacobian=jacobian, mode=mode)
+    assert torch.equal(X, kept) and torch.equal(got.X, kept)
+    expected = sample_function(plain, kept, jacobian=jacobian, mode=mode)
+    torch.testing.assert_close(got.Y, expected.Y, rtol=0, atol=0)
+    if jacobian:
+        torch.testing.assert_close(got.J, expected.J, rtol=0, atol=0)
+
+
+def test_a_plain_function_that_draws_random_numbers_is_refused_clearly():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2)).double().train()
+    X = torch.randn(5, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"f draws random numbers \(dropout in training mode"):
+        sample_function(lambda x: net(x), X)
+    sample_function(net, X)  # the module itself is sampled in eval mode
