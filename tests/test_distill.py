@@ -122,3 +122,13 @@ def test_each_block_gets_its_modes_back():
     result = distill_blocks(compressed, pretrained, "0", x, epochs=2, batch_size=8)
     assert result.losses["0"].shape == (2,)
     assert [m.training for m in compressed.modules()] == modes
+
+
+def test_a_reused_block_is_refused_by_name():
+    # named_modules() lists a reused module once: its second name used to be "no submodule",
+    # its first one distilled on the inputs of whichever call the hook saw first.
+    shared = nn.Linear(4, 4)
+    pretrained = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(4, 2))
+    for name in ("0", "2"):
+        with pytest.raises(ValueError, match=r"registered under the names \['0', '2'\]"):
+            distill_blocks(copy.deepcopy(pretrained), pretrained, name, torch.randn(4, 4))

@@ -67,11 +67,19 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def _get(model: nn.Module, name: str, argname: str) -> nn.Module:
-    valid = [n for n, _ in model.named_modules() if n]
+    positions = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
+    valid = [n for n, _ in positions]
     if name not in valid:
         shown = valid if len(valid) <= 40 else valid[:40] + ["..."]
         raise ValueError(f"{argname} has no submodule {name!r}; valid names: {shown}")
-    return model.get_submodule(name)
+    module = model.get_submodule(name)
+    names = [n for n, m in positions if m is module]
+    if len(names) > 1:
+        # A hook on it fires at every position: the block's inputs would be those of another.
+        raise ValueError(f"{argname}'s block {name!r} is one module registered under the names "
+                         f"{names}: its inputs at one position cannot be told apart; give each "
+                         "position its own module (copy.deepcopy)")
+    return module
 
 
 @contextlib.contextmanager
