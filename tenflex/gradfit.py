@@ -46,6 +46,7 @@ from tenflex.cpd import (
 from tenflex.fit import _check_magnitudes, _Problem
 from tenflex.model import _to_finite
 from tenflex.nn.flexible import FlexibleLayer
+from tenflex.sampling import kept_modes
 
 __all__ = ["GradientFitResult", "fit_by_gradient"]
 
@@ -467,15 +468,7 @@ def fit_by_gradient(
         _check_magnitudes(X, Y, Jt, dtype)
         problem = _FlexibleCost(layer, X, Y, Jt, lam, ridge)
 
-    modes = [(module, module.training) for module in layer.modules()]
-
-    def step_mode() -> None:
-        """The modes of the steps: the caller's, or train mode for a layer given in eval."""
-        if modes[0][1]:
-            for module, mode in modes:
-                module.training = mode
-        else:
-            layer.train()
+    given_in_training = layer.training
 
     optimizer = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -509,47 +502,50 @@ def fit_by_gradient(
     reason = f"reached epochs={epochs}"
     done = 0
     try:
-        if record(0):
-            reason = "stopped by callback"
-        else:
-            for epoch in range(1, epochs + 1):
-                t0 = time.perf_counter()
-                step_mode()
-                if full:
-                    batches: list[Tensor | None] = [None]
-                else:
-                    order = torch.randperm(N, generator=gen).to(device)
-                    batches = list(order.split(batch_size))
-                finite = True
-                for idx in batches:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = problem.batch_loss(idx)
-                    if not torch.isfinite(loss):
-                        finite = False
+        # every module gets its own mode back at the end
+        with kept_modes(layer) as callers_modes:
+            if record(0):
+                reason = "stopped by callback"
+            else:
+                for epoch in range(1, epochs + 1):
+                    t0 = time.perf_counter()
+                    if given_in_training:  # the caller's modes (a frozen BatchNorm stays)
+                        callers_modes()
+                    else:
+                        layer.train()
+                    if full:
+                        batches: list[Tensor | None] = [None]
+                    else:
+                        order = torch.randperm(N, generator=gen).to(device)
+                        batches = list(order.split(batch_size))
+                    finite = True
+                    for idx in batches:
+                        optimizer.zero_grad(set_to_none=True)
+                        loss = problem.batch_loss(idx)
+                        if not torch.isfinite(loss):
+                            finite = False
+                            break
+                        loss.backward()
+                        optimizer.step()
+                    train_time += time.perf_counter() - t0
+                    done = epoch
+                    if bar is not None:
+                        bar.update(1)
+                    if not finite:
+                        reason = f"loss became non-finite in epoch {epoch} (lower lr)"
+                        record(epoch)
                         break
-                    loss.backward()
-                    optimizer.step()
-                train_time += time.perf_counter() - t0
-                done = epoch
-                if bar is not None:
-                    bar.update(1)
-                if not finite:
-                    reason = f"loss became non-finite in epoch {epoch} (lower lr)"
-                    record(epoch)
-                    break
-                if record(epoch):
-                    reason = "stopped by callback"
-                    break
-                if bar is not None:
-                    bar.set_postfix(cost=f"{records[-1][2]:.3e}")
-                if time_limit is not None and train_time > time_limit:
-                    reason = f"time_limit={time_limit:g} s exceeded"
-                    break
+                    if record(epoch):
+                        reason = "stopped by callback"
+                        break
+                    if bar is not None:
+                        bar.set_postfix(cost=f"{records[-1][2]:.3e}")
+                    if time_limit is not None and train_time > time_limit:
+                        reason = f"time_limit={time_limit:g} s exceeded"
+                        break
     finally:
         if bar is not None:
             bar.close()
-        for module, mode in modes:
-            module.training = mode
     hist = np.asarray(records, dtype=np.float64)
     return GradientFitResult(
         time_s=hist[:, 0],

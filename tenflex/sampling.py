@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from tenflex.checks import all_finite
 from tenflex.cpd import _SOLVER_DTYPES, _as_float_tensor
 
-__all__ = ["Samples", "deterministic_algorithms", "evaluation_mode", "sample_function"]
+__all__ = ["Samples", "deterministic_algorithms", "evaluation_mode", "kept_modes",
+           "sample_function"]
 
 #: Default memory budget (bytes) for the Jacobians of one chunk of sampling points.
 CHUNK_BYTES = 256 * 2**20
@@ -86,6 +87,28 @@ class Samples:
 
 
 @contextlib.contextmanager
+def kept_modes(module: nn.Module):
+    """Give every submodule of ``module`` its own training flag back on exit, whatever the
+    block does to them (``module.train(was)`` afterwards would give all of them one flag).
+
+    Yields
+    ------
+    callable
+        Restores the flags now, e.g. between the phases of a loop.
+    """
+    flags = {mod: mod.training for mod in module.modules()}
+
+    def restore() -> None:
+        for mod, training in flags.items():
+            mod.training = training
+
+    try:
+        yield restore
+    finally:
+        restore()
+
+
+@contextlib.contextmanager
 def evaluation_mode(module: Any):
     """Run ``module`` in eval mode, then give every submodule its own training flag back.
 
@@ -105,13 +128,9 @@ def evaluation_mode(module: Any):
     if not isinstance(module, nn.Module):
         yield module
         return
-    flags = {mod: mod.training for mod in module.modules()}
-    module.eval()
-    try:
+    with kept_modes(module):
+        module.eval()
         yield module
-    finally:
-        for mod, training in flags.items():
-            mod.training = training
 
 
 @contextlib.contextmanager

@@ -345,18 +345,15 @@ def feature_shapes(
 
     # Eval mode: a batch-norm layer in training mode would update its statistics (and
     # refuse a batch of one); each module's own mode is restored afterwards.
-    training_flags = {m: m.training for m in model.modules()}
-    model.eval()
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(record) for m in leaves]
     try:
-        _record_calls(model, names, x,
-                      lambda n, _args, _kwargs: called.setdefault(n, []).append(len(ran)))
+        with evaluation_mode(model):
+            _record_calls(model, names, x,
+                          lambda n, _args, _kwargs: called.setdefault(n, []).append(len(ran)))
     finally:
         for h in handles:
             h.remove()
-        for m, training in training_flags.items():
-            m.training = training
     shapes: dict[str, tuple[int, ...]] = {}
     for name, positions in called.items():
         layer = model.get_submodule(name)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import all_finite, check_float, check_positive_int, check_seed
-from tenflex.sampling import deterministic_algorithms, evaluation_mode
+from tenflex.sampling import deterministic_algorithms, evaluation_mode, kept_modes
 
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
 
@@ -240,11 +240,10 @@ def distill_blocks(
                 if not params:
                     raise ValueError(f"compressed block {name!r} has no trainable parameters")
                 opt = torch.optim.Adam(params, lr=lr)
-                # trains in training mode; each module's own mode comes back afterwards
-                modes = [(m, m.training) for m in student.modules()]
-                student.train()
                 history = np.empty(epochs)
-                try:
+                # trains in training mode; each module's own mode comes back afterwards
+                with kept_modes(student):
+                    student.train()
                     for epoch in range(epochs):
                         perm = torch.randperm(n, generator=generator)
                         total = 0.0
@@ -260,9 +259,6 @@ def distill_blocks(
                         if bar is not None:
                             bar.update(1)
                             bar.set_postfix(block=name, loss=f"{history[epoch]:.3g}", refresh=False)
-                finally:
-                    for module, mode in modes:
-                        module.training = mode
                 result.losses[name] = history
                 result.final_error[name] = _block_error(
                     pretrained, teacher, student, x, batch_size, device, name
