@@ -77,6 +77,7 @@ from tenflex.nn.lowrank import (
     lowrank_n_parameters,
     replace_layer,
 )
+from tenflex.nn.surgery import module_positions
 from tenflex.nn.tensorial import (
     EVALUATIONS,
     TensorialConv2d,
@@ -665,9 +666,7 @@ def compress_network(
         raise ValueError(f"unknown layer name(s) {unknown}; Conv2d/Linear layers: {valid}")
     # Replacing a module registered under several names under one of them would leave the
     # other occurrences dense and end the weight sharing.
-    aliases = _aliases(positions)
-    for n in names:
-        shared = aliases[id(model.get_submodule(n))]
+    for n, shared in module_positions(model, names).items():
         if len(shared) > 1:
             raise ValueError(
                 f"layer {n!r} is one module registered under the names {shared} (shared "
@@ -707,15 +706,6 @@ def compress_network(
     return out, plans
 
 
-def _aliases(positions: Sequence[tuple[str, nn.Module]]) -> dict[int, list[str]]:
-    """``id(module) -> every name it is registered under``, from
-    ``model.named_modules(remove_duplicate=False)``."""
-    aliases: dict[int, list[str]] = {}
-    for n, m in positions:
-        aliases.setdefault(id(m), []).append(n)
-    return aliases
-
-
 def _record_calls(model: nn.Module, names: Sequence[str], x: torch.Tensor,
                   on_call: Callable[[str, tuple, dict], None]) -> dict[str, int]:
     """Run ``model(x)`` once (no gradients); ``on_call(name, args, kwargs)`` at each call of
@@ -728,16 +718,8 @@ def _record_calls(model: nn.Module, names: Sequence[str], x: torch.Tensor,
     """
     if isinstance(names, str):
         raise TypeError("names must be a sequence of layer names, not a str")
-    positions = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
-    valid = [n for n, _ in positions]
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        shown = valid if len(valid) <= 40 else valid[:40] + ["..."]
-        raise ValueError(f"model has no submodule(s) {unknown}; valid names: {shown}")
-    aliases = _aliases(positions)
     names = list(dict.fromkeys(names))
-    reused = {n: aliases[id(model.get_submodule(n))] for n in names
-              if len(aliases[id(model.get_submodule(n))]) > 1}
+    reused = {n: found for n, found in module_positions(model, names).items() if len(found) > 1}
     if reused:
         raise ValueError(
             f"layers {list(reused)} are module objects registered under several names "

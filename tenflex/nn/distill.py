@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import all_finite, check_float, check_positive_int, check_seed
+from tenflex.nn.surgery import module_positions
 from tenflex.sampling import deterministic_algorithms, evaluation_mode, kept_modes
 
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
@@ -67,19 +68,13 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def _get(model: nn.Module, name: str, argname: str) -> nn.Module:
-    positions = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
-    valid = [n for n, _ in positions]
-    if name not in valid:
-        shown = valid if len(valid) <= 40 else valid[:40] + ["..."]
-        raise ValueError(f"{argname} has no submodule {name!r}; valid names: {shown}")
-    module = model.get_submodule(name)
-    names = [n for n, m in positions if m is module]
+    names = module_positions(model, [name], argname)[name]
     if len(names) > 1:
         # A hook on it fires at every position: the block's inputs would be those of another.
         raise ValueError(f"{argname}'s block {name!r} is one module registered under the names "
                          f"{names}: its inputs at one position cannot be told apart; give each "
                          "position its own module (copy.deepcopy)")
-    return module
+    return model.get_submodule(name)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import check_seed, is_int
+from tenflex.nn.surgery import module_positions
 from tenflex.nn.tensorial import (
     _balance_cp,
     _check_finite_layer,
@@ -758,16 +759,11 @@ def replace_layer(model: nn.Module, name: str, new_module: nn.Module) -> nn.Modu
         raise TypeError(f"new_module must be a torch.nn.Module, got {type(new_module).__name__}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty dotted module name, got {name!r}")
-    # named_modules() would list a module object once, under its first name only.
-    positions = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
-    valid = [n for n, _ in positions]
-    if name not in valid:
-        shown = valid if len(valid) <= 40 else valid[:40] + ["..."]
-        raise ValueError(f"model has no submodule {name!r}; valid names: {shown}")
+    module_positions(model, [name])  # every position of a reused module has a name
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if parent_name:
-        shared = [n for n, m in positions if m is parent]
+        shared = module_positions(model, [parent_name])[parent_name]
         if len(shared) > 1:
             raise ValueError(
                 f"the parent of {name!r} is one module registered under the names {shared}: "

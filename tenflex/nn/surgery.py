@@ -23,7 +23,8 @@ from torch import nn
 from tenflex.checks import is_int
 from tenflex.sampling import evaluation_mode
 
-__all__ = ["Span", "flat_layers", "resolve_span", "span_inputs", "span_shapes", "splice"]
+__all__ = ["Span", "flat_layers", "module_positions", "resolve_span", "span_inputs",
+           "span_shapes", "splice"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,30 @@ def flat_layers(module: nn.Sequential) -> list[tuple[str, nn.Module]]:
         else:
             layers.append((name, layer))
     return layers
+
+
+def module_positions(model: nn.Module, names: Sequence[str], what: str = "model"
+                     ) -> dict[str, list[str]]:
+    """For each dotted name of ``names``, every name its module object is registered under
+    in ``model``, itself included: several for a module reused at several positions (one
+    activation along an ``nn.Sequential``, the layers of a reused block), which
+    ``named_modules()`` would list once, under its first name only.
+
+    Raises
+    ------
+    ValueError
+        Names that are no submodule of ``model`` (the message lists the valid names).
+    """
+    found = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
+    valid = [n for n, _ in found]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        shown = valid if len(valid) <= 40 else valid[:40] + ["..."]
+        raise ValueError(f"{what} has no submodule(s) {unknown}; valid names: {shown}")
+    aliases: dict[int, list[str]] = {}
+    for n, m in found:
+        aliases.setdefault(id(m), []).append(n)
+    return {n: aliases[id(model.get_submodule(n))] for n in names}
 
 
 def _layers(model: nn.Sequential) -> list[tuple[str, nn.Module]]:
