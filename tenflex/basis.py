@@ -74,8 +74,12 @@ MAX_FUNCTIONS = 1000
 
 
 def _real_tensor(A: Any, name: str) -> Tensor:
-    """``A`` as a tensor of real numbers (complex input would lose its imaginary part)."""
-    t = torch.as_tensor(A)
+    """``A`` as a tensor of real numbers (complex input would lose its imaginary part).
+
+    Input that is not a tensor goes through NumPy, so that Python floats (lists, scalars)
+    keep their double precision: ``torch.as_tensor`` alone would round them to float32.
+    """
+    t = A if isinstance(A, Tensor) else torch.as_tensor(np.asarray(A))
     if t.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
     return t
@@ -211,11 +215,14 @@ class Basis(nn.Module):
             safe_width = torch.where(const, torch.ones_like(width), width)
             scale = torch.where(const, torch.ones_like(width), (hi - lo) / safe_width)
             shift = torch.where(const, 0.5 * (lo + hi) - zmin, lo - scale * zmin)
-        if not (torch.isfinite(shift).all() and (scale > 0).all()):
-            # A range wider than the dtype can hold (max - min overflows to Inf).
+        if not (torch.isfinite(shift).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+            # A range wider than the dtype can hold (max - min overflows to Inf), or one so
+            # narrow that (hi - lo) / (max - min) does (e.g. a range of 1e-5 in float16).
+            what = "wide" if not torch.isfinite(width).all() else "narrow"
             raise ValueError(
-                f"Z's column ranges are too wide for {Z.dtype} (from {float(zmin.min()):.3g} "
-                f"to {float(zmax.max()):.3g}); rescale the data"
+                f"Z's column ranges are too {what} for {Z.dtype} (from {float(zmin.min()):.3g} "
+                f"to {float(zmax.max()):.3g}); rescale the data or convert it to a wider "
+                "dtype (e.g. Z.to(torch.float64))"
             )
         self.scale = scale.clone()
         self.shift = shift.clone()
@@ -282,10 +289,15 @@ class Basis(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The number of branches is only known from the data: let a state dict resize the
-        # affine-map buffers (e.g. loading a fitted layer into a freshly built one).
+        # affine-map buffers of an unfitted basis (e.g. loading a fitted basis into a freshly
+        # built one). A fitted basis keeps its R branches, as any module keeps its shapes: a
+        # mismatch is reported by torch, and a failed load into a layer of another rank does
+        # not leave the layer's basis with branches that no longer match its weights.
+        fitted = self.is_fitted  # before the loop: resizing scale makes the basis fitted
         for key in ("scale", "shift"):
             value = state_dict.get(prefix + key)
-            if isinstance(value, Tensor) and value.shape != getattr(self, key).shape:
+            if (not fitted and isinstance(value, Tensor)
+                    and value.shape != getattr(self, key).shape):
                 setattr(self, key, torch.empty_like(value, device=getattr(self, key).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -356,7 +368,8 @@ class Basis(nn.Module):
         out = ((t < lo - atol) | (t > hi + atol)).to(t.dtype)
         out = out.reshape(-1, self.n_branches)
         if per_branch:
-            return out.mean(dim=0)
+            # No entries: nothing lies outside (the mean of an empty column would be NaN).
+            return out.mean(dim=0) if out.shape[0] else out.new_zeros(self.n_branches)
         return float(out.mean()) if out.numel() else 0.0
 
     # ------------------------------------------------------------------ evaluation

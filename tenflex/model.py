@@ -37,14 +37,14 @@ ArrayLike = Tensor | np.ndarray
 def _common_dtype(arrays: list[Any], dtype: torch.dtype | None) -> torch.dtype:
     """Requested dtype, else the promoted float dtype of the inputs (float64 if none is float)."""
     if dtype is not None:
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating point dtype, got {dtype}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating point dtype (a torch.dtype), got {dtype!r}")
         return dtype
     found = None
     for a in arrays:
         if a is None:
             continue
-        t = torch.as_tensor(a) if not isinstance(a, Tensor) else a
+        t = a if isinstance(a, Tensor) else torch.as_tensor(np.asarray(a))
         if t.is_floating_point():
             found = t.dtype if found is None else torch.promote_types(found, t.dtype)
     return found if found is not None else torch.float64
@@ -305,8 +305,14 @@ class DecoupledFunction:
     def to(
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> DecoupledFunction:
-        """Detached copy with tensors (and a copy of the basis) in ``dtype`` on ``device``."""
-        dtype = self.dtype if dtype is None else dtype
+        """Detached copy with tensors (and a copy of the basis) in ``dtype`` on ``device``.
+
+        Raises
+        ------
+        TypeError
+            ``dtype`` not a floating point ``torch.dtype``.
+        """
+        dtype = _common_dtype([self.W], dtype)
         device = self.device if device is None else device
         basis = self.basis.clone().to(device=device, dtype=dtype)
         W, V, C, b = (A.detach().clone() for A in (self.W, self.V, self.C, self.b))

@@ -355,3 +355,39 @@ def test_set_domain_map_refuses_complex_and_outside_fraction_checks_atol():
             basis.outside_fraction(Z, atol=bad)
     assert basis.outside_fraction(Z, atol=np.float32(0.6)) == 0.0
     assert basis.outside_fraction(Z, atol=0) == 0.5
+
+
+def test_python_floats_keep_double_precision():
+    # torch.as_tensor rounds a list of Python floats to float32 (0.1 -> 0.10000000149...).
+    basis = make_basis("monomial", 1).set_domain_map([0.1], [0.3])
+    assert basis.scale.dtype == torch.float64 and basis.scale.item() == 0.1
+    assert make_basis("monomial", 2).fit_domain([[0.1], [0.7]]).scale.dtype == torch.float64
+    ident = make_basis("monomial", 1, n_branches=1)
+    out = ident([[0.1]])
+    assert out.dtype == torch.float64 and out.item() == 0.1
+
+
+def test_fit_domain_names_a_range_too_narrow_for_the_dtype():
+    Z = torch.tensor([[1e-5], [2e-5]], dtype=torch.float16)  # 2 / 1e-5 overflows float16
+    with pytest.raises(ValueError, match="too narrow for torch.float16.*Z.to"):
+        make_basis("monomial", 2).fit_domain(Z)
+    with pytest.raises(ValueError, match="too wide"):
+        make_basis("monomial", 2).fit_domain(torch.tensor([[-3e38], [3e38]]))
+    basis = make_basis("monomial", 2).fit_domain(Z.to(torch.float32))
+    assert torch.isfinite(basis.scale).all()
+
+
+def test_outside_fraction_per_branch_of_no_data_is_zero():
+    basis = make_basis("legendre", 3, n_branches=2)
+    torch.testing.assert_close(basis.outside_fraction(torch.ones(0, 2), per_branch=True),
+                               torch.zeros(2, dtype=torch.float32))
+    assert basis.outside_fraction(torch.ones(0, 2)) == 0.0
+
+
+def test_state_dict_of_other_branch_count_leaves_a_fitted_basis_intact():
+    basis = make_basis("chebyshev", 4).fit_domain(torch.randn(20, 2, dtype=torch.float64))
+    scale = basis.scale.clone()
+    other = make_basis("chebyshev", 4).fit_domain(torch.randn(20, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="size mismatch for scale"):
+        basis.load_state_dict(other.state_dict())
+    assert basis.n_branches == 2 and torch.equal(basis.scale, scale)

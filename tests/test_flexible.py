@@ -262,3 +262,30 @@ def test_a_subspace_layer_without_projection_data_draws_it_and_keeps_plain_layer
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         FlexibleLayer.from_decoupled(df, projection=bad)
+
+
+def test_non_finite_parameters_are_named_rather_than_the_basis_argument():
+    layer = FlexibleLayer(4, 3, 2, "chebyshev", 3, seed=0)
+    with torch.no_grad():
+        layer.V[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="although x is finite: its parameters are not finite"):
+        layer(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="^x contains NaN"):
+        layer(torch.full((2, 4), float("nan")))
+
+
+def test_from_decoupled_refuses_a_complex_projection():
+    df = _df()
+    with pytest.raises(TypeError, match="projection must hold real numbers"):
+        FlexibleLayer.from_decoupled(df, projection=torch.ones(9, df.m, dtype=torch.complex128))
+
+
+def test_a_failed_load_of_another_rank_leaves_the_layer_usable():
+    layer = FlexibleLayer(4, 3, 3, "bspline", 6, seed=1)
+    x = torch.randn(5, 4)
+    before = layer(x)
+    other = FlexibleLayer(4, 3, 2, "bspline", 6, seed=2)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        layer.load_state_dict(other.state_dict())
+    assert layer.basis.n_branches == 3
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=0)

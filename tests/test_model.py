@@ -193,3 +193,22 @@ def test_inputs_overflowing_the_model_dtype_are_named():
         df(torch.full((2, 5), float("inf"), dtype=torch.float64))
     Y = df.to(torch.float64)(X)  # the fix the message gives works
     assert Y.dtype == torch.float64 and bool(torch.isfinite(Y).all())
+
+
+def test_python_lists_keep_double_precision():
+    basis = make_basis("monomial", 1, n_branches=1)
+    f = DecoupledFunction([[0.1]], [[1.0]], [[1.0]], [0.0], basis)
+    assert f.dtype == torch.float64 and f.W.item() == 0.1
+    assert f([[0.1]]).item() == pytest.approx(0.01, rel=1e-15, abs=0)
+    g = DecoupledFunction([[0.1]], [[1.0]], [[1.0]], None, basis, dtype=torch.float64)
+    assert g.W.item() == 0.1
+
+
+def test_dtype_that_is_not_a_torch_dtype_is_a_type_error():
+    f = _random_df()
+    with pytest.raises(TypeError, match="floating point dtype"):
+        DecoupledFunction(f.W, f.V, f.C, f.b, f.basis, dtype="float64")
+    for dtype in ("float64", torch.int32):
+        with pytest.raises(TypeError, match="floating point dtype"):
+            f.to(dtype)
+    assert f.to().dtype == torch.float64 and f.to(torch.float32).dtype == torch.float32

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tenflex.basis import Basis, make_basis
+from tenflex.basis import Basis, _real_tensor, make_basis
 from tenflex.checks import all_finite, as_int_tuple, check_positive_int, check_seed, is_int
 from tenflex.model import DecoupledFunction
 
@@ -52,15 +52,22 @@ def _check_input_dtype(x: Tensor, parameter: Tensor) -> None:
 def _basis_values(basis: Basis, z: Tensor, x: Tensor) -> Tensor:
     """``basis(z)`` for a layer whose input is ``x`` (``z`` computed from it, or ``x`` itself).
 
-    The basis checks ``z`` for NaN/Inf (the small one, for a flexible layer); only when that
-    fails is ``x`` looked at, so that the error names the layer's input where it is the cause.
+    ``z`` is checked for NaN/Inf (the small one, for a flexible layer); only when that fails
+    is ``x`` looked at, so that the error names the cause: the layer's input, or else its
+    parameters (e.g. after a diverged training step), rather than the basis's argument ``Z``.
     """
     try:
-        return basis(z)
+        return basis(z)  # checks z itself: the finite case costs one check, not two
     except ValueError:
-        if basis.check_finite and not all_finite(x):
-            raise ValueError("x contains NaN or Inf values") from None
-        raise
+        if not (basis.check_finite and not all_finite(z)):
+            raise
+    if not all_finite(x):
+        raise ValueError("x contains NaN or Inf values") from None
+    raise ValueError(
+        "the layer's branch inputs contain NaN or Inf values although x is finite: its "
+        "parameters are not finite (e.g. after a diverged training step), or x overflows "
+        f"in its dtype {z.dtype} (convert the layer, e.g. layer.to(torch.float64))"
+    ) from None
 
 
 def _check_dtype(dtype: Any) -> torch.dtype:
@@ -303,7 +310,7 @@ class FlexibleLayer(nn.Module):
         Raises
         ------
         TypeError
-            ``df`` not a DecoupledFunction.
+            ``df`` not a DecoupledFunction, a complex ``projection``.
         ValueError
             ``projection`` not a finite ``(m, df.m)`` matrix.
         """
@@ -311,7 +318,7 @@ class FlexibleLayer(nn.Module):
             raise TypeError(f"df must be a DecoupledFunction, got {type(df).__name__}")
         m = df.m
         if projection is not None:
-            projection = torch.as_tensor(projection)
+            projection = _real_tensor(projection, "projection")
             if projection.ndim != 2 or projection.shape[1] != df.m:
                 raise ValueError(
                     f"projection must have shape (m, {df.m}) (df takes {df.m} projected "
