@@ -431,3 +431,21 @@ def test_distill_bad_names():
     with pytest.raises(ValueError, match="seed must be an int >= 0"):
         fine_tune(pretrained, (torch.zeros(4, 2, 6, 6), torch.zeros(4, dtype=torch.long)),
                   seed=-1)
+
+
+def test_tt_ranks_beyond_the_tt_svd_are_refused_clearly():
+    # Modes (S, kh, kw, T) = (4, 3, 2, 6): full ranks (4, 12, 6), but after R_1 = 1 the
+    # TT-SVD reaches at most R_2 = 1 * 3 (tensorly lowers it silently; the cores then did
+    # not fit the layer and copy_ failed with a bare shape error).
+    conv = make_conv()
+    assert lowrank_max_ranks(conv, "tt") == (4, 12, 6)
+    with pytest.raises(ValueError, match=r"rank\[1\] = 12 exceeds rank\[0\] \* 3 = 3"):
+        TTConv2d.from_dense(conv, rank=(1, 12, 1))
+    with pytest.raises(ValueError, match=r"rank\[2\] = 6 exceeds rank\[1\] \* 2 = 2"):
+        decompose_layer(conv, "tt", rank=(4, 1, 6))
+    # Reachable ranks still decompose, the chain matching its own dense kernel
+    layer = TTConv2d.from_dense(conv, rank=(1, 3, 6))
+    assert layer.ranks == (1, 3, 6)
+    x = rand(2, 4, 7, 6)
+    ref = F.conv2d(x, layer.to_dense_weight().detach(), conv.bias)
+    torch.testing.assert_close(layer(x), ref)

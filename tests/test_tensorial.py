@@ -970,3 +970,18 @@ def test_evaluation_route_sets_and_restores_every_layer():
     with (pytest.raises(ValueError, match=r"route must be one of \('auto', 'chain', 'dense'\)"),
           evaluation_route(model, "fast")):
         pass
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_rtt_ranks_beyond_the_tt_svd_are_refused_clearly(kind):
+    # Reshaped modes (4, 4, 9[, 9]): after rank[0] = 1 the TT-SVD reaches at most
+    # rank[1] = 1 * 4; tensorly lowered a larger rank silently and the cores then failed
+    # to reshape into the layer's ("cannot reshape array of size 16 ...").
+    torch.manual_seed(0)
+    dense = nn.Linear(12, 12).to(DT) if kind == "linear" else nn.Conv2d(12, 12, 3).to(DT)
+    rank = (1, 9) if kind == "linear" else (1, 9, 9)
+    with pytest.raises(ValueError, match=r"rank\[1\] = 9 exceeds rank\[0\] \* 4 = 4"):
+        tensorize(dense, form="rtt", rank=rank, in_factors=(2, 2, 3), out_factors=(2, 2, 3))
+    ok = (1, 4) if kind == "linear" else (1, 4, 9)
+    layer = tensorize(dense, form="rtt", rank=ok, in_factors=(2, 2, 3), out_factors=(2, 2, 3))
+    assert layer.ranks == ok

@@ -32,6 +32,7 @@ from tenflex.nn.tensorial import (
     _balance_cp,
     _check_finite_layer,
     _check_n_iter_max,
+    _check_tt_ranks,
     _exact_cp,
     largest_uniform_ranks,
 )
@@ -237,7 +238,11 @@ def _ranks_from(layer: nn.Module, method: str, rank: Any, rate: Any) -> tuple[in
     if (rank is None) == (rate is None):
         raise ValueError(f"give exactly one of rank= and rate= (method {method!r})")
     if rank is not None:
-        return _normalize_ranks(rank, lowrank_max_ranks(layer, method), method)
+        ranks = _normalize_ranks(rank, lowrank_max_ranks(layer, method), method)
+        if method == "tt":
+            T, S, kh, kw = _shape(layer)
+            _check_tt_ranks((S, kh, kw, T), ranks, "method 'tt' (kernel modes (S, k_h, k_w, T))")
+        return ranks
     return rank_for_rate(layer, method, rate)
 
 
@@ -637,7 +642,8 @@ class TTConv2d(LowRankLayer):
         Raises
         ------
         ValueError
-            A weight or bias with NaN/Inf, a rank or rate out of range.
+            A weight or bias with NaN/Inf, a rank or rate out of range, ranks with
+            ``R_2 > R_1 k_h`` or ``R_3 > R_2 k_w`` (more than the TT-SVD reaches).
         """
         _check_layer(layer, "tt")
         _check_finite_layer(layer, "TTConv2d.from_dense")

@@ -921,6 +921,40 @@ def _normalize_ranks(rank: Any, caps: Sequence[int], what: str) -> tuple[int, ..
     raise TypeError(f"rank must be an int or a tuple of ints, got {type(rank).__name__}")
 
 
+def _check_tt_ranks(dims: Sequence[int], ranks: Sequence[int], what: str) -> None:
+    """Refuse tensor-train bond ranks that the TT-SVD cannot reach.
+
+    The TT-SVD (Oseledets 2011) sweeps left to right: bond ``k`` is the rank of a matrix
+    with ``r_{k-1} dims[k]`` rows (``r_{-1} = 1``), so ``r_k <= r_{k-1} dims[k]``.
+    ``tensorly.decomposition.tensor_train`` silently lowers a larger rank, and the cores
+    it returns then do not fit the layer built for the requested ranks.
+
+    Parameters
+    ----------
+    dims : sequence of int
+        Sizes of the tensor's modes, in train order.
+    ranks : sequence of int
+        Bond ranks, ``len(dims) - 1`` of them (each already within its full rank).
+    what : str
+        Names the layer in the error message.
+
+    Raises
+    ------
+    ValueError
+        Some ``r_k > r_{k-1} dims[k]``.
+    """
+    left = 1
+    for k, r in enumerate(ranks):
+        if r > left * dims[k]:
+            raise ValueError(
+                f"rank {tuple(ranks)} for {what}: rank[{k}] = {r} exceeds "
+                f"{'rank[' + str(k - 1) + ']' if k else '1'} * {dims[k]} = {left * dims[k]}, "
+                "the largest rank the TT-SVD reaches on that bond (r_k <= r_(k-1) * n_k with "
+                f"mode sizes n = {tuple(dims)}); lower rank[{k}] or raise the rank before it"
+            )
+        left = r
+
+
 def _check_rate(rate: Any) -> float:
     if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating, np.integer)):
         raise TypeError(f"rate must be a number, got {type(rate).__name__}")
@@ -1816,8 +1850,9 @@ class TensorialConv2d(_TensorialBase):
         ValueError
             ``groups != 1``, non-zero padding mode, a weight or bias with NaN/Inf, both or
             neither of rate/rank, a rate that leaves no rank >= 1, a rank above the full
-            rank, factors whose product is not the channel count, ``n_iter_max < 1``,
-            ``seed < 0``.
+            rank, ``"rtt"`` ranks with some ``rank[k] > rank[k-1] * (t_k s_k)`` (more than
+            the TT-SVD reaches; ``rank[-1] = 1``), factors whose product is not the channel
+            count, ``n_iter_max < 1``, ``seed < 0``.
         """
         _check_layer_args(layer, nn.Conv2d, "TensorialConv2d.from_dense")
         if layer.groups != 1:
@@ -2108,7 +2143,10 @@ def _ranks_from(
     caps = _caps(form, dims)
     what = f"form {form!r} with in_factors={s}, out_factors={t}"
     if rank is not None:
-        return _normalize_ranks(rank, caps, what)
+        ranks = _normalize_ranks(rank, caps, what)
+        if form == "rtt":
+            _check_tt_ranks(dims, ranks, what)
+        return ranks
     rate = _check_rate(rate)
     dense = _dense_count(layer)
     bias = 0 if layer.bias is None else layer.bias.numel()
