@@ -985,3 +985,16 @@ def test_rtt_ranks_beyond_the_tt_svd_are_refused_clearly(kind):
     ok = (1, 4) if kind == "linear" else (1, 4, 9)
     layer = tensorize(dense, form="rtt", rank=ok, in_factors=(2, 2, 3), out_factors=(2, 2, 3))
     assert layer.ranks == ok
+
+
+def test_valid_padding_with_stride_picks_the_same_chain_order_as_zero_padding():
+    # order="auto" estimated the output size of padding="valid" without the stride, so a
+    # strided "valid" layer ran the conv-last chain (3x the operations here) where the same
+    # layer with padding=0 ran the cheaper conv-first one.
+    flops = {}
+    for padding in (0, "valid"):
+        layer = TensorialConv2d(8, 4, 1, stride=2, padding=padding, rank=2)
+        flops[padding] = layer.route_flops((2, 8, 8, 8))[0]
+        layer.order = "conv_first"
+        assert flops[padding] == layer.route_flops((2, 8, 8, 8))[0]
+    assert flops[0] == flops["valid"]

@@ -377,7 +377,8 @@ def tensor_op(
     output ``L + d (K - 1)`` for ``s = 1``; with ``flip=True`` it is
     ``numpy.convolve(x, w, "full")``) and ``"same"`` (output length ``L``, stride 1; the
     odd zero goes after the signal as in PyTorch, before it when ``flip=True``, which
-    gives ``numpy.convolve(x, w, "same")``).
+    gives ``numpy.convolve(x, w, "same")`` for ``L >= K``; NumPy's ``"same"`` has length
+    ``max(L, K)``).
 
     Parameters
     ----------
@@ -1917,8 +1918,8 @@ class TensorialConv2d(_TensorialBase):
                 height * width
                 if self.padding == "same"
                 else (
-                    conv_output_length(height, kh, (0, 0), 1, self.dilation[0])
-                    * conv_output_length(width, kw, (0, 0), 1, self.dilation[1])
+                    conv_output_length(height, kh, (0, 0), self.stride[0], self.dilation[0])
+                    * conv_output_length(width, kw, (0, 0), self.stride[1], self.dilation[1])
                 )
             )
         else:
