@@ -878,8 +878,8 @@ def cpd(
     ------
     ValueError, TypeError
         Bad shapes, NaN/Inf, ``rank``/``n_starts``/``n_iter_max`` out of range, unknown
-        ``method``, ``seed`` not a non-negative int, ``J`` identically zero (all entries
-        exactly zero).
+        ``method``, ``seed`` not a non-negative int, ``linesearch``/``polish`` not bools
+        (TypeError), ``J`` identically zero (all entries exactly zero).
 
     Notes
     -----
@@ -900,6 +900,10 @@ def cpd(
         isinstance(tol, (int, float, np.integer, np.floating)) and tol >= 0
     ):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    for flag, value in (("linesearch", linesearch), ("polish", polish)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {type(value).__name__} "
+                            f"{value!r}")
     if method == "tensorly" and not isinstance(Jt, DenseJacobian):
         raise ValueError("method='tensorly' needs a dense J; use method='nls'")
     if _is_zero(Jt):

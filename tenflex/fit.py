@@ -81,7 +81,8 @@ class FitResult:
         ``||J - [[W, V, H]]||^2 / ||J||^2`` at the same points.
     cost_output : numpy.ndarray, shape (n_iter + 1,)
         ``||Y - 1 b^T - G W^T||^2 / ||Y - Ybar||^2`` at the same points (with the optimal
-        ``b`` when ``lam = 0``).
+        ``b`` when ``lam = 0``). A constant ``Y`` (allowed only with ``lam = 0``) has no
+        scale: the entry is then 0 whatever the residual, so look at the Jacobian term.
     n_iter : int
         Iterations of the kept start.
     converged : bool
@@ -1152,11 +1153,14 @@ def _initial_state(
                 f"init DecoupledFunction has (n, m, R) = {(init.n, init.m, init.rank)}, "
                 f"expected {(n, m, rank)}"
             )
-        W, V = init.W.to(**opts).clone(), init.V.to(**opts).clone()
-        b = init.b.to(**opts).clone()
+        # Detached (a model whose tensors require grad would otherwise make every sweep
+        # build an autograd graph, and the result require grad), in the solver's dtype.
+        W, V = (A.detach().to(**opts).clone() for A in (init.W, init.V))
+        b = init.b.detach().to(**opts).clone()
         if _same_basis(init.basis, prob.basis):
-            prob.basis.set_domain_map(init.basis.scale, init.basis.shift)
-            C = init.C.to(**opts).clone()
+            # the map in the solver's dtype too, as a fitted one would be
+            prob.basis.set_domain_map(init.basis.scale.to(**opts), init.basis.shift.to(**opts))
+            C = init.C.detach().to(**opts).clone()
             refit = False
         _check_dead_branches("init DecoupledFunction", W, V, C)
     else:  # a dict (cmtf_als checked the type)
@@ -1375,8 +1379,9 @@ def cmtf_als(
         output directions along which the Jacobians vary most about their mean (where the
         function is nonlinear; seeded randomized subspace iteration; at most ``m`` such
         directions, further branches start random); ``"random"``: seeded
-        normal ``W`` and unit-norm normal ``V``; a :class:`DecoupledFunction` (its W, V, b;
-        its C and affine map too when its basis has the same configuration as ``basis``);
+        normal ``W`` and unit-norm normal ``V``; a :class:`DecoupledFunction` (detached copies,
+        in ``dtype``, of its W, V, b; of its C and affine map too when its basis has the same
+        configuration as ``basis``);
         ``dict(W=..., V=...)`` with optional ``C`` (interpreted after fitting the affine
         map to ``X V``) and ``b``. Missing ``C`` comes from an exact C step. A given
         ``W``, ``V`` or ``C`` with an all-zero column raises ValueError (the block updates
@@ -1474,6 +1479,11 @@ def cmtf_als(
     if solver not in ("als", "gn"):
         raise ValueError(f"solver must be 'als' or 'gn', got {solver!r}")
     _check_n_starts(n_starts, init, rank, n, m)
+    if cpd_options is not None and not isinstance(cpd_options, dict):
+        raise TypeError(
+            "cpd_options must be a dict of decouple_cpd options (n_starts, cpd_method, "
+            f"n_iter_max, tol) or None, got {type(cpd_options).__name__}"
+        )
     cpd_options = {"n_starts": 3, **(cpd_options or {})}
     bad = set(cpd_options) - {"n_starts", "cpd_method", "n_iter_max", "tol"}
     if bad:

@@ -435,3 +435,15 @@ def test_factored_residual_is_accurate_when_tiny(h, m):
     expected = float(((J - cp_to_tensor(W, Vp, H)) ** 2).sum())
     assert Jt.residual_norm_sq(W, Vp, H) == pytest.approx(expected, rel=1e-5)
     assert Jt.residual_norm_sq(W, V, H) <= 1e-26 * Jt.norm_sq()
+
+
+@pytest.mark.parametrize("flag", ["linesearch", "polish"])
+@pytest.mark.parametrize("value", ["no", None, 0, 1.0])
+def test_cpd_flags_must_be_bools(dense, flag, value):
+    # A truthy string ("no") used to switch the option on, None or 0 silently off.
+    J, *_ = dense
+    with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+        cpd(J, 2, n_starts=1, **{flag: value})
+    assert cpd(J, 2, n_starts=1, **{flag: np.False_}).relative_error < 1
+
+

@@ -757,3 +757,34 @@ def test_flags_must_be_bools(small, flag):
     _f, X, Y, J = small
     with pytest.raises(TypeError, match=f"{flag} must be True or False"):
         cmtf_als(X, Y, J, 2, "monomial", 3, init="random", max_iter=1, **{flag: "no"})
+
+
+def test_warm_start_from_a_model_that_requires_grad_is_detached(small):
+    # A DecoupledFunction holding tensors that require grad (e.g. being fine-tuned) used to
+    # make every sweep build an autograd graph and returned a model that required grad.
+    f, X, Y, J = small
+    g = _perturbed(f, 1e-2)
+    g = DecoupledFunction(*(A.clone().requires_grad_() for A in (g.W, g.V, g.C, g.b)),
+                          g.basis.clone())
+    res = cmtf_als(X, Y, J, 2, "monomial", 3, init=g, max_iter=3)
+    m = res.model
+    assert not any(A.requires_grad for A in (m.W, m.V, m.C, m.b))
+    assert res.cost[-1] < res.cost[0]
+
+
+@pytest.mark.parametrize(("model_dtype", "dtype"), [(torch.float32, torch.float64),
+                                                    (torch.float64, torch.float32)])
+def test_warm_start_from_a_model_of_another_dtype_gives_a_model_of_dtype(small, model_dtype,
+                                                                           dtype):
+    # The basis' affine map used to keep the init model's dtype (a float64 fit holding a
+    # float32 map, or the reverse).
+    f, X, Y, J = small
+    res = cmtf_als(X, Y, J, 2, "monomial", 3, init=f.to(model_dtype), max_iter=2, dtype=dtype)
+    m = res.model
+    assert {A.dtype for A in (m.W, m.V, m.C, m.b, m.basis.scale, m.basis.shift)} == {dtype}
+
+
+def test_cpd_options_must_be_a_dict(small):
+    _f, X, Y, J = small
+    with pytest.raises(TypeError, match="cpd_options must be a dict"):
+        cmtf_als(X, Y, J, 2, cpd_options=[("n_starts", 1)])
