@@ -306,3 +306,30 @@ def test_svd_span_of_one_layer_of_a_module_keeps_its_name():
     x = torch.randn(4, 6)
     with torch.no_grad():
         torch.testing.assert_close(new(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_reduced_rank_regression_with_fewer_samples_than_the_rank():
+    # N = 3 centred samples have fitted values of rank <= 2: P and U still get R = 5 columns
+    # (U orthonormal, the extra ones of P zero), and the fit is the least-squares one.
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(3, 10, generator=g, dtype=torch.float64)
+    Y = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    P, U, b = reduced_rank_regression(X, Y, 5)
+    assert P.shape == (10, 5) and U.shape == (8, 5) and b.shape == (8,)
+    torch.testing.assert_close(U.T @ U, torch.eye(5, dtype=torch.float64))
+    torch.testing.assert_close(X @ P @ U.T + b, Y)
+    P2, U2, b2 = reduced_rank_regression(X, Y, 2)
+    x = torch.randn(4, 10, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(x @ P @ U.T + b, x @ P2 @ U2.T + b2)
+
+
+def test_linear_span_with_fewer_samples_than_the_rank(cnn):
+    # It failed with a RuntimeError of copy_ (P and U had N columns instead of R).
+    span = resolve_span(cnn, "fc2")
+    X = torch.randn(3, 128)
+    with torch.no_grad():
+        Y = cnn.fc2(X)
+    new = linear_span(cnn, span, X, Y, rank=5)
+    assert new.linear_fc2_fc2.project.weight.shape == (5, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(new.linear_fc2_fc2(X), Y, rtol=1e-4, atol=1e-4)

@@ -642,3 +642,102 @@ def test_layer_inputs_of_an_in_place_layer_are_its_inputs():
         expected = model[0](x)
     assert (expected < 0).any()
     torch.testing.assert_close(layer_inputs(model, ["1"], x)["1"], expected, rtol=0, atol=0)
+
+
+def test_compress_network_names_a_layer_of_another_type_as_such(lenet):
+    # It was an 'unknown layer name', though the model has it.
+    name = next(n for n, m in lenet.named_modules()
+                if n and not isinstance(m, (nn.Conv2d, nn.Linear)) and not any(m.children()))
+    kind = type(lenet.get_submodule(name)).__name__
+    with pytest.raises(ValueError, match=rf"\{{'{name}': '{kind}'\}}.*not plain nn.Conv2d or "
+                                         r"nn.Linear layers.*Conv2d/Linear layers: \['conv1'"):
+        compress_network(lenet, "cp", 0.5, layers=["fc1", name])
+
+
+def test_compressed_layers_keep_the_mode_of_the_layers_they_replace(lenet):
+    # New layers were in training mode inside an evaluation-mode copy.
+    assert not lenet.training
+    net, _ = compress_network(lenet, "rcp", 0.2, n_iter_max=5)
+    assert not any(m.training for m in net.modules())
+    lenet.train()
+    try:
+        net, _ = compress_network(lenet, "cp", 0.2, n_iter_max=5)
+        assert all(m.training for m in net.modules())
+    finally:
+        lenet.eval()
+
+
+def test_fill_budget_must_be_a_bool(lenet):
+    # "no" was taken as True.
+    with pytest.raises(TypeError, match="fill_budget must be a bool, got str"):
+        plan_layer(lenet.fc1, "rtk", 0.2, fill_budget="no")
+    with pytest.raises(TypeError, match="fill_budget must be a bool"):
+        compress_network(lenet, "rtk", 0.2, fill_budget=0)
+
+
+def test_compress_and_train_checks_data_and_training_options_first(lenet, digits, monkeypatch):
+    # These failed in distillation, fine-tuning or an evaluation, after the decompositions.
+    def no_decomposition(*args, **kwargs):
+        raise _Decomposed
+
+    monkeypatch.setattr("tenflex.nn.compress_tnn.compress_network", no_decomposition)
+    (x, y), test = digits
+    bad = [
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive int"),
+        ({"distill_lr": -1.0}, ValueError, "distill_lr must be a positive finite number"),
+        ({"finetune_lr": float("nan")}, ValueError, "finetune_lr must be a positive finite"),
+    ]
+    for kwargs, error, message in bad:
+        with pytest.raises(error, match=message):
+            compress_and_train(lenet, "cp", 0.1, (x, y), test, **kwargs)
+    # a learning rate of a stage that does not run is not used
+    with pytest.raises(_Decomposed):
+        compress_and_train(lenet, "cp", 0.1, (x, y), test, distill_epochs=0, distill_lr=-1.0)
+    with pytest.raises(TypeError, match="train_data: images have dtype torch.float64"):
+        compress_and_train(lenet, "cp", 0.1, (x.double().numpy(), y), test)
+    with pytest.raises(ValueError, match=r"test_data: labels must have shape"):
+        compress_and_train(lenet, "cp", 0.1, (x, y), (test[0], test[1][:5]))
+    with pytest.raises(TypeError, match="train_data: labels must be integers"):
+        compress_and_train(lenet, "cp", 0.1, (x, y.float()), test)
+    with pytest.raises(ValueError, match=r"train_data: labels must be class indices in \[0, 10\)"):
+        compress_and_train(lenet, "cp", 0.1, (x, y + 10), test)
+    with pytest.raises(ValueError, match="train_data: images contain NaN"):
+        compress_and_train(lenet, "cp", 0.1, (torch.full_like(x, float("nan")), y), test)
+
+
+def test_compress_and_train_reshapes_numpy_images_by_layout(lenet, digits):
+    # The example input for the layout was an array: AttributeError 'numpy.ndarray' ... 'to'.
+    (x, y), (xt, yt) = digits
+    _, result = compress_and_train(
+        lenet, "rtt", 0.2, (x[:64].numpy(), y[:64].numpy()), (xt[:32].numpy(), yt[:32].numpy()),
+        modes=2, reshape_by_layout=True, distill_epochs=0, finetune_epochs=0, n_iter_max=5)
+    fc1 = next(r for r in result.layers if r["name"] == "fc1")
+    assert fc1["in_factors"] == [16, 25]
+
+
+class _DoubledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class _ShiftedConv(nn.Conv2d):
+    def _conv_forward(self, x, weight, bias):
+        return super()._conv_forward(x, weight, bias) + 1
+
+
+def test_a_layer_subclass_with_its_own_forward_is_not_compressed():
+    # It was compressed as the plain layer, whose function it is not.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), _DoubledLinear(16, 16), nn.Linear(16, 12),
+                        nn.Linear(12, 4)).eval()
+    assert default_layers(net) == ["2"]
+    with pytest.raises(ValueError, match=r"\{'1': '_DoubledLinear'\}.*not plain nn.Conv2d"):
+        compress_network(net, "cp", 1.0, layers=["1", "2"])
+    with pytest.raises(TypeError, match="_DoubledLinear, a subclass of nn.Linear with its own"):
+        plan_layer(net[1], "rcp", 0.5)
+    with pytest.raises(TypeError, match="_ShiftedConv, a subclass of nn.Conv2d with its own"):
+        plan_layer(_ShiftedConv(4, 4, 3), "cp", 0.5)
+    with pytest.raises(ValueError, match="found no layer but the first and the last"):
+        default_layers(nn.Sequential(nn.Linear(8, 16), _DoubledLinear(16, 16), nn.Linear(16, 4)))
+    out, _ = compress_network(net, "cp", 0.5)
+    assert type(out[1]) is _DoubledLinear and isinstance(out[2], SVDLinear)

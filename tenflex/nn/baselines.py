@@ -163,7 +163,14 @@ def reduced_rank_regression(X: torch.Tensor, Y: torch.Tensor, rank: int
     Xc, Yc = X - x_mean, Y - y_mean
     # Minimum-norm least squares: well defined when N < m or X is rank-deficient.
     B = torch.linalg.lstsq(Xc, Yc, driver="gelsd").solution       # (m, n)
-    _, _, Vh = torch.linalg.svd(Xc @ B, full_matrices=False)
+    fitted = Xc @ B                                               # (N, n)
+    if fitted.shape[0] < rank:
+        # Fewer samples than R: the fitted values give fewer than R right singular vectors.
+        # Zero rows complete them to an orthonormal basis of all n outputs (the extra
+        # directions get P = B U = 0, since B's columns lie in the row space of Xc), so
+        # P and U still have R columns.
+        fitted = torch.cat([fitted, fitted.new_zeros(Y.shape[1] - fitted.shape[0], Y.shape[1])])
+    _, _, Vh = torch.linalg.svd(fitted, full_matrices=False)
     U = Vh[:rank].T                                               # (n, R)
     P = B @ U                                                     # (m, R)
     b = y_mean - x_mean @ P @ U.T

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import as_int_tuple, check_seed, is_int
+from tenflex.checks import as_int_tuple, check_float, check_positive_int, check_seed, is_int
 from tenflex.nn.distill import distill_blocks
 from tenflex.nn.lowrank import (
     CPConv2d,
@@ -136,7 +136,28 @@ def _check_rate(rate: Any) -> float:
     return float(rate)
 
 
+def _own_forward(layer: nn.Module) -> bool:
+    """A Conv2d / Linear subclass whose forward (or ``_conv_forward``) is its own: it may
+    compute something else than the convolution / ``x W^T + b`` that a decomposition of its
+    weight reproduces."""
+    if isinstance(layer, nn.Conv2d):
+        return (type(layer).forward is not nn.Conv2d.forward
+                or type(layer)._conv_forward is not nn.Conv2d._conv_forward)
+    return isinstance(layer, nn.Linear) and type(layer).forward is not nn.Linear.forward
+
+
+def _compressible(layer: nn.Module) -> bool:
+    return isinstance(layer, (nn.Conv2d, nn.Linear)) and not _own_forward(layer)
+
+
 def _kind(layer: nn.Module) -> str:
+    if _own_forward(layer):
+        base = "Conv2d" if isinstance(layer, nn.Conv2d) else "Linear"
+        raise TypeError(
+            f"layer is a {type(layer).__name__}, a subclass of nn.{base} with its own forward: "
+            f"its compressed form would compute a plain nn.{base}; only plain nn.Conv2d and "
+            "nn.Linear layers are compressed"
+        )
     if isinstance(layer, nn.Conv2d):
         return "Conv2d"
     if isinstance(layer, nn.Linear):
@@ -153,7 +174,9 @@ def default_layers(model: nn.Module) -> list[str]:
 
     Positions count, not module objects: a layer registered under several names (one
     module reused) is listed under each of them, and a module that is the first or the
-    last layer is left out under all its names.
+    last layer is left out under all its names. A subclass of Conv2d / Linear with its own
+    ``forward`` counts for the first and the last but is not compressed (its compressed
+    form would compute the plain layer).
 
     Parameters
     ----------
@@ -181,11 +204,14 @@ def default_layers(model: nn.Module) -> list[str]:
             f"last stay dense), found {len(names)}: {names}; pass layers= explicitly"
         )
     first, last = found[0][1], found[-1][1]
-    middle = [n for n, m in found[1:-1] if m is not first and m is not last]
+    # A subclass with its own forward computes something its compressed form would not.
+    middle = [n for n, m in found[1:-1]
+              if m is not first and m is not last and _compressible(m)]
     if not middle:
         raise ValueError(
             f"default_layers found no layer but the first and the last modules among the "
-            f"Conv2d/Linear layers {names} (reused modules); pass layers= explicitly"
+            f"Conv2d/Linear layers {names} (reused modules, or subclasses with their own "
+            "forward); pass layers= explicitly"
         )
     return middle
 
@@ -433,6 +459,7 @@ def plan_layer(
     Parameters
     ----------
     layer : torch.nn.Conv2d or torch.nn.Linear
+        Not a subclass with its own ``forward`` (TypeError).
     form : str
         One of :data:`FORMS`.
     rate : float
@@ -465,11 +492,15 @@ def plan_layer(
         that cannot be reshaped into ``modes`` factors ``>= 2``, factors whose product is not
         the channel count, ``modes`` or ``factors`` given for a plain form.
     TypeError
-        A layer that is not Conv2d / Linear, ``factors`` that are not two sequences of ints.
+        A layer that is not Conv2d / Linear, ``factors`` that are not two sequences of ints,
+        ``fill_budget`` not a bool.
     """
     form = _check_form(form)
     rate = _check_rate(rate)
     kind = _kind(layer)
+    if not isinstance(fill_budget, bool):
+        raise TypeError(f"fill_budget must be a bool, got {type(fill_budget).__name__} "
+                        f"({fill_budget!r})")
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         raise ValueError(f"{name}: grouped convolutions are not supported (groups={layer.groups})")
     # Checked here too (the layers check it when built): compress_network plans every
@@ -636,18 +667,20 @@ def compress_network(
     Returns
     -------
     compressed : torch.nn.Module
+        Each compressed layer in the train/eval mode of the layer it replaces.
     plans : list of LayerPlan
         One per compressed layer, with the decomposition errors.
 
     Raises
     ------
     ValueError
-        Unknown layer names (valid ones listed), duplicated names, a layer whose module is
-        registered under several names (shared weights), ``modes`` or ``factors`` entries
+        Unknown layer names and names of layers other than Conv2d / Linear (valid ones
+        listed), duplicated names, a layer whose module is registered under several names
+        (shared weights), ``modes`` or ``factors`` entries
         for layers that are not compressed, ``n_iter_max < 1``, and everything
         :func:`plan_layer` raises.
     TypeError
-        ``seed`` or ``n_iter_max`` not an int.
+        ``seed`` or ``n_iter_max`` not an int, and everything :func:`plan_layer` raises.
     """
     _check_form(form)
     if isinstance(layers, str):
@@ -660,7 +693,15 @@ def compress_network(
     # Every position of a reused module has its name (named_modules() lists it once), so
     # that naming any of them gets the message about shared weights below.
     positions = list(model.named_modules(remove_duplicate=False))
-    valid = [n for n, m in positions if isinstance(m, (nn.Conv2d, nn.Linear))]
+    valid = [n for n, m in positions if _compressible(m)]
+    kinds = {n: type(m).__name__ for n, m in positions}
+    other = {n: kinds[n] for n in names if n in kinds and n not in valid}
+    if other:
+        raise ValueError(
+            f"layers {other} (name: type) are not plain nn.Conv2d or nn.Linear layers, the "
+            "only ones compressed (a subclass with its own forward computes something else); "
+            f"Conv2d/Linear layers: {valid}"
+        )
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ValueError(f"unknown layer name(s) {unknown}; Conv2d/Linear layers: {valid}")
@@ -701,8 +742,9 @@ def compress_network(
     ]
     out = copy.deepcopy(model)
     for plan in plans:
-        new = compress_layer(model.get_submodule(plan.name), plan, seed=seed, n_iter_max=n_iter_max)
-        replace_layer(out, plan.name, new)
+        layer = model.get_submodule(plan.name)
+        new = compress_layer(layer, plan, seed=seed, n_iter_max=n_iter_max)
+        replace_layer(out, plan.name, new.train(layer.training))  # the layer's own mode
     return out, plans
 
 
@@ -966,13 +1008,18 @@ def compress_and_train(
     Raises
     ------
     TypeError
-        ``train_data`` or ``test_data`` not a pair, ``distill_samples`` or
-        ``finetune_samples`` neither None nor an int, and as :func:`compress_network`.
+        ``train_data`` or ``test_data`` not a pair, images that are not float or of
+        another dtype than the model's parameters, labels that are not integers,
+        ``distill_samples`` or ``finetune_samples`` neither None nor an int, and as
+        :func:`compress_network`.
     ValueError
         Before any decomposition: ``distill_samples`` or ``finetune_samples`` below 1,
-        negative epochs, an unknown
-        ``train_evaluation``, and as :func:`compress_network`.
+        negative epochs, an unknown ``train_evaluation``, ``batch_size`` below 1, a
+        learning rate that is not a positive finite number (of a stage that runs), empty
+        data or NaN/Inf images, labels whose count differs from the images', fine-tuning
+        labels outside the model's classes, and as :func:`compress_network`.
     """
+    from tenflex import zoo
     from tenflex.zoo import evaluate, train
 
     for value, arg in ((distill_epochs, "distill_epochs"), (finetune_epochs, "finetune_epochs")):
@@ -1010,6 +1057,22 @@ def compress_and_train(
     # Python ints: the settings of the result are written to JSON.
     distill_samples, finetune_samples = (
         None if v is None else int(v) for v in (distill_samples, finetune_samples))
+    # The data and the training options are checked as distillation, fine-tuning and the
+    # evaluations check them, but before the decompositions and the first evaluation.
+    check_positive_int(batch_size, "batch_size")
+    if distill_epochs > 0:
+        check_float(distill_lr, "distill_lr", positive=True)
+    if finetune_epochs > 0:
+        check_float(finetune_lr, "finetune_lr", positive=True)
+        zoo._check_train_options(batch_size=batch_size, lr=finetune_lr, seed=seed)
+    dtypes = zoo._model_dtypes(pretrained)
+    x_train, y_train = zoo._check_images_labels(x_train, y_train, "train_data", dtypes)
+    x_test, y_test = zoo._check_images_labels(x_test, y_test, "test_data", dtypes)
+    if finetune_epochs > 0:
+        n_classes = zoo._n_outputs(pretrained, x_train[:1])
+        if n_classes is not None:
+            n = x_train.shape[0] if finetune_samples is None else finetune_samples
+            zoo._check_label_range(y_train[:n], n_classes, "train_data")
 
     t0 = time.perf_counter()
     model, plans = compress_network(
