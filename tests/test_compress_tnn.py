@@ -741,3 +741,17 @@ def test_a_layer_subclass_with_its_own_forward_is_not_compressed():
         default_layers(nn.Sequential(nn.Linear(8, 16), _DoubledLinear(16, 16), nn.Linear(16, 4)))
     out, _ = compress_network(net, "cp", 0.5)
     assert type(out[1]) is _DoubledLinear and isinstance(out[2], SVDLinear)
+
+
+def test_time_forward_checks_repeat_and_warmup():
+    # repeat=2.5 raised range()'s TypeError, repeat=True ran once.
+    layer, x = nn.Linear(3, 2), torch.randn(4, 3)
+    with pytest.raises(TypeError, match=r"repeat must be an int, got float \(2.5\)"):
+        time_forward(layer, x, repeat=2.5)
+    with pytest.raises(TypeError, match="repeat must be an int, got bool"):
+        time_forward(layer, x, repeat=True)
+    with pytest.raises(ValueError, match="repeat must be >= 1, got 0"):
+        time_forward(layer, x, repeat=0)
+    with pytest.raises(ValueError, match="warmup must be >= 0, got -1"):
+        time_forward(layer, x, warmup=-1)
+    assert time_forward(layer, x, repeat=1, warmup=0) >= 0

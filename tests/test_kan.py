@@ -375,3 +375,16 @@ def test_inputs_named_and_complex_refused():
         KANLayer(4, 2, dtype=torch.int64)
     with pytest.raises(TypeError, match="dtype must be a floating point torch.dtype"):
         ProjectedKAN(4, 2, 2, dtype=torch.int64)
+
+
+def test_bias_must_be_a_bool():
+    # "no" gave a bias (truthy), None none.
+    for bias in ("no", None, 1):
+        with pytest.raises(TypeError, match="bias must be a bool"):
+            KANLayer(3, 2, bias=bias)
+        with pytest.raises(TypeError, match="bias must be a bool"):
+            ProjectedKAN(10, 2, 3, bias=bias)
+        with pytest.raises(TypeError, match="bias must be a bool"):
+            kan_width_for_budget(10, 2, 3, 100, bias=bias)
+    assert KANLayer(3, 2, bias=False).b is None
+    assert kan_width_for_budget(10, 2, 3, 64, bias=False) == 4

@@ -66,7 +66,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import as_int_tuple, check_float, check_positive_int, check_seed, is_int
+from tenflex.checks import (
+    as_int_tuple,
+    check_float,
+    check_int,
+    check_positive_int,
+    check_seed,
+    is_int,
+)
 from tenflex.nn.distill import distill_blocks
 from tenflex.nn.lowrank import (
     CPConv2d,
@@ -849,15 +856,24 @@ def time_forward(module: nn.Module, x: torch.Tensor, *, repeat: int = 20, warmup
     module : torch.nn.Module
     x : torch.Tensor
     repeat : int
-        Timed runs; the median is robust to the odd interruption on a shared machine.
+        Timed runs, ``>= 1``; the median is robust to the odd interruption on a shared
+        machine.
     warmup : int
+        Untimed runs first, ``>= 0``.
 
     Returns
     -------
     float
+
+    Raises
+    ------
+    TypeError
+        ``repeat`` or ``warmup`` not an int (a bool included).
+    ValueError
+        ``repeat < 1`` or ``warmup < 0``.
     """
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    repeat = check_int(repeat, "repeat", 1)
+    warmup = check_int(warmup, "warmup", 0)
     with evaluation_mode(module):
         for _ in range(warmup):
             module(x)

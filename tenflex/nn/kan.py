@@ -64,6 +64,12 @@ def _as_float(value: Any, name: str, dtype: torch.dtype | None = None) -> Tensor
     return t
 
 
+def _check_bias(bias: Any) -> None:
+    """``bias`` must be a bool: ``"no"`` would mean True, None False."""
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias must be a bool, got {type(bias).__name__} ({bias!r})")
+
+
 class KANLayer(nn.Module):
     """KAN layer ``y_j = b_j + sum_i phi_{j,i}(x_i)``, ``phi_{j,i} = sum_d coef[j, i, d] B_d(t_i)``.
 
@@ -87,7 +93,8 @@ class KANLayer(nn.Module):
     basis_options : dict, optional
         Extra options for :func:`~tenflex.basis.make_basis`, e.g. ``{"degree": 3}``.
     bias : bool, optional
-        Whether to learn ``b`` (default True). Without it ``b`` is None and counts nothing.
+        Whether to learn ``b`` (default True; another type than bool raises TypeError).
+        Without it ``b`` is None and counts nothing.
     seed : int or torch.Generator, optional
         Random initialisation ``coef ~ N(0, 1 / (m D))`` (so the output variance does not
         grow with ``m`` or ``D``), ``b = 0``. None uses torch's global generator.
@@ -130,6 +137,7 @@ class KANLayer(nn.Module):
         super().__init__()
         m = check_positive_int(in_features, "in_features")
         n = check_positive_int(out_features, "out_features")
+        _check_bias(bias)
         basis = _branch_basis(basis, n_functions, basis_options, m, "in_features")
         D = basis.n_functions
         dtype = _check_dtype(dtype)
@@ -302,7 +310,7 @@ class ProjectedKAN(nn.Module):
     basis, n_functions, basis_options : optional
         Of the KAN layer, see :class:`KANLayer` (default cubic B-splines, ``D = 8``).
     bias : bool, optional
-        Whether the KAN layer has a bias (default True).
+        Whether the KAN layer has a bias (default True; a bool, else TypeError).
     seed : int or torch.Generator, optional
         Random initialisation: ``P ~ N(0, 1/m)`` then the KAN layer's ``coef`` from the same
         generator. None uses torch's global generator.
@@ -345,6 +353,7 @@ class ProjectedKAN(nn.Module):
         m = check_positive_int(in_features, "in_features")
         n = check_positive_int(out_features, "out_features")
         w = check_positive_int(width, "width")
+        _check_bias(bias)
         self.output_shape = _check_output_shape(output_shape, n)
         dtype = _check_dtype(dtype)
         gen = _generator(seed)
@@ -553,7 +562,7 @@ def kan_width_for_budget(
     budget : int or float
         Maximum number of parameters.
     bias : bool, optional
-        Whether the KAN layer has a bias (``n`` parameters).
+        Whether the KAN layer has a bias (``n`` parameters; a bool, else TypeError).
 
     Returns
     -------
@@ -564,10 +573,13 @@ def kan_width_for_budget(
     ------
     ValueError
         If even ``w = 1`` does not fit (the message gives both numbers).
+    TypeError
+        ``budget`` not a number, ``bias`` not a bool.
     """
     m = check_positive_int(in_features, "in_features")
     n = check_positive_int(out_features, "out_features")
     D = check_positive_int(n_functions, "n_functions")
+    _check_bias(bias)
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
         raise TypeError(f"budget must be a number, got {type(budget).__name__} ({budget!r})")
     if not math.isfinite(budget):
