@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +21,24 @@ def test_readme_has_the_examples_this_test_runs():
     assert len(_python_blocks()) == 2
 
 
-def test_loading_mnist_example():
-    namespace: dict = {}
-    exec(compile(_python_blocks()[0], "README.md (python block 1)", "exec"), namespace)
+def _run_block(index: int, folder: Path) -> dict:
+    """Run the README's Python block ``index`` as a script; its globals."""
+    script = folder / f"readme_block_{index + 1}.py"
+    script.write_text(_python_blocks()[index], encoding="utf-8")
+    return runpy.run_path(str(script))
+
+
+def test_loading_mnist_example(tmp_path):
+    namespace = _run_block(0, tmp_path)
     images, labels = namespace["images"], namespace["labels"]
     # as its comment says: uint8 (60000, 28, 28), int64 (60000,)
     assert images.shape == (60000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (60000,) and labels.dtype == np.int64
 
 
-def test_compress_example(capsys):
+def test_compress_example(tmp_path, capsys):
     # Trains the reference CNN once if no run has cached it yet (chapter 4 reuses it).
-    namespace: dict = {}
-    exec(compile(_python_blocks()[1], "README.md (python block 2)", "exec"), namespace)
+    namespace = _run_block(1, tmp_path)
     result = namespace["result"]
     report = result.report
     printed = capsys.readouterr().out.split()
