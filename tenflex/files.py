@@ -63,7 +63,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     write : callable
         Called with the open temporary file; writes the whole content.
     mode : {"wb", "w"}
-        Binary or text.
+        Binary or text (anything else, an append mode included, raises a ValueError).
 
     Notes
     -----
@@ -72,6 +72,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     ``.tmp`` file behind). The file gets the usual permissions under the umask (not the
     private 0600 of :func:`tempfile.mkstemp`).
     """
+    if mode not in ("wb", "w"):
+        # "a" would replace the file rather than append to it, "r" fail on the temporary file.
+        raise ValueError(f"mode must be 'wb' (binary) or 'w' (text), got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name opened exclusively.

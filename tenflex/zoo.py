@@ -135,6 +135,10 @@ class _NamedSequential(nn.Sequential):
         # subclasses' constructors do not take: a slice is a plain, named nn.Sequential.
         if isinstance(idx, slice):
             return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        if isinstance(idx, str):  # a layer by name: model["fc1"] is model.fc1
+            if idx not in self._modules:
+                raise KeyError(f"no layer named {idx!r}; layers: {list(self._modules)}")
+            return self._modules[idx]
         return super().__getitem__(idx)
 
     @property
@@ -196,7 +200,9 @@ class ReferenceCNN(_NamedSequential):
 
 
 class LeNet5(_NamedSequential):
-    """LeNet-5 (LeCun et al. 1998) with ReLU activations and max pooling.
+    """LeNet-5 (LeCun et al. 1998) in its common modern form: ReLU activations, max pooling,
+    a fully connected ``conv2`` (the original C3 links each map to a subset of the six
+    inputs) and a linear output layer (the original F6 feeds Gaussian RBF units).
 
     ========  ======================================  ==============  ===========
     name      layer                                   output shape    parameters
@@ -643,6 +649,13 @@ def _model_dtypes(model: nn.Module) -> tuple[torch.dtype, ...]:
     return tuple(dict.fromkeys(p.dtype for p in model.parameters() if p.is_floating_point()))
 
 
+def _check_bools(**flags: Any) -> None:
+    """Each flag must be a bool: ``"no"`` would count as True, ``None`` as False."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+
+
 def _check_train_options(
     *, epochs: Any = 2, batch_size: Any = 128, lr: Any = 3e-3, seed: Any = 0,
     optimizer: Any = "adam", schedule: Any = "onecycle", weight_decay: Any = 0.0,
@@ -756,7 +769,8 @@ def train(
     TypeError
         ``train_data`` not a pair, non-integer labels, float images of a dtype that none of
         the model's parameters has (as in :func:`predict`), ``lr`` or
-        ``weight_decay`` not a number, a ``callback`` that is not callable.
+        ``weight_decay`` not a number, a ``callback`` that is not callable, ``progress`` or
+        ``deterministic`` not a bool.
     ValueError
         Before any step: mismatched or empty data, NaN/Inf images, labels outside
         ``[0, n_classes)`` (found by running the model on one image), ``epochs``,
@@ -777,6 +791,7 @@ def train(
     ``torch.set_num_threads`` is left to the caller. An interruption inside an epoch loses
     that epoch only.
     """
+    _check_bools(progress=progress)
     dtypes = _model_dtypes(model)
     x, y = _as_images_labels(train_data, "train_data", dtypes)
     if validation is not None:
@@ -1053,12 +1068,33 @@ def predict(model: nn.Module, images: Any, batch_size: int = 1000) -> torch.Tens
 def accuracy(logits: torch.Tensor, labels: Any, *, argname: str = "accuracy") -> float:
     """Fraction of rows of ``logits (N, n_classes)`` whose arg-max is the label ``(N,)``.
 
+    A row holding a NaN names no class and counts as wrong (``torch.argmax`` would pick
+    the NaN's column: a network that outputs only NaN would score the share of label 0).
     Labels that are not ``N`` integers in ``[0, n_classes)`` raise (TypeError / ValueError,
     naming ``argname``) rather than counting as wrong.
+
+    Raises
+    ------
+    TypeError
+        Logits that are not real numbers, non-integer labels.
+    ValueError
+        Logits not of shape ``(N, n_classes)`` with ``N >= 1`` and ``n_classes >= 1``;
+        labels not ``N`` class indices.
     """
+    if not torch.is_tensor(logits):
+        logits = torch.as_tensor(np.asarray(logits))
+    if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"{argname}: logits must have shape (N, n_classes) with N >= 1 and "
+                         f"n_classes >= 1, got {tuple(logits.shape)}")
+    if logits.dtype.is_complex or logits.dtype == torch.bool:
+        raise TypeError(f"{argname}: logits must be real numbers, got dtype {logits.dtype}")
     y = _check_labels(labels, logits.shape[0], argname)
     _check_label_range(y, logits.shape[1], argname)
-    return int((logits.argmax(dim=1).cpu() == y.cpu()).sum()) / logits.shape[0]
+    logits = logits.detach().cpu()
+    correct = logits.argmax(dim=1) == y.cpu()
+    if logits.is_floating_point():
+        correct &= ~logits.isnan().any(dim=1)
+    return int(correct.sum()) / logits.shape[0]
 
 
 def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 1000) -> float:
@@ -1432,7 +1468,10 @@ def pretrained(
         (``n_train`` equal to it is None: the same network), a ``cache_dir`` that cannot be
         written (found before training starts), a training whose loss stops being finite
         (see :func:`train`).
+    TypeError
+        ``retrain``, ``progress`` or ``return_info`` not a bool (``"no"`` would retrain).
     """
+    _check_bools(retrain=retrain, progress=progress, return_info=return_info)
     device = as_device(device)
     config = _pretrained_config(name, dataset, epochs, seed, n_train, device)
     weights, sidecar = _cache_files(config, cache_dir)

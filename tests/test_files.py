@@ -63,3 +63,30 @@ def test_installed_package_looks_for_data_in_the_user_folder(tmp_path):
     assert Path(folder) == tmp_path / "share" / "tenflex"
     assert "site-packages" not in message
     assert "tenflex data mnist --fetch" in message and "make data" not in message
+
+
+def test_atomic_write_leaves_no_partial_or_temporary_file(tmp_path):
+    target = tmp_path / "sub" / "f.txt"
+    files.atomic_write(target, lambda f: f.write("old\n"), mode="w")
+
+    def failing(handle):
+        handle.write("new, partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(target, failing, mode="w")
+    with pytest.raises(ZeroDivisionError):
+        files.atomic_write(tmp_path / "sub" / "g.bin", lambda f: (f.write(b"x"), 1 / 0))
+    assert target.read_text() == "old\n"
+    assert [p.name for p in target.parent.iterdir()] == ["f.txt"]
+
+
+@pytest.mark.parametrize("mode", ["a", "ab", "r", "x", "w+"])
+def test_atomic_write_refuses_other_modes(tmp_path, mode):
+    target = tmp_path / "f.txt"
+    target.write_text("old\n")
+    # "a" used to replace the file with the appended text alone
+    with pytest.raises(ValueError, match="mode must be 'wb'.*or 'w'"):
+        files.atomic_write(target, lambda f: f.write("more\n"), mode=mode)
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]

@@ -281,6 +281,47 @@ def test_train_rejects_bad_input(digits):
         zoo.train(model, (x[:10], y[:10]), epochs=1, deterministic=1)
 
 
+def test_layers_by_name():
+    model = zoo.ReferenceCNN()
+    assert model["fc1"] is model.fc1 and model["conv2"] is model[3]
+    with pytest.raises(KeyError, match="no layer named 'fc3'.*fc2"):
+        zoo.ReferenceCNN()["fc3"]
+    assert zoo.LeNet5()["fc3"].out_features == 10
+
+
+def test_accuracy_counts_nan_rows_as_wrong_and_checks_the_logits():
+    labels = torch.zeros(4, dtype=torch.int64)
+    # argmax of an all-NaN row is 0: a network that outputs NaN scored 100 % on label 0
+    assert zoo.accuracy(torch.full((4, 3), math.nan), labels) == 0.0
+    logits = torch.tensor([[1.0, 0, 0], [1, math.nan, 0], [0, 1, 0], [2, 0, 0]])
+    assert zoo.accuracy(logits, labels) == 0.5
+    assert zoo.accuracy(logits.numpy(), labels.numpy()) == 0.5
+    assert zoo.accuracy(torch.eye(3, dtype=torch.int64), [0, 1, 2]) == 1.0
+    for bad in (torch.randn(4), torch.empty(0, 3), torch.randn(4, 0), torch.randn(4, 3, 1)):
+        with pytest.raises(ValueError, match="logits must have shape"):
+            zoo.accuracy(bad, labels[: len(bad)])
+    with pytest.raises(TypeError, match="real numbers"):
+        zoo.accuracy(torch.ones(4, 3, dtype=torch.complex64), labels)
+
+
+def test_evaluate_of_a_nan_network_is_zero(digits):
+    (x, _), _ = digits
+    model = zoo.build_model("lenet5", seed=0)
+    with torch.no_grad():
+        model.fc3.bias.fill_(math.nan)
+    assert zoo.evaluate(model, x[:50], torch.zeros(50, dtype=torch.int64)) == 0.0
+
+
+def test_flags_must_be_bools(tmp_path, digits):
+    for flag in ("retrain", "progress", "return_info"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+            zoo.pretrained("lenet5", **TINY, cache_dir=tmp_path, **{flag: "no"})
+    assert not any(tmp_path.iterdir())  # refused before training
+    (x, y), _ = digits
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        zoo.train(zoo.build_model("lenet5", seed=0), (x[:10], y[:10]), progress=None)
+
+
 def test_evaluate_matches_dense_computation(digits):
     (x, y), _ = digits
     x, y = x[:300], y[:300]
