@@ -240,12 +240,28 @@ def main(argv: list[str] | None = None) -> int:
         help="override the grid: 'm,n,N,R,D;m,n,N,R,D;...'",
     )
     args = parser.parse_args(argv)
+    # Checked before the first size: the result is written only at the end, so a bad value
+    # found at a later size or solver would lose every measurement made before it.
+    if args.threads is not None and args.threads < 1 or args.repeat < 1 or args.max_iter < 0:
+        parser.error("--threads and --repeat must be >= 1, --max-iter >= 0")
+    if args.sweeps < 2:
+        parser.error(f"--sweeps must be >= 2 (the first sweep is not timed), got {args.sweeps}")
+    solvers = args.solvers.split(",")
+    if not solvers or not set(solvers) <= {"als", "gn"}:
+        parser.error(f"--solvers must be a comma-separated list of als and gn, got "
+                     f"{args.solvers!r}")
     if args.quick and args.out == DEFAULT_OUT:  # never over the committed result
         args.out = DEFAULT_OUT.with_name("bench_cmtf_quick.json")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.sizes:
-        grid = [tuple(int(v) for v in item.split(",")) for item in args.sizes.split(";")]
+        try:
+            grid = [tuple(int(v) for v in item.split(",")) for item in args.sizes.split(";")]
+        except ValueError:
+            grid = []
+        if not grid or any(len(size) != 5 or min(size) < 1 for size in grid):
+            parser.error(f"--sizes must be 'm,n,N,R,D;...' with five integers >= 1 per size, "
+                         f"got {args.sizes!r}")
     else:
         grid = QUICK_GRID if args.quick else FULL_GRID
 
@@ -272,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if m * N <= 2_000_000:
             inits["random"] = "random"
         entry["solver"] = {}
-        for (name, init), solver in itertools.product(inits.items(), args.solvers.split(",")):
+        for (name, init), solver in itertools.product(inits.items(), solvers):
             rec = bench_solver(X, Y, Jt, truth, R, D, init, args.max_iter, args.sweeps, solver)
             entry["solver"][f"{solver}/{name}"] = rec
             name = f"{solver}/{name}"

@@ -386,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    # A rank or method given twice would be fitted twice and entered twice.
+    args.ranks, args.methods = list(dict.fromkeys(args.ranks)), list(dict.fromkeys(args.methods))
+    if min(args.ranks) < 1:
+        parser.error(f"--ranks must be >= 1, got {min(args.ranks)}")
     if args.quick:
         args.ranks, args.n_samples, args.max_iter, args.cpd_iter = [4, 8], 1000, 5, 20
         args.gd_epochs, args.gd_time_limit, args.tta_rank, args.tta_sweeps = 5, 10.0, 4, 3

@@ -34,7 +34,10 @@ Targets checked (issue "Compress a pretrained CNN"):
 Beside the targets, ``after_finetuning`` compares the three after their equal fine-tuning.
 
 The run is resumable: every finished configuration is written to the output file at once,
-and a rerun skips the configurations already there (``--fresh`` starts over).
+and a rerun skips the configurations already there (``--fresh`` starts over). A file made
+with other ``--n-functions``, ``--n-samples``, ``--max-iter``, ``--lam``,
+``--finetune-epochs``, ``--seed`` or ``--jacobian`` is not resumed (its entries do not
+record them): the script stops and names them.
 
 Usage::
 
@@ -56,6 +59,7 @@ import torch
 from results_io import machine_description, write_json
 
 from tenflex import zoo
+from tenflex.basis import BASIS_NAMES
 from tenflex.nn.baselines import linear_span, svd_span
 from tenflex.nn.compress import JACOBIAN_FORMS, compress, count_parameters, finetune_replacement
 from tenflex.nn.surgery import resolve_span, span_shapes
@@ -71,9 +75,32 @@ PAPER_HEADLINE = {"fraction_kept": 0.415, "accuracy_drop_pp": 0.25,
                   "source": "Zniyed, Usevich, Miron, Brie (2021), arXiv:2106.13542"}
 
 
-def load_existing(path: Path, fresh: bool) -> dict:
+#: The settings every entry of the grid depends on without recording them in its key: a
+#: file made with other values cannot be resumed (the grid's lists may grow).
+ENTRY_SETTINGS = ("n_functions", "n_samples", "max_iter", "lam", "finetune_epochs", "seed",
+                  "jacobian")
+
+
+def load_existing(path: Path, fresh: bool, settings: dict | None = None) -> dict:
+    """The result to extend: the file's, or a new one with ``fresh`` or without a file.
+
+    Raises
+    ------
+    SystemExit
+        The file was made with other values of :data:`ENTRY_SETTINGS` than ``settings``
+        (its entries would be skipped as done and counted as this run's).
+    """
     if path.exists() and not fresh:
-        return json.loads(path.read_text())
+        result = json.loads(path.read_text())
+        before = result.get("settings", {})
+        other = {k: (before[k], settings[k]) for k in ENTRY_SETTINGS
+                 if settings is not None and k in before and before[k] != settings[k]}
+        if other:
+            raise SystemExit(
+                f"bench_compress: {path} was made with other settings ("
+                + ", ".join(f"{k} {a!r}, now {b!r}" for k, (a, b) in other.items())
+                + "): pass --fresh to start over or --out to write elsewhere")
+        return result
     return {"entries": []}
 
 
@@ -158,7 +185,8 @@ def baseline_model(method: str, model, span, flex_report: dict, train_images: to
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 6, 8, 12, 16])
-    parser.add_argument("--bases", nargs="+", default=["bspline", "chebyshev"])
+    parser.add_argument("--bases", nargs="+", default=["bspline", "chebyshev"],
+                        choices=BASIS_NAMES)
     parser.add_argument("--n-functions", type=int, default=8)
     parser.add_argument("--n-samples", type=int, default=5000)
     parser.add_argument("--max-iter", type=int, default=30)
@@ -214,6 +242,25 @@ def main(argv: list[str] | None = None) -> int:
                              "results/bench_compress.json; with --quick "
                              "results/bench_compress_quick.json, git-ignored)")
     args = parser.parse_args(argv)
+    # Checked before anything is loaded or written: a bad value would otherwise fail inside
+    # the first fit, after the result file had been rewritten with this run's settings.
+    ranks = [*args.ranks, *args.conv_ranks, args.ablation_rank, *args.seed_ranks,
+             *(r for r in (args.start_rank, args.capacity_rank) if r is not None),
+             *(args.subspace_ranks or ()), *(args.conv_subspace_ranks or ()),
+             *(args.subspace_seed_ranks or ())]
+    if min(ranks) < 1:
+        parser.error(f"every rank must be >= 1, got {min(ranks)}")
+    subspace = [*(args.subspace_ranks or ()), *(args.conv_subspace_ranks or ()),
+                *(args.subspace_seed_ranks or ())]
+    if subspace and min(subspace) < 2:
+        parser.error("--subspace-ranks, --conv-subspace-ranks and --subspace-seed-ranks must "
+                     "be >= 2 (the layer keeps R - 1 directions)")
+    if args.n_functions < 1 or args.n_samples < 1 or args.max_iter < 0 or (
+            args.finetune_epochs < 0):
+        parser.error("--n-functions and --n-samples must be >= 1, --max-iter and "
+                     "--finetune-epochs >= 0")
+    if not all(math.isfinite(lam) and lam >= 0 for lam in [args.lam, *args.ablation_lams]):
+        parser.error("--lam and --ablation-lams must be finite and >= 0")
     if args.quick and args.out == DEFAULT_OUT:  # never into the committed result
         args.out = DEFAULT_OUT.with_name("bench_compress_quick.json")
     if args.quick:
@@ -231,14 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.subspace_seed_ranks is None:
         args.subspace_seed_ranks = [max(args.subspace_ranks)] if args.subspace_ranks else []
 
-    result = load_existing(args.out, args.fresh)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "fresh")}
+    result = load_existing(args.out, args.fresh, settings)
     done = {key(e) for e in result["entries"]}
     result.update({
         "benchmark": "bench_compress",
         "machine": machine_description(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "fresh")},
+        "settings": settings,
         "paper": PAPER_HEADLINE,
     })
 

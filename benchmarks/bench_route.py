@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="result JSON (default benchmarks/results/bench_route.json, or "
                              "bench_route_quick.json with --quick)")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.budget <= 0:
-        parser.error("--threads must be >= 1 and --budget > 0")
+    if args.threads < 1 or not 0 < args.budget < math.inf:
+        parser.error("--threads must be >= 1 and --budget finite and > 0")
     torch.set_num_threads(args.threads)
     out = args.out or RESULTS / ("bench_route_quick.json" if args.quick else "bench_route.json")
     t0 = time.perf_counter()

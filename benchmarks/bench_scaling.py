@@ -28,7 +28,9 @@ to the peak resident memory against ``N`` along the N sweep.
 A point whose Jacobian tensor would need more than half the memory available when it
 starts is skipped with the reason recorded. The run is resumable: every finished point is
 written to the output file at once (atomically), and a rerun skips the points already
-measured (``--fresh`` starts over).
+measured (``--fresh`` starts over); a file measured with other ``--sweeps``, ``--repeat``
+or ``--seed`` is not resumed, and the slopes and the limit use only the points measured
+with this run's ``--threads``.
 
 Usage::
 
@@ -246,25 +248,31 @@ def loglog_slope(x: list[float], y: list[float]) -> float | None:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
-def sweep_points(points: list[dict], base: dict, factor: str, values: list[int]) -> list[dict]:
-    """The measured points of the sweep of ``factor`` (other factors at the base), in order."""
+def sweep_points(points: list[dict], base: dict, factor: str, values: list[int],
+                 threads: int | None = None) -> list[dict]:
+    """The measured points of the sweep of ``factor`` (other factors at the base), in order;
+    with ``threads``, only the points measured on that many threads (a file may hold the
+    points of runs with other ``--threads``, which must not enter this run's slopes)."""
     out = []
     for v in values:
         want = {**base, factor: v}
         for p in points:
-            if p["status"] == "ok" and all(p[k] == want[k] for k in ("m", "n", "N", "R", "D")):
+            if (p["status"] == "ok" and all(p[k] == want[k] for k in ("m", "n", "N", "R", "D"))
+                    and (threads is None or p["threads"] == threads)):
                 out.append(p)
                 break
     return out
 
 
-def analyse(points: list[dict], base: dict, sweeps: dict, mem: dict) -> tuple[dict, dict]:
-    """Log-log slopes per sweep and the memory limit fitted along the N sweep."""
+def analyse(points: list[dict], base: dict, sweeps: dict, mem: dict,
+            threads: int | None = None) -> tuple[dict, dict]:
+    """Log-log slopes per sweep and the memory limit fitted along the N sweep (on the points
+    measured on ``threads`` threads, when given)."""
     quantities = ("sweep_seconds", "setup_seconds", "matmul_seconds",
                   "peak_rss_above_baseline_bytes")
     summary = {}
     for factor in FACTORS:
-        pts = sweep_points(points, base, factor, sweeps[factor])
+        pts = sweep_points(points, base, factor, sweeps[factor], threads)
         x = [p[factor] for p in pts]
         summary[factor] = {
             "values": sweeps[factor],
@@ -273,7 +281,7 @@ def analyse(points: list[dict], base: dict, sweeps: dict, mem: dict) -> tuple[di
             "sweep_in_matmuls": [p["sweep_in_matmuls"] for p in pts],
         }
 
-    pts = sweep_points(points, base, "N", sweeps["N"])
+    pts = sweep_points(points, base, "N", sweeps["N"], threads)
     limit = {"ram_bytes": mem["MemTotal"], "mem_available_at_start_bytes": mem["MemAvailable"],
              "m": base["m"], "n": base["n"], "R": base["R"], "D": base["D"],
              "J_bytes_per_sample": 8 * base["m"] * base["n"],
@@ -356,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"points": []}
     if args.out.exists() and not args.fresh:
         result = json.loads(args.out.read_text())
+        # A point is keyed by its sizes and threads only: its measurement settings must be
+        # those of this run, or the file would describe points it does not hold.
+        before = result.get("settings", {})
+        now = {"sweeps": args.sweeps, "repeat": args.repeat, "seed": args.seed}
+        other = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
+        if other:
+            parser.error(f"{args.out} holds points measured with other settings ("
+                         + ", ".join(f"--{k} {a}, now {b}" for k, (a, b) in other.items())
+                         + "): pass --fresh to start over or --out to write elsewhere")
     done = {point_key(p) for p in result["points"] if p.get("status") == "ok"}
     result.update({
         "benchmark": "bench_scaling",
@@ -375,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     def record(entry: dict) -> None:
         result["points"] = [q for q in result["points"] if point_key(q) != point_key(entry)]
         result["points"].append(entry)
-        result["scaling"], result["limit"] = analyse(result["points"], base, sweeps, mem)
+        result["scaling"], result["limit"] = analyse(result["points"], base, sweeps, mem,
+                                                      args.threads)
         write_json(args.out, result)
 
     start = time.perf_counter()
@@ -405,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{label}: FAILED ({entry['reason']})", flush=True)
 
-    result["scaling"], result["limit"] = analyse(result["points"], base, sweeps, mem)
+    result["scaling"], result["limit"] = analyse(result["points"], base, sweeps, mem,
+                                                  args.threads)
     result["wall_seconds_this_run"] = time.perf_counter() - start
     write_json(args.out, result)
     for f in FACTORS:

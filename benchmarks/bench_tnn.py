@@ -337,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be integers >= 0")
     if args.rates is not None and not all(0 < r < 1 for r in args.rates):
         parser.error("--rates must lie strictly between 0 and 1")
+    if args.rates is not None and len({f"{r:g}" for r in args.rates}) < len(set(args.rates)):
+        # entries are keyed by the rate written with 6 significant digits (entry_key)
+        parser.error(f"--rates {args.rates} holds rates that agree to 6 significant digits: "
+                     "their entries would share keys")
     if args.finetune_epochs is not None and args.finetune_epochs < 0:
         parser.error("--finetune-epochs must be >= 0")
     settings = dict(QUICK if args.quick else FULL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 BENCH = "bench_compare"  # the script the `bench` fixture imports
 
 
@@ -85,3 +87,16 @@ def test_resume_tells_time_to_accuracy_settings_from_the_entries_settings(bench)
     # ... any other setting makes the entries another benchmark.
     assert bench._entry_settings(other_fit) != bench._entry_settings(settings)
     assert set(bench._entry_settings(settings)) == {"ranks", "max_iter"}
+
+
+def test_a_rank_or_method_given_twice_is_fitted_once(bench, monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(bench, "run_jobs", lambda result, jobs, args: seen.update(jobs=jobs))
+    monkeypatch.setattr(bench, "finish", lambda result, args: None)
+    out = tmp_path / "result.json"
+    assert bench.main(["--ranks", "4", "8", "4", "--methods", "svd", "svd", "linear",
+                       "--out", str(out)]) == 0
+    assert seen["jobs"] == [(4, "svd"), (4, "linear"), (8, "svd"), (8, "linear")]
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--ranks", "0", "--out", str(out)])
+    assert stop.value.code == 2

@@ -68,3 +68,42 @@ def test_the_subspace_layer_fills_the_budget_of_the_plain_one(bench, m, rank, ex
     used = m * k + branches * (k + n + D) + n
     assert used <= plain  # never more parameters than the plain layer it is compared with
     assert branches == n * k or used + (k + n + D) > plain  # and no branch left unpaid for
+
+
+def _refuse_to_load(*args, **kwargs):
+    raise AssertionError("loaded the network: the arguments were not checked first")
+
+
+@pytest.mark.parametrize("args", [["--ranks", "0"], ["--conv-ranks", "-1"],
+                                  ["--subspace-ranks", "1"], ["--n-samples", "0"],
+                                  ["--n-functions", "0"], ["--max-iter", "-1"],
+                                  ["--lam", "nan"], ["--lam", "-1"], ["--ablation-lams", "inf"],
+                                  ["--finetune-epochs", "-1"], ["--bases", "spline"]])
+def test_bad_arguments_are_refused_before_anything_is_written(bench, monkeypatch, tmp_path,
+                                                             args):
+    monkeypatch.setattr(bench.zoo, "pretrained", _refuse_to_load)
+    out = tmp_path / "result.json"
+    with pytest.raises(SystemExit) as stop:
+        bench.main([*args, "--out", str(out)])
+    assert stop.value.code == 2 and not out.exists()
+
+
+def test_resume_refuses_a_file_made_with_other_entry_settings(bench, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setattr(bench.zoo, "pretrained", _refuse_to_load)
+    out = tmp_path / "result.json"
+    settings = {"n_functions": 8, "n_samples": 5000, "max_iter": 30, "lam": 100.0,
+                "finetune_epochs": 1, "seed": 0, "jacobian": "auto"}
+    text = json.dumps({"settings": settings, "entries": []})
+    out.write_text(text)
+    # The grid's entries carry none of these in their key: they would be skipped as done
+    # and the file would name this run's settings beside the other run's entries.
+    for args in (["--n-samples", "300"], ["--seed", "7"], ["--lam", "10"]):
+        with pytest.raises(SystemExit, match="other settings"):
+            bench.main([*args, "--out", str(out)])
+        assert out.read_text() == text  # untouched
+    # The same settings resume (and get as far as loading the network).
+    with pytest.raises(AssertionError, match="loaded the network"):
+        bench.main(["--out", str(out)])
+    assert bench.load_existing(out, True, {**settings, "seed": 7}) == {"entries": []}

@@ -54,3 +54,10 @@ def test_summary_on_known_timings(bench):
     assert s["speedup_over_chain_geomean"] == pytest.approx(math.sqrt(10 * 0.5))
     assert s["auto_over_dense_layer_geomean"] == pytest.approx(2.0)
     assert bench.summary([{"skipped": "x"}]) == {"n_cases": 0}
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "0"])
+def test_a_budget_that_is_not_a_positive_number_is_refused(bench, budget, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--quick", "--budget", budget, "--out", str(tmp_path / "r.json")])
+    assert stop.value.code == 2

@@ -148,3 +148,35 @@ def test_loglog_slope(bench):
     assert bench.loglog_slope(x, [3 * v**1.5 for v in x]) == pytest.approx(1.5, rel=1e-12)
     assert bench.loglog_slope([2.0, 2.0], [1.0, 3.0]) is None
     assert bench.loglog_slope([1.0], [1.0]) is None
+
+
+def test_rerun_with_other_measurement_settings_is_refused(quick_run, bench):
+    out, _, _ = quick_run
+    text = out.read_text()
+    # Points are keyed by sizes and threads: with another seed or number of sweeps every
+    # point would be skipped as measured while the file named this run's settings.
+    for extra in (["--seed", "5"], ["--sweeps", "3"], ["--repeat", "2"]):
+        with pytest.raises(SystemExit) as stop:
+            bench.main([*ARGS, *extra, "--out", str(out)])
+        assert stop.value.code == 2
+        assert out.read_text() == text
+
+
+def test_slopes_use_only_the_points_of_this_runs_threads(bench):
+    base = {"m": 8, "n": 2, "N": 100, "R": 2, "D": 5}
+    sweeps = {"N": [100, 200], "m": [8], "R": [2]}
+    mem = {"MemTotal": 2**30, "MemAvailable": 2**29}
+
+    def point(N, threads, seconds):
+        return {**base, "N": N, "dtype": "float64", "threads": threads, "status": "ok",
+                "sweep_seconds": seconds, "setup_seconds": 1.0, "matmul_seconds": 1.0,
+                "peak_rss_above_baseline_bytes": 1.0, "sweep_in_matmuls": seconds,
+                "peak_rss_bytes": 10**6 * N, "peak_stage": "sweeps"}
+
+    # An earlier run on 1 thread (time constant in N), this run on 2 (time doubling with N).
+    points = [point(100, 1, 1.0), point(200, 1, 1.0), point(100, 2, 1.0), point(200, 2, 2.0)]
+    summary, _ = bench.analyse(points, base, sweeps, mem, threads=2)
+    assert summary["N"]["slopes"]["sweep_seconds"] == pytest.approx(1.0)
+    assert summary["N"]["sweep_in_matmuls"] == [1.0, 2.0]
+    summary, _ = bench.analyse(points, base, sweeps, mem, threads=1)
+    assert summary["N"]["slopes"]["sweep_seconds"] == pytest.approx(0.0, abs=1e-12)

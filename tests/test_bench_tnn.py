@@ -200,3 +200,12 @@ def test_open_result_fresh_drops_old_entries_and_refuses_other_settings(bench, t
     other = {**old["settings"], "rates": [0.2]}
     assert bench.open_result(out, other, fresh=False, seeds=[0]) is None
     assert bench.open_result(out, other, fresh=True, seeds=[0])["entries"] == {}
+
+
+def test_rates_that_share_an_entry_key_are_refused(bench, monkeypatch):
+    # 0.1 and 0.1000001 are both written "0.1" in the entry keys: the second rate's entries
+    # would be taken as done and left out of the targets.
+    monkeypatch.setattr(bench, "run", lambda settings, out, args: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--rates", "0.1", "0.1000001"])
+    assert stop.value.code == 2
