@@ -45,6 +45,7 @@ from tenflex.cpd import (
 )
 from tenflex.fit import _check_magnitudes, _Problem
 from tenflex.model import _to_finite
+from tenflex.nn.distill import _seeded_rng
 from tenflex.nn.flexible import FlexibleLayer
 from tenflex.sampling import kept_modes
 
@@ -352,8 +353,10 @@ def fit_by_gradient(
         visited in a seeded random order, a new permutation every epoch; the last batch of
         an epoch may be smaller.
     seed : int, optional
-        Seed of the batch orders (a ``torch.Generator``); same seed, bitwise identical
-        parameters and costs (same machine and number of threads).
+        Seed of the batch orders (a ``torch.Generator``) and of any randomness inside the
+        layer, e.g. dropout (the global RNG is forked, seeded and restored afterwards);
+        same seed, bitwise identical parameters and costs (same machine and number of
+        threads).
     time_limit : float, optional
         Stop after the first epoch at which the training time ``time_s`` exceeds this many
         seconds.
@@ -502,8 +505,9 @@ def fit_by_gradient(
     reason = f"reached epochs={epochs}"
     done = 0
     try:
-        # every module gets its own mode back at the end
-        with kept_modes(layer) as callers_modes:
+        # every module gets its own mode back at the end; randomness inside the layer
+        # (dropout) draws from the global RNG, forked, seeded and restored
+        with _seeded_rng(seed, device), kept_modes(layer) as callers_modes:
             if record(0):
                 reason = "stopped by callback"
             else:

@@ -40,10 +40,10 @@ def gram_eigenvectors(Jt: JacobianTensor, k: int, *, seed: int = 0, center: bool
         Subtract the mean Jacobian ``c = mean_k J_k`` (the directions along which the
         Jacobians *vary*) instead of ``c = 0`` (along which ``f`` changes).
     n_iter : int, optional
-        Subspace iterations; each costs two products of the size of ``J`` with ``k +
-        oversample`` columns.
+        Subspace iterations, ``>= 1``; each costs two products of the size of ``J`` with
+        ``k + oversample`` columns.
     oversample : int, optional
-        Extra columns that make the iteration accurate to ``k`` directions.
+        Extra columns that make the iteration accurate to ``k`` directions, ``>= 0``.
 
     Returns
     -------
@@ -51,8 +51,23 @@ def gram_eigenvectors(Jt: JacobianTensor, k: int, *, seed: int = 0, center: bool
         Eigenvalues, decreasing.
     P : torch.Tensor, shape (m, k)
         Orthonormal eigenvectors, in the same order.
+
+    Raises
+    ------
+    TypeError
+        ``Jt`` not a JacobianTensor; ``k``, ``n_iter``, ``oversample`` or ``seed`` not
+        integers.
+    ValueError
+        ``k`` outside ``[1, m]``, ``n_iter < 1`` (the start would not be orthonormalised),
+        ``oversample < 0``, a negative ``seed``.
     """
+    if not isinstance(Jt, JacobianTensor):
+        raise TypeError(f"Jt must be a JacobianTensor (e.g. tenflex.cpd.DenseJacobian(J)), "
+                        f"got {type(Jt).__name__}")
     m = Jt.m
+    k = check_int(k, "k", 1, m)  # values[-k:] would give m pairs for k = 0, m - 1 for -1
+    n_iter = check_int(n_iter, "n_iter", 1)
+    oversample = check_int(oversample, "oversample", 0)
     p = min(m, k + oversample)
 
     def gram(Q: Tensor) -> Tensor:

@@ -132,3 +132,25 @@ def test_a_reused_block_is_refused_by_name():
     for name in ("0", "2"):
         with pytest.raises(ValueError, match=r"registered under the names \['0', '2'\]"):
             distill_blocks(copy.deepcopy(pretrained), pretrained, name, torch.randn(4, 4))
+
+
+@pytest.mark.parametrize("fault", ["shape", "frozen"])
+def test_a_bad_later_block_is_refused_before_any_block_trains(fault):
+    # Only the block being trained was checked: an error on the second block came after the
+    # first one had been trained in place.
+    pretrained = tiny_net()
+    compressed = copy.deepcopy(pretrained)
+    with torch.no_grad():
+        compressed.conv.weight.mul_(0.5)
+    if fault == "shape":
+        compressed.fc = nn.Linear(3, 5)
+        match = r"compressed block 'fc' returns \(4, 5\) where the pretrained block returns"
+    else:
+        compressed.fc.requires_grad_(False)
+        match = "compressed block 'fc' has no trainable parameters"
+    before = copy.deepcopy(compressed.state_dict())
+    x = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=match):
+        distill_blocks(compressed, pretrained, ["conv", "fc"], x, epochs=1, batch_size=4)
+    for name, value in compressed.state_dict().items():
+        assert torch.equal(value, before[name])

@@ -58,6 +58,15 @@ def test_mcnemar_refuses_bad_input():
         mcnemar_exact(np.ones((2, 2), bool), np.ones((2, 2), bool))
 
 
+def test_mcnemar_names_the_value_that_is_not_a_flag():
+    # An integer vector with a 2 in it (e.g. predicted classes passed by mistake) was refused
+    # for its "dtype torch.int64", which is an accepted dtype: the message now names the value.
+    with pytest.raises(TypeError, match=r"got the value 2 \(dtype torch.int64\) at index 2"):
+        mcnemar_exact([1, 0, 2], [1, 0, 1])
+    with pytest.raises(TypeError, match=r"correct_b .* got the value -1 .* at index 0"):
+        mcnemar_exact([1, 0], np.array([-1, 1], dtype=np.int8))
+
+
 def test_mcnemar_of_no_images_is_one_whatever_the_empty_input():
     # [] is read as float32 and np.array([]) as float64: both are empty boolean vectors
     for a, b in [([], []), (np.array([]), np.array([])), (torch.zeros(0, dtype=torch.bool), []),

@@ -115,3 +115,23 @@ def test_a_seed_that_is_not_a_nonnegative_integer_is_refused(seed, error):
         active_subspace(J, 2, seed=seed)
     with pytest.raises(error, match="seed"):
         gram_eigenvectors(J, 2, seed=seed)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"k": 0}, ValueError, r"k must be in \[1, 5\], got 0"),
+    ({"k": -1}, ValueError, r"k must be in \[1, 5\], got -1"),
+    ({"k": 7}, ValueError, r"k must be in \[1, 5\], got 7"),
+    ({"k": 2.0}, TypeError, "k must be an int"),
+    ({"k": True}, TypeError, "k must be an int"),
+    ({"k": 2, "n_iter": 0}, ValueError, "n_iter must be >= 1"),
+    ({"k": 2, "oversample": -5}, ValueError, "oversample must be >= 0"),
+])
+def test_gram_eigenvectors_refuses_a_bad_count(kwargs, error, match):
+    # values[-k:] returned all 5 pairs for k = 0 or 7 and 4 for k = -1, True gave one pair,
+    # and n_iter = 0 returned vectors of the random, never orthonormalised start.
+    J = DenseJacobian(torch.randn(2, 5, 30, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(error, match=match):
+        gram_eigenvectors(J, **kwargs)
+    with pytest.raises(TypeError, match="Jt must be a JacobianTensor"):
+        gram_eigenvectors(J.to_dense(), 2)

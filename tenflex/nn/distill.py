@@ -35,8 +35,10 @@ class DistillResult:
     names : list of str
         The blocks, in the order they were trained.
     losses : dict
-        name -> ``numpy.ndarray (epochs,)``, mean squared error per epoch (mean over
-        the mini-batches of ``mean((compressed(x) - pretrained(x))**2)``).
+        name -> ``numpy.ndarray (epochs,)``, mean squared error per epoch: the
+        mini-batch losses ``mean((compressed(x) - pretrained(x))**2)`` averaged with
+        weights the batch sizes (the mean over the epoch's samples; a smaller last batch
+        counts for less).
     initial_error, final_error : dict
         name -> relative error ``||compressed(X) - pretrained(X)||^2 / ||pretrained(X)||^2``
         over all inputs, before and after training.
@@ -200,7 +202,8 @@ def distill_blocks(
         Unknown block name (valid names listed), bad hyperparameters, empty or non-finite
         inputs, a block that the pretrained forward pass never calls, a block that does
         not take and return one tensor, a compressed block whose output shape differs from
-        its pretrained block's (checked before any training step).
+        its pretrained block's or that has no trainable parameters (every block is checked
+        on the first batch before any block trains, so that no block is left modified).
     """
     names = [names] if isinstance(names, str) else list(names)
     if not names:
@@ -227,13 +230,18 @@ def distill_blocks(
     try:
         with _seeded_rng(seed, device), evaluation_mode(pretrained), \
                 deterministic_algorithms(deterministic):
+            # Every block is checked on a first batch before any block trains: an error on a
+            # later block must not come after the earlier ones were modified in place.
+            for name, student, teacher in pairs:
+                _block_error(pretrained, teacher, student, x[:batch_size], batch_size, device,
+                             name)
+                if not any(p.requires_grad for p in student.parameters()):
+                    raise ValueError(f"compressed block {name!r} has no trainable parameters")
             for name, student, teacher in pairs:
                 result.initial_error[name] = _block_error(
                     pretrained, teacher, student, x, batch_size, device, name
                 )
                 params = [p for p in student.parameters() if p.requires_grad]
-                if not params:
-                    raise ValueError(f"compressed block {name!r} has no trainable parameters")
                 opt = torch.optim.Adam(params, lr=lr)
                 history = np.empty(epochs)
                 # trains in training mode; each module's own mode comes back afterwards

@@ -57,8 +57,13 @@ def _as_bool_vector(values: Any, name: str) -> torch.Tensor:
     if t.numel() == 0:  # no images: whatever dtype it was read as (a [] is float32)
         return torch.zeros(0, dtype=torch.bool)
     if t.dtype != torch.bool:
-        if t.is_floating_point() or t.is_complex() or bool(((t != 0) & (t != 1)).any()):
+        if t.is_floating_point() or t.is_complex():
             raise TypeError(f"{name} must hold booleans (or 0/1 integers), got dtype {t.dtype}")
+        bad = (t != 0) & (t != 1)
+        if bool(bad.any()):  # an integer dtype, but not a 0/1 flag (a class index?)
+            raise TypeError(f"{name} must hold booleans (or 0/1 integers), got the value "
+                            f"{int(t[bad][0])} (dtype {t.dtype}) at index "
+                            f"{int(bad.nonzero()[0, 0])}")
         t = t.bool()
     return t.cpu()
 
