@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import all_finite, check_seed, is_int
+from tenflex.checks import all_finite, check_int, check_seed, is_int
 from tenflex.cpd import DenseJacobian, FactoredJacobian, JacobianTensor
 from tenflex.files import atomic_write
 from tenflex.metrics import relative_error
@@ -205,7 +205,9 @@ def _check_images(images: Any, name: str, model_input_shape: tuple | None = None
 
 
 # What compress sets itself; the other keyword arguments of cmtf_als may go in fit_options.
-_SET_BY_COMPRESS = ("X", "Y", "J", "rank", "basis", "n_functions", "basis_options", "lam")
+# The samples are float64 (sample_function's dtype), so the fit runs in float64 too.
+_SET_BY_COMPRESS = ("X", "Y", "J", "rank", "basis", "n_functions", "basis_options", "lam",
+                    "dtype")
 
 
 def _check_fit_settings(base: Any, lam: Any, fit_options: dict[str, Any] | None, rank: int,
@@ -220,6 +222,7 @@ def _check_fit_settings(base: Any, lam: Any, fit_options: dict[str, Any] | None,
     import inspect
 
     from tenflex.fit import (
+        _check_cpd_method,
         _check_float,
         _check_init,
         _check_n_starts,
@@ -228,6 +231,9 @@ def _check_fit_settings(base: Any, lam: Any, fit_options: dict[str, Any] | None,
     )
 
     _check_float(lam, "lam")
+    if fit_options is not None and not isinstance(fit_options, dict):
+        raise TypeError(f"fit_options must be a dict of cmtf_als keyword arguments or None, "
+                        f"got {type(fit_options).__name__} ({fit_options!r})")
     options = dict(fit_options or {})
     allowed = [p for p in inspect.signature(cmtf_als).parameters if p not in _SET_BY_COMPRESS]
     unknown = sorted(set(options) - set(allowed))
@@ -241,6 +247,38 @@ def _check_fit_settings(base: Any, lam: Any, fit_options: dict[str, Any] | None,
     options.setdefault("seed", seed)
     options.setdefault("verbose", progress)
     _check_sizes(rank, n, m, n_samples, base.n_functions, float(lam) > 0)
+    # The option checks cmtf_als makes, now: after the sampling they would come late (and
+    # check_only, run before training the network, would miss them).
+    check_seed(options["seed"], name="fit_options['seed']")
+    for flag in ("verbose", "extrapolate"):
+        if flag in options and not isinstance(options[flag], (bool, np.bool_)):
+            raise TypeError(f"fit_options['{flag}'] must be True or False, got "
+                            f"{type(options[flag]).__name__} {options[flag]!r}")
+    callback = options.get("callback")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit_options['callback'] must be callable or None, got "
+                        f"{type(callback).__name__} ({callback!r})")
+    for key in ("tol", "ridge", "domain_margin"):
+        if key in options:
+            _check_float(options[key], f"fit_options['{key}']")
+    check_int(options.get("n_starts", 1), "fit_options['n_starts']", 1, 10**6)
+    check_int(options["max_iter"], "fit_options['max_iter']", 0)
+    if options.get("cg_maxiter") is not None:
+        check_int(options["cg_maxiter"], "fit_options['cg_maxiter']", 1)
+    if options.get("solver", "als") not in ("als", "gn"):
+        raise ValueError(f"fit_options['solver'] must be 'als' or 'gn', got "
+                         f"{options['solver']!r}")
+    cpd_options = options.get("cpd_options")
+    if cpd_options is not None and not isinstance(cpd_options, dict):
+        raise TypeError(f"fit_options['cpd_options'] must be a dict of decouple_cpd options "
+                        f"or None, got {type(cpd_options).__name__}")
+    if cpd_options:
+        bad = sorted(set(cpd_options) - {"n_starts", "cpd_method", "n_iter_max", "tol"})
+        if bad:
+            raise TypeError(f"unknown fit_options['cpd_options'] {bad}; valid keys: n_starts, "
+                            "cpd_method, n_iter_max, tol")
+        _check_cpd_method(cpd_options.get("cpd_method", "auto"),
+                          "fit_options['cpd_options']['cpd_method']")
     _check_n_starts(options.get("n_starts", 1), init, rank, n, m)
     return options
 
@@ -532,8 +570,10 @@ def compress(
         wrong shape, too few sampling points for the number of unknowns, a Jacobian tensor
         or ALS sweeps that would not fit in memory, an unknown ``jacobian`` or
         ``"factored"`` for a span that does not start with a fully connected layer, an
-        unknown basis or basis option, a negative ``lam`` or ``seed``, unknown
-        ``fit_options`` keys or ``init`` names, fine-tuning without labels (or with labels
+        unknown basis or basis option, a negative ``lam`` or ``seed``, ``fit_options`` that
+        is not a dict, has unknown keys (or ``dtype``: the fit runs in float64) or values
+        that :func:`tenflex.fit.cmtf_als` refuses (``init``, ``tol``, ``n_starts``, ...),
+        fine-tuning without labels (or with labels
         of the wrong length, an unknown scope or unknown keys), ``test_data`` that is not a
         pair, labels (of ``test_data`` or fine-tuning) that are not integers ``(N,)`` in
         ``[0, n_classes)``, a model without parameters or with NaN/Inf parameters (named),
