@@ -162,6 +162,28 @@ def test_splice_refuses_a_name_clash(cnn):
     assert splice(cnn, span, nn.Identity(), name="fc1").fc1.__class__ is nn.Identity
 
 
+def test_splice_refuses_a_dotted_name():
+    # Inside a network of one's own the child used to be inserted as "a.b", unreachable by
+    # its path; in a sequential model torch's add_module raised a KeyError.
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.classifier = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+        def forward(self, x):
+            return self.classifier(x)
+
+    net = Net()
+    span = resolve_span(net, ("classifier.0", "classifier.2"))
+    with pytest.raises(ValueError, match="name 'a.b' contains '.'"):
+        splice(net, span, nn.Linear(6, 3), name="a.b")
+    sequential = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with pytest.raises(ValueError, match="contains '.'"):
+        splice(sequential, resolve_span(sequential, (0, 1)), nn.Linear(4, 6), name="a.b")
+    spliced = splice(net, span, nn.Linear(6, 3), name="flex")
+    assert isinstance(spliced.get_submodule("classifier.flex"), nn.Linear)
+
+
 def test_span_functions_need_a_span_of_this_model(cnn):
     x = torch.randn(2, 1, 28, 28)
     with pytest.raises(TypeError, match="span must be a Span .*resolve_span.* got str 'fc1'"):

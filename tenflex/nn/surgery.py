@@ -528,8 +528,8 @@ def splice(model: nn.Module, span: Span, replacement: nn.Module, name: str | Non
     TypeError
         ``span`` is not a :class:`Span`, or ``name`` is not a non-empty str.
     ValueError
-        ``span`` was resolved on another model, ``name`` is the name of a layer kept
-        outside the span (two children cannot share a name), or another name than the
+        ``span`` was resolved on another model, ``name`` contains a ``"."`` or is the name
+        of a layer kept outside the span (two children cannot share a name), or another name than the
         layer's own for a span in a parent that is not a sequential model.
     """
     import copy
@@ -539,6 +539,11 @@ def splice(model: nn.Module, span: Span, replacement: nn.Module, name: str | Non
         name = f"flex_{span.names[0]}_{span.names[-1]}" if span.sequential else span.names[0]
     elif not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str or None, got {type(name).__name__} {name!r}")
+    elif "." in name:
+        # A child named "a.b" would be unreachable by its path (get_submodule,
+        # load_state_dict); torch refuses it in add_module, with a KeyError.
+        raise ValueError(f"name {name!r} contains '.': the replacement's child name must be "
+                         "one name, not a dotted path (e.g. 'flex_fc1_fc2')")
     if not span.sequential and name != span.names[0]:
         raise ValueError(
             f"the span {span.label} is called by its parent's forward as {span.names[0]!r}: "
