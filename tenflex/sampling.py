@@ -283,7 +283,8 @@ def sample_function(
         ``X`` without a batch dimension, empty, or with NaN/Inf; unknown ``mode``; bad
         ``chunk_size``; ``f`` returning a batch of the wrong length.
     TypeError
-        ``dtype`` not float32/float64, ``X`` not numeric, ``f`` not callable.
+        ``dtype`` not float32/float64, ``X`` not numeric, ``f`` not callable, ``jacobian``
+        or ``progress`` not a bool.
 
     Notes
     -----
@@ -296,6 +297,11 @@ def sample_function(
         raise TypeError(f"f must be callable, got {type(f).__name__}")
     if dtype not in _SOLVER_DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    for flag, value in (("jacobian", jacobian), ("progress", progress)):
+        # "no" would count as True (Jacobians of n m N entries), None as False.
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {type(value).__name__} "
+                            f"{value!r}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
     if chunk_size is not None and (

@@ -3,6 +3,8 @@ differences, chunking and mode invariance, module state and autograd hygiene."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -177,6 +179,31 @@ def test_bad_function():
         sample_function(3, torch.randn(2, 2))
     with pytest.raises(ValueError, match="batch"):
         sample_function(lambda x: x.sum(), torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("flag", ["jacobian", "progress"])
+def test_flags_must_be_bools(flag):
+    # jacobian="no" used to compute the Jacobians (a truthy string), None to skip them.
+    for value in ("no", None, 1):
+        with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+            sample_function(lambda x: x * 2, torch.randn(3, 2), **{flag: value})
+
+
+@pytest.mark.parametrize("mode", ["rev", "fwd"])
+def test_conv_span_with_batchnorm_dropout_and_pooling_against_autograd(mode):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Dropout(0.5),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(27, 4))
+    net[1].running_mean.normal_()
+    net[1].running_var.uniform_(0.5, 2.0)
+    net.train()  # sampled in eval mode, given back in training mode
+    X = torch.randn(5, 1, 8, 8)
+    got = sample_function(net, X, mode=mode, chunk_size=2)
+    assert net.training and net[1].training
+    reference = copy.deepcopy(net).double().eval()
+    for k in range(5):
+        J = torch.autograd.functional.jacobian(lambda x: reference(x[None])[0], X[k].double())
+        torch.testing.assert_close(got.J[:, :, k], J.reshape(4, 64))
 
 
 @pytest.mark.parametrize("mode", ["rev", "fwd"])

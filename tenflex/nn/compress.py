@@ -631,6 +631,9 @@ def compress(
         if not is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     seed = check_seed(seed)
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True or False, got {type(progress).__name__} "
+                        f"{progress!r}")
     if subspace is not None and (not is_int(subspace) or not 1 <= subspace < m):
         raise ValueError(f"subspace must be an integer k with 1 <= k < m = {m} (the span's "
                          f"input dimension), or None; got {subspace!r}")
