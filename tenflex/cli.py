@@ -8,10 +8,11 @@ Standard output carries only a command's result (a JSON document, or a short sum
 so ``tenflex compress ... > report.json`` writes valid JSON. In the JSON documents (on
 standard output and in ``--report`` files) a number that is not finite (NaN or infinity,
 e.g. ``fit_output_error_validation`` with ``--n-validation 0``) is written as ``null``.
-Exit status: 0 on success, 1 when a result file cannot be written after the work is done, 2
+Exit status: 0 on success, 1 when a result file cannot be written after the work is done
+(and from ``data`` when the data set is missing or damaged), 2
 for a setting or file the command refuses (nothing is computed: ``compress`` checks its
 settings against the network's architecture and the data set before it trains or loads the
-network), 130 when interrupted.
+network), 130 when interrupted. An existing ``--out`` or ``--report`` file is replaced.
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ def _check_output_path(option: str, path: str) -> None:
     CommandError
         ``path`` is an existing folder, or its folder cannot take a new file.
     """
+    if not path:
+        raise CommandError(f"{option}: the file name is empty; give a file to write")
     target = Path(path)
     if target.is_dir():
         raise CommandError(f"{option} {path}: is a directory; give a file name in it")
@@ -174,9 +177,22 @@ def _check_outputs(args: argparse.Namespace) -> None:
              if getattr(args, attr, None) is not None]
     for option, path in named:
         _check_output_path(option, path)
-    if len(named) == 2 and Path(named[0][1]).resolve() == Path(named[1][1]).resolve():
+    if len(named) == 2 and _same_file(named[0][1], named[1][1]):
         raise CommandError(f"--out {named[0][1]} and --report {named[1][1]} are the same file; "
                            "the report would overwrite the model")
+    # evaluate's argument is read, not written: a report over it would destroy the model.
+    if args.command == "evaluate" and args.report is not None and Path(args.model).is_file() \
+            and _same_file(args.model, args.report):
+        raise CommandError(f"--report {args.report} is the model file {args.model} being "
+                           "evaluated; the report would overwrite it: give another file name "
+                           "(e.g. a .json one)")
+
+
+def _same_file(first: str, second: str) -> bool:
+    """Whether two paths name one file (through links too, where both exist)."""
+    with contextlib.suppress(OSError):
+        return os.path.samefile(first, second)
+    return Path(first).resolve() == Path(second).resolve()
 
 
 def _write_output(args: argparse.Namespace, option: str, path: str,
@@ -327,6 +343,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 #: Defaults of ``compress --n-samples`` and ``--n-validation`` where the data set has room.
 _N_SAMPLES, _N_VALIDATION = 5000, 2000
 
+#: Defaults of ``compress --finetune-scope`` and ``--finetune-lr`` (used with
+#: ``--finetune-epochs``; given without it, they are refused).
+_FINETUNE_SCOPE, _FINETUNE_LR = "layer", 1e-3
+
 
 def _sample_counts(args: argparse.Namespace, n_train: int) -> tuple[int, int]:
     """``(n_samples, n_validation)`` of ``compress``: the options, or their defaults fitted
@@ -372,10 +392,25 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.finetune_validation and not args.finetune_epochs:
         raise CommandError("--finetune-validation selects among fine-tuning epochs: give "
                            "--finetune-epochs too")
+    # Given without epochs they would be ignored: the user expects a fine-tuning.
+    for option, value in (("--finetune-scope", args.finetune_scope),
+                          ("--finetune-lr", args.finetune_lr)):
+        if value is not None and not args.finetune_epochs:
+            raise CommandError(f"{option} sets up fine-tuning, which --finetune-epochs 0 (the "
+                               "default) turns off: give --finetune-epochs too")
+    if args.finetune_scope is None:
+        args.finetune_scope = _FINETUNE_SCOPE
+    if args.finetune_lr is None:
+        args.finetune_lr = _FINETUNE_LR
     with _progress_to_stderr():
         train_images, train_labels = zoo.dataset_tensors(args.dataset, "train")
         test_images, test_labels = zoo.dataset_tensors(args.dataset, "test")
         n_samples, n_validation = _sample_counts(args, len(train_images))
+        if args.finetune_validation >= len(train_images):
+            raise CommandError(f"--finetune-validation {args.finetune_validation}: holds out "
+                               f"all of the {len(train_images)} training images of "
+                               f"{_DATASET_DISPLAY[args.dataset]}, leaving none to fine-tune "
+                               "on; give fewer")
         finetune = None
         if args.finetune_epochs:
             finetune = {"scope": args.finetune_scope, "epochs": args.finetune_epochs,
@@ -445,14 +480,30 @@ def _load_model_file(path: Path) -> tuple[Any, dict[str, Any]]:
         An unreadable file, one that is not a tenflex model file (what was expected and how
         to make one) or a damaged one (the library's message says which).
     """
-    from tenflex.nn.compress import load_compressed
+    from tenflex.nn.compress import _FORMAT_VERSION, load_compressed
 
     try:
-        return load_compressed(path)
+        model, info = load_compressed(path)
     except OSError as exc:
         raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    # A later format may store its entries with another meaning: loading it anyway could
+    # report a wrong accuracy.
+    version = info.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CommandError(f"{path} is a damaged tenflex model file: its format version is "
+                           f"{version!r}, expected an integer from 1 to {_FORMAT_VERSION}")
+    if version > _FORMAT_VERSION:
+        raise CommandError(f"{path} has model file format version {version!r}, which this "
+                           f"tenflex {__version__} cannot read (it reads versions up to "
+                           f"{_FORMAT_VERSION}): evaluate it with the tenflex that wrote it, "
+                           "or upgrade tenflex")
+    base = info.get("base")
+    if not isinstance(base, dict) or not isinstance(base.get("dataset", ""), (str, type(None))):
+        raise CommandError(f"{path} is a damaged tenflex model file: its 'base' entry records "
+                           f"no network and data set, got {base!r}")
+    return model, info
 
 
 def _resolve_evaluated(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any], str]:
@@ -548,7 +599,8 @@ def _add_command(commands, name: str, summary: str, func, details: str = ""):
 def _add_report_option(command: argparse.ArgumentParser, what: str) -> None:
     """``--report FILE``: the command's JSON ``what`` goes to FILE, a summary to stdout."""
     command.add_argument("--report", default=None,
-                         help=f"write the JSON {what} to this file instead of standard output")
+                         help=f"write the JSON {what} to this file (replaced if it exists) instead of "
+                         "standard output, which then gets a short summary")
 
 
 def _add_cache_option(command: argparse.ArgumentParser) -> None:
@@ -665,10 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "and store the input directions factored (then --rank may exceed K)")
     comp.add_argument("--finetune-epochs", type=_int_type(0), default=0,
                       help="epochs of fine-tuning after the fit (0: none)")
-    comp.add_argument("--finetune-scope", default="layer", choices=["layer", "all"],
-                      help="fine-tune the flexible layer alone, or the whole network")
-    comp.add_argument("--finetune-lr", type=_float_type(positive=True), default=1e-3,
-                      help="peak learning rate of fine-tuning")
+    comp.add_argument("--finetune-scope", default=None, choices=["layer", "all"],
+                      help="fine-tune the flexible layer alone, or the whole network, with "
+                      f"--finetune-epochs (default: {_FINETUNE_SCOPE})")
+    comp.add_argument("--finetune-lr", type=_float_type(positive=True), default=None,
+                      help="peak learning rate of fine-tuning, with --finetune-epochs "
+                      f"(default: {_FINETUNE_LR})")
     comp.add_argument("--finetune-validation", type=_int_type(0), default=0, metavar="N",
                       help="hold N training images out of fine-tuning and keep the weights "
                       "(before it or after one of its epochs) that classify them best "
@@ -679,7 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training seed of the pretrained network to compress (as `tenflex "
                       "train`; another seed trains and caches another network)")
     comp.add_argument("--out", required=True,
-                      help="compressed model file to write (.pt; required)")
+                      help="compressed model file to write (.pt; required; an existing file is "
+                      "replaced)")
     _add_cache_option(comp)
     _add_device_option(comp)
     _add_report_option(comp, "report")

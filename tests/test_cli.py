@@ -552,8 +552,8 @@ def _no_training(*args, **kwargs):
      ("too few sampling points: N = 10 gives 200 equations (outputs and Jacobian "
       "entries) for 1120 unknowns; use N >= 56")),
     (["--finetune-epochs", "1", "--finetune-validation", "1437"],
-     ("finetune['validation'] must be a number of training images to hold out, an integer "
-      "in [1, 1437), got 1437")),
+     ("--finetune-validation 1437: holds out all of the 1437 training images of digits, "
+      "leaving none to fine-tune on; give fewer")),
 ])
 def test_compress_settings_are_refused_before_the_network_is_trained(argv, message, tmp_path,
                                                                       monkeypatch, capsys):
@@ -660,3 +660,81 @@ def test_evaluate_a_float64_model_file(compressed, tmp_path, capsys):
     images, labels = zoo.dataset_tensors("digits", "test")
     assert reported == zoo.evaluate(model, images.double(), labels)
     assert reported == pytest.approx(result.report.accuracy_after, abs=2 / len(labels))
+
+
+def test_evaluate_refuses_a_report_over_the_model_file(compressed, tmp_path, capsys):
+    # `tenflex evaluate cnn.pt --report cnn.pt` used to replace the model by the JSON result.
+    model = tmp_path / "cnn.pt"
+    shutil.copy(compressed["path"], model)
+    before = model.read_bytes()
+    link = tmp_path / "link.pt"
+    link.symlink_to(model)
+    for report in (str(tmp_path / "." / "cnn.pt"), str(link)):
+        status, stdout, err = _exit(["evaluate", str(model), "--report", report], capsys)
+        assert status == 2 and stdout == "", err
+        assert err.startswith(f"tenflex evaluate: error: --report {report} is the model file "
+                              f"{model} being evaluated"), err
+    assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("version, message", [
+    (2, "has model file format version 2, which this tenflex"),
+    (None, "is a damaged tenflex model file: its format version is None"),
+    (True, "is a damaged tenflex model file: its format version is True"),
+])
+def test_evaluate_refuses_another_model_file_format(version, message, compressed, tmp_path,
+                                                    capsys):
+    # A file of a later format was loaded and evaluated as if it were this one.
+    payload = torch.load(compressed["path"], weights_only=True)
+    if version is None:
+        del payload["version"]
+    else:
+        payload["version"] = version
+    path = tmp_path / "other.pt"
+    torch.save(payload, path)
+    status, stdout, err = _exit(["evaluate", str(path)], capsys)
+    assert status == 2 and stdout == "", err
+    assert err.startswith(f"tenflex evaluate: error: {path} {message}"), err
+
+
+def test_evaluate_a_file_with_a_malformed_data_set_exits_2(compressed, tmp_path, capsys):
+    # A data set recorded as a list raised TypeError (unhashable): a traceback, exit 1.
+    payload = torch.load(compressed["path"], weights_only=True)
+    payload["base"]["dataset"] = ["digits"]
+    path = tmp_path / "odd.pt"
+    torch.save(payload, path)
+    status, _, err = _exit(["evaluate", str(path)], capsys)
+    assert status == 2 and "Traceback" not in err
+    assert err.startswith(f"tenflex evaluate: error: {path} is a damaged tenflex model file: "
+                          "its 'base' entry records no network and data set"), err
+
+
+@pytest.mark.parametrize("option", ["--finetune-scope", "--finetune-lr"])
+def test_fine_tuning_options_without_epochs_are_refused(option, tmp_path, monkeypatch,
+                                                        capsys):
+    # They were silently ignored: no fine-tuning, although the user asked for one.
+    Stop, seen = _capture_compress(monkeypatch)
+    value = {"--finetune-scope": "all", "--finetune-lr": "0.01"}[option]
+    out = ["--out", str(tmp_path / "m.pt")]
+    status, stdout, err = _exit([*_CHEAP, option, value, *out], capsys)
+    assert status == 2 and stdout == "" and not seen
+    assert err == (f"tenflex compress: error: {option} sets up fine-tuning, which "
+                   "--finetune-epochs 0 (the default) turns off: give --finetune-epochs too\n")
+    with pytest.raises(Stop):
+        main([*_CHEAP, "--finetune-epochs", "1", option, value, *out])
+    with pytest.raises(Stop):
+        main([*_CHEAP, "--finetune-epochs", "1", *out])
+    assert seen[0]["finetune"]["scope" if option == "--finetune-scope" else "lr"] == (
+        "all" if option == "--finetune-scope" else 0.01)
+    assert (seen[1]["finetune"]["scope"], seen[1]["finetune"]["lr"]) == ("layer", 1e-3)
+    assert seen[2:] == [] and all(kw["finetune"]["epochs"] == 1 for kw in seen)
+
+
+@pytest.mark.parametrize("option", ["--out", "--report"])
+def test_an_empty_output_name_is_refused(option, tmp_path, monkeypatch, capsys):
+    # It was reported as "--out : is a directory" (the empty path is the current folder).
+    monkeypatch.chdir(tmp_path)
+    argv = [*_CHEAP, "--out", "m.pt", option, ""]
+    status, _, err = _exit(argv, capsys)
+    assert status == 2
+    assert err == f"tenflex compress: error: {option}: the file name is empty; give a file to write\n"
