@@ -480,7 +480,7 @@ def _load_model_file(path: Path) -> tuple[Any, dict[str, Any]]:
         An unreadable file, one that is not a tenflex model file (what was expected and how
         to make one) or a damaged one (the library's message says which).
     """
-    from tenflex.nn.compress import _FORMAT_VERSION, load_compressed
+    from tenflex.nn.compress import load_compressed
 
     try:
         model, info = load_compressed(path)
@@ -488,17 +488,6 @@ def _load_model_file(path: Path) -> tuple[Any, dict[str, Any]]:
         raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    # A later format may store its entries with another meaning: loading it anyway could
-    # report a wrong accuracy.
-    version = info.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CommandError(f"{path} is a damaged tenflex model file: its format version is "
-                           f"{version!r}, expected an integer from 1 to {_FORMAT_VERSION}")
-    if version > _FORMAT_VERSION:
-        raise CommandError(f"{path} has model file format version {version!r}, which this "
-                           f"tenflex {__version__} cannot read (it reads versions up to "
-                           f"{_FORMAT_VERSION}): evaluate it with the tenflex that wrote it, "
-                           "or upgrade tenflex")
     base = info.get("base")
     if not isinstance(base, dict) or not isinstance(base.get("dataset", ""), (str, type(None))):
         raise CommandError(f"{path} is a damaged tenflex model file: its 'base' entry records "

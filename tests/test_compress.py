@@ -213,6 +213,21 @@ def test_save_and_load_round_trip(tmp_path, digits, compressed):
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
+@pytest.mark.parametrize(("version", "message"), [
+    (2, "has model file format version 2, which this tenflex .* cannot read"),
+    (None, "is a damaged tenflex model file: its format version is None"),
+    (True, "is a damaged tenflex model file: its format version is True"),
+])
+def test_load_refuses_another_file_format(tmp_path, compressed, version, message):
+    path = tmp_path / "model.pt"
+    save_compressed(path, compressed, {"model": "reference_cnn"})
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = version
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=message):
+        load_compressed(path)
+
+
 def test_interrupted_save_leaves_no_file(tmp_path, compressed, monkeypatch):
     def broken_save(obj, handle):
         handle.write(b"half")

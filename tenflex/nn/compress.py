@@ -1095,7 +1095,8 @@ def load_compressed(path: str | os.PathLike, model: nn.Module | None = None
         ``model`` is not a ``torch.nn.Module``.
     ValueError
         A file that is not a tenflex model file (what was expected and how to make one), a
-        damaged one (what is missing or does not fit), a network of your own without
+        damaged one (what is missing or does not fit), one of a later format version than
+        this tenflex reads, a network of your own without
         ``model``, or a ``model`` whose layers or shapes are not those of the saved network.
     """
     import copy
@@ -1122,6 +1123,19 @@ def load_compressed(path: str | os.PathLike, model: nn.Module | None = None
         raise ValueError(f"{not_ours}; torch cannot read it as one") from exc
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{not_ours}; it has no '{_FORMAT}' header")
+    # A later format may store its entries with another meaning: loading it anyway could
+    # give a network that computes something else.
+    version = payload.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path} is a damaged tenflex model file: its format version is "
+                         f"{version!r}, expected an integer from 1 to {_FORMAT_VERSION}")
+    if version > _FORMAT_VERSION:
+        from tenflex import __version__
+
+        raise ValueError(f"{path} has model file format version {version}, which this "
+                         f"tenflex {__version__} cannot read (it reads versions up to "
+                         f"{_FORMAT_VERSION}): load it with the tenflex that wrote it, or "
+                         "upgrade tenflex")
     if model is None and "base" in payload and payload["base"] is None:
         raise ValueError(f"{path} holds a compressed network of your own "
                          f"({payload.get('network', 'class not recorded')}); pass an instance "
