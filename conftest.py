@@ -1,9 +1,10 @@
 """Hand the book's MyST Markdown chapters (jupytext notebooks) to nbval.
 
-nbval collects only ``.ipynb`` files. A chapter is a ``.md`` file whose YAML
-front matter carries a jupytext section and a kernelspec; it is read with
-``jupytext.read`` and then tested cell by cell exactly like a notebook: a cell
-that raises fails the test run. ``_build`` is never collected (see
+nbval collects only ``.ipynb`` files. A chapter is a ``.md`` file that the book
+(myst-nb) executes as a notebook: its YAML front matter says
+``jupytext: text_representation: format_name: myst`` or ``file_format: mystnb``.
+It is read with ``jupytext.read`` and then tested cell by cell exactly like a
+notebook: a cell that raises fails the test run. ``_build`` is never collected (see
 ``norecursedirs`` in pyproject.toml).
 """
 
@@ -14,14 +15,35 @@ import types
 
 import jupytext
 import nbval.plugin
+import yaml
 
 
 def _is_myst_notebook(path) -> bool:
+    """Whether myst-nb reads ``path`` as a notebook (the rule of its
+    ``is_myst_markdown_notebook``), so that every chapter the book executes is tested."""
     if path.suffix != ".md":
         return False
-    with open(path, encoding="utf-8") as handle:
-        head = handle.read(2000)
-    return head.startswith("---") and "jupytext:" in head and "kernelspec:" in head
+    with open(path, encoding="utf-8-sig") as handle:
+        lines = handle.read().splitlines()
+    if not lines or not lines[0].startswith("---"):
+        return False
+    front = []
+    for line in lines[1:]:
+        if line.startswith(("---", "...")):
+            break
+        front.append(line)
+    try:
+        metadata = yaml.safe_load("\n".join(front))
+    except yaml.YAMLError:
+        return False
+    if not isinstance(metadata, dict):
+        return False
+    if metadata.get("file_format") == "mystnb":
+        return True
+    jupytext_meta = metadata.get("jupytext")
+    representation = jupytext_meta.get("text_representation") if isinstance(
+        jupytext_meta, dict) else None
+    return isinstance(representation, dict) and representation.get("format_name") == "myst"
 
 
 @contextlib.contextmanager
