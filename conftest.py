@@ -35,7 +35,8 @@ def _is_myst_notebook(path) -> bool:
     try:
         metadata = yaml.safe_load("\n".join(front))
     except yaml.YAMLError:
-        return False
+        # Collected, so that jupytext's error shows, rather than a chapter silently untested.
+        return any(word in line for line in front for word in ("jupytext", "mystnb"))
     if not isinstance(metadata, dict):
         return False
     if metadata.get("file_format") == "mystnb":

@@ -98,6 +98,10 @@ def test_nbval_collects_what_the_book_executes(tmp_path):
     assert is_notebook(no_kernelspec)
     assert is_notebook(FIXTURES / "mystnb_chapter.md")
     assert not is_notebook(FIXTURES / "not_a_chapter.md")
+    # Front matter that is not YAML: collected, so that jupytext's error shows.
+    broken = tmp_path / "broken.md"
+    broken.write_text("---\njupytext: [\n---\n\ntext\n", encoding="utf-8")
+    assert is_notebook(broken)
     toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
     chapters = [ROOT / f"{name}.md" for name in re.findall(r"(?:root|file): (\S+)", toc)]
     assert [path.name for path in chapters if not is_notebook(path)] == ["bibliography.md"]
