@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "all_finite", "as_int_tuple", "asks_to_stop", "check_float", "check_int",
+    "all_finite", "as_int_tuple", "asks_to_stop", "check_bool", "check_float", "check_int",
     "check_positive_int", "check_seed", "is_int", "is_real",
 ]
 
@@ -138,6 +138,20 @@ def all_finite(t: torch.Tensor) -> bool:
         if bool(torch.isfinite(t.sum())):
             return True
         return all(bool(torch.isfinite(block).all()) for block in t.reshape(-1).split(1 << 22))
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool, after checking it is one (a Python or NumPy bool).
+
+    Raises
+    ------
+    TypeError
+        Anything else: ``"no"`` would count as True, ``None`` or ``0`` as False.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} "
+                        f"{value!r}")
+    return bool(value)
 
 
 def asks_to_stop(value: Any) -> bool:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tenflex.checks import all_finite, check_int, check_seed
+from tenflex.checks import all_finite, check_bool, check_int, check_seed
 
 __all__ = [
     "CPDResult",
@@ -900,10 +900,8 @@ def cpd(
         isinstance(tol, (int, float, np.integer, np.floating)) and tol >= 0
     ):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    for flag, value in (("linesearch", linesearch), ("polish", polish)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{flag} must be True or False, got {type(value).__name__} "
-                            f"{value!r}")
+    check_bool(linesearch, "linesearch")
+    check_bool(polish, "polish")
     if method == "tensorly" and not isinstance(Jt, DenseJacobian):
         raise ValueError("method='tensorly' needs a dense J; use method='nls'")
     if _is_zero(Jt):

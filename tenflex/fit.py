@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from tenflex.basis import Basis, make_basis
-from tenflex.checks import all_finite, asks_to_stop, check_int, check_seed
+from tenflex.checks import all_finite, asks_to_stop, check_bool, check_int, check_seed
 from tenflex.cpd import (
     _SOLVER_DTYPES,
     DenseJacobian,
@@ -1453,10 +1453,8 @@ def cmtf_als(
     """
     t0 = time.perf_counter()
     seed = check_seed(seed)
-    for flag, value in (("extrapolate", extrapolate), ("verbose", verbose)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{flag} must be True or False, got {type(value).__name__} "
-                            f"{value!r}")
+    check_bool(extrapolate, "extrapolate")
+    check_bool(verbose, "verbose")
     if callback is not None and not callable(callback):
         raise TypeError(
             f"callback must be callable (called with a dict after each sweep) or None, got "

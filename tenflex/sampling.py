@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tenflex.checks import all_finite
+from tenflex.checks import all_finite, check_bool
 from tenflex.cpd import _SOLVER_DTYPES, _as_float_tensor
 
 __all__ = ["Samples", "deterministic_algorithms", "evaluation_mode", "kept_modes",
@@ -154,8 +154,7 @@ def deterministic_algorithms(enabled: bool = True):
     TypeError
         ``enabled`` is not a bool.
     """
-    if not isinstance(enabled, bool):
-        raise TypeError(f"deterministic must be a bool, got {type(enabled).__name__}")
+    check_bool(enabled, "deterministic")
     if not enabled:
         yield
         return
@@ -297,11 +296,8 @@ def sample_function(
         raise TypeError(f"f must be callable, got {type(f).__name__}")
     if dtype not in _SOLVER_DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    for flag, value in (("jacobian", jacobian), ("progress", progress)):
-        # "no" would count as True (Jacobians of n m N entries), None as False.
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{flag} must be True or False, got {type(value).__name__} "
-                            f"{value!r}")
+    check_bool(jacobian, "jacobian")  # "no" would ask for Jacobians of n m N entries
+    check_bool(progress, "progress")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
     if chunk_size is not None and (

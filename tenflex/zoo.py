@@ -45,6 +45,7 @@ from torch import nn
 
 from tenflex.checks import (
     all_finite,
+    check_bool,
     check_float,
     check_int,
     check_positive_int,
@@ -652,8 +653,7 @@ def _model_dtypes(model: nn.Module) -> tuple[torch.dtype, ...]:
 def _check_bools(**flags: Any) -> None:
     """Each flag must be a bool: ``"no"`` would count as True, ``None`` as False."""
     for name, value in flags.items():
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+        check_bool(value, name)
 
 
 def _check_train_options(
@@ -674,8 +674,7 @@ def _check_train_options(
         raise ValueError(f"unknown schedule {schedule!r}; valid names: {list(_SCHEDULES)}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
-    if not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    check_bool(deterministic, "deterministic")
     if checkpoint is not None:
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a file path or None, got "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tenflex.checks import all_finite, check_float, check_seed, is_int, is_real
+from tenflex.checks import all_finite, check_bool, check_float, check_seed, is_int, is_real
 
 
 def test_is_int():
@@ -109,3 +109,10 @@ def test_asks_to_stop():
     for value in (1, 0.0, "yes", torch.tensor([True, True]), torch.tensor(1.0)):
         with pytest.raises(TypeError, match="a callback must return None, False or True"):
             asks_to_stop(value)
+
+
+def test_check_bool_takes_python_and_numpy_bools_only():
+    assert check_bool(True, "flag") is True and check_bool(np.False_, "flag") is False
+    for value in ("no", None, 0, 1, 1.0, torch.tensor(True)):
+        with pytest.raises(TypeError, match=r"flag must be a bool \(True or False\), got "):
+            check_bool(value, "flag")

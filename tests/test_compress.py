@@ -365,7 +365,7 @@ def test_evaluate_command_on_a_saved_model(tmp_path, compressed, capsys, monkeyp
         ({"fit_options": {"cpd_options": {"cpd_method": "als"}}}, ValueError, "cpd_method"),
         ({"fit_options": {"dtype": torch.float32}}, ValueError, "compress sets .*'dtype'"),
         ({"fit_options": "max_iter=5"}, TypeError, "fit_options must be a dict"),
-        ({"progress": None}, TypeError, "progress must be True or False"),
+        ({"progress": None}, TypeError, "progress must be a bool \\(True or False\\)"),
         ({"jacobian": "sparse"}, ValueError, "jacobian must be one of 'auto', 'dense', "),
         ({"subspace": 0}, ValueError, r"subspace must be an integer k with 1 <= k < m = 3136"),
         ({"subspace": 3136}, ValueError, "1 <= k < m = 3136"),

@@ -669,7 +669,7 @@ def test_compressed_layers_keep_the_mode_of_the_layers_they_replace(lenet):
 
 def test_fill_budget_must_be_a_bool(lenet):
     # "no" was taken as True.
-    with pytest.raises(TypeError, match="fill_budget must be a bool, got str"):
+    with pytest.raises(TypeError, match="fill_budget must be a bool \\(True or False\\), got str"):
         plan_layer(lenet.fc1, "rtk", 0.2, fill_budget="no")
     with pytest.raises(TypeError, match="fill_budget must be a bool"):
         compress_network(lenet, "rtk", 0.2, fill_budget=0)

@@ -442,7 +442,7 @@ def test_factored_residual_is_accurate_when_tiny(h, m):
 def test_cpd_flags_must_be_bools(dense, flag, value):
     # A truthy string ("no") used to switch the option on, None or 0 silently off.
     J, *_ = dense
-    with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+    with pytest.raises(TypeError, match=f"{flag} must be a bool \\(True or False\\)"):
         cpd(J, 2, n_starts=1, **{flag: value})
     assert cpd(J, 2, n_starts=1, **{flag: np.False_}).relative_error < 1
 

@@ -79,7 +79,7 @@ def test_distill_blocks_asks_for_deterministic_kernels_and_restores_the_setting(
                    deterministic=deterministic)
     assert student.conv.seen == [deterministic or before] * 2
     assert torch.are_deterministic_algorithms_enabled() == before
-    with pytest.raises(TypeError, match="deterministic must be a bool, got str"):
+    with pytest.raises(TypeError, match="deterministic must be a bool \\(True or False\\), got str"):
         distill_blocks(student, pretrained, "conv", x, deterministic="yes")
 
 

@@ -755,7 +755,7 @@ def test_a_callback_stop_ends_every_start(small):
 @pytest.mark.parametrize("flag", ["extrapolate", "verbose"])
 def test_flags_must_be_bools(small, flag):
     _f, X, Y, J = small
-    with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+    with pytest.raises(TypeError, match=f"{flag} must be a bool \\(True or False\\)"):
         cmtf_als(X, Y, J, 2, "monomial", 3, init="random", max_iter=1, **{flag: "no"})
 
 

@@ -185,7 +185,7 @@ def test_bad_function():
 def test_flags_must_be_bools(flag):
     # jacobian="no" used to compute the Jacobians (a truthy string), None to skip them.
     for value in ("no", None, 1):
-        with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool \\(True or False\\)"):
             sample_function(lambda x: x * 2, torch.randn(3, 2), **{flag: value})
 
 

@@ -277,7 +277,7 @@ def test_train_rejects_bad_input(digits):
         zoo.train(model, (x[:10], y[:10]), epochs=1, optimizer="lbfgs")
     with pytest.raises(ValueError, match="lr"):
         zoo.train(model, (x[:10], y[:10]), epochs=1, lr=-1.0)
-    with pytest.raises(TypeError, match="deterministic must be a bool, got int"):
+    with pytest.raises(TypeError, match="deterministic must be a bool \\(True or False\\), got int"):
         zoo.train(model, (x[:10], y[:10]), epochs=1, deterministic=1)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import all_finite, check_int, check_seed, is_int
+from tenflex.checks import all_finite, check_bool, check_int, check_seed, is_int
 from tenflex.cpd import DenseJacobian, FactoredJacobian, JacobianTensor
 from tenflex.files import atomic_write
 from tenflex.metrics import relative_error
@@ -251,9 +251,8 @@ def _check_fit_settings(base: Any, lam: Any, fit_options: dict[str, Any] | None,
     # check_only, run before training the network, would miss them).
     check_seed(options["seed"], name="fit_options['seed']")
     for flag in ("verbose", "extrapolate"):
-        if flag in options and not isinstance(options[flag], (bool, np.bool_)):
-            raise TypeError(f"fit_options['{flag}'] must be True or False, got "
-                            f"{type(options[flag]).__name__} {options[flag]!r}")
+        if flag in options:
+            check_bool(options[flag], f"fit_options['{flag}']")
     callback = options.get("callback")
     if callback is not None and not callable(callback):
         raise TypeError(f"fit_options['callback'] must be callable or None, got "
@@ -631,9 +630,7 @@ def compress(
         if not is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     seed = check_seed(seed)
-    if not isinstance(progress, (bool, np.bool_)):
-        raise TypeError(f"progress must be True or False, got {type(progress).__name__} "
-                        f"{progress!r}")
+    check_bool(progress, "progress")
     if subspace is not None and (not is_int(subspace) or not 1 <= subspace < m):
         raise ValueError(f"subspace must be an integer k with 1 <= k < m = {m} (the span's "
                          f"input dimension), or None; got {subspace!r}")

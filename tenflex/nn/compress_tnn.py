@@ -68,6 +68,7 @@ from torch import nn
 
 from tenflex.checks import (
     as_int_tuple,
+    check_bool,
     check_float,
     check_int,
     check_positive_int,
@@ -505,9 +506,7 @@ def plan_layer(
     form = _check_form(form)
     rate = _check_rate(rate)
     kind = _kind(layer)
-    if not isinstance(fill_budget, bool):
-        raise TypeError(f"fill_budget must be a bool, got {type(fill_budget).__name__} "
-                        f"({fill_budget!r})")
+    check_bool(fill_budget, "fill_budget")
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         raise ValueError(f"{name}: grouped convolutions are not supported (groups={layer.groups})")
     # Checked here too (the layers check it when built): compress_network plans every
@@ -1042,8 +1041,7 @@ def compress_and_train(
         if not is_int(value) or value < 0:
             raise ValueError(f"{arg} must be an int >= 0, got {value!r}")
     seed = check_seed(seed)  # it also seeds the global RNG below: None is not a seed here
-    if not isinstance(reshape_by_layout, bool):
-        raise TypeError(f"reshape_by_layout must be a bool, got {reshape_by_layout!r}")
+    check_bool(reshape_by_layout, "reshape_by_layout")
     if train_evaluation not in EVALUATIONS:
         raise ValueError(
             f"train_evaluation must be one of {EVALUATIONS}, got {train_evaluation!r}"

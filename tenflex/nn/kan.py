@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from tenflex.basis import Basis, BSplineBasis, _real_tensor
-from tenflex.checks import all_finite, check_positive_int
+from tenflex.checks import all_finite, check_bool, check_positive_int
 from tenflex.nn.flexible import (
     _basis_values,
     _branch_basis,
@@ -66,8 +66,7 @@ def _as_float(value: Any, name: str, dtype: torch.dtype | None = None) -> Tensor
 
 def _check_bias(bias: Any) -> None:
     """``bias`` must be a bool: ``"no"`` would mean True, None False."""
-    if not isinstance(bias, bool):
-        raise TypeError(f"bias must be a bool, got {type(bias).__name__} ({bias!r})")
+    check_bool(bias, "bias")
 
 
 class KANLayer(nn.Module):

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import check_seed, is_int
+from tenflex.checks import check_bool, check_seed, is_int
 from tenflex.nn.flexible import _check_dtype, _check_input_dtype
 
 __all__ = [
@@ -282,8 +282,7 @@ def _conv_options(opts: Any, letter: str) -> dict[str, Any]:
     for name, v in (("stride", stride), ("dilation", dilation)):
         if not is_int(v) or v < 1:
             raise ValueError(f"conv[{letter!r}][{name!r}] must be an int >= 1, got {v!r}")
-    if not isinstance(flip, bool):
-        raise TypeError(f"conv[{letter!r}]['flip'] must be a bool, got {flip!r}")
+    check_bool(flip, f"conv[{letter!r}]['flip']")
     return {
         "padding": opts.get("padding", 0),
         "stride": int(stride),
