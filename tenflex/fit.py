@@ -156,6 +156,57 @@ def _check_float(value: Any, name: str, low: float = 0.0) -> float:
     return value
 
 
+# The options of cmtf_als that _check_run_options checks (no data needed).
+_RUN_OPTIONS = ("seed", "extrapolate", "verbose", "callback", "ridge", "tol", "domain_margin",
+               "n_starts", "max_iter", "solver", "cg_maxiter", "cpd_options")
+
+
+def _check_run_options(*, seed: Any, extrapolate: Any, verbose: Any, callback: Any,
+                       ridge: Any, tol: Any, domain_margin: Any, n_starts: Any, max_iter: Any,
+                       solver: Any, cg_maxiter: Any, cpd_options: Any, where: str = ""
+                       ) -> dict[str, Any]:
+    """The checks of :func:`cmtf_als`'s options ``_RUN_OPTIONS``, which need no data
+    (so that a caller can make them before a long sampling). ``where`` names the dict the
+    options came in (``"fit_options"``: messages say ``fit_options['tol']``). Returns them
+    checked and completed (``cg_maxiter`` by solver, ``cpd_options`` with its defaults)."""
+    def name(key: str) -> str:
+        return f"{where}['{key}']" if where else key
+
+    out = {"seed": check_seed(seed, name=name("seed")),
+           "extrapolate": check_bool(extrapolate, name("extrapolate")),
+           "verbose": check_bool(verbose, name("verbose"))}
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"{name('callback')} must be callable (called with a dict after each sweep) or "
+            f"None, got {type(callback).__name__} ({callback!r})"
+        )
+    out["callback"] = callback
+    for key, value in (("ridge", ridge), ("tol", tol), ("domain_margin", domain_margin)):
+        out[key] = _check_float(value, name(key))
+    out["n_starts"] = check_int(n_starts, name("n_starts"), 1, 10**6)
+    out["max_iter"] = check_int(max_iter, name("max_iter"), 0, None)
+    if cg_maxiter is None:
+        cg_maxiter = 50 if solver == "gn" else 5
+    out["cg_maxiter"] = check_int(cg_maxiter, name("cg_maxiter"), 1, None)
+    if solver not in ("als", "gn"):
+        raise ValueError(f"{name('solver')} must be 'als' or 'gn', got {solver!r}")
+    out["solver"] = solver
+    if cpd_options is not None and not isinstance(cpd_options, dict):
+        raise TypeError(
+            f"{name('cpd_options')} must be a dict of decouple_cpd options (n_starts, "
+            f"cpd_method, n_iter_max, tol) or None, got {type(cpd_options).__name__}"
+        )
+    cpd_options = {"n_starts": 3, **(cpd_options or {})}
+    bad = set(cpd_options) - {"n_starts", "cpd_method", "n_iter_max", "tol"}
+    if bad:
+        raise TypeError(f"unknown {name('cpd_options')} {sorted(bad)}; valid keys: n_starts, "
+                        "cpd_method, n_iter_max, tol")
+    _check_cpd_method(cpd_options.get("cpd_method", "auto"),
+                      f"{name('cpd_options')}['cpd_method']")
+    out["cpd_options"] = cpd_options
+    return out
+
+
 def _prepare_data(
     X: Any, Y: Any, J: Any, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor, JacobianTensor]:
@@ -1452,41 +1503,20 @@ def cmtf_als(
         derivatives, ``seed`` not a non-negative int, ``callback`` not callable.
     """
     t0 = time.perf_counter()
-    seed = check_seed(seed)
-    check_bool(extrapolate, "extrapolate")
-    check_bool(verbose, "verbose")
-    if callback is not None and not callable(callback):
-        raise TypeError(
-            f"callback must be callable (called with a dict after each sweep) or None, got "
-            f"{type(callback).__name__} ({callback!r})"
-        )
+    run = _check_run_options(
+        seed=seed, extrapolate=extrapolate, verbose=verbose, callback=callback, ridge=ridge,
+        tol=tol, domain_margin=domain_margin, n_starts=n_starts, max_iter=max_iter,
+        solver=solver, cg_maxiter=cg_maxiter, cpd_options=cpd_options)
+    seed, ridge, tol, margin = run["seed"], run["ridge"], run["tol"], run["domain_margin"]
+    n_starts, max_iter, cg_maxiter = run["n_starts"], run["max_iter"], run["cg_maxiter"]
+    cpd_options = run["cpd_options"]
     _check_init(init)
     X, Y, Jt = _prepare_data(X, Y, J, dtype)
     n, m, N = Jt.shape
     base_basis = _prepare_basis(basis, n_functions, basis_options)
     lam = _check_float(lam, "lam")
-    ridge = _check_float(ridge, "ridge")
-    tol = _check_float(tol, "tol")
-    margin = _check_float(domain_margin, "domain_margin")
     rank = _check_sizes(rank, n, m, N, base_basis.n_functions, lam > 0)
-    n_starts = check_int(n_starts, "n_starts", 1, 10**6)
-    max_iter = check_int(max_iter, "max_iter", 0, None)
-    if cg_maxiter is None:
-        cg_maxiter = 50 if solver == "gn" else 5
-    cg_maxiter = check_int(cg_maxiter, "cg_maxiter", 1, None)
-    if solver not in ("als", "gn"):
-        raise ValueError(f"solver must be 'als' or 'gn', got {solver!r}")
     _check_n_starts(n_starts, init, rank, n, m)
-    if cpd_options is not None and not isinstance(cpd_options, dict):
-        raise TypeError(
-            "cpd_options must be a dict of decouple_cpd options (n_starts, cpd_method, "
-            f"n_iter_max, tol) or None, got {type(cpd_options).__name__}"
-        )
-    cpd_options = {"n_starts": 3, **(cpd_options or {})}
-    bad = set(cpd_options) - {"n_starts", "cpd_method", "n_iter_max", "tol"}
-    if bad:
-        raise TypeError(f"unknown cpd_options {sorted(bad)}")
-    _check_cpd_method(cpd_options.get("cpd_method", "auto"), "cpd_options['cpd_method']")
 
     seeds = np.random.SeedSequence(seed).generate_state(n_starts)
     best = None

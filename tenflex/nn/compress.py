@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tenflex.checks import all_finite, check_bool, check_int, check_seed, is_int
+from tenflex.checks import all_finite, check_bool, check_seed, is_int
 from tenflex.cpd import DenseJacobian, FactoredJacobian, JacobianTensor
 from tenflex.files import atomic_write
 from tenflex.metrics import relative_error
@@ -222,10 +222,11 @@ def _check_fit_settings(base: Any, lam: Any, fit_options: dict[str, Any] | None,
     import inspect
 
     from tenflex.fit import (
-        _check_cpd_method,
+        _RUN_OPTIONS,
         _check_float,
         _check_init,
         _check_n_starts,
+        _check_run_options,
         _check_sizes,
         cmtf_als,
     )
@@ -249,35 +250,9 @@ def _check_fit_settings(base: Any, lam: Any, fit_options: dict[str, Any] | None,
     _check_sizes(rank, n, m, n_samples, base.n_functions, float(lam) > 0)
     # The option checks cmtf_als makes, now: after the sampling they would come late (and
     # check_only, run before training the network, would miss them).
-    check_seed(options["seed"], name="fit_options['seed']")
-    for flag in ("verbose", "extrapolate"):
-        if flag in options:
-            check_bool(options[flag], f"fit_options['{flag}']")
-    callback = options.get("callback")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"fit_options['callback'] must be callable or None, got "
-                        f"{type(callback).__name__} ({callback!r})")
-    for key in ("tol", "ridge", "domain_margin"):
-        if key in options:
-            _check_float(options[key], f"fit_options['{key}']")
-    check_int(options.get("n_starts", 1), "fit_options['n_starts']", 1, 10**6)
-    check_int(options["max_iter"], "fit_options['max_iter']", 0)
-    if options.get("cg_maxiter") is not None:
-        check_int(options["cg_maxiter"], "fit_options['cg_maxiter']", 1)
-    if options.get("solver", "als") not in ("als", "gn"):
-        raise ValueError(f"fit_options['solver'] must be 'als' or 'gn', got "
-                         f"{options['solver']!r}")
-    cpd_options = options.get("cpd_options")
-    if cpd_options is not None and not isinstance(cpd_options, dict):
-        raise TypeError(f"fit_options['cpd_options'] must be a dict of decouple_cpd options "
-                        f"or None, got {type(cpd_options).__name__}")
-    if cpd_options:
-        bad = sorted(set(cpd_options) - {"n_starts", "cpd_method", "n_iter_max", "tol"})
-        if bad:
-            raise TypeError(f"unknown fit_options['cpd_options'] {bad}; valid keys: n_starts, "
-                            "cpd_method, n_iter_max, tol")
-        _check_cpd_method(cpd_options.get("cpd_method", "auto"),
-                          "fit_options['cpd_options']['cpd_method']")
+    defaults = {p.name: p.default for p in inspect.signature(cmtf_als).parameters.values()}
+    _check_run_options(**{key: options.get(key, defaults[key]) for key in _RUN_OPTIONS},
+                       where="fit_options")
     _check_n_starts(options.get("n_starts", 1), init, rank, n, m)
     return options
 
