@@ -650,12 +650,6 @@ def _model_dtypes(model: nn.Module) -> tuple[torch.dtype, ...]:
     return tuple(dict.fromkeys(p.dtype for p in model.parameters() if p.is_floating_point()))
 
 
-def _check_bools(**flags: Any) -> None:
-    """Each flag must be a bool: ``"no"`` would count as True, ``None`` as False."""
-    for name, value in flags.items():
-        check_bool(value, name)
-
-
 def _check_train_options(
     *, epochs: Any = 2, batch_size: Any = 128, lr: Any = 3e-3, seed: Any = 0,
     optimizer: Any = "adam", schedule: Any = "onecycle", weight_decay: Any = 0.0,
@@ -790,7 +784,7 @@ def train(
     ``torch.set_num_threads`` is left to the caller. An interruption inside an epoch loses
     that epoch only.
     """
-    _check_bools(progress=progress)
+    check_bool(progress, "progress")
     dtypes = _model_dtypes(model)
     x, y = _as_images_labels(train_data, "train_data", dtypes)
     if validation is not None:
@@ -1470,7 +1464,8 @@ def pretrained(
     TypeError
         ``retrain``, ``progress`` or ``return_info`` not a bool (``"no"`` would retrain).
     """
-    _check_bools(retrain=retrain, progress=progress, return_info=return_info)
+    for flag, value in (("retrain", retrain), ("progress", progress), ("return_info", return_info)):
+        check_bool(value, flag)  # "no" would retrain
     device = as_device(device)
     config = _pretrained_config(name, dataset, epochs, seed, n_train, device)
     weights, sidecar = _cache_files(config, cache_dir)

@@ -1078,7 +1078,6 @@ def compress_and_train(
         check_float(distill_lr, "distill_lr", positive=True)
     if finetune_epochs > 0:
         check_float(finetune_lr, "finetune_lr", positive=True)
-        zoo._check_train_options(batch_size=batch_size, lr=finetune_lr, seed=seed)
     dtypes = zoo._model_dtypes(pretrained)
     x_train, y_train = zoo._check_images_labels(x_train, y_train, "train_data", dtypes)
     x_test, y_test = zoo._check_images_labels(x_test, y_test, "test_data", dtypes)
