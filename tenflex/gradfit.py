@@ -45,9 +45,8 @@ from tenflex.cpd import (
 )
 from tenflex.fit import _check_magnitudes, _Problem
 from tenflex.model import _to_finite
-from tenflex.nn.distill import _seeded_rng
 from tenflex.nn.flexible import FlexibleLayer
-from tenflex.sampling import kept_modes
+from tenflex.sampling import kept_modes, seeded_rng
 
 __all__ = ["GradientFitResult", "fit_by_gradient"]
 
@@ -507,7 +506,7 @@ def fit_by_gradient(
     try:
         # every module gets its own mode back at the end; randomness inside the layer
         # (dropout) draws from the global RNG, forked, seeded and restored
-        with _seeded_rng(seed, device), kept_modes(layer) as callers_modes:
+        with seeded_rng(seed, device), kept_modes(layer) as callers_modes:
             if record(0):
                 reason = "stopped by callback"
             else:

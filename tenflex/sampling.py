@@ -36,7 +36,7 @@ from tenflex.checks import all_finite, check_bool
 from tenflex.cpd import _SOLVER_DTYPES, _as_float_tensor
 
 __all__ = ["Samples", "deterministic_algorithms", "evaluation_mode", "kept_modes",
-           "sample_function"]
+           "sample_function", "seeded_rng"]
 
 #: Default memory budget (bytes) for the Jacobians of one chunk of sampling points.
 CHUNK_BYTES = 256 * 2**20
@@ -84,6 +84,20 @@ class Samples:
     def n(self) -> int:
         """Output dimension."""
         return int(self.Y.shape[1])
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device | str = "cpu"):
+    """Inside the ``with`` block, torch's global RNG of the CPU (and of ``device`` if it is a
+    GPU) is seeded with ``seed``; the caller's RNG state is restored after it, so that
+    dropout and other draws inside are reproducible without touching the caller's stream."""
+    device = torch.device(device)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if (
+        device.type == "cuda"
+    ) else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
 
 
 @contextlib.contextmanager

@@ -97,7 +97,7 @@ from tenflex.nn.tensorial import (
     tensorial_max_ranks,
     tensorial_n_parameters,
 )
-from tenflex.sampling import evaluation_mode
+from tenflex.sampling import evaluation_mode, seeded_rng
 
 __all__ = [
     "FAMILY",
@@ -1113,8 +1113,7 @@ def compress_and_train(
         t0 = time.perf_counter()
         if finetune_epochs > 0:
             n = x_train.shape[0] if finetune_samples is None else finetune_samples
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with seeded_rng(seed):  # the CPU's global RNG only, as before
                 train(
                     model, (x_train[:n], y_train[:n]), epochs=finetune_epochs,
                     batch_size=batch_size, lr=finetune_lr, seed=seed, optimizer="adam",

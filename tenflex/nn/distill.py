@@ -21,7 +21,7 @@ from torch import nn
 
 from tenflex.checks import all_finite, check_float, check_positive_int, check_seed
 from tenflex.nn.surgery import module_positions
-from tenflex.sampling import deterministic_algorithms, evaluation_mode, kept_modes
+from tenflex.sampling import deterministic_algorithms, evaluation_mode, kept_modes, seeded_rng
 
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
 
@@ -50,17 +50,6 @@ class DistillResult:
     initial_error: dict[str, float] = field(default_factory=dict)
     final_error: dict[str, float] = field(default_factory=dict)
     time_s: float = 0.0
-
-
-@contextlib.contextmanager
-def _seeded_rng(seed: int, device: torch.device):
-    """Seed the global RNG of the CPU (and the model's GPU) inside, restore it after."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if (
-        device.type == "cuda"
-    ) else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -228,7 +217,7 @@ def distill_blocks(
         bar = tqdm(total=len(names) * epochs, desc="distilling", unit="epoch")
     generator = torch.Generator().manual_seed(int(seed))
     try:
-        with _seeded_rng(seed, device), evaluation_mode(pretrained), \
+        with seeded_rng(seed, device), evaluation_mode(pretrained), \
                 deterministic_algorithms(deterministic):
             # Every block is checked on a first batch before any block trains: an error on a
             # later block must not come after the earlier ones were modified in place.
@@ -313,7 +302,7 @@ def fine_tune(
     from tenflex.zoo import train
 
     seed = check_seed(seed)
-    with _seeded_rng(seed, _device_dtype(model)[0]):
+    with seeded_rng(seed, _device_dtype(model)[0]):
         return train(
             model, train_data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
             optimizer="adam", schedule="constant", weight_decay=weight_decay,
