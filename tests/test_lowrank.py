@@ -428,6 +428,9 @@ def test_distill_bad_names():
         distill_blocks(pretrained, pretrained, "conv1", torch.zeros(4, 2, 6, 6), epochs=0)
     with pytest.raises(TypeError, match="seed must be an int >= 0"):
         distill_blocks(pretrained, pretrained, "conv1", torch.zeros(4, 2, 6, 6), seed=1.5)
+    with pytest.raises(ValueError, match=r"distinct; repeated: \['conv1'\]"):
+        distill_blocks(compressed_copy(pretrained), pretrained, ["conv1", "conv1"],
+                       torch.zeros(4, 2, 6, 6))
     with pytest.raises(ValueError, match="seed must be an int >= 0"):
         fine_tune(pretrained, (torch.zeros(4, 2, 6, 6), torch.zeros(4, dtype=torch.long)),
                   seed=-1)
@@ -449,3 +452,14 @@ def test_tt_ranks_beyond_the_tt_svd_are_refused_clearly():
     x = rand(2, 4, 7, 6)
     ref = F.conv2d(x, layer.to_dense_weight().detach(), conv.bias)
     torch.testing.assert_close(layer(x), ref)
+
+
+@pytest.mark.parametrize("cls, ranks", [(CPConv2d, 3), (TuckerConv2d, (2, 3)),
+                                        (TTConv2d, (2, 3, 2))])
+def test_an_int_kernel_size_means_a_square_kernel(cls, ranks):
+    # As for nn.Conv2d, kernel_size=3 is (3, 3).
+    square = cls(4, 5, 3, ranks, padding=1)
+    pair = cls(4, 5, (3, 3), ranks, padding=1)
+    assert [m.weight.shape for m in square] == [m.weight.shape for m in pair]
+    with pytest.raises(ValueError, match="kernel_size must be an int or a pair"):
+        cls(4, 5, (3, 3, 3), ranks)

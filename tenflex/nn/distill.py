@@ -188,7 +188,7 @@ def distill_blocks(
     TypeError
         ``lr`` or ``seed`` of the wrong type, non-float inputs.
     ValueError
-        Unknown block name (valid names listed), bad hyperparameters, empty or non-finite
+        Unknown or repeated block name (valid names listed), bad hyperparameters, empty or non-finite
         inputs, a block that the pretrained forward pass never calls, a block that does
         not take and return one tensor, a compressed block whose output shape differs from
         its pretrained block's or that has no trainable parameters (every block is checked
@@ -197,6 +197,10 @@ def distill_blocks(
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ValueError("names must name at least one block")
+    # A repeated name would train its block twice and overwrite its first history.
+    repeated = sorted({n for n in names if names.count(n) > 1}, key=names.index)
+    if repeated:
+        raise ValueError(f"names must be distinct; repeated: {repeated}")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_float(lr, "lr", positive=True)

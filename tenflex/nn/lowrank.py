@@ -34,6 +34,7 @@ from tenflex.nn.tensorial import (
     _check_n_iter_max,
     _check_tt_ranks,
     _exact_cp,
+    _pair,
     largest_uniform_ranks,
 )
 
@@ -391,10 +392,10 @@ class CPConv2d(LowRankLayer):
     method = "cp"
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], rank: int,
-        *, stride: Any = 1, padding: Any = 0, dilation: Any = 1, bias: bool = True,
+        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+        rank: int, *, stride: Any = 1, padding: Any = 0, dilation: Any = 1, bias: bool = True,
     ):
-        kh, kw = kernel_size
+        kh, kw = _pair(kernel_size, "kernel_size")
         stride, padding, dilation = _pairs(stride, padding, dilation)
         super().__init__(
             nn.Conv2d(in_channels, rank, 1, bias=False),
@@ -500,7 +501,7 @@ class TuckerConv2d(LowRankLayer):
     method = "tucker2"
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: tuple[int, int],
+        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
         ranks: tuple[int, int], *, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
         bias: bool = True,
     ):
@@ -508,7 +509,7 @@ class TuckerConv2d(LowRankLayer):
         super().__init__(
             nn.Conv2d(in_channels, r1, 1, bias=False),
             nn.Conv2d(
-                r1, r2, kernel_size, bias=False, stride=stride, padding=padding,
+                r1, r2, _pair(kernel_size, "kernel_size"), bias=False, stride=stride, padding=padding,
                 dilation=dilation,
             ),
             nn.Conv2d(r2, out_channels, 1, bias=bias),
@@ -595,11 +596,11 @@ class TTConv2d(LowRankLayer):
     method = "tt"
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: tuple[int, int],
+        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
         ranks: tuple[int, int, int], *, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
         bias: bool = True,
     ):
-        kh, kw = kernel_size
+        kh, kw = _pair(kernel_size, "kernel_size")
         r1, r2, r3 = ranks
         stride, padding, dilation = _pairs(stride, padding, dilation)
         super().__init__(
