@@ -170,8 +170,35 @@ def _check_output_path(option: str, path: str) -> None:
                            f"({exc.strerror or exc})") from None
 
 
+def _files_read(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The files the command reads (or keeps) that an output must not overwrite, each with
+    what it is, for the message: the pretrained network's cached weights, their JSON sidecar
+    and the checkpoint of an interrupted training (:func:`tenflex.zoo.pretrained`). (The
+    model file that ``evaluate`` is given is checked apart.)"""
+    from tenflex import zoo
+
+    if args.command == "evaluate":
+        if Path(args.model).exists() or args.model not in _MODELS:
+            return []  # a model file, or refused later with its own message
+        name, dataset, epochs, seed = args.model, args.dataset or "mnist", None, 0
+    elif args.command == "train":
+        name, dataset, epochs, seed = args.model, args.dataset, args.epochs, args.seed
+    elif args.command == "compress":
+        name, dataset, epochs, seed = args.model, args.dataset, None, args.model_seed
+    else:
+        return []
+    # The key of the cached files depends on the device type (a GPU's weights are cached
+    # apart): the same one-line error as the command for a device that cannot be used.
+    weights, sidecar = zoo.cache_paths(name, dataset=dataset, epochs=epochs, seed=seed,
+                                       cache_dir=args.cache_dir, device=_device(args))
+    what = f"of the pretrained {name} on {_DATASET_DISPLAY[dataset]} that this command uses"
+    return [(f"the cached weights {what}", weights), (f"the cache sidecar {what}", sidecar),
+            (f"the training checkpoint {what}", zoo._partial_file(weights))]
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Check ``--out`` and ``--report`` of any command before it starts working."""
+    """Check ``--out`` and ``--report`` of any command before it starts working: each can
+    be written, they are not one file, and neither overwrites a file the command reads."""
     named = [(option, getattr(args, attr)) for option, attr in (("--out", "out"),
                                                                 ("--report", "report"))
              if getattr(args, attr, None) is not None]
@@ -186,9 +213,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise CommandError(f"--report {args.report} is the model file {args.model} being "
                            "evaluated; the report would overwrite it: give another file name "
                            "(e.g. a .json one)")
+    if not named:
+        return
+    for what, read in _files_read(args):
+        for option, path in named:
+            if _same_file(path, read):
+                raise CommandError(f"{option} {path} is {what} ({read}); writing there would "
+                                   "destroy it: give another file name")
 
 
-def _same_file(first: str, second: str) -> bool:
+def _same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     """Whether two paths name one file (through links too, where both exist)."""
     with contextlib.suppress(OSError):
         return os.path.samefile(first, second)

@@ -1340,6 +1340,12 @@ def _cache_files(config: dict[str, Any], cache_dir: str | os.PathLike | None
     return folder / f"{stem}.pt", folder / f"{stem}.json"
 
 
+def _partial_file(weights: Path) -> Path:
+    """The checkpoint an interrupted training of cached ``weights`` leaves (and resumes):
+    ``<name>-<dataset>-<key>.partial.pt`` next to them."""
+    return weights.with_suffix(".partial.pt")
+
+
 def _load_cached(model: nn.Module, weights: Path) -> bool:
     """Load ``weights`` into ``model``; False (with a warning) if the file is damaged."""
     try:
@@ -1488,7 +1494,7 @@ def pretrained(
     model.to(device)  # initialised on the CPU, as everywhere: the same start
     x_test, y_test = dataset_tensors(dataset, "test")
     # An interrupted training resumes from its last epoch (the file is removed at the end).
-    partial = weights.with_suffix(".partial.pt")
+    partial = _partial_file(weights)
     if retrain:
         partial.unlink(missing_ok=True)
     with torch_threads(TRAIN_THREADS):

@@ -223,6 +223,71 @@ def test_missing_output_folders_are_still_created(quick_compress, tmp_path):
     assert out.is_file() and out.with_suffix(".json").is_file()
 
 
+# (command line, its options that write, how the pretrained network is named in the cache)
+_READS_THE_CACHE = {
+    "train": (["train", "--dataset", "digits", "--epochs", "1", "--seed", "2"], ["--report"],
+              {"name": "reference_cnn", "dataset": "digits", "epochs": 1, "seed": 2}),
+    "compress": (_CHEAP, ["--out", "--report"],
+                 {"name": "reference_cnn", "dataset": "digits", "seed": 3}),
+    "evaluate": (["evaluate", "lenet5", "--dataset", "digits"], ["--report"],
+                 {"name": "lenet5", "dataset": "digits"}),
+}
+
+
+@pytest.mark.parametrize("link", ["path", "symlink", "hardlink"])
+@pytest.mark.parametrize("which", ["weights", "sidecar", "checkpoint"])
+@pytest.mark.parametrize("command", list(_READS_THE_CACHE))
+def test_outputs_that_name_the_cached_network_are_refused_before_any_work(
+        command, which, link, tmp_path, monkeypatch, capsys):
+    from tenflex import zoo
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the outputs must be checked before any work")
+
+    monkeypatch.setattr(zoo, "pretrained", no_work)
+    monkeypatch.setattr(zoo, "dataset_tensors", no_work)
+    argv, options, key = _READS_THE_CACHE[command]
+    cache = tmp_path / "cache"
+    key = dict(key)
+    weights, sidecar = zoo.cache_paths(key.pop("name"), cache_dir=cache, **key)
+    target = {"weights": weights, "sidecar": sidecar,
+              "checkpoint": weights.with_suffix(".partial.pt")}[which]
+    cache.mkdir()
+    target.write_bytes(b"kept")
+    path = {"path": cache / ".." / "cache" / target.name, "symlink": tmp_path / "link",
+            "hardlink": tmp_path / "hard"}[link]
+    if link == "symlink":
+        path.symlink_to(target)
+    elif link == "hardlink":
+        os.link(target, path)
+    for option in options:
+        others = ["--out", str(tmp_path / "m.pt")] if command == "compress" else []
+        if option == "--out":
+            others = ["--report", str(tmp_path / "r.json")]
+        status, _, err = _exit([*argv, "--cache-dir", str(cache), option, str(path), *others],
+                               capsys)
+        assert status == 2, err
+        assert err.startswith(f"tenflex {command}: error: {option} {path} is the ")
+        assert str(target) in err and "give another file name" in err
+        assert target.read_bytes() == b"kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["cache", *(["link"] if link == "symlink" else []),
+         *(["hard"] if link == "hardlink" else [])])
+
+
+def test_other_networks_cache_files_are_not_refused(tmp_path, monkeypatch, capsys):
+    from tenflex import zoo
+
+    monkeypatch.setattr(zoo, "pretrained", _untrained)
+    monkeypatch.setattr(zoo, "evaluate", lambda *args, **kwargs: 0.5)
+    # the report may go into the cache folder, next to the file the command reads
+    cache = tmp_path / "cache"
+    other, _ = zoo.cache_paths("lenet5", dataset="digits", seed=1, cache_dir=cache)
+    assert main(["evaluate", "lenet5", "--dataset", "digits", "--cache-dir", str(cache),
+                 "--report", str(other)]) == 0
+    assert json.loads(other.read_text())["test_accuracy"] == 0.5
+
+
 def test_write_errors_name_the_users_path(quick_compress, tmp_path, monkeypatch, capsys):
     from tenflex import cli
 
