@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +18,20 @@ def source_checkout() -> Path | None:
     """The repository tenflex runs from, or None when it is an installed package.
 
     A source checkout (``pip install -e .`` or the ``make`` set-up) is recognised by the
-    folder above the package holding ``pyproject.toml`` next to ``tenflex/zoo.py``; an
-    installed wheel sits in ``site-packages``, whose parent is no project of ours.
+    folder above the package holding tenflex's own ``pyproject.toml`` (the project named
+    ``tenflex``) next to ``tenflex/zoo.py``; an installed wheel sits in ``site-packages``,
+    whose parent is no project, or was put into a project of someone else's
+    (``pip install --target``), whose ``pyproject.toml`` names another project.
     """
     root = Path(__file__).resolve().parent.parent
-    if (root / "pyproject.toml").is_file() and (root / "tenflex" / "zoo.py").is_file():
+    if not (root / "tenflex" / "zoo.py").is_file():
+        return None
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    # name = "tenflex" of the [project] table, found as a line: tomllib is not in Python 3.10.
+    if re.search(r"""^\s*name\s*=\s*["']tenflex["']\s*(#.*)?$""", text, re.MULTILINE):
         return root
     return None
 

@@ -32,6 +32,47 @@ def test_an_installed_package_is_no_checkout(tmp_path, monkeypatch):
     assert zoo.default_cache_dir() == tmp_path / "cache" / "tenflex"
 
 
+@pytest.mark.parametrize("project", ["another", "unreadable"])
+def test_a_package_installed_into_another_project_is_no_checkout(project, tmp_path, monkeypatch):
+    # pip install --target <project>: tenflex/ lies next to that project's pyproject.toml
+    (tmp_path / "tenflex").mkdir()
+    (tmp_path / "tenflex" / "zoo.py").write_text("")
+    pyproject = tmp_path / "pyproject.toml"
+    if project == "another":
+        pyproject.write_text('[project]\nname = "myapp"\ndependencies = ["tenflex"]\n')
+    else:
+        pyproject.write_bytes(b"\xff\xfe not text")
+    monkeypatch.setattr(files, "__file__", str(tmp_path / "tenflex" / "files.py"))
+    assert files.source_checkout() is None
+    monkeypatch.delenv("TENFLEX_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert zoo.default_cache_dir() == tmp_path / "cache" / "tenflex"
+    # tenflex's own pyproject.toml, as in this repository, makes it a checkout
+    shutil.copyfile(REPO / "pyproject.toml", pyproject)
+    assert files.source_checkout() == tmp_path
+
+
+def test_installed_into_a_project_says_how_to_fetch_mnist_without_make(tmp_path):
+    # The files of the wheel put into a project folder of the user's, beside its own
+    # pyproject.toml (pip install --target): no data/ of that project, no `make data`.
+    shutil.copytree(REPO / "tenflex", tmp_path / "tenflex",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "myapp"\nversion = "1"\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "share"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache"), "TENFLEX_DATA": str(tmp_path / "empty")}
+    env.pop("TENFLEX_CACHE", None)
+    script = ("import tenflex.data as d, tenflex.zoo as z\n"
+              "print(d.PROJECT_DATA)\nprint(z.default_cache_dir())\n"
+              "try:\n    d.load_mnist('test')\n"
+              "except d.DataError as e:\n    print(e)\n")
+    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=True)
+    data, cache, message = run.stdout.splitlines()[:3]
+    assert Path(data) == tmp_path / "share" / "tenflex"
+    assert Path(cache) == tmp_path / "cache" / "tenflex"
+    assert "tenflex data mnist --fetch" in message and "make data" not in message
+
+
 def test_user_folders_follow_xdg(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "d"))
