@@ -390,7 +390,21 @@ def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Load Fashion-MNIST (Xiao, Rasul, Vollgraf 2017); same layout as :func:`load_mnist`."""
+    """Load Fashion-MNIST (Xiao, Rasul, Vollgraf 2017), laid out as :func:`load_mnist`.
+
+    Parameters
+    ----------
+    split : {"train", "test"}
+        60 000 training or 10 000 test images.
+
+    Returns
+    -------
+    images : numpy.ndarray, shape (N, 28, 28), dtype uint8
+        Pixel intensities 0..255.
+    labels : numpy.ndarray, shape (N,), dtype int64
+        Classes 0..9 (T-shirt/top, trouser, pullover, dress, coat, sandal, shirt, sneaker,
+        bag, ankle boot).
+    """
     return _load("fashion-mnist", split)
 
 

@@ -22,6 +22,11 @@ def source_checkout() -> Path | None:
     ``tenflex``) next to ``tenflex/zoo.py``; an installed wheel sits in ``site-packages``,
     whose parent is no project, or was put into a project of someone else's
     (``pip install --target``), whose ``pyproject.toml`` names another project.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The folder that holds ``pyproject.toml`` and ``tenflex/``.
     """
     root = Path(__file__).resolve().parent.parent
     if not (root / "tenflex" / "zoo.py").is_file():

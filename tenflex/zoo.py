@@ -1059,12 +1059,24 @@ def predict(model: nn.Module, images: Any, batch_size: int = 1000) -> torch.Tens
 
 
 def accuracy(logits: torch.Tensor, labels: Any, *, argname: str = "accuracy") -> float:
-    """Fraction of rows of ``logits (N, n_classes)`` whose arg-max is the label ``(N,)``.
+    """Fraction of rows of ``logits`` whose arg-max is the label.
 
     A row holding a NaN names no class and counts as wrong (``torch.argmax`` would pick
     the NaN's column: a network that outputs only NaN would score the share of label 0).
-    Labels that are not ``N`` integers in ``[0, n_classes)`` raise (TypeError / ValueError,
-    naming ``argname``) rather than counting as wrong.
+
+    Parameters
+    ----------
+    logits : array-like, shape (N, n_classes)
+        Scores of each class (e.g. a network's outputs), real numbers.
+    labels : array-like, shape (N,)
+        Integer class labels in ``[0, n_classes)``.
+    argname : str
+        What the caller calls the labels, for the messages.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``.
 
     Raises
     ------
@@ -1072,7 +1084,7 @@ def accuracy(logits: torch.Tensor, labels: Any, *, argname: str = "accuracy") ->
         Logits that are not real numbers, non-integer labels.
     ValueError
         Logits not of shape ``(N, n_classes)`` with ``N >= 1`` and ``n_classes >= 1``;
-        labels not ``N`` class indices.
+        labels not ``N`` class indices (rather than counting as wrong).
     """
     if not torch.is_tensor(logits):
         logits = torch.as_tensor(np.asarray(logits))
@@ -1132,6 +1144,11 @@ def default_cache_dir() -> Path:
     tenflex runs from a source checkout (the folder above the package holds
     ``pyproject.toml``; ``data/`` is git-ignored); else ``$XDG_CACHE_HOME/tenflex``
     (``~/.cache/tenflex``).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder (not created: :func:`pretrained` creates it before it trains).
     """
     env = os.environ.get("TENFLEX_CACHE")
     if env:
@@ -1316,7 +1333,10 @@ def cache_paths(
 ) -> tuple[Path, Path]:
     """Files that hold the weights and the JSON sidecar of a :func:`pretrained` model.
 
-    Takes the same arguments as :func:`pretrained`.
+    Parameters
+    ----------
+    name, dataset, epochs, seed, n_train, cache_dir, device
+        As in :func:`pretrained`: the same arguments name the same files.
 
     Returns
     -------
