@@ -70,9 +70,11 @@ def _fetch_hint(dataset: str) -> str:
                if _CHECKOUT is not None and (_CHECKOUT / "Makefile").is_file()
                else f"run {fetch}")
         return f"{how}, or set TENFLEX_DATA to a folder holding the MNIST idx files"
-    return ("run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
-            "`make fashion-mnist` does it when run as root), or put the Fashion-MNIST idx "
-            "files in a folder named fashion-mnist inside the folder TENFLEX_DATA names")
+    make = ("; `make fashion-mnist` does it when run as root"
+            if _CHECKOUT is not None and (_CHECKOUT / "Makefile").is_file() else "")
+    return (f"run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu{make}), or put "
+            "the Fashion-MNIST idx files in a folder named fashion-mnist inside the folder "
+            "TENFLEX_DATA names")
 
 
 # Official file names and sample counts of both data sets (they share the layout).

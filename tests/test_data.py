@@ -74,9 +74,15 @@ def test_missing_data_names_the_file_and_the_fix(no_data):
     assert str(no_data) in message
 
 
-def test_missing_fashion_mnist_names_the_debian_package(no_data):
-    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+def test_missing_fashion_mnist_names_the_debian_package(no_data, monkeypatch):
+    with pytest.raises(DataError, match=r"apt-get install dataset-fashion-mnist` \(Debian/Ubuntu; "
+                       r"`make fashion-mnist` does it when run as root\)"):
         data.load_fashion_mnist("train")
+    # An installed package has no Makefile: the Debian package alone.
+    monkeypatch.setattr(data, "_CHECKOUT", None)
+    with pytest.raises(DataError, match=r"dataset-fashion-mnist` \(Debian/Ubuntu\), or put ") as info:
+        data.load_fashion_mnist("train")
+    assert "`make" not in str(info.value)
 
 
 def test_wrong_magic_number(mnist_copy):
