@@ -152,6 +152,16 @@ def test_span_keys_accept_numpy_ints_and_refuse_bytes(cnn):
         resolve_span(cnn, ["fc1", True])
 
 
+@pytest.mark.parametrize("span", [slice(True, 3), slice(0, True), slice(1, 3, True),
+                                  slice(1, 3.0), slice("conv2", "fc1")])
+def test_span_slices_take_integer_bounds_only(cnn, span):
+    # slice(True, 3) used to select layers 1..2: a bool is no layer index.
+    with pytest.raises(TypeError, match=r"a span slice's (start|stop|step) must be an integer "
+                                        r"index or None, got .* use a pair \(first, last\)"):
+        resolve_span(cnn, span)
+    assert resolve_span(cnn, slice(np.int64(1), 3)).names == ("relu1", "pool1")
+
+
 def test_splice_refuses_a_name_clash(cnn):
     span = resolve_span(cnn, "fc1")
     with pytest.raises(ValueError, match="name 'fc2' is already the name of a layer"):

@@ -263,7 +263,8 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     TypeError
         Indices or several layers of a module that is not a plain ``nn.Sequential`` (a
         subclass with its own ``forward`` included: its layers need not run in the listed
-        order), or ``span`` of the wrong type (``bytes`` included).
+        order), ``span`` of the wrong type (``bytes`` included), or a slice whose start, stop
+        or step is neither an integer nor None (a bool included: it is no layer index).
     ValueError
         Unknown names or paths, indices out of range, an empty span, layers of different
         parents, or layers that are not a contiguous chain in the parent's order.
@@ -271,6 +272,16 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(span, slice):
+        for part in ("start", "stop", "step"):
+            bound = getattr(span, part)
+            # A bool would pass as 0 or 1 (slice(True, 3) is layers 1..2), a name fails in
+            # Python's own slicing with a message that does not say what a span takes.
+            if bound is not None and not is_int(bound):
+                raise TypeError(
+                    f"a span slice's {part} must be an integer index or None, got "
+                    f"{type(bound).__name__} {bound!r} in {span!r}; for a span named by its "
+                    "layers use a pair (first, last), e.g. ('fc1', 'fc2')"
+                )
         keys: list[Any] = []
     elif is_int(span) or isinstance(span, str):
         keys = [span]
