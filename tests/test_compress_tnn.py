@@ -755,3 +755,39 @@ def test_time_forward_checks_repeat_and_warmup():
     with pytest.raises(ValueError, match="warmup must be >= 0, got -1"):
         time_forward(layer, x, warmup=-1)
     assert time_forward(layer, x, repeat=1, warmup=0) >= 0
+
+
+class _Attention(nn.Module):
+    """Embedding, self-attention with a residual, a feed-forward block, classifier."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.out((h + self.ff(h)).mean(1))
+
+
+def test_the_out_proj_of_an_attention_is_not_compressed():
+    # nn.MultiheadAttention reads out_proj.weight itself: a factorized out_proj (no weight)
+    # broke the compressed model at its first forward pass.
+    model, x = _Attention().eval(), torch.randn(2, 5, 6)
+    assert default_layers(model) == ["ff.0", "ff.2"]
+    out, plans = compress_network(model, "cp", 0.5)
+    assert [p.name for p in plans] == ["ff.0", "ff.2"]
+    assert out(x).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"layers \['attn.out_proj'\] belong to the "
+                                         r"nn.MultiheadAttention modules \['attn'\].*leave them "
+                                         r"out.*can be compressed: \['embed', 'ff.0', 'ff.2', "
+                                         r"'out'\]"):
+        compress_network(model, "cp", 0.5, layers=["attn.out_proj", "ff.0"])
+    encoder = nn.Sequential(nn.Linear(4, 16),
+                            nn.TransformerEncoderLayer(16, 2, 32, batch_first=True),
+                            nn.Linear(16, 2))
+    assert default_layers(encoder) == ["1.linear1", "1.linear2"]

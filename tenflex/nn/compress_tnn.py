@@ -33,7 +33,8 @@ Policies
 * **Layers**: by default every ``nn.Conv2d`` and ``nn.Linear`` except the first and the last
   in module order (:func:`default_layers`). The first layer of an image network sees one
   (or three) input channels, so there is nothing to reshape on its input side; the last is
-  the small classifier. In LeNet-5 they hold 1.6 % of the parameters.
+  the small classifier. In LeNet-5 they hold 1.6 % of the parameters. The ``out_proj`` of
+  an ``nn.MultiheadAttention`` is never compressed: the attention reads its weight itself.
 * **Rate**: every compressed layer gets the same budget, ``rate`` times its dense
   parameter count (weight and bias). The ranks are the largest uniform rank within the
   budget, then (``fill_budget=True``) single ranks are raised one at a time, smallest first,
@@ -158,6 +159,23 @@ def _compressible(layer: nn.Module) -> bool:
     return isinstance(layer, (nn.Conv2d, nn.Linear)) and not _own_forward(layer)
 
 
+def _attention_owned(model: nn.Module) -> dict[str, str]:
+    """Dotted name -> owner's name for every Linear child of an ``nn.MultiheadAttention``.
+
+    ``nn.MultiheadAttention.forward`` does not call its ``out_proj`` (a
+    ``NonDynamicallyQuantizableLinear``): it reads ``out_proj.weight`` and ``out_proj.bias``
+    itself, so a factorized layer in its place, which has no ``weight``, breaks the model at
+    its first forward pass.
+    """
+    owned = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, nn.MultiheadAttention):
+            for child_name, child in module.named_children():
+                if isinstance(child, nn.Linear):
+                    owned[f"{name}.{child_name}" if name else child_name] = name or "model"
+    return owned
+
+
 def _kind(layer: nn.Module) -> str:
     if _own_forward(layer):
         base = "Conv2d" if isinstance(layer, nn.Conv2d) else "Linear"
@@ -184,7 +202,10 @@ def default_layers(model: nn.Module) -> list[str]:
     module reused) is listed under each of them, and a module that is the first or the
     last layer is left out under all its names. A subclass of Conv2d / Linear with its own
     ``forward`` counts for the first and the last but is not compressed (its compressed
-    form would compute the plain layer).
+    form would compute the plain layer); so does the ``out_proj`` of an
+    ``nn.MultiheadAttention`` (in an ``nn.TransformerEncoderLayer``, ...), whose weight the
+    attention reads itself instead of calling the layer: a factorized layer in its place
+    would break the model.
 
     Parameters
     ----------
@@ -212,14 +233,16 @@ def default_layers(model: nn.Module) -> list[str]:
             f"last stay dense), found {len(names)}: {names}; pass layers= explicitly"
         )
     first, last = found[0][1], found[-1][1]
-    # A subclass with its own forward computes something its compressed form would not.
+    # A subclass with its own forward computes something its compressed form would not; an
+    # attention's out_proj is read, not called, by the attention.
+    owned = _attention_owned(model)
     middle = [n for n, m in found[1:-1]
-              if m is not first and m is not last and _compressible(m)]
+              if m is not first and m is not last and _compressible(m) and n not in owned]
     if not middle:
         raise ValueError(
             f"default_layers found no layer but the first and the last modules among the "
-            f"Conv2d/Linear layers {names} (reused modules, or subclasses with their own "
-            "forward); pass layers= explicitly"
+            f"Conv2d/Linear layers {names} (reused modules, subclasses with their own "
+            "forward, or the out_proj of an nn.MultiheadAttention); pass layers= explicitly"
         )
     return middle
 
@@ -681,7 +704,8 @@ def compress_network(
     ------
     ValueError
         Unknown layer names and names of layers other than Conv2d / Linear (valid ones
-        listed), duplicated names, a layer whose module is registered under several names
+        listed), the ``out_proj`` of an ``nn.MultiheadAttention`` (see
+        :func:`default_layers`), duplicated names, a layer whose module is registered under several names
         (shared weights), ``modes`` or ``factors`` entries
         for layers that are not compressed, ``n_iter_max < 1``, and everything
         :func:`plan_layer` raises.
@@ -699,7 +723,16 @@ def compress_network(
     # Every position of a reused module has its name (named_modules() lists it once), so
     # that naming any of them gets the message about shared weights below.
     positions = list(model.named_modules(remove_duplicate=False))
-    valid = [n for n, m in positions if _compressible(m)]
+    owned = _attention_owned(model)
+    attention = {n: owned[n] for n in names if n in owned}
+    valid = [n for n, m in positions if _compressible(m) and n not in owned]
+    if attention:
+        raise ValueError(
+            f"layers {list(attention)} belong to the nn.MultiheadAttention modules "
+            f"{sorted(set(attention.values()))}, whose forward reads their weight and bias "
+            "itself instead of calling them: a factorized layer in their place would break "
+            f"the model; leave them out. Conv2d/Linear layers that can be compressed: {valid}"
+        )
     kinds = {n: type(m).__name__ for n, m in positions}
     other = {n: kinds[n] for n in names if n in kinds and n not in valid}
     if other:
