@@ -872,3 +872,41 @@ def test_check_only_makes_the_checks_and_nothing_else(digits, monkeypatch):
     with pytest.raises(ValueError, match="exceeds the"):
         compress(untrained, ("fc1", "fc2"), train_images, check_only=True,
                  **{**settings, "n_samples": len(train_images)})
+
+
+class _InPlaceHead(nn.Module):
+    """A network of one's own whose span starts with an in-place ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Sequential(nn.Linear(10, 12), nn.ReLU(inplace=True), nn.Linear(12, 8),
+                                  nn.Tanh(), nn.Linear(8, 4))
+
+    def forward(self, x):
+        return self.head(x)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_span_that_starts_in_place_is_fitted_and_validated_on_its_inputs(sequential):
+    # The span's inputs were captured after its in-place ReLU had overwritten them (a
+    # network of one's own), and its validation inputs were overwritten by the span before
+    # the flexible layer was measured on them (both): the layer was fitted or measured on
+    # rectified inputs, which it never gets in the network.
+    net = _InPlaceHead().eval()
+    model = net.head if sequential else net
+    span = (1, 2) if sequential else ("head.1", "head.2")
+    x = torch.randn(500, 10, generator=torch.Generator().manual_seed(1))
+    n_samples, n_validation, seed = 300, 200, 0
+    result = compress(model, span, x, rank=3, n_functions=4, n_samples=n_samples,
+                      n_validation=n_validation, seed=seed, fit_options={"max_iter": 5})
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        inputs = net.head[0](x[order[n_samples:]])  # the span's inputs, negative ones too
+        expected = net.head[2](torch.relu(inputs))
+        measured = relative_error(result.layer(inputs).double(), expected.double())
+        # The compressed network is the layer on the span's true inputs.
+        torch.testing.assert_close(result.model(x[:7]), net.head[4](net.head[3](
+            result.layer(net.head[0](x[:7])))))
+    assert (inputs < 0).any()
+    assert result.report.fit_output_error_validation == pytest.approx(measured, rel=1e-5)

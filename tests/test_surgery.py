@@ -270,6 +270,27 @@ def test_span_inputs_are_what_the_forward_hands_the_span():
     torch.testing.assert_close(span_inputs(seq, resolve_span(seq, 2), x), flat)
 
 
+def test_span_inputs_of_a_span_that_starts_in_place_are_its_inputs():
+    # The captured input was the tensor the in-place ReLU then overwrote: the span's inputs
+    # came out rectified, and a layer fitted on them saw no negative input.
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.head = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 3))
+
+        def forward(self, x):
+            return self.head(x)
+
+    net, x = Head().eval(), torch.randn(9, 6)
+    with torch.no_grad():
+        expected = net.head[0](x)
+    assert (expected < 0).any()
+    for span in [("head.1", "head.2"), "head.1"]:
+        inputs = span_inputs(net, resolve_span(net, span), x)
+        torch.testing.assert_close(inputs, expected, rtol=0, atol=0)
+
+
 def test_splice_inside_a_network_of_your_own():
     net, x = Net().eval(), torch.randn(5, 1, 8, 8)
     before = {k: v.clone() for k, v in net.state_dict().items()}

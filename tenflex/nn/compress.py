@@ -748,7 +748,8 @@ def compress(
         if n_validation:
             valid_in = _batched(inputs_of_span, train_images[valid_idx].to(device), batch_size)
             # reshape, not flatten(1): a span's output may be (B,) (n = 1)
-            valid_out = _batched(span_module, valid_in, batch_size)
+            # On a copy: a span that starts with an in-place layer would overwrite valid_in.
+            valid_out = _batched(span_module, valid_in.clone(), batch_size)
             valid_out = valid_out.reshape(len(valid_out), -1).double()
             for what, values, where in (("inputs", valid_in, "the layers before it"),
                                         ("outputs", valid_out, "its layers")):

@@ -368,8 +368,9 @@ def span_inputs(model: nn.Module, span: Span, x: torch.Tensor) -> torch.Tensor:
     ``forward`` hands the span's first layer (a forward pre-hook), flattening included
     (``torch.flatten(x, 1)`` in a ``forward`` before ``self.classifier``), and checks that
     a span of several layers runs as a chain: its ``nn.Sequential`` is called, once, and its
-    layers run nowhere else. The model runs in whatever train/eval mode it is in; no
-    gradients are recorded.
+    layers run nowhere else. The inputs are copied as the call begins (a span that starts
+    with an in-place layer, ``nn.ReLU(inplace=True)``, overwrites them). The model runs in
+    whatever train/eval mode it is in; no gradients are recorded.
 
     Parameters
     ----------
@@ -400,7 +401,10 @@ def span_inputs(model: nn.Module, span: Span, x: torch.Tensor) -> torch.Tensor:
     parent_calls: list[None] = []
 
     def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        calls.append((args, kwargs))
+        # Copied as the call begins: a span that starts with an in-place layer
+        # (ReLU(inplace=True)) overwrites its input, which would then pass for the inputs.
+        calls.append((tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args),
+                      kwargs))
 
     handles = [first.register_forward_pre_hook(capture, with_kwargs=True)]
     # A chain of several layers runs as one only inside nn.Sequential.forward: a forward
