@@ -791,3 +791,33 @@ def test_the_out_proj_of_an_attention_is_not_compressed():
                             nn.TransformerEncoderLayer(16, 2, 32, batch_first=True),
                             nn.Linear(16, 2))
     assert default_layers(encoder) == ["1.linear1", "1.linear2"]
+
+
+@pytest.mark.parametrize("kernel", [(1, 1), (5, 1), (1, 3)])
+@pytest.mark.parametrize("rate", [0.3, 0.5, 0.7, 0.9])
+def test_tensor_train_plans_of_thin_kernels_can_be_built(kernel, rate):
+    # The fill raised single bond ranks past what the TT-SVD reaches (1 x 1 kernel at rate
+    # 0.7: ranks (3, 4, 3), r_2 = 4 > r_1 * k_h = 3), and the layer refused the plan after
+    # compress_network had planned every layer.
+    torch.manual_seed(0)
+    layer = nn.Conv2d(12, 8, kernel)
+    for form in ("tt", "rtt"):
+        plan = plan_layer(layer, form, rate)
+        assert plan.n_compressed <= plan.budget
+        built = compress_layer(layer, plan, n_iter_max=5)
+        assert sum(p.numel() for p in built.parameters()) == plan.n_compressed
+    plan = plan_layer(layer, "tt", rate)
+    left = 1
+    for d, r in zip((12, *kernel, 8), plan.ranks):
+        assert r <= left * d
+        left = r
+
+
+def test_ranks_within_budget_fills_valid_ranks_only():
+    def count(r):
+        return 11 * r[0] + 10 * r[1]
+
+    assert ranks_within_budget((4, 4), count, 73.0) == (3, 4)
+    # With r_1 <= r_0 required, the second rank cannot pass the first.
+    assert ranks_within_budget((4, 4), count, 73.0, valid=lambda r: r[1] <= r[0]) == (3, 3)
+    assert ranks_within_budget((4, 4), count, 84.0, valid=lambda r: r[1] <= r[0]) == (4, 4)

@@ -38,7 +38,8 @@ Policies
 * **Rate**: every compressed layer gets the same budget, ``rate`` times its dense
   parameter count (weight and bias). The ranks are the largest uniform rank within the
   budget, then (``fill_budget=True``) single ranks are raised one at a time, smallest first,
-  while the layer still fits (:func:`ranks_within_budget`). The bias stays dense and counts
+  while the layer still fits and can be built (a tensor train's bond ranks bound one
+  another) (:func:`ranks_within_budget`). The bias stays dense and counts
   against the budget.
 * **Modes**: a convolution's channels are reshaped into 2 modes, a fully connected layer's
   features into 3 modes, by :func:`~tenflex.nn.tensorial.factorize` (balanced factors, no
@@ -92,6 +93,7 @@ from tenflex.nn.tensorial import (
     TensorialConv2d,
     TensorialLinear,
     _check_n_iter_max,
+    _reshaped_dims,
     evaluation_route,
     factorize,
     largest_uniform_ranks,
@@ -250,6 +252,7 @@ def default_layers(model: nn.Module) -> list[str]:
 def ranks_within_budget(
     caps: Sequence[int], count: Callable[[tuple[int, ...]], int], budget: float,
     *, fill: bool = True, what: str = "layer",
+    valid: Callable[[tuple[int, ...]], bool] | None = None,
 ) -> tuple[int, ...]:
     """Ranks whose parameter count fits a budget.
 
@@ -270,6 +273,11 @@ def ranks_within_budget(
         Raise single ranks after the uniform one.
     what : str
         Names the layer in the error message.
+    valid : callable, optional
+        ``valid(ranks) -> bool``: whether the layer can be built at those ranks, for forms
+        whose ranks constrain one another (a tensor train's bond ``k`` is at most bond
+        ``k - 1`` times mode ``k``); the fill raises no rank to ranks it refuses. The
+        uniform ranks must be valid (they are for the caps of a tensor train).
 
     Returns
     -------
@@ -292,6 +300,8 @@ def ranks_within_budget(
             if r < c:
                 trial = ranks.copy()
                 trial[i] += 1
+                if valid is not None and not valid(tuple(trial)):
+                    continue
                 n = count(tuple(trial))
                 if n <= budget:
                     options.append((r, n, i))
@@ -585,6 +595,7 @@ def plan_layer(
             return tensorial_n_parameters(form, s, t, kernel, r, bias=bias)
 
         method, in_f, out_f = form, s, t
+        chain = _reshaped_dims(s, t, kernel) if form == "rtt" else None
     else:
         for arg, value in (("modes", modes), ("factors", factors)):
             if value is not None:
@@ -599,7 +610,12 @@ def plan_layer(
             return lowrank_n_parameters(layer, method, r)
 
         in_f = out_f = None
-    ranks = ranks_within_budget(caps, count, budget, fill=fill_budget, what=what)
+        T, S = layer.weight.shape[:2]
+        chain = (S, *layer.weight.shape[2:], T) if method == "tt" else None
+    # The fill raises one rank at a time: a tensor train's bonds bound one another (1 x 1
+    # kernels: r_2 <= r_1), and a layer refuses ranks its TT-SVD cannot reach.
+    ranks = ranks_within_budget(caps, count, budget, fill=fill_budget, what=what,
+                                valid=None if chain is None else _tt_reachable(chain))
     return LayerPlan(
         name=name, kind=kind, form=form, method=method, in_factors=in_f, out_factors=out_f,
         ranks=ranks, max_ranks=tuple(caps), n_dense=n_dense, n_compressed=count(ranks),
@@ -645,6 +661,19 @@ def compress_layer(
         raise RuntimeError(f"{plan.name}: built {n} parameters, planned {plan.n_compressed}")
     plan.decomposition_error = new.decomposition_error
     return new
+
+
+def _tt_reachable(dims: Sequence[int]) -> Callable[[tuple[int, ...]], bool]:
+    """``valid(ranks)`` for a tensor train on modes ``dims``: every bond ``r_k <= r_(k-1)
+    dims[k]`` (``r_(-1) = 1``), the ranks the TT-SVD reaches and the layers accept."""
+    def valid(ranks: tuple[int, ...]) -> bool:
+        left = 1
+        for d, r in zip(dims, ranks):
+            if r > left * d:
+                return False
+            left = r
+        return True
+    return valid
 
 
 def _per_layer(option: Any, name: str) -> Any:
