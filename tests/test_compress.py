@@ -910,3 +910,29 @@ def test_a_span_that_starts_in_place_is_fitted_and_validated_on_its_inputs(seque
             result.layer(net.head[0](x[:7])))))
     assert (inputs < 0).any()
     assert result.report.fit_output_error_validation == pytest.approx(measured, rel=1e-5)
+
+
+def test_a_data_loader_or_a_meta_model_is_refused_clearly():
+    # A DataLoader failed in torch.as_tensor with a message about NumPy object arrays, a
+    # list of (image, label) pairs in NumPy ("inhomogeneous shape"), a model or images on
+    # the meta device with "Tensor.item() cannot be called on meta tensors".
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(40, 6)
+    kwargs = {"rank": 2, "n_samples": 20, "n_validation": 10, "check_only": True}
+    assert compress(model, (0, 2), x, **kwargs) is None
+    pairs = [(x[i], i % 3) for i in range(40)]
+    for images in (DataLoader(TensorDataset(x), batch_size=8), pairs):
+        with pytest.raises(TypeError, match=r"train_images must be a tensor or NumPy array of "
+                                            r"model inputs \(N, \.\.\.\), got "
+                                            r"(DataLoader|list); "
+                                            r"gather a DataLoader's inputs first"):
+            compress(model, (0, 2), images, **kwargs)
+    with pytest.raises(ValueError, match=r"train_images is on the 'meta' device"):
+        compress(model, (0, 2), x.to("meta"), **kwargs)
+    with pytest.raises(ValueError, match=r"parameters or buffers \['0.weight', '0.bias', "
+                                         r"'2.weight', '2.bias'\] are on the 'meta' device.*"
+                                         r"model.to_empty\(device='cpu'\)"):
+        compress(model.to("meta"), (0, 2), x, **kwargs)

@@ -186,7 +186,22 @@ def _batched(module: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.
 
 def _check_images(images: Any, name: str, model_input_shape: tuple | None = None) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
-        images = torch.as_tensor(np.asarray(images))
+        try:
+            array = np.asarray(images) if not isinstance(images, (str, bytes)) else None
+        except (ValueError, TypeError):  # ragged: a list of (image, label) pairs
+            array = None
+        if array is None or array.dtype == object or array.dtype.kind in "SUV":
+            # A DataLoader: np.asarray makes an object array, and torch's message names
+            # NumPy types, not what compress takes.
+            raise TypeError(
+                f"{name} must be a tensor or NumPy array of model inputs (N, ...), got "
+                f"{type(images).__name__}; gather a DataLoader's inputs first, e.g. "
+                "torch.cat([x for x, _ in loader])"
+            )
+        images = torch.as_tensor(array)
+    if images.is_meta:
+        raise ValueError(f"{name} is on the 'meta' device: it has a shape but no values; "
+                         "pass the inputs themselves")
     if images.ndim < 2 or images.shape[0] < 1:
         raise ValueError(f"{name} must be a batch of model inputs (N, ...), got {tuple(images.shape)}")
     if not images.is_floating_point():
@@ -551,7 +566,9 @@ def compress(
         of the wrong length, an unknown scope or unknown keys), ``test_data`` that is not a
         pair, labels (of ``test_data`` or fine-tuning) that are not integers ``(N,)`` in
         ``[0, n_classes)``, a model without parameters or with NaN/Inf parameters (named),
-        images of another dtype than the model's parameters. After sampling: span inputs,
+        images of another dtype than the model's parameters, images that are not a tensor
+        or array (a ``DataLoader``), a model or images on the ``'meta'`` device. After sampling: span
+        inputs,
         outputs or Jacobians that are not finite though the model's parameters and the
         images are (an overflow in the network).
 
@@ -571,6 +588,14 @@ def compress(
     first = next(model.parameters(), None)
     if first is None:
         raise ValueError("model has no parameters: there is nothing to compress")
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise ValueError(
+            f"the model's parameters or buffers {meta[:5]}{' ...' if len(meta) > 5 else ''} "
+            "are on the 'meta' device: they have shapes but no values, so the span cannot be "
+            "sampled; materialise the model first, e.g. model.to_empty(device='cpu') and "
+            "model.load_state_dict(weights)"
+        )
     _check_finite_parameters(model)
     param_dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if param_dtypes and train_images.dtype not in param_dtypes:
