@@ -821,3 +821,28 @@ def test_ranks_within_budget_fills_valid_ranks_only():
     # With r_1 <= r_0 required, the second rank cannot pass the first.
     assert ranks_within_budget((4, 4), count, 73.0, valid=lambda r: r[1] <= r[0]) == (3, 3)
     assert ranks_within_budget((4, 4), count, 84.0, valid=lambda r: r[1] <= r[0]) == (4, 4)
+
+
+def test_default_layers_leave_out_convolutions_the_forms_cannot_represent():
+    # A depthwise or reflect-padded convolution in the middle of a network was a default
+    # layer, so compress_network(model, form, rate) failed at planning on the user's own
+    # network until they listed every other layer by hand.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),          # depthwise
+        nn.Conv2d(8, 12, 1), nn.ReLU(),
+        nn.Conv2d(12, 12, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4),
+    ).eval()
+    assert default_layers(model) == ["4", "10"]
+    out, plans = compress_network(model, "tucker", 0.5)
+    assert [p.name for p in plans] == ["4", "10"]
+    assert out(torch.randn(2, 3, 9, 9)).shape == (2, 4)
+    with pytest.raises(ValueError, match=r"2: grouped convolutions are not supported \(groups=8"
+                                         r"\); leave the layer out of layers="):
+        compress_network(model, "tucker", 0.5, layers=["2", "4"])
+    only = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 2, 3))
+    with pytest.raises(ValueError, match="grouped convolutions or padding modes other than "
+                                         "'zeros'\\); pass layers= explicitly"):
+        default_layers(only)

@@ -34,7 +34,8 @@ Policies
   in module order (:func:`default_layers`). The first layer of an image network sees one
   (or three) input channels, so there is nothing to reshape on its input side; the last is
   the small classifier. In LeNet-5 they hold 1.6 % of the parameters. The ``out_proj`` of
-  an ``nn.MultiheadAttention`` is never compressed: the attention reads its weight itself.
+  an ``nn.MultiheadAttention`` is never compressed (the attention reads its weight itself),
+  nor by default a grouped convolution or one padded otherwise than with zeros.
 * **Rate**: every compressed layer gets the same budget, ``rate`` times its dense
   parameter count (weight and bias). The ranks are the largest uniform rank within the
   budget, then (``fill_budget=True``) single ranks are raised one at a time, smallest first,
@@ -178,6 +179,13 @@ def _attention_owned(model: nn.Module) -> dict[str, str]:
     return owned
 
 
+def _supported_conv(layer: nn.Module) -> bool:
+    """False for a convolution the forms cannot represent (grouped, a padding mode other
+    than zeros; :func:`plan_layer` refuses them), True for any other layer."""
+    return not isinstance(layer, nn.Conv2d) or (layer.groups == 1
+                                                and layer.padding_mode == "zeros")
+
+
 def _kind(layer: nn.Module) -> str:
     if _own_forward(layer):
         base = "Conv2d" if isinstance(layer, nn.Conv2d) else "Linear"
@@ -207,7 +215,9 @@ def default_layers(model: nn.Module) -> list[str]:
     form would compute the plain layer); so does the ``out_proj`` of an
     ``nn.MultiheadAttention`` (in an ``nn.TransformerEncoderLayer``, ...), whose weight the
     attention reads itself instead of calling the layer: a factorized layer in its place
-    would break the model.
+    would break the model; and so do the convolutions that the forms cannot represent, the
+    grouped ones (``groups > 1``, depthwise included) and those with another
+    ``padding_mode`` than ``"zeros"`` (:func:`plan_layer` refuses them).
 
     Parameters
     ----------
@@ -239,12 +249,14 @@ def default_layers(model: nn.Module) -> list[str]:
     # attention's out_proj is read, not called, by the attention.
     owned = _attention_owned(model)
     middle = [n for n, m in found[1:-1]
-              if m is not first and m is not last and _compressible(m) and n not in owned]
+              if m is not first and m is not last and _compressible(m) and n not in owned
+              and _supported_conv(m)]
     if not middle:
         raise ValueError(
             f"default_layers found no layer but the first and the last modules among the "
             f"Conv2d/Linear layers {names} (reused modules, subclasses with their own "
-            "forward, or the out_proj of an nn.MultiheadAttention); pass layers= explicitly"
+            "forward, the out_proj of an nn.MultiheadAttention, grouped convolutions or "
+            "padding modes other than 'zeros'); pass layers= explicitly"
         )
     return middle
 
@@ -541,12 +553,14 @@ def plan_layer(
     kind = _kind(layer)
     check_bool(fill_budget, "fill_budget")
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-        raise ValueError(f"{name}: grouped convolutions are not supported (groups={layer.groups})")
+        raise ValueError(f"{name}: grouped convolutions are not supported (groups={layer.groups});"
+                         " leave the layer out of layers= (default_layers does)")
     # Checked here too (the layers check it when built): compress_network plans every
     # layer before it decomposes any.
     if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
         raise ValueError(f"{name}: only padding_mode='zeros' is supported, got "
-                         f"{layer.padding_mode!r}")
+                         f"{layer.padding_mode!r}; leave the layer out of layers= "
+                         "(default_layers does)")
     n_dense = _dense_count(layer)
     budget = rate * n_dense
     bias = layer.bias is not None
