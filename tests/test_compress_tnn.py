@@ -846,3 +846,17 @@ def test_default_layers_leave_out_convolutions_the_forms_cannot_represent():
     with pytest.raises(ValueError, match="grouped convolutions or padding modes other than "
                                          "'zeros'\\); pass layers= explicitly"):
         default_layers(only)
+
+
+def test_a_model_on_the_meta_device_is_refused_first():
+    # It failed inside the first decomposition: "Tensor.item() cannot be called on meta
+    # tensors".
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(),
+                          nn.Linear(12, 3)).to("meta")
+    message = (r"parameters or buffers \['0.weight', '0.bias', '2.weight', '2.bias', "
+               r"'4.weight'\] \.\.\. are on the 'meta' device.*model.to_empty")
+    with pytest.raises(ValueError, match=message):
+        compress_network(model, "cp", 0.5)
+    x, y = torch.randn(8, 6), torch.arange(8) % 3
+    with pytest.raises(ValueError, match=message):
+        compress_and_train(model, "cp", 0.5, (x, y), (x, y))

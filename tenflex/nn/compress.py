@@ -34,6 +34,7 @@ from tenflex.nn.flexible import FlexibleLayer
 from tenflex.nn.surgery import (
     Span,
     _kept_modules,
+    check_materialized,
     flat_layers,
     resolve_span,
     span_inputs,
@@ -588,14 +589,7 @@ def compress(
     first = next(model.parameters(), None)
     if first is None:
         raise ValueError("model has no parameters: there is nothing to compress")
-    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if meta:
-        raise ValueError(
-            f"the model's parameters or buffers {meta[:5]}{' ...' if len(meta) > 5 else ''} "
-            "are on the 'meta' device: they have shapes but no values, so the span cannot be "
-            "sampled; materialise the model first, e.g. model.to_empty(device='cpu') and "
-            "model.load_state_dict(weights)"
-        )
+    check_materialized(model)
     _check_finite_parameters(model)
     param_dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if param_dtypes and train_images.dtype not in param_dtypes:

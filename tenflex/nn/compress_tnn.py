@@ -88,7 +88,7 @@ from tenflex.nn.lowrank import (
     lowrank_n_parameters,
     replace_layer,
 )
-from tenflex.nn.surgery import module_positions
+from tenflex.nn.surgery import check_materialized, module_positions
 from tenflex.nn.tensorial import (
     EVALUATIONS,
     TensorialConv2d,
@@ -748,7 +748,7 @@ def compress_network(
     ValueError
         Unknown layer names and names of layers other than Conv2d / Linear (valid ones
         listed), the ``out_proj`` of an ``nn.MultiheadAttention`` (see
-        :func:`default_layers`), duplicated names, a layer whose module is registered under several names
+        :func:`default_layers`), a model on the ``'meta'`` device, duplicated names, a layer whose module is registered under several names
         (shared weights), ``modes`` or ``factors`` entries
         for layers that are not compressed, ``n_iter_max < 1``, and everything
         :func:`plan_layer` raises.
@@ -756,6 +756,7 @@ def compress_network(
         ``seed`` or ``n_iter_max`` not an int, and everything :func:`plan_layer` raises.
     """
     _check_form(form)
+    check_materialized(model)  # a meta model would fail inside the first decomposition
     if isinstance(layers, str):
         raise TypeError("layers must be a sequence of layer names, not a str")
     names = default_layers(model) if layers is None else list(layers)
@@ -1113,6 +1114,7 @@ def compress_and_train(
     from tenflex import zoo
     from tenflex.zoo import evaluate, train
 
+    check_materialized(pretrained)  # before the model runs on the data to check the labels
     for value, arg in ((distill_epochs, "distill_epochs"), (finetune_epochs, "finetune_epochs")):
         if not is_int(value) or value < 0:
             raise ValueError(f"{arg} must be an int >= 0, got {value!r}")

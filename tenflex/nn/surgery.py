@@ -23,8 +23,8 @@ from torch import nn
 from tenflex.checks import is_int
 from tenflex.sampling import evaluation_mode
 
-__all__ = ["Span", "flat_layers", "module_positions", "resolve_span", "span_inputs",
-           "span_shapes", "splice"]
+__all__ = ["Span", "check_materialized", "flat_layers", "module_positions", "resolve_span",
+           "span_inputs", "span_shapes", "splice"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,26 @@ def module_positions(model: nn.Module, names: Sequence[str], what: str = "model"
     for n, m in found:
         aliases.setdefault(id(m), []).append(n)
     return {n: aliases[id(model.get_submodule(n))] for n in names}
+
+
+def check_materialized(model: nn.Module) -> None:
+    """Refuse a model whose parameters or buffers are on the ``'meta'`` device.
+
+    Such tensors have shapes but no values: sampling, decomposing or evaluating them fails
+    deep inside torch (``Tensor.item() cannot be called on meta tensors``).
+
+    Raises
+    ------
+    ValueError
+        Naming the first such tensors and how to materialise the model.
+    """
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise ValueError(
+            f"the model's parameters or buffers {meta[:5]}{' ...' if len(meta) > 5 else ''} "
+            "are on the 'meta' device: they have shapes but no values; materialise the model "
+            "first, e.g. model.to_empty(device='cpu') and model.load_state_dict(weights)"
+        )
 
 
 def _layers(model: nn.Sequential) -> list[tuple[str, nn.Module]]:
