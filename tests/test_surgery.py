@@ -291,6 +291,29 @@ def test_span_inputs_of_a_span_that_starts_in_place_are_its_inputs():
         torch.testing.assert_close(inputs, expected, rtol=0, atol=0)
 
 
+def test_a_span_the_forward_does_not_run_is_refused_as_such():
+    # A layer that never ran got "called 0 times ... give a module used twice its own
+    # instances", the hint for a layer that runs twice.
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(6, 12), nn.ReLU())
+            self.cls = nn.Linear(12, 3)
+            self.aux = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+
+        def forward(self, x):
+            h = self.body(x)
+            return (self.cls(h), self.aux(h)) if self.training else self.cls(h)
+
+    net, x = WithAux().eval(), torch.randn(4, 6)
+    for span, first in [("aux", "aux"), (("aux.0", "aux.2"), "aux.0"), ("aux.2", "aux.2")]:
+        with pytest.raises(ValueError, match=rf"did not call the span's first layer {first} on "
+                                             r"the batch \(in eval mode\), so the span has no "
+                                             r"inputs; choose a span that the forward runs"):
+            span_inputs(net, resolve_span(net, span), x)
+    assert span_inputs(net.train(), resolve_span(net, "aux"), x).shape == (4, 12)
+
+
 def test_splice_inside_a_network_of_your_own():
     net, x = Net().eval(), torch.randn(5, 1, 8, 8)
     before = {k: v.clone() for k, v in net.state_dict().items()}

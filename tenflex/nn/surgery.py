@@ -406,7 +406,8 @@ def span_inputs(model: nn.Module, span: Span, x: torch.Tensor) -> torch.Tensor:
     ------
     ValueError
         ``span`` was resolved on another model; the model's ``forward`` did not call the
-        span's first layer exactly once (a module used twice has no single input), or called
+        span's first layer exactly once (a layer that does not run has no inputs, a module
+        used twice has no single input), or called
         it with anything but one tensor; for a span of several layers inside the model, the
         ``forward`` did not call their ``nn.Sequential`` exactly once (a ``forward`` that
         loops over its layers, ``for layer in self.blocks: x = x + layer(x)``, does not run
@@ -462,6 +463,13 @@ def span_inputs(model: nn.Module, span: Span, x: torch.Tensor) -> torch.Tensor:
     finally:
         for handle in handles:
             handle.remove()
+    if not calls:
+        raise ValueError(
+            f"the model's forward did not call the span's first layer {span.paths[0]} on the "
+            f"batch (in {'training' if model.training else 'eval'} mode), so the span has no "
+            "inputs; choose a span that the forward runs (a branch used only in training mode "
+            "does not run in eval mode, where compress runs the model)"
+        )
     if chain and len(parent_calls) != 1:
         if not parent_calls:
             raise ValueError(
