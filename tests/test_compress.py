@@ -936,3 +936,22 @@ def test_a_data_loader_or_a_meta_model_is_refused_clearly():
                                          r"'2.weight', '2.bias'\] are on the 'meta' device.*"
                                          r"model.to_empty\(device='cpu'\)"):
         compress(model.to("meta"), (0, 2), x, **kwargs)
+
+
+def test_fine_tuning_the_layer_keeps_the_frozen_parameters_frozen():
+    # scope="layer" froze the copy, trained the layer, then set requires_grad on every
+    # parameter: those frozen in the network given came back trainable.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 3)).eval()
+    model[0].requires_grad_(False)
+    x, y = torch.randn(300, 6), torch.randint(0, 3, (300,))
+    result = compress(model, (2, 3), x, rank=2, n_functions=4, n_samples=100, n_validation=50,
+                      fit_options={"max_iter": 2},
+                      finetune={"scope": "layer", "train_labels": y, "epochs": 1})
+    flags = {n: p.requires_grad for n, p in result.model.named_parameters()}
+    assert flags == {n: p.requires_grad for n, p in result.finetuned_model.named_parameters()}
+    assert not flags["0.weight"] and not flags["0.bias"] and flags["4.weight"]
+    tuned, _ = finetune_replacement(result.model, "flex_2_3", x,
+                                    {"scope": "layer", "train_labels": y, "epochs": 1})
+    assert flags == {n: p.requires_grad for n, p in tuned.named_parameters()}

@@ -520,7 +520,8 @@ def compress(
         "lr": 1e-3, "train_labels": labels, ...}``; further keys go to
         :func:`tenflex.zoo.train`. ``train_labels`` (the labels of ``train_images``) is
         required. ``"layer"`` trains the flexible layer alone: the layers after it are
-        frozen (no step, eval mode: BatchNorm statistics kept, dropout off).
+        frozen (no step, eval mode: BatchNorm statistics kept, dropout off); afterwards
+        the fine-tuned copy has the ``requires_grad`` flags of the compressed model.
         ``"validation": k`` holds ``k`` training images out of the fine-tuning (a subset
         drawn with the fine-tuning's seed) and keeps the weights, before fine-tuning or
         after one of its epochs, that classify them best (see :func:`tenflex.zoo.train`);
@@ -955,6 +956,9 @@ def _finetune(compressed: nn.Module, layer: nn.Module, start: int | None,
         # Only the flexible layer's copy trains; the rest gets no gradient step and runs in
         # eval mode (BatchNorm statistics stay as trained, dropout is off).
         trained = memo[id(layer)]
+        # The copy gets its own requires_grad flags back afterwards: parameters frozen in
+        # the network given stay frozen.
+        flags = [(p, p.requires_grad) for p in model.parameters()]
         model.requires_grad_(False)
         trained.requires_grad_(True)
         if start is not None:
@@ -974,7 +978,8 @@ def _finetune(compressed: nn.Module, layer: nn.Module, start: int | None,
         else:
             result = zoo.train(_OnlyPartTrains(model, trained), (train_images, labels),
                                progress=progress, validation=held_out, **options)
-        model.requires_grad_(True)
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
     else:
         result = zoo.train(model, (train_images, labels), progress=progress,
                            validation=held_out, **options)
