@@ -162,6 +162,20 @@ def test_span_slices_take_integer_bounds_only(cnn, span):
     assert resolve_span(cnn, slice(np.int64(1), 3)).names == ("relu1", "pool1")
 
 
+def test_a_resolved_span_resolves_to_itself_on_its_model(cnn):
+    # It was refused ("span must be a layer index or name, ..., got Span(...)"), though the
+    # baselines take a Span and compress's users resolve one to inspect it first.
+    span = resolve_span(cnn, ("fc1", "fc2"))
+    assert resolve_span(cnn, span) is span
+    net = Net()
+    inner = resolve_span(net, ("classifier.0", "classifier.2"))
+    assert resolve_span(net, inner) is inner
+    with pytest.raises(ValueError, match="resolve the span on this model"):
+        resolve_span(nn.Sequential(*[nn.Identity() for _ in range(10)]), span)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Sequential"):
+        resolve_span(net, span)
+
+
 def test_splice_refuses_a_name_clash(cnn):
     span = resolve_span(cnn, "fc1")
     with pytest.raises(ValueError, match="name 'fc2' is already the name of a layer"):

@@ -468,7 +468,7 @@ def compress(
     model : torch.nn.Module
         The pretrained network; it is not modified. An ``nn.Sequential`` or a network of
         one's own whose spans are named by dotted paths.
-    span : int, str, slice or sequence
+    span : int, str, slice, sequence or Span
         The contiguous layers to replace (see :func:`tenflex.nn.surgery.resolve_span`),
         e.g. ``("fc1", "fc2")`` for the whole fully connected part, ``"fc1"`` for one layer,
         ``("conv2", "fc2")`` for a span starting at a convolution; in a network of one's own

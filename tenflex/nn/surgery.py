@@ -265,9 +265,11 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
         ``forward`` must call (checked by :func:`span_inputs`). A span of one layer
         may be any submodule, e.g. ``"classifier"`` of a module whose ``forward`` flattens
         its features and calls ``self.classifier``.
-    span : int, str, slice, or sequence of int/str
+    span : int, str, slice, sequence of int/str, or Span
         One layer (index or name); a ``slice`` of indices; a tuple ``(first, last)`` of
-        layers, both included; or a list naming every layer of the span, in order.
+        layers, both included; or a list naming every layer of the span, in order. A
+        :class:`Span` (resolved before) is returned as it is, after checking that it is a
+        span of ``model``.
         Names are child names of the model (``"fc1"``) or dotted paths of submodules
         (``"classifier.0"``, as ``named_modules`` gives them; every layer of the span in the
         same parent). Indices and slices count the model's own children, in the order
@@ -291,6 +293,9 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(span, Span):  # compress(model, resolve_span(model, ...), ...)
+        _check_span(model, span)
+        return span
     if isinstance(span, slice):
         for part in ("start", "stop", "step"):
             bound = getattr(span, part)
