@@ -333,3 +333,25 @@ def test_linear_span_with_fewer_samples_than_the_rank(cnn):
     assert new.linear_fc2_fc2.project.weight.shape == (5, 128)
     with torch.no_grad():
         torch.testing.assert_close(new.linear_fc2_fc2(X), Y, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_span_says_how_to_give_the_input_shape():
+    # The message was "the model needs an `input_shape` attribute (one input, no batch)",
+    # which named neither the function nor how to set it on a network of one's own.
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+        def forward(self, x):
+            return self.head(x)
+
+    net = Net()
+    span = resolve_span(net, ("head.0", "head.2"))
+    X, Y = torch.randn(20, 6), torch.randn(20, 3)
+    with pytest.raises(ValueError, match=r"linear_span needs the shape of one input.*Net has no "
+                                         r"`input_shape` attribute; set one, e.g\. "
+                                         r"model.input_shape = \(1, 28, 28\)"):
+        linear_span(net, span, X, Y, 2)
+    net.input_shape = (6,)
+    assert linear_span(net, span, X, Y, 2)(X).shape == (20, 3)

@@ -233,7 +233,11 @@ def linear_span(model: nn.Module, span: Span, X: torch.Tensor, Y: torch.Tensor, 
 def _input_shape(model: nn.Module, span: Span) -> tuple[int, ...]:
     shape = getattr(model, "input_shape", None)
     if shape is None:
-        raise ValueError("the model needs an `input_shape` attribute (one input, no batch)")
+        raise ValueError(
+            f"linear_span needs the shape of one input of the model, without the batch "
+            f"dimension, to probe the span: {type(model).__name__} has no `input_shape` "
+            "attribute; set one, e.g. model.input_shape = (1, 28, 28) (the networks of "
+            "tenflex.zoo have it)")
     # Probe with the parameters' dtype and device (a CUDA model refuses a CPU input), in eval
     # mode (a training-mode BatchNorm would update its statistics, or fail on one sample).
     with torch.no_grad(), evaluation_mode(model):
