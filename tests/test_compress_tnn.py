@@ -782,15 +782,26 @@ def test_the_out_proj_of_an_attention_is_not_compressed():
     out, plans = compress_network(model, "cp", 0.5)
     assert [p.name for p in plans] == ["ff.0", "ff.2"]
     assert out(x).shape == (2, 3)
-    with pytest.raises(ValueError, match=r"layers \['attn.out_proj'\] belong to the "
-                                         r"nn.MultiheadAttention modules \['attn'\].*leave them "
-                                         r"out.*can be compressed: \['embed', 'ff.0', 'ff.2', "
-                                         r"'out'\]"):
+    with pytest.raises(ValueError, match=r"layers \['attn.out_proj'\] belong to \['attn "
+                                         r"\(MultiheadAttention\)'\].*leave them out.*can be "
+                                         r"compressed: \['embed', 'ff.0', 'ff.2', 'out'\]"):
         compress_network(model, "cp", 0.5, layers=["attn.out_proj", "ff.0"])
-    encoder = nn.Sequential(nn.Linear(4, 16),
+
+
+
+def test_the_linear_layers_of_a_transformer_encoder_layer_are_not_compressed():
+    # Its inference fast path (eval mode) reads linear1.weight and linear2.weight: the
+    # default layers were exactly these two, and the compressed model failed in eval mode.
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 16),
                             nn.TransformerEncoderLayer(16, 2, 32, batch_first=True),
-                            nn.Linear(16, 2))
-    assert default_layers(encoder) == ["1.linear1", "1.linear2"]
+                            nn.Linear(16, 2)).eval()
+    assert default_layers(encoder) == ["1"]
+    out, _ = compress_network(encoder, "rcp", 0.5)
+    assert out(torch.randn(3, 5, 4)).shape == (3, 5, 2)
+    with pytest.raises(ValueError, match=r"layers \['2.linear1'\] belong to \['2 "
+                                         r"\(TransformerEncoderLayer\)'\]"):
+        compress_network(encoder, "cp", 0.5, layers=["2.linear1"])
 
 
 @pytest.mark.parametrize("kernel", [(1, 1), (5, 1), (1, 3)])

@@ -34,8 +34,9 @@ Policies
   in module order (:func:`default_layers`). The first layer of an image network sees one
   (or three) input channels, so there is nothing to reshape on its input side; the last is
   the small classifier. In LeNet-5 they hold 1.6 % of the parameters. The ``out_proj`` of
-  an ``nn.MultiheadAttention`` is never compressed (the attention reads its weight itself),
-  nor by default a grouped convolution or one padded otherwise than with zeros.
+  an ``nn.MultiheadAttention`` and the ``linear1`` / ``linear2`` of an
+  ``nn.TransformerEncoderLayer`` are never compressed (their owner reads their weights
+  itself), nor by default a grouped convolution or one padded otherwise than with zeros.
 * **Rate**: every compressed layer gets the same budget, ``rate`` times its dense
   parameter count (weight and bias). The ranks are the largest uniform rank within the
   budget, then (``fill_budget=True``) single ranks are raised one at a time, smallest first,
@@ -162,20 +163,33 @@ def _compressible(layer: nn.Module) -> bool:
     return isinstance(layer, (nn.Conv2d, nn.Linear)) and not _own_forward(layer)
 
 
-def _attention_owned(model: nn.Module) -> dict[str, str]:
-    """Dotted name -> owner's name for every Linear child of an ``nn.MultiheadAttention``.
+#: Linear children whose owner's ``forward`` reads their ``weight`` and ``bias`` itself
+#: (``None``: all of them) instead of calling them.
+_READ_BY_OWNER: dict[type, tuple[str, ...] | None] = {
+    nn.MultiheadAttention: None,
+    # Its inference fast path (eval mode, nn.TransformerEncoder's too) reads them.
+    nn.TransformerEncoderLayer: ("linear1", "linear2"),
+}
+
+
+def _read_by_owner(model: nn.Module) -> dict[str, str]:
+    """Dotted name -> ``"owner (OwnerClass)"`` for the Linear layers whose owner reads
+    their weights itself.
 
     ``nn.MultiheadAttention.forward`` does not call its ``out_proj`` (a
-    ``NonDynamicallyQuantizableLinear``): it reads ``out_proj.weight`` and ``out_proj.bias``
-    itself, so a factorized layer in its place, which has no ``weight``, breaks the model at
-    its first forward pass.
+    ``NonDynamicallyQuantizableLinear``): it reads ``out_proj.weight`` and ``out_proj.bias``;
+    the inference fast path of ``nn.TransformerEncoderLayer`` reads ``linear1.weight`` and
+    ``linear2.weight``. A factorized layer in their place, which has no ``weight``, breaks
+    the model at its first forward pass (in eval mode for the encoder layer).
     """
     owned = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if isinstance(module, nn.MultiheadAttention):
-            for child_name, child in module.named_children():
-                if isinstance(child, nn.Linear):
-                    owned[f"{name}.{child_name}" if name else child_name] = name or "model"
+        children = next((c for cls, c in _READ_BY_OWNER.items() if isinstance(module, cls)),
+                        ())
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.Linear) and (children is None or child_name in children):
+                owned[f"{name}.{child_name}" if name else child_name] = (
+                    f"{name or 'the model'} ({type(module).__name__})")
     return owned
 
 
@@ -212,10 +226,10 @@ def default_layers(model: nn.Module) -> list[str]:
     module reused) is listed under each of them, and a module that is the first or the
     last layer is left out under all its names. A subclass of Conv2d / Linear with its own
     ``forward`` counts for the first and the last but is not compressed (its compressed
-    form would compute the plain layer); so does the ``out_proj`` of an
-    ``nn.MultiheadAttention`` (in an ``nn.TransformerEncoderLayer``, ...), whose weight the
-    attention reads itself instead of calling the layer: a factorized layer in its place
-    would break the model; and so do the convolutions that the forms cannot represent, the
+    form would compute the plain layer); so do the ``out_proj`` of an
+    ``nn.MultiheadAttention`` and the ``linear1`` / ``linear2`` of an
+    ``nn.TransformerEncoderLayer``, whose weights their owner reads itself instead of
+    calling the layer: a factorized layer in their place would break the model; and so do the convolutions that the forms cannot represent, the
     grouped ones (``groups > 1``, depthwise included) and those with another
     ``padding_mode`` than ``"zeros"`` (:func:`plan_layer` refuses them).
 
@@ -247,7 +261,7 @@ def default_layers(model: nn.Module) -> list[str]:
     first, last = found[0][1], found[-1][1]
     # A subclass with its own forward computes something its compressed form would not; an
     # attention's out_proj is read, not called, by the attention.
-    owned = _attention_owned(model)
+    owned = _read_by_owner(model)
     middle = [n for n, m in found[1:-1]
               if m is not first and m is not last and _compressible(m) and n not in owned
               and _supported_conv(m)]
@@ -255,8 +269,9 @@ def default_layers(model: nn.Module) -> list[str]:
         raise ValueError(
             f"default_layers found no layer but the first and the last modules among the "
             f"Conv2d/Linear layers {names} (reused modules, subclasses with their own "
-            "forward, the out_proj of an nn.MultiheadAttention, grouped convolutions or "
-            "padding modes other than 'zeros'); pass layers= explicitly"
+            "forward, layers whose weights an attention or a transformer layer reads, "
+            "grouped convolutions or padding modes other than 'zeros'); pass layers= "
+            "explicitly"
         )
     return middle
 
@@ -747,7 +762,8 @@ def compress_network(
     ------
     ValueError
         Unknown layer names and names of layers other than Conv2d / Linear (valid ones
-        listed), the ``out_proj`` of an ``nn.MultiheadAttention`` (see
+        listed), the ``out_proj`` of an ``nn.MultiheadAttention`` or the ``linear1`` /
+        ``linear2`` of an ``nn.TransformerEncoderLayer`` (see
         :func:`default_layers`), a model on the ``'meta'`` device, duplicated names, a layer whose module is registered under several names
         (shared weights), ``modes`` or ``factors`` entries
         for layers that are not compressed, ``n_iter_max < 1``, and everything
@@ -767,15 +783,15 @@ def compress_network(
     # Every position of a reused module has its name (named_modules() lists it once), so
     # that naming any of them gets the message about shared weights below.
     positions = list(model.named_modules(remove_duplicate=False))
-    owned = _attention_owned(model)
+    owned = _read_by_owner(model)
     attention = {n: owned[n] for n in names if n in owned}
     valid = [n for n, m in positions if _compressible(m) and n not in owned]
     if attention:
         raise ValueError(
-            f"layers {list(attention)} belong to the nn.MultiheadAttention modules "
-            f"{sorted(set(attention.values()))}, whose forward reads their weight and bias "
-            "itself instead of calling them: a factorized layer in their place would break "
-            f"the model; leave them out. Conv2d/Linear layers that can be compressed: {valid}"
+            f"layers {list(attention)} belong to {sorted(set(attention.values()))}, whose "
+            "forward reads their weight and bias itself instead of calling them: a factorized "
+            "layer in their place would break the model; leave them out. Conv2d/Linear "
+            f"layers that can be compressed: {valid}"
         )
     kinds = {n: type(m).__name__ for n, m in positions}
     other = {n: kinds[n] for n in names if n in kinds and n not in valid}
