@@ -328,6 +328,22 @@ def test_a_span_the_forward_does_not_run_is_refused_as_such():
     assert span_inputs(net.train(), resolve_span(net, "aux"), x).shape == (4, 12)
 
 
+def test_a_layer_whose_owner_reads_its_weights_is_no_span():
+    # compress fitted a flexible layer for linear1 of a TransformerEncoderLayer, whose eval
+    # fast path reads linear1.weight: the compressed model failed at its first forward pass.
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(4, 16),
+                            nn.TransformerEncoderLayer(16, 2, 32, batch_first=True),
+                            nn.Flatten(), nn.Linear(80, 2)).eval()
+    for span, owner in [("1.linear1", r"1 \(TransformerEncoderLayer\)"),
+                        ("1.linear2", r"1 \(TransformerEncoderLayer\)"),
+                        ("1.self_attn.out_proj", r"1.self_attn \(MultiheadAttention\)")]:
+        with pytest.raises(ValueError, match=rf"the span {span} holds \['{span}'\], whose "
+                                             rf"weights {owner} reads itself"):
+            resolve_span(encoder, span)
+    assert resolve_span(encoder, 1).names == ("1",)  # the owner as a whole is a span
+
+
 def test_splice_inside_a_network_of_your_own():
     net, x = Net().eval(), torch.randn(5, 1, 8, 8)
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -89,7 +89,7 @@ from tenflex.nn.lowrank import (
     lowrank_n_parameters,
     replace_layer,
 )
-from tenflex.nn.surgery import check_materialized, module_positions
+from tenflex.nn.surgery import _read_by_owner, check_materialized, module_positions
 from tenflex.nn.tensorial import (
     EVALUATIONS,
     TensorialConv2d,
@@ -161,36 +161,6 @@ def _own_forward(layer: nn.Module) -> bool:
 
 def _compressible(layer: nn.Module) -> bool:
     return isinstance(layer, (nn.Conv2d, nn.Linear)) and not _own_forward(layer)
-
-
-#: Linear children whose owner's ``forward`` reads their ``weight`` and ``bias`` itself
-#: (``None``: all of them) instead of calling them.
-_READ_BY_OWNER: dict[type, tuple[str, ...] | None] = {
-    nn.MultiheadAttention: None,
-    # Its inference fast path (eval mode, nn.TransformerEncoder's too) reads them.
-    nn.TransformerEncoderLayer: ("linear1", "linear2"),
-}
-
-
-def _read_by_owner(model: nn.Module) -> dict[str, str]:
-    """Dotted name -> ``"owner (OwnerClass)"`` for the Linear layers whose owner reads
-    their weights itself.
-
-    ``nn.MultiheadAttention.forward`` does not call its ``out_proj`` (a
-    ``NonDynamicallyQuantizableLinear``): it reads ``out_proj.weight`` and ``out_proj.bias``;
-    the inference fast path of ``nn.TransformerEncoderLayer`` reads ``linear1.weight`` and
-    ``linear2.weight``. A factorized layer in their place, which has no ``weight``, breaks
-    the model at its first forward pass (in eval mode for the encoder layer).
-    """
-    owned = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        children = next((c for cls, c in _READ_BY_OWNER.items() if isinstance(module, cls)),
-                        ())
-        for child_name, child in module.named_children():
-            if isinstance(child, nn.Linear) and (children is None or child_name in children):
-                owned[f"{name}.{child_name}" if name else child_name] = (
-                    f"{name or 'the model'} ({type(module).__name__})")
-    return owned
 
 
 def _supported_conv(layer: nn.Module) -> bool:

@@ -166,6 +166,37 @@ def check_materialized(model: nn.Module) -> None:
         )
 
 
+#: Linear children whose owner's ``forward`` reads their ``weight`` and ``bias`` itself
+#: (``None``: all of them) instead of calling them.
+_READ_BY_OWNER: dict[type, tuple[str, ...] | None] = {
+    nn.MultiheadAttention: None,
+    # Its inference fast path (eval mode, nn.TransformerEncoder's too) reads them.
+    nn.TransformerEncoderLayer: ("linear1", "linear2"),
+}
+
+
+def _read_by_owner(model: nn.Module) -> dict[str, str]:
+    """Dotted name -> ``"owner (OwnerClass)"`` for the Linear layers whose owner reads
+    their weights itself.
+
+    ``nn.MultiheadAttention.forward`` does not call its ``out_proj`` (a
+    ``NonDynamicallyQuantizableLinear``): it reads ``out_proj.weight`` and ``out_proj.bias``;
+    the inference fast path of ``nn.TransformerEncoderLayer`` reads ``linear1.weight`` and
+    ``linear2.weight``. A factorized layer in their place, which has no ``weight``, breaks
+    the model at its first forward pass (in eval mode for the encoder layer):
+    :func:`resolve_span` refuses them as spans, ``compress_tnn`` does not compress them.
+    """
+    owned = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        children = next((c for cls, c in _READ_BY_OWNER.items() if isinstance(module, cls)),
+                        ())
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.Linear) and (children is None or child_name in children):
+                owned[f"{name}.{child_name}" if name else child_name] = (
+                    f"{name or 'the model'} ({type(module).__name__})")
+    return owned
+
+
 def _layers(model: nn.Sequential) -> list[tuple[str, nn.Module]]:
     """The ``(name, layer)`` pairs that ``nn.Sequential.forward`` runs, in order.
 
@@ -289,7 +320,10 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
         or step is neither an integer nor None (a bool included: it is no layer index).
     ValueError
         Unknown names or paths, indices out of range, an empty span, layers of different
-        parents, or layers that are not a contiguous chain in the parent's order.
+        parents, layers that are not a contiguous chain in the parent's order, or a layer
+        whose weights its owner reads instead of calling it (the ``out_proj`` of an
+        ``nn.MultiheadAttention``, the ``linear1`` / ``linear2`` of an
+        ``nn.TransformerEncoderLayer``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -381,7 +415,17 @@ def resolve_span(model: nn.Module, span: Any) -> Span:
             f"{[names[i] for i in indices]} from the model's layers {names}; a span must be "
             + hint
         )
-    return Span(indices[0], indices[-1] + 1, tuple(names[i] for i in indices), path, sequential)
+    resolved = Span(indices[0], indices[-1] + 1, tuple(names[i] for i in indices), path,
+                    sequential)
+    owned = _read_by_owner(model)
+    read = [p for p in resolved.paths if p in owned]
+    if read:
+        raise ValueError(
+            f"the span {resolved.label} holds {read}, whose weights {owned[read[0]]} reads "
+            "itself instead of calling the layer: a replacement without them would break the "
+            "model; choose a span the owner calls as a whole (e.g. the owner itself)"
+        )
+    return resolved
 
 
 @torch.no_grad()
