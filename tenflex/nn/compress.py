@@ -569,10 +569,9 @@ def compress(
         pair, labels (of ``test_data`` or fine-tuning) that are not integers ``(N,)`` in
         ``[0, n_classes)``, a model without parameters or with NaN/Inf parameters (named),
         images of another dtype than the model's parameters, images that are not a tensor
-        or array (a ``DataLoader``), a model or images on the ``'meta'`` device. After sampling: span
-        inputs,
-        outputs or Jacobians that are not finite though the model's parameters and the
-        images are (an overflow in the network).
+        or array (a ``DataLoader``), a model or images on the ``'meta'`` device. After
+        sampling: span inputs, outputs or Jacobians that are not finite though the model's
+        parameters and the images are (an overflow in the network).
 
     Warns
     -----

@@ -199,9 +199,10 @@ def default_layers(model: nn.Module) -> list[str]:
     form would compute the plain layer); so do the ``out_proj`` of an
     ``nn.MultiheadAttention`` and the ``linear1`` / ``linear2`` of an
     ``nn.TransformerEncoderLayer``, whose weights their owner reads itself instead of
-    calling the layer: a factorized layer in their place would break the model; and so do the convolutions that the forms cannot represent, the
-    grouped ones (``groups > 1``, depthwise included) and those with another
-    ``padding_mode`` than ``"zeros"`` (:func:`plan_layer` refuses them).
+    calling the layer (a factorized layer in their place would break the model), and the
+    convolutions that the forms cannot represent: the grouped ones (``groups > 1``,
+    depthwise included) and those with another ``padding_mode`` than ``"zeros"``
+    (:func:`plan_layer` refuses them).
 
     Parameters
     ----------
@@ -733,9 +734,9 @@ def compress_network(
     ValueError
         Unknown layer names and names of layers other than Conv2d / Linear (valid ones
         listed), the ``out_proj`` of an ``nn.MultiheadAttention`` or the ``linear1`` /
-        ``linear2`` of an ``nn.TransformerEncoderLayer`` (see
-        :func:`default_layers`), a model on the ``'meta'`` device, duplicated names, a layer whose module is registered under several names
-        (shared weights), ``modes`` or ``factors`` entries
+        ``linear2`` of an ``nn.TransformerEncoderLayer`` (see :func:`default_layers`), a
+        model on the ``'meta'`` device, duplicated names, a layer whose module is registered
+        under several names (shared weights), ``modes`` or ``factors`` entries
         for layers that are not compressed, ``n_iter_max < 1``, and everything
         :func:`plan_layer` raises.
     TypeError
