@@ -48,6 +48,7 @@ from tenflex.cpd import (
     cpd,
     pcg,
     solve_psd,
+    tall_matmul,
     transpose_matmul,
 )
 from tenflex.model import DecoupledFunction
@@ -600,7 +601,7 @@ class _VStepper:
         gamma3 = Om * (V.T @ V)
 
         def apply(D: Tensor) -> Tensor:
-            XD = X @ D
+            XD = tall_matmul(X, D)  # not X @ D: MKL's kernel for it is slow from 13 columns
             Q = H2 * XD
             t_x = a_j * H2 * (H @ (Om * (D.T @ V)) + Q @ gamma3)
             if a_y > 0:
@@ -714,7 +715,7 @@ class _JointGN:
             dW, db, dC, dV = d
         else:
             (dW, dC, dV), db = d, None
-        XdV = X @ dV
+        XdV = tall_matmul(X, dV)
         dH = torch.einsum("krd,dr->kr", dPhi, dC) + H2 * XdV
         dWW, dVV, dHH = dW.T @ W, dV.T @ V, dH.T @ H
         # Mode-1, -2, -3 MTTKRPs of the linearised CP tensor change (Gram matrices only).

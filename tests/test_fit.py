@@ -494,6 +494,44 @@ def test_gauss_newton_gradient_and_operator_match_autograd(lam, name):
     torch.testing.assert_close(vs.operator(st, H2, 0.0)(dV), vjp(jdv)[3], rtol=1e-9, atol=1e-12)
 
 
+
+def test_gauss_newton_operators_multiply_x_by_tall_matmul(monkeypatch):
+    """The CG operators' products ``X D`` (one per CG iteration) go through
+    :func:`tenflex.cpd.tall_matmul`: in float64 from 13 columns MKL's kernel for ``X @ D``
+    is about twice slower (``benchmarks/bench_products.py``), which made up a third of an
+    ALS sweep at the reference CNN head's size (R = 16, N = 5000, m = 3136)."""
+    import tenflex.fit as fit_module
+
+    f, X, Y, J = _truth(3, 4, 2, "chebyshev", 3, 40, seed=37)
+    basis = make_basis("bspline", 5).fit_domain(X @ f.V)
+    prob = _Problem(X, Y, DenseJacobian(J + 0.01), basis, 0.7, 0.0)
+    gen = torch.Generator().manual_seed(0)
+    C = torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    st = _make_state(prob, f.W + 0.1, f.V - 0.05, C, f.b)
+    H2 = prob.second_derivative(st.Z, st.C)
+    dW, db, dC, dV = (torch.randn(t.shape, generator=gen, dtype=torch.float64)
+                      for t in (st.W, st.b, st.C, st.V))
+    expected_v = _VStepper(prob, 10).operator(st, H2, 0.0)(dV)
+    joint = _JointGN(prob, 10)
+    parts = joint._linear_parts(st, H2)
+    expected_joint = joint._apply(parts, [dW, db, dC, dV], True)
+
+    calls = []
+    real = fit_module.tall_matmul
+
+    def spy(A, B):
+        calls.append(A)
+        return real(A, B)
+
+    monkeypatch.setattr(fit_module, "tall_matmul", spy)
+    torch.testing.assert_close(_VStepper(prob, 10).operator(st, H2, 0.0)(dV), expected_v)
+    assert any(A is prob.X for A in calls), "the V step's operator bypassed tall_matmul"
+    calls.clear()
+    for a, b in zip(joint._apply(parts, [dW, db, dC, dV], True), expected_joint, strict=True):
+        torch.testing.assert_close(a, b)
+    assert any(A is prob.X for A in calls), "the joint operator bypassed tall_matmul"
+
+
 # ------------------------------------------------------------------ validation
 @pytest.fixture(scope="module")
 def small():
