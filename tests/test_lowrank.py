@@ -153,6 +153,18 @@ def test_rank_for_rate(method, rate):
     assert compressed.n_parameters <= rate * dense
 
 
+
+def test_rank_for_rate_admits_a_count_equal_to_the_budget():
+    # "at most rate of the parameters": Linear(9, 9) at rank r has 18 r + 9 of 90 parameters,
+    # so rate 0.5 (a budget of exactly 45, no rounding) admits rank 2; a strict inequality
+    # in the rank search gave rank 1 and passed every other test.
+    layer = nn.Linear(9, 9)
+    assert rank_for_rate(layer, "svd", 0.5) == (2,)
+    assert decompose_layer(layer, "svd", rate=0.5).n_parameters == 45
+    # rank 1 exactly on the budget is allowed too: 27 of 90 parameters is rate 0.3
+    assert rank_for_rate(layer, "svd", 27 / 90) == (1,)
+
+
 def test_bad_inputs():
     conv = make_conv()
     with pytest.raises(ValueError, match="no rank >= 1"):

@@ -575,6 +575,18 @@ def test_ranks_honour_rate(form, rate):
     assert tensorial_ranks_for_rate(conv, rate, form=form) == layer.ranks
 
 
+
+def test_ranks_for_rate_admit_a_count_equal_to_the_budget():
+    # Linear(12, 8) reshaped (3, 4) x (2, 4): rank r of "rcp" has r (6 + 16) + 8 parameters,
+    # 52 of 104 at rank 2, so rate 0.5 (a budget of exactly 52) admits rank 2; a strict
+    # inequality in the rank search gave rank 1 and passed the other tests.
+    lin = nn.Linear(12, 8)
+    assert tensorial_ranks_for_rate(lin, 0.5, form="rcp") == (2,)
+    layer = TensorialLinear.from_dense(lin, rate=0.5, form="rcp")
+    assert (layer.in_factors, layer.out_factors, layer.ranks) == ((3, 4), (2, 4), (2,))
+    assert sum(p.numel() for p in layer.parameters()) == 52
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_reduced_rank_error_is_the_decomposition_error(form):
     conv = dense_conv(8, 8, 3, padding=1)
