@@ -22,7 +22,8 @@ def test_reduced_rank_regression_recovers_a_low_rank_map():
     b = torch.randn(7, generator=g, dtype=torch.float64)
     Y = X @ B + b
     P, U, bias = reduced_rank_regression(X, Y, 3)
-    torch.testing.assert_close(X @ P @ U.T + bias, Y, rtol=1e-8, atol=1e-8)
+    # exact up to rounding: measured max error 3e-14 for |Y| <= 30
+    torch.testing.assert_close(X @ P @ U.T + bias, Y, rtol=1e-11, atol=1e-11)
 
 
 def test_reduced_rank_regression_is_optimal_against_truncated_ols():
@@ -69,7 +70,8 @@ def test_svd_span_at_full_rank_is_exact(cnn):
     assert rank == 128
     x = torch.randn(8, 1, 28, 28)
     with torch.no_grad():
-        torch.testing.assert_close(new(x), cnn(x), rtol=1e-4, atol=1e-5)
+        # float32 rounding only: measured max error 1.2e-7 for outputs up to 0.19
+        torch.testing.assert_close(new(x), cnn(x), rtol=1e-5, atol=1e-6)
 
 
 def test_svd_span_errors(cnn):
