@@ -87,6 +87,20 @@ def test_ranks_within_budget_uniform_then_fill(budget):
             assert count(tuple(trial)) > budget
 
 
+
+def test_ranks_within_budget_fill_raises_the_smallest_then_cheapest_then_first_rank():
+    # The documented order of the fill, worked by hand; maximality alone (above) passed
+    # when the fill raised the largest rank or the last one first.
+    # count r0 + r1 + 10 r2, budget 26: uniform (2, 2, 2) = 24; raising r0 or r1 costs 1, r2
+    # 10 (34 > 26): the first of the tie -> (3, 2, 2) = 25; then r1 (rank 2) before r0 (rank
+    # 3) -> (3, 3, 2) = 26, full.
+    assert ranks_within_budget((9, 9, 9), lambda r: r[0] + r[1] + 10 * r[2], 26.0) == (3, 3, 2)
+    # count 5 r0 + 3 r1 + r0 r1, budget 41: uniform (3, 3) = 33; raising r0 gives 41, r1 39:
+    # the cheaper r1 -> (3, 4) = 39; then 48 or 45, neither fits.
+    assert ranks_within_budget((9, 9), lambda r: 5 * r[0] + 3 * r[1] + r[0] * r[1],
+                               41.0) == (3, 4)
+
+
 def test_ranks_within_budget_rejects_a_budget_below_rank_one():
     with pytest.raises(ValueError, match="no rank >= 1.*rank 1 needs 15 parameters"):
         ranks_within_budget((3, 3), lambda r: 5 * r[0] + 10 * r[1], 14.0, what="toy")
