@@ -204,6 +204,11 @@ def test_routes_agree_with_lone_summed_modes_and_2d_3d():
         ("btaqxy,axy->btqxy|xy", [(2, 2, 3, 2, 6, 5), (3, 3, 2)]),
         ("bsxy,rxy->bsrxy|xy", [(2, 3, 6, 5), (4, 2, 2)]),  # kernel-only r
         ("bsxy,rxy->brsxy|xy", [(2, 3, 6, 5), (4, 2, 2)]),
+        # the depthwise route (shared modes c d between signal-only b and n) with several
+        # contracted shared modes, one kept, and a kernel-only mode o
+        ("bcdnxy,cdxy->bnxy|xy", [(2, 2, 3, 2, 6, 5), (2, 3, 3, 2)]),
+        ("bcdnxy,cdxy->bcnxy|xy", [(2, 2, 3, 2, 6, 5), (2, 3, 3, 2)]),
+        ("bcdnxy,cdoxy->bnoxy|xy", [(2, 2, 3, 2, 6, 5), (2, 3, 4, 3, 2)]),
     ],
 )
 def test_grouped_routes_match_unfold(spec, shapes):
