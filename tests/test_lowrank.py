@@ -122,6 +122,24 @@ def test_cp_reconstruction_matches_tensorly_parafac():
     assert kinds == [((1, 1), 1), ((3, 1), 4), ((1, 3), 4), ((1, 1), 1)]
 
 
+
+@pytest.mark.filterwarnings("ignore:Trying to compute SVD")
+def test_cp_factor_norms_are_balanced_across_the_four_layers():
+    # Documented: every rank-one term's norm is spread evenly over A_s, A_h, A_w, A_t (the
+    # ALS weights would otherwise sit in one layer and scale its gradients). Putting all of
+    # it into the first factor passed every other test. Measured spread 0 to rounding.
+    conv = make_conv(S=5, T=6, k=3, padding=1)
+    layer = CPConv2d.from_dense(conv, rank=4, seed=0)
+    norms = torch.stack([
+        layer[0].weight[:, :, 0, 0].norm(dim=1),  # A_s, (R, S)
+        layer[1].weight[:, 0, :, 0].norm(dim=1),  # A_h, (R, k_h)
+        layer[2].weight[:, 0, 0, :].norm(dim=1),  # A_w, (R, k_w)
+        layer[3].weight[:, :, 0, 0].norm(dim=0),  # A_t, (T, R)
+    ]).detach()
+    assert norms.min() > 0
+    torch.testing.assert_close(norms, norms[:1].expand(4, -1), rtol=1e-12, atol=0)
+
+
 def test_tucker2_and_tt_structures():
     conv = make_conv(S=6, T=8, k=3, padding=1, stride=2)
     tk = TuckerConv2d.from_dense(conv, rank=(3, 4))

@@ -608,6 +608,18 @@ def test_reduced_rank_error_is_the_decomposition_error(form):
     torch.testing.assert_close(err, ref, rtol=1e-9, atol=1e-11)
 
 
+
+def test_rcp_factor_norms_are_balanced():
+    # cp_factors: each rank-one term's norm spread evenly over the channel and spatial
+    # factors (measured spread 0 to rounding); all of it in one factor passed the other tests
+    layer = TensorialConv2d.from_dense(dense_conv(4, 6, 3), rank=3, form="rcp",
+                                       in_factors=(2, 2), out_factors=(2, 3), seed=0)
+    norms = torch.stack([f.detach().flatten(1).norm(dim=1)
+                         for f in (*layer.factors, layer.spatial)])
+    assert norms.min() > 0
+    torch.testing.assert_close(norms, norms[:1].expand(len(norms), -1), rtol=1e-12, atol=0)
+
+
 def test_rtk_matches_tensorly_tucker_directly():
     conv = dense_conv(4, 6, 3)
     layer = TensorialConv2d.from_dense(conv, rank=(3, 4, 5), form="rtk", seed=0)
