@@ -154,3 +154,41 @@ def test_a_bad_later_block_is_refused_before_any_block_trains(fault):
         distill_blocks(compressed, pretrained, ["conv", "fc"], x, epochs=1, batch_size=4)
     for name, value in compressed.state_dict().items():
         assert torch.equal(value, before[name])
+
+
+def test_a_pretrained_network_in_training_mode_is_read_in_evaluation_mode_and_left_untouched():
+    # Documented: the pretrained network runs in evaluation mode and is left untouched. In
+    # training mode its BatchNorm would update its running statistics on every batch (the
+    # targets then drift and the caller's network changes); no test had such a layer.
+    torch.manual_seed(0)
+    pretrained = nn.Sequential(OrderedDict([
+        ("fc1", nn.Linear(4, 4)), ("bn", nn.BatchNorm1d(4)), ("fc2", nn.Linear(4, 3)),
+    ])).train()
+    with torch.no_grad():
+        pretrained.bn.running_mean.fill_(0.3)
+        pretrained.bn.running_var.fill_(2.0)
+    state = copy.deepcopy(pretrained.state_dict())
+    compressed = copy.deepcopy(pretrained)
+    with torch.no_grad():
+        compressed.fc2.weight.mul_(0.5)
+    distill_blocks(compressed, pretrained, "fc2", torch.randn(32, 4), epochs=1, batch_size=8)
+    assert pretrained.training and all(m.training for m in pretrained.modules())
+    for key, value in pretrained.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_the_seed_chooses_the_shuffling():
+    # "seed: seeds the shuffling": two seeds give two batch orders, hence other weights
+    # after one epoch of several batches (a block without randomness of its own); the same
+    # seed gives the same weights.
+    pretrained = tiny_net()
+    x = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    weights = []
+    for seed in (0, 1, 0):
+        student = copy.deepcopy(pretrained)
+        with torch.no_grad():
+            student.conv.weight.mul_(0.5)
+        distill_blocks(student, pretrained, "conv", x, epochs=1, lr=1e-2, batch_size=4, seed=seed)
+        weights.append(student.conv.weight.detach().clone())
+    assert torch.equal(weights[0], weights[2])
+    assert not torch.allclose(weights[0], weights[1], rtol=1e-6, atol=1e-7)
