@@ -124,12 +124,13 @@ def test_cp_reconstruction_matches_tensorly_parafac():
 
 
 @pytest.mark.filterwarnings("ignore:Trying to compute SVD")
-def test_cp_factor_norms_are_balanced_across_the_four_layers():
+@pytest.mark.parametrize("rank", [4, 45])  # 45 = 6 * 5 * 3 * 3 / 6: the exact CP
+def test_cp_factor_norms_are_balanced_across_the_four_layers(rank):
     # Documented: every rank-one term's norm is spread evenly over A_s, A_h, A_w, A_t (the
     # ALS weights would otherwise sit in one layer and scale its gradients). Putting all of
     # it into the first factor passed every other test. Measured spread 0 to rounding.
     conv = make_conv(S=5, T=6, k=3, padding=1)
-    layer = CPConv2d.from_dense(conv, rank=4, seed=0)
+    layer = CPConv2d.from_dense(conv, rank=rank, seed=0)
     norms = torch.stack([
         layer[0].weight[:, :, 0, 0].norm(dim=1),  # A_s, (R, S)
         layer[1].weight[:, 0, :, 0].norm(dim=1),  # A_h, (R, k_h)

@@ -1116,7 +1116,8 @@ def tensorial_n_parameters(
 
 def _exact_cp(tensor: np.ndarray) -> list[np.ndarray]:
     """Exact CP factors with rank prod(dims) / max(dims): one-hot columns on every mode
-    but the largest, the matching fibre on the largest."""
+    but the largest, the matching fibre on the largest; norms balanced as for ALS factors
+    (the fibre's norm alone would scale one layer's gradients)."""
     dims = tensor.shape
     k = int(np.argmax(dims))
     others = [i for i in range(len(dims)) if i != k]
@@ -1129,7 +1130,7 @@ def _exact_cp(tensor: np.ndarray) -> list[np.ndarray]:
         f[index[pos], np.arange(n_cols)] = 1.0
         factors[i] = f
     factors[k] = fibres.T.copy()
-    return factors
+    return _balance_cp(np.ones(n_cols), factors)
 
 
 def _balance_cp(weights: np.ndarray, factors: list[np.ndarray]) -> list[np.ndarray]:
