@@ -257,6 +257,11 @@ def test_cpd_recovers_exact_low_rank_tensor(method):
             torch.linalg.vector_norm(A, dim=0), torch.ones(3, dtype=torch.float64)
         )
     assert torch.all(res.weights[:-1] >= res.weights[1:])
+    assert res.best_start == int(np.argmin(res.start_errors))
+    # the documented sign convention: the largest-magnitude entry of every column of W and
+    # V is positive (H takes the signs), so equal tensors give equal factors
+    for A in (res.W, res.V):
+        assert bool((A[A.abs().argmax(dim=0), torch.arange(3)] > 0).all())
     K = cp_to_tensor(res.W * res.weights, res.V, res.H)
     assert float((K - J).norm() / J.norm()) < 1e-12
     congruence, _ = match_components([W, V, H], [res.W, res.V, res.H])

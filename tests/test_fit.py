@@ -10,7 +10,7 @@ import torch
 from problems import decoupled_samples as _truth
 
 from tenflex.basis import make_basis
-from tenflex.cpd import DenseJacobian, FactoredJacobian, match_components
+from tenflex.cpd import DenseJacobian, FactoredJacobian, cpd, match_components
 from tenflex.fit import (
     FitResult,
     _jacobian_variation,
@@ -259,6 +259,23 @@ def test_lam_trades_the_two_terms():
         }
         assert fits[0.0].cost_jacobian[-1] < fits[1e4].cost_jacobian[-1]
         assert fits[0.0].cost_output[-1] > fits[1e4].cost_output[-1]
+
+
+def test_start_costs_and_best_start_name_the_kept_start():
+    # FitResult documents start_costs as what ranked the starts (decouple_cpd: the squared
+    # relative errors of the CPD starts) and best_start as the kept one; seeds chosen so
+    # that the kept start is not the first.
+    _f, X, Y, J = _truth(3, 4, 2, "monomial", 3, 150, seed=29)
+    Yn, Jn = _noisy(X, Y, J, 0.1)
+    kw = {"n_starts": 3, "seed": 1, "n_iter_max": 30}  # rank 3 > 2: slow CPDs, cut short
+    dec = decouple_cpd(X, Yn, Jn, 3, "monomial", 3, cpd_method="nls", **kw)
+    ref = cpd(DenseJacobian(Jn), 3, method="nls", **kw)
+    np.testing.assert_array_equal(dec.start_costs, np.asarray(ref.start_errors) ** 2)
+    assert dec.best_start == ref.best_start == int(np.argmin(dec.start_costs)) != 0
+    assert dec.info["cpd_relative_error"] ** 2 == pytest.approx(min(dec.start_costs), rel=1e-9)
+    res = cmtf_als(X, Yn, Jn, 2, "monomial", 3, init="random", n_starts=3, max_iter=5, seed=3)
+    assert res.best_start == int(np.argmin(res.start_costs)) != 0
+    assert res.cost[-1] == min(res.start_costs)
 
 
 def test_jacobian_tensor_input_and_numpy_input_agree():
