@@ -168,6 +168,26 @@ def test_batch_terms_sum_to_full_data_terms_and_gradients():
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)
 
 
+def test_the_trained_loss_includes_the_ridge_penalty():
+    # The records include the ridge (checked against cmtf_als above); the loss that Adam
+    # minimises must too, on all samples and on a batch (once, not scaled by N / B), and
+    # its gradient in W and C gains 2 ridge W and 2 ridge C.
+    f, X, Y, J = _truth()
+    layer = _perturbed_layer(f, level=0.3)
+    ridge = 0.1
+    with_ridge = _FlexibleCost(layer, X, Y, DenseJacobian(J), 0.6, ridge)
+    without = _FlexibleCost(layer, X, Y, DenseJacobian(J), 0.6, 0.0)
+    params = [layer.W, layer.C, layer.V]
+    for idx in (None, torch.arange(0, N, 3)):
+        a, b = with_ridge.batch_loss(idx), without.batch_loss(idx)
+        penalty = ridge * float((layer.W**2).sum().detach() + (layer.C**2).sum().detach())
+        assert float((a - b).detach()) == pytest.approx(penalty, rel=1e-10)
+        ga, gb = torch.autograd.grad(a, params), torch.autograd.grad(b, params)
+        torch.testing.assert_close(ga[0] - gb[0], 2 * ridge * layer.W.detach())
+        torch.testing.assert_close(ga[1] - gb[1], 2 * ridge * layer.C.detach())
+        torch.testing.assert_close(ga[2], gb[2], rtol=1e-12, atol=1e-14)
+
+
 # ---------------------------------------------------------------------------- subspace
 def _subspace_truth(k=2, seed=0):
     """Samples of ``f(x) = b + W g(x P Q)``, a decoupled function of ``k`` projected inputs
