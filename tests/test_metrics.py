@@ -63,6 +63,21 @@ def test_congruence_of_unrelated_factors_is_low():
     assert np.all(congruence_matrix(a, b) == 0)
 
 
+def test_congruence_matrix_against_cosines_and_of_a_zero_column():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    expected = np.array([[abs(x @ y) / np.linalg.norm(x) / np.linalg.norm(y) for y in b.T]
+                         for x in a.T])
+    np.testing.assert_allclose(congruence_matrix(a, b), expected, rtol=1e-13)
+    # scale and sign do not matter
+    np.testing.assert_allclose(congruence_matrix(-3.0 * a, 1e-5 * b), expected, rtol=1e-12)
+    # the documented zero column: cosine 0 with every column, not NaN
+    a[:, 1] = 0
+    c = congruence_matrix(a, b)
+    assert np.isfinite(c).all() and np.all(c[1] == 0)
+    np.testing.assert_allclose(c[[0, 2]], expected[[0, 2]], rtol=1e-13)
+
+
 def test_shape_errors():
     with pytest.raises(ValueError, match="shape"):
         relative_error(np.zeros(3), np.ones(4))
