@@ -53,6 +53,14 @@ def _perturbed(f, level, seed=1):
     return DecoupledFunction(p(f.W), p(f.V), p(f.C), f.b.clone(), f.basis.clone())
 
 
+# Exactly decoupled data, fitted to rounding: the relative errors measured on these problems
+# are 5e-16 to 8e-15 and the congruences 1 - 3e-16 or closer (float64); a thousand-fold
+# margin for other BLAS builds. (0.999 and 1e-8 let a fit that is off in its fourth digit
+# of a direction, or eight orders of magnitude from the solver's accuracy, pass.)
+_EXACT = 1e-11
+_CONGRUENT = 1 - 1e-10
+
+
 def _monotone(cost):
     return bool(np.all(np.diff(cost) <= 0)) and np.all(np.isfinite(cost))
 
@@ -74,9 +82,9 @@ def test_decouple_cpd_recovers_decoupled_function(n, m, R, name, D, options):
     )
     assert isinstance(res, FitResult) and res.method == "decouple_cpd"
     ey, ej = _errors(res.model, X, Y, J)
-    assert ey < 1e-8 and ej < 1e-8
-    assert _congruence(f, res.model) > 0.999
-    assert res.relative_error_jacobian < 1e-8 and res.info["cpd_relative_error"] < 1e-8
+    assert ey < _EXACT and ej < _EXACT
+    assert _congruence(f, res.model) > _CONGRUENT
+    assert res.relative_error_jacobian < _EXACT and res.info["cpd_relative_error"] < _EXACT
     assert res.converged and len(res.cost) == 1
 
 
@@ -84,7 +92,7 @@ def test_decouple_cpd_with_tensorly_cpd():
     f, X, Y, J = _truth(4, 6, 2, "monomial", 3, 200, seed=3)
     res = decouple_cpd(X, Y, J, 2, "monomial", 3, n_starts=1, cpd_method="tensorly")
     ey, ej = _errors(res.model, X, Y, J)
-    assert ey < 1e-8 and ej < 1e-8 and _congruence(f, res.model) > 0.999
+    assert ey < _EXACT and ej < _EXACT and _congruence(f, res.model) > _CONGRUENT
 
 
 @pytest.mark.parametrize("solver", ["als", "gn"])
@@ -103,7 +111,7 @@ def test_cmtf_from_cpd_init_stays_exact(solver, n, m, R, name, D, options):
         cpd_options={"n_starts": 2, "cpd_method": "nls"},
     )
     ey, ej = _errors(res.model, X, Y, J)
-    assert ey < 1e-8 and ej < 1e-8 and _congruence(f, res.model) > 0.999
+    assert ey < _EXACT and ej < _EXACT and _congruence(f, res.model) > _CONGRUENT
     assert _monotone(res.cost) and res.converged
 
 
@@ -116,7 +124,7 @@ def test_cmtf_recovers_polynomial_truth_from_random_starts(solver, n, m, R, name
     f, X, Y, J = _truth(n, m, R, name, D, 300, seed=n + m + R)
     res = cmtf_als(X, Y, J, R, name, D, init="random", n_starts=3, solver=solver, max_iter=300)
     ey, ej = _errors(res.model, X, Y, J)
-    assert ey < 1e-8 and ej < 1e-8 and _congruence(f, res.model) > 0.999
+    assert ey < _EXACT and ej < _EXACT and _congruence(f, res.model) > _CONGRUENT
     assert len(res.start_costs) == 3 and res.cost[-1] == min(res.start_costs)
 
 
@@ -127,7 +135,7 @@ def test_cmtf_gn_recovers_bspline_truth_from_perturbed_truth():
     f, X, Y, J = _truth(4, 5, 3, "bspline", 6, 400, seed=7)
     res = cmtf_als(X, Y, J, 3, "bspline", 6, init=_perturbed(f, 0.01), solver="gn")
     ey, ej = _errors(res.model, X, Y, J)
-    assert ey < 1e-8 and ej < 1e-8 and _congruence(f, res.model) > 0.999
+    assert ey < _EXACT and ej < _EXACT and _congruence(f, res.model) > _CONGRUENT
     assert torch.equal(res.model.basis.scale, f.basis.scale)
     assert _monotone(res.cost) and res.converged
 
@@ -138,8 +146,8 @@ def test_cmtf_als_from_perturbed_bspline_truth_converges_monotonically():
     f, X, Y, J = _truth(4, 5, 3, "bspline", 6, 400, seed=7)
     res = cmtf_als(X, Y, J, 3, "bspline", 6, init=_perturbed(f, 0.01), max_iter=60)
     assert _monotone(res.cost)
-    assert res.cost_jacobian[-1] < 1e-3 * res.cost_jacobian[0]
-    assert _congruence(f, res.model) > 0.999
+    assert res.cost_jacobian[-1] < 1e-4 * res.cost_jacobian[0]  # measured 7.6e-6
+    assert _congruence(f, res.model) > 1 - 1e-8  # measured 1 - 7e-11
 
 
 def _noisy(X, Y, J, sigma, seed=5):
