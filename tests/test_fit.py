@@ -448,6 +448,43 @@ def test_callback_and_verbose(capsys):
     assert "cmtf_als it" in capsys.readouterr().out
 
 
+def test_domain_margin_and_the_maps_stay_fixed():
+    # domain_margin widens the branch inputs' range by margin times its width on each side
+    # before mapping it onto [-1, 1]: the start's Z then spans +-(1 - 2 margin / (1 + 2
+    # margin)). The maps are fitted once, at initialisation: the sweeps leave them alone.
+    _f, X, Y, J = _truth(3, 4, 2, "chebyshev", 3, 150, seed=29)
+    Yn, Jn = _noisy(X, Y, J, 0.05)
+    dec = decouple_cpd(X, Yn, Jn, 2, "bspline", 6, domain_margin=0.1, n_starts=1,
+                       cpd_method="nls")
+    t = dec.model.basis.to_natural(X @ dec.model.V)
+    edge = torch.full((2,), 1 - 0.2 / 1.2, dtype=torch.float64)
+    torch.testing.assert_close(t.amax(dim=0), edge, rtol=1e-12, atol=0)
+    torch.testing.assert_close(t.amin(dim=0), -edge, rtol=1e-12, atol=0)
+    kw = {"init": "random", "domain_margin": 0.25, "seed": 3, "tol": 0.0}
+    start = cmtf_als(X, Yn, Jn, 2, "bspline", 6, max_iter=0, **kw)
+    t = start.model.basis.to_natural(X @ start.model.V)
+    edge = torch.full((2,), 1 - 0.5 / 1.5, dtype=torch.float64)
+    torch.testing.assert_close(t.amax(dim=0), edge, rtol=1e-12, atol=0)
+    torch.testing.assert_close(t.amin(dim=0), -edge, rtol=1e-12, atol=0)
+    for solver in ("als", "gn"):
+        res = cmtf_als(X, Yn, Jn, 2, "bspline", 6, max_iter=8, solver=solver, **kw)
+        assert res.cost[-1] < 0.01 * res.cost[0]  # V moved a long way
+        assert torch.equal(res.model.basis.scale, start.model.basis.scale)
+        assert torch.equal(res.model.basis.shift, start.model.basis.shift)
+
+
+def test_extrapolate_false_gives_the_plain_sweeps():
+    # The jump is tried from the third sweep on: the histories agree before it and differ
+    # after (here the jumps are accepted from sweep 5), both monotone.
+    _f, X, Y, J = _truth(3, 4, 2, "chebyshev", 3, 150, seed=29)
+    Yn, Jn = _noisy(X, Y, J, 0.05)
+    kw = {"init": "random", "max_iter": 15, "seed": 3, "tol": 0.0}
+    on, off = (cmtf_als(X, Yn, Jn, 2, "bspline", 6, extrapolate=flag, **kw).cost
+               for flag in (True, False))
+    np.testing.assert_array_equal(on[:3], off[:3])
+    assert not np.array_equal(on, off) and _monotone(on) and _monotone(off)
+
+
 def test_max_iter_stop_reason():
     _f, X, Y, J = _truth(3, 4, 2, "monomial", 3, 150, seed=31)
     res = cmtf_als(X, Y, J, 2, "bspline", 6, init="random", max_iter=2, tol=0.0)
