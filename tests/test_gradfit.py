@@ -287,8 +287,10 @@ def test_subspace_layer_training_on_exactly_decoupled_data(freeze):
 
 
 # ---------------------------------------------------------------------------- training
-@pytest.mark.parametrize("batch_size", [None, 50])
-def test_training_lowers_cost_on_exactly_decoupled_data(batch_size):
+# Measured cost reductions: 1.0e7 (full batches), 3.3e4 (batches of 50); the tenfold one
+# asked before was three to six orders of magnitude short of what the training achieves.
+@pytest.mark.parametrize(("batch_size", "reduction"), [(None, 1e5), (50, 1e3)])
+def test_training_lowers_cost_on_exactly_decoupled_data(batch_size, reduction):
     f, X, Y, J = _truth()
     layer = _perturbed_layer(f, level=0.1)
     out = fit_by_gradient(layer, X, Y, J, lam=1.0, epochs=150, lr=1e-2, batch_size=batch_size)
@@ -296,7 +298,7 @@ def test_training_lowers_cost_on_exactly_decoupled_data(batch_size):
     assert out.cost.shape == out.time_s.shape == out.epoch.shape == (151,)
     np.testing.assert_array_equal(out.epoch, np.arange(151.0))
     assert np.all(np.diff(out.time_s) >= 0)
-    assert out.cost[-1] < out.cost[0] / 10
+    assert out.cost[-1] < out.cost[0] / reduction
     # The records describe the trained layer (up to the expanded square's rounding, about
     # 1e-16 of the normalised cost's scale).
     cj, co = _dense_costs(layer, X, Y, J)
@@ -309,7 +311,7 @@ def test_outputs_only_training_any_layer_and_float32():
     out = fit_by_gradient(layer, X.numpy(), Y.numpy(), epochs=100, lr=1e-2, batch_size=100)
     assert layer.W.dtype == torch.float32
     assert np.isnan(out.cost_jacobian).all()
-    assert out.cost[-1] < out.cost[0] / 10
+    assert out.cost[-1] < out.cost[0] / 1e3  # measured 6e5
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(m, 16), nn.Tanh(), nn.Linear(16, n)).double()
     out = fit_by_gradient(mlp, X, Y, epochs=100, lr=1e-2)
