@@ -55,19 +55,10 @@ def test_a_package_installed_into_another_project_is_no_checkout(project, tmp_pa
 def test_installed_into_a_project_says_how_to_fetch_mnist_without_make(tmp_path):
     # The files of the wheel put into a project folder of the user's, beside its own
     # pyproject.toml (pip install --target): no data/ of that project, no `make data`.
-    shutil.copytree(REPO / "tenflex", tmp_path / "tenflex",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "myapp"\nversion = "1"\n')
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "share"),
-           "XDG_CACHE_HOME": str(tmp_path / "cache"), "TENFLEX_DATA": str(tmp_path / "empty")}
-    env.pop("TENFLEX_CACHE", None)
-    script = ("import tenflex.data as d, tenflex.zoo as z\n"
-              "print(d.PROJECT_DATA)\nprint(z.default_cache_dir())\n"
-              "try:\n    d.load_mnist('test')\n"
-              "except d.DataError as e:\n    print(e)\n")
-    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120, check=True)
-    data, cache, message = run.stdout.splitlines()[:3]
+    data, cache, message = _run_installed_copy(
+        tmp_path, tmp_path, "import tenflex.zoo as z\nprint(z.default_cache_dir())\n",
+        XDG_CACHE_HOME=str(tmp_path / "cache"))[:3]
     assert Path(data) == tmp_path / "share" / "tenflex"
     assert Path(cache) == tmp_path / "cache" / "tenflex"
     assert "tenflex data mnist --fetch" in message and "make data" not in message
@@ -89,18 +80,7 @@ def test_user_folders_follow_xdg(tmp_path, monkeypatch):
 
 def test_installed_package_looks_for_data_in_the_user_folder(tmp_path):
     # The package copied alone, as a wheel installs it: no pyproject.toml above it.
-    site = tmp_path / "site-packages"
-    shutil.copytree(REPO / "tenflex", site / "tenflex",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**os.environ, "PYTHONPATH": str(site), "XDG_DATA_HOME": str(tmp_path / "share"),
-           "TENFLEX_DATA": str(tmp_path / "empty")}
-    script = ("import tenflex.data as d\n"
-              "print(d.PROJECT_DATA)\n"
-              "try:\n    d.load_mnist('test')\n"
-              "except d.DataError as e:\n    print(e)\n")
-    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120, check=True)
-    folder, message = run.stdout.splitlines()[:2]
+    folder, message = _run_installed_copy(tmp_path, tmp_path / "site-packages")[:2]
     assert Path(folder) == tmp_path / "share" / "tenflex"
     assert "site-packages" not in message
     assert "tenflex data mnist --fetch" in message and "make data" not in message
@@ -131,3 +111,19 @@ def test_atomic_write_refuses_other_modes(tmp_path, mode):
         files.atomic_write(target, lambda f: f.write("more\n"), mode=mode)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def _run_installed_copy(tmp_path, site, extra_script="", **env_extra):
+    """Copy the package into ``site`` (as pip installs it) and run, from ``tmp_path``, a
+    script printing its data folder, then ``extra_script``'s lines, then the message of a
+    failed MNIST load (data and MNIST folders under ``tmp_path``). Returns stdout's lines."""
+    shutil.copytree(REPO / "tenflex", site / "tenflex",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(site), "XDG_DATA_HOME": str(tmp_path / "share"),
+           "TENFLEX_DATA": str(tmp_path / "empty"), **env_extra}
+    env.pop("TENFLEX_CACHE", None)
+    script = ("import tenflex.data as d\nprint(d.PROJECT_DATA)\n" + extra_script
+              + "try:\n    d.load_mnist('test')\nexcept d.DataError as e:\n    print(e)\n")
+    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=True)
+    return run.stdout.splitlines()
