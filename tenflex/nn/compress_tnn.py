@@ -755,11 +755,11 @@ def compress_network(
     # that naming any of them gets the message about shared weights below.
     positions = list(model.named_modules(remove_duplicate=False))
     owned = _read_by_owner(model)
-    attention = {n: owned[n] for n in names if n in owned}
+    read = {n: owned[n] for n in names if n in owned}
     valid = [n for n, m in positions if _compressible(m) and n not in owned]
-    if attention:
+    if read:
         raise ValueError(
-            f"layers {list(attention)} belong to {sorted(set(attention.values()))}, whose "
+            f"layers {list(read)} belong to {sorted(set(read.values()))}, whose "
             "forward reads their weight and bias itself instead of calling them: a factorized "
             "layer in their place would break the model; leave them out. Conv2d/Linear "
             f"layers that can be compressed: {valid}"
