@@ -42,6 +42,18 @@ class WrappedCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+class Headed(nn.Module):
+    """A network of one's own whose ``forward`` only calls its ``nn.Sequential`` ``head``
+    of the given layers (spans named by dotted paths, e.g. ``("head.0", "head.2")``)."""
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__()
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.head(x)
+
+
 class Interrupt(Exception):
     """Stands for a Ctrl-C or a killed job in the middle of a training."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from problems import Headed
 from torch import nn
 
 from tenflex.nn.baselines import linear_span, reduced_rank_regression, svd_span
@@ -340,18 +341,10 @@ def test_linear_span_with_fewer_samples_than_the_rank(cnn):
 def test_linear_span_says_how_to_give_the_input_shape():
     # The message was "the model needs an `input_shape` attribute (one input, no batch)",
     # which named neither the function nor how to set it on a network of one's own.
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-
-        def forward(self, x):
-            return self.head(x)
-
-    net = Net()
+    net = Headed(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     span = resolve_span(net, ("head.0", "head.2"))
     X, Y = torch.randn(20, 6), torch.randn(20, 3)
-    with pytest.raises(ValueError, match=r"linear_span needs the shape of one input.*Net has no "
+    with pytest.raises(ValueError, match=r"linear_span needs the shape of one input.*Headed has no "
                                          r"`input_shape` attribute; set one, e.g\. "
                                          r"model.input_shape = \(1, 28, 28\)"):
         linear_span(net, span, X, Y, 2)

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from problems import Interrupt, Looped, WrappedCNN, stop_in_epoch
+from problems import Headed, Interrupt, Looped, WrappedCNN, stop_in_epoch
 from torch import nn
 
 from tenflex import zoo
@@ -874,17 +874,11 @@ def test_check_only_makes_the_checks_and_nothing_else(digits, monkeypatch):
                  **{**settings, "n_samples": len(train_images)})
 
 
-class _InPlaceHead(nn.Module):
+def _in_place_head() -> Headed:
     """A network of one's own whose span starts with an in-place ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.head = nn.Sequential(nn.Linear(10, 12), nn.ReLU(inplace=True), nn.Linear(12, 8),
-                                  nn.Tanh(), nn.Linear(8, 4))
-
-    def forward(self, x):
-        return self.head(x)
+    torch.manual_seed(0)
+    return Headed(nn.Linear(10, 12), nn.ReLU(inplace=True), nn.Linear(12, 8), nn.Tanh(),
+                  nn.Linear(8, 4))
 
 
 @pytest.mark.parametrize("sequential", [False, True])
@@ -893,7 +887,7 @@ def test_a_span_that_starts_in_place_is_fitted_and_validated_on_its_inputs(seque
     # network of one's own), and its validation inputs were overwritten by the span before
     # the flexible layer was measured on them (both): the layer was fitted or measured on
     # rectified inputs, which it never gets in the network.
-    net = _InPlaceHead().eval()
+    net = _in_place_head().eval()
     model = net.head if sequential else net
     span = (1, 2) if sequential else ("head.1", "head.2")
     x = torch.randn(500, 10, generator=torch.Generator().manual_seed(1))

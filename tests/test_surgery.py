@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from problems import Looped
+from problems import Headed, Looped
 from torch import nn
 
 from tenflex.nn.surgery import Span, resolve_span, span_inputs, span_shapes, splice
@@ -189,23 +189,15 @@ def test_splice_refuses_a_name_clash(cnn):
 def test_splice_refuses_a_dotted_name():
     # Inside a network of one's own the child used to be inserted as "a.b", unreachable by
     # its path; in a sequential model torch's add_module raised a KeyError.
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.classifier = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-
-        def forward(self, x):
-            return self.classifier(x)
-
-    net = Net()
-    span = resolve_span(net, ("classifier.0", "classifier.2"))
+    net = Headed(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    span = resolve_span(net, ("head.0", "head.2"))
     with pytest.raises(ValueError, match="name 'a.b' contains '.'"):
         splice(net, span, nn.Linear(6, 3), name="a.b")
     sequential = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
     with pytest.raises(ValueError, match="contains '.'"):
         splice(sequential, resolve_span(sequential, (0, 1)), nn.Linear(4, 6), name="a.b")
     spliced = splice(net, span, nn.Linear(6, 3), name="flex")
-    assert isinstance(spliced.get_submodule("classifier.flex"), nn.Linear)
+    assert isinstance(spliced.get_submodule("head.flex"), nn.Linear)
 
 
 def test_span_functions_need_a_span_of_this_model(cnn):
@@ -287,16 +279,9 @@ def test_span_inputs_are_what_the_forward_hands_the_span():
 def test_span_inputs_of_a_span_that_starts_in_place_are_its_inputs():
     # The captured input was the tensor the in-place ReLU then overwrote: the span's inputs
     # came out rectified, and a layer fitted on them saw no negative input.
-    class Head(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.head = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 3))
-
-        def forward(self, x):
-            return self.head(x)
-
-    net, x = Head().eval(), torch.randn(9, 6)
+    torch.manual_seed(0)
+    net = Headed(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)).eval()
+    x = torch.randn(9, 6)
     with torch.no_grad():
         expected = net.head[0](x)
     assert (expected < 0).any()
