@@ -334,6 +334,30 @@ def test_replace_layer_sequential_named_and_nested():
         replace_layer(model, "fc", lambda x: x)
 
 
+def test_replace_layer_refuses_a_layer_its_owner_reads_unless_it_keeps_a_weight():
+    # nn.MultiheadAttention reads out_proj.weight instead of calling out_proj, and the
+    # encoder layer's eval fast path reads linear1/linear2: a factorized layer there used to
+    # be accepted and the model failed at its next forward pass.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16,
+                                                     batch_first=True))
+    svd = decompose_layer(model[0].linear1, "svd", rank=2)
+    for name in ("0.self_attn.out_proj", "0.linear1"):
+        with pytest.raises(ValueError, match="reads its weight and bias itself"):
+            replace_layer(model, name, svd)
+    with pytest.raises(ValueError, match=r"shape \(8, 8\)"):
+        replace_layer(model, "0.self_attn.out_proj", nn.Linear(8, 4))
+    assert isinstance(model[0].linear1, nn.Linear)  # nothing was replaced
+    # A dense layer of the same shape keeps the owner working, in both modes.
+    fresh = nn.Linear(8, 16)
+    replace_layer(model, "0.linear1", fresh)
+    assert model[0].linear1 is fresh
+    x = torch.randn(3, 5, 8)
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (3, 5, 8)
+
+
 def test_replace_layer_replaces_one_position_of_a_reused_module():
     # named_modules() lists `relu` once, as '1': position '3' used to be "no submodule".
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import check_seed, is_int
-from tenflex.nn.surgery import module_positions
+from tenflex.nn.surgery import _read_by_owner, module_positions
 from tenflex.nn.tensorial import (
     _balance_cp,
     _check_finite_layer,
@@ -760,7 +760,9 @@ def replace_layer(model: nn.Module, name: str, new_module: nn.Module) -> nn.Modu
     ValueError
         ``name`` is empty or names no submodule (the message lists valid names), or its
         parent is one module object registered under several names: replacing the layer
-        in it would replace it at all of them.
+        in it would replace it at all of them, or ``name`` is a Linear layer whose owner
+        reads its ``weight`` and ``bias`` itself (an attention's ``out_proj``, a transformer
+        layer's ``linear1``/``linear2``) and ``new_module`` has no ``weight`` of its shape.
     """
     if not isinstance(new_module, nn.Module):
         raise TypeError(f"new_module must be a torch.nn.Module, got {type(new_module).__name__}")
@@ -777,6 +779,18 @@ def replace_layer(model: nn.Module, name: str, new_module: nn.Module) -> nn.Modu
                 f"replacing its child {child!r} would replace it at every one of them; give "
                 "each position its own module (copy.deepcopy) to replace one"
             )
+    owner = _read_by_owner(model).get(name)
+    weight = getattr(new_module, "weight", None)
+    if owner is not None and not (
+        isinstance(weight, torch.Tensor) and weight.shape == parent._modules[child].weight.shape
+    ):
+        # The owner's forward would fail (or, for a transformer layer, only in eval mode).
+        raise ValueError(
+            f"{name!r} belongs to {owner}, whose forward reads its weight and bias itself "
+            f"instead of calling it: a {type(new_module).__name__} without a weight of shape "
+            f"{tuple(parent._modules[child].weight.shape)} would break the model at its "
+            "forward pass; replace the owner as a whole instead"
+        )
     old = parent._modules[child]
     # By key, not by index: the children of an nn.Sequential built from an OrderedDict
     # need not be named after their positions ("0" may be the second child).

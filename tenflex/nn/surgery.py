@@ -184,7 +184,8 @@ def _read_by_owner(model: nn.Module) -> dict[str, str]:
     the inference fast path of ``nn.TransformerEncoderLayer`` reads ``linear1.weight`` and
     ``linear2.weight``. A factorized layer in their place, which has no ``weight``, breaks
     the model at its first forward pass (in eval mode for the encoder layer):
-    :func:`resolve_span` refuses them as spans, ``compress_tnn`` does not compress them.
+    :func:`resolve_span` refuses them as spans, ``compress_tnn`` does not compress them,
+    ``lowrank.replace_layer`` puts there only a module with a ``weight`` of the same shape.
     """
     owned = {}
     for name, module in model.named_modules(remove_duplicate=False):
