@@ -124,6 +124,33 @@ def test_each_block_gets_its_modes_back():
     assert [m.training for m in compressed.modules()] == modes
 
 
+class _WithAuxiliary(nn.Module):
+    """A network whose auxiliary head runs in training mode only."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.aux = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.body(x)
+        return (y, self.aux(y)) if self.training else y
+
+
+def test_a_block_the_forward_never_calls_is_named_with_the_reason():
+    # The message named neither the block nor why: an attention reads out_proj's weights
+    # itself, and a training-only head does not run in evaluation mode.
+    torch.manual_seed(0)
+    attention = nn.Sequential(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16,
+                                                         batch_first=True))
+    with pytest.raises(ValueError, match=r"block '0.self_attn.out_proj' was not called .*"
+                                         r"0.self_attn \(MultiheadAttention\) reads its weight"):
+        distill_blocks(copy.deepcopy(attention), attention, "0.self_attn.out_proj",
+                       torch.randn(4, 5, 8), epochs=1)
+    auxiliary = _WithAuxiliary()
+    with pytest.raises(ValueError, match=r"block 'aux' was not called .*training-only"):
+        distill_blocks(copy.deepcopy(auxiliary), auxiliary, "aux", torch.randn(4, 4), epochs=1)
+
+
 def test_a_reused_block_is_refused_by_name():
     # named_modules() lists a reused module once: its second name used to be "no submodule",
     # its first one distilled on the inputs of whichever call the hook saw first.

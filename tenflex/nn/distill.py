@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tenflex.checks import all_finite, check_float, check_positive_int, check_seed
-from tenflex.nn.surgery import module_positions
+from tenflex.nn.surgery import _read_by_owner, module_positions
 from tenflex.sampling import deterministic_algorithms, evaluation_mode, kept_modes, seeded_rng
 
 __all__ = ["DistillResult", "distill_blocks", "fine_tune"]
@@ -89,11 +89,17 @@ def _capture(module: nn.Module):
         handle.remove()
 
 
-def _activations(pretrained: nn.Module, block: nn.Module, xb: torch.Tensor):
+def _activations(pretrained: nn.Module, block: nn.Module, xb: torch.Tensor, name: str):
     with torch.no_grad(), _capture(block) as store:
         pretrained(xb)
     if "input" not in store:
-        raise ValueError("the pretrained block was not called in the network's forward pass")
+        owner = _read_by_owner(pretrained).get(name)
+        hint = (f": {owner} reads its weight and bias itself instead of calling it; distil "
+                "the owner as a whole" if owner else
+                "; name a block the network's forward calls (a training-only branch is not "
+                "run in evaluation mode)")
+        raise ValueError(
+            f"the pretrained block {name!r} was not called in the network's forward pass{hint}")
     return store["input"], store["output"]
 
 
@@ -118,7 +124,8 @@ def _block_error(
     num = den = 0.0
     with torch.no_grad(), evaluation_mode(student):
         for start in range(0, x.shape[0], batch_size):
-            xin, target = _activations(pretrained, teacher, x[start : start + batch_size].to(device))
+            xin, target = _activations(
+                pretrained, teacher, x[start : start + batch_size].to(device), name)
             out = student(xin)
             if not torch.is_tensor(out) or out.shape != target.shape:
                 got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
@@ -245,7 +252,8 @@ def distill_blocks(
                         total = 0.0
                         for start in range(0, n, batch_size):
                             idx = perm[start : start + batch_size]
-                            xin, target = _activations(pretrained, teacher, x[idx].to(device))
+                            xin, target = _activations(pretrained, teacher, x[idx].to(device),
+                                                         name)
                             opt.zero_grad(set_to_none=True)
                             loss = (student(xin) - target).square().mean()
                             loss.backward()
