@@ -76,9 +76,20 @@ def congruence_matrix(A, B) -> np.ndarray:
     A, B = _np(A, "A"), _np(B, "B")
     if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
         raise ValueError(f"A and B must be matrices with equal row counts, got {A.shape}, {B.shape}")
-    A = A / np.maximum(np.linalg.norm(A, axis=0, keepdims=True), np.finfo(float).tiny)
-    B = B / np.maximum(np.linalg.norm(B, axis=0, keepdims=True), np.finfo(float).tiny)
-    return np.abs(A.T @ B)
+    return np.abs(_unit_columns(A).T @ _unit_columns(B))
+
+
+def _unit_columns(A: np.ndarray) -> np.ndarray:
+    """The columns of ``A`` scaled to unit norm; zero columns stay zero.
+
+    Each column is first divided by its largest entry: the squared norm of a column whose
+    entries are beyond about ``1e154`` (or below ``1e-154``) in magnitude would overflow
+    (or underflow), and the cosines would come out 0 (or far above 1).
+    """
+    peak = np.abs(A).max(axis=0, initial=0.0)
+    A = A / np.where(peak > 0, peak, 1.0)
+    norm = np.linalg.norm(A, axis=0)
+    return A / np.where(norm > 0, norm, 1.0)
 
 
 def kruskal_rank(A, *, rtol: float = 1e-10) -> int:
@@ -93,7 +104,10 @@ def kruskal_rank(A, *, rtol: float = 1e-10) -> int:
     A : array or tensor, shape (p, R)
     rtol : float
         A subset counts as dependent when its smallest singular value is below
-        ``rtol`` times the largest singular value of ``A``; finite and ``>= 0``.
+        ``rtol`` times the largest singular value of ``A`` with its columns scaled to unit
+        norm; finite and ``>= 0``. The k-rank does not depend on the (nonzero) scales of
+        the columns, so columns of very different norms, as the scaling indeterminacy of a
+        CPD produces, are compared as directions; a zero column gives k-rank 0.
 
     Returns
     -------
@@ -116,9 +130,10 @@ def kruskal_rank(A, *, rtol: float = 1e-10) -> int:
     R = A.shape[1]
     if R > 16:
         raise ValueError(f"kruskal_rank tests every column subset; R = {R} > 16 is too many")
-    scale = np.linalg.norm(A, 2)
-    if scale == 0:
+    if not np.all(np.any(A, axis=0)):  # a zero column is dependent on its own
         return 0
+    A = _unit_columns(A)
+    scale = np.linalg.norm(A, 2)
     k = 0
     for size in range(1, min(A.shape) + 1):
         for subset in combinations(range(R), size):
@@ -196,6 +211,17 @@ class BranchAlignment:
         return self.output_scale[r] * G.detach().cpu().double().numpy()[:, p]
 
 
+def _column_scales(A: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Least-squares ``s`` with ``A[:, r] ~ s[r] ref[:, r]`` for nonzero columns of ``ref``.
+
+    Both are divided by the largest entry of the reference column first, so that the
+    products do not overflow (or underflow) for entries beyond about ``1e154``.
+    """
+    peak = np.abs(ref).max(axis=0)
+    A, ref = A / peak, ref / peak
+    return np.sum(A * ref, axis=0) / np.sum(ref * ref, axis=0)
+
+
 def align_branches(estimate: DecoupledFunction, reference: DecoupledFunction) -> BranchAlignment:
     """Match the branches of ``estimate`` to those of ``reference``.
 
@@ -241,8 +267,8 @@ def align_branches(estimate: DecoupledFunction, reference: DecoupledFunction) ->
     rows, cols = linear_sum_assignment(-(cong_W * cong_V))
     permutation = cols[np.argsort(rows)]
     W_est, V_est = W_est[:, permutation], V_est[:, permutation]
-    output_scale = np.sum(W_est * W_ref, axis=0) / np.sum(W_ref * W_ref, axis=0)
-    input_scale = np.sum(V_est * V_ref, axis=0) / np.sum(V_ref * V_ref, axis=0)
+    output_scale = _column_scales(W_est, W_ref)
+    input_scale = _column_scales(V_est, V_ref)
     R = reference.rank
     return BranchAlignment(
         permutation=permutation,

@@ -166,3 +166,36 @@ def test_relative_error_of_entries_near_the_ends_of_the_float_range():
     assert relative_error(np.array([1e-170]), np.array([2e-170])) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="reference is zero"):
         relative_error(np.zeros(3), np.zeros(3))
+
+
+def test_kruskal_rank_does_not_depend_on_the_column_scales():
+    from tenflex.metrics import kruskal_rank
+
+    # The k-rank of A diag(s) is that of A for nonzero s; a CPD's factors carry arbitrary
+    # column scales. Scales 1e6 .. 1e-6 used to give k-rank 0 ("a zero column").
+    A = np.random.default_rng(3).standard_normal((4, 3))
+    assert kruskal_rank(A) == 3
+    assert kruskal_rank(A * np.array([1e6, 1.0, 1e-6])) == 3
+    B = A.copy()
+    B[:, 2] = 1e-8 * B[:, 0]  # parallel to column 0, however small
+    assert kruskal_rank(B * np.array([1e6, 1.0, 1.0])) == 1
+    B[:, 2] = 0
+    assert kruskal_rank(B) == 0
+
+
+def test_congruence_and_alignment_of_columns_near_the_ends_of_the_float_range():
+    # Column norms over- or underflowed: the cosines came out 0 (1e160) or 1e275 (1e-170).
+    a = np.random.default_rng(4).standard_normal((5, 2))
+    for s in (1e-170, 1e-160, 1e160, 1e200):
+        np.testing.assert_allclose(congruence_matrix(s * a, a), congruence_matrix(a, a),
+                                   rtol=1e-13)
+        np.testing.assert_allclose(congruence_matrix(s * a, s * a), congruence_matrix(a, a),
+                                   rtol=1e-13)
+    truth = random_model()
+    for s in (1e-170, 1e160):
+        scaled = DecoupledFunction(s * truth.W, s * truth.V, truth.C, truth.b,
+                                   truth.basis.clone())
+        alignment = align_branches(scaled, scaled)
+        np.testing.assert_allclose(alignment.output_scale, 1.0, rtol=1e-13)
+        np.testing.assert_allclose(alignment.input_scale, 1.0, rtol=1e-13)
+        assert alignment.min_congruence > 1 - 1e-13
