@@ -22,7 +22,20 @@ import torch
 from torch import Tensor
 
 from tenflex.checks import check_int, check_seed
-from tenflex.cpd import DenseJacobian, JacobianTensor, as_jacobian_tensor
+from tenflex.cpd import (
+    DenseJacobian,
+    JacobianTensor,
+    _is_zero,
+    _ldexp,
+    _rescaled,
+    as_jacobian_tensor,
+)
+
+
+def _in_range(Jt: JacobianTensor) -> tuple[JacobianTensor, int]:
+    """``(J * 2**e, e)`` with a squared norm far from over- and underflow for a dense ``J``
+    (:func:`tenflex.cpd._rescaled`, exact); any other ``J`` as it is (``e = 0``)."""
+    return _rescaled(Jt) if isinstance(Jt, DenseJacobian) else (Jt, 0)
 
 
 def gram_eigenvectors(Jt: JacobianTensor, k: int, *, seed: int = 0, center: bool = False,
@@ -60,6 +73,13 @@ def gram_eigenvectors(Jt: JacobianTensor, k: int, *, seed: int = 0, center: bool
     ValueError
         ``k`` outside ``[1, m]``, ``n_iter < 1`` (the start would not be orthonormalised),
         ``oversample < 0``, a negative ``seed``.
+
+    Notes
+    -----
+    A dense ``J`` whose squared norm would over- or underflow (e.g. float32 entries near
+    ``1e20`` or ``1e-20``) is scaled by a power of two first (exact); the eigenvectors do
+    not change and the eigenvalues are scaled back (they may then be ``inf`` or 0 in
+    ``J``'s dtype).
     """
     if not isinstance(Jt, JacobianTensor):
         raise TypeError(f"Jt must be a JacobianTensor (e.g. tenflex.cpd.DenseJacobian(J)), "
@@ -69,6 +89,9 @@ def gram_eigenvectors(Jt: JacobianTensor, k: int, *, seed: int = 0, center: bool
     n_iter = check_int(n_iter, "n_iter", 1)
     oversample = check_int(oversample, "oversample", 0)
     p = min(m, k + oversample)
+    # The Gram's products are of the size of ||J||^2: they would overflow (inf, then a
+    # LinAlgError in eigh) or underflow for float32 entries near 1e20 or 1e-20.
+    Jt, exponent = _in_range(Jt)
 
     def gram(Q: Tensor) -> Tensor:
         T = Jt.contract_input(Q)
@@ -82,7 +105,7 @@ def gram_eigenvectors(Jt: JacobianTensor, k: int, *, seed: int = 0, center: bool
         Q = torch.linalg.qr(gram(Q))[0]
     small = Q.T @ gram(Q)
     values, vecs = torch.linalg.eigh(0.5 * (small + small.T))
-    return values[-k:].flip(0), (Q @ vecs[:, -k:].flip(1)).contiguous()
+    return _ldexp(values[-k:].flip(0), -2 * exponent), (Q @ vecs[:, -k:].flip(1)).contiguous()
 
 
 @dataclass
@@ -154,7 +177,9 @@ def active_subspace(J: JacobianTensor | Tensor, k: int, *, seed: int = 0) -> Act
         ``seed`` not an integer (``1.5`` is not seed 1).
     ValueError
         ``k`` outside ``[1, m]``, a negative ``seed``, or Jacobians that are all zero (a
-        constant function has no direction to keep).
+        constant function has no direction to keep). Entries so large or small that
+        ``||J||^2`` over- or underflows are fine for a dense ``J`` (it is scaled by a power
+        of two; ``energy`` may then be ``inf`` or 0 in its dtype, ``captured`` is exact).
 
     Examples
     --------
@@ -168,10 +193,13 @@ def active_subspace(J: JacobianTensor | Tensor, k: int, *, seed: int = 0) -> Act
     """
     Jt = as_jacobian_tensor(J)
     k = check_int(k, "k", 1, Jt.m)
-    total = Jt.norm_sq()
-    if not total > 0:
+    # An exact test: the squared norm of a float32 J underflows to 0 below about 1e-23.
+    if _is_zero(Jt):
         raise ValueError("the Jacobians are all zero: the function is constant on the "
                          "samples and has no active subspace")
-    energy, P = gram_eigenvectors(Jt, k, seed=seed)
+    # The captured fraction from a J whose squared norm is representable (power of two).
+    scaled, exponent = _in_range(Jt)
+    energy, P = gram_eigenvectors(scaled, k, seed=seed)
     energy = energy.clamp_min(0)
-    return ActiveSubspace(P=P, energy=energy, captured=min(float(energy.sum()) / total, 1.0))
+    captured = min(float(energy.sum()) / scaled.norm_sq(), 1.0)
+    return ActiveSubspace(P=P, energy=_ldexp(energy, -2 * exponent), captured=captured)

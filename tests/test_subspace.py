@@ -135,3 +135,22 @@ def test_gram_eigenvectors_refuses_a_bad_count(kwargs, error, match):
         gram_eigenvectors(J, **kwargs)
     with pytest.raises(TypeError, match="Jt must be a JacobianTensor"):
         gram_eigenvectors(J.to_dense(), 2)
+
+
+@pytest.mark.parametrize("scale", [2.0**-80, 2.0**70])
+def test_float32_jacobians_whose_squared_norm_over_or_underflows(scale):
+    # ||J||^2 underflowed to 0 in float32 ("the Jacobians are all zero") for entries near
+    # 1e-24, and the Gram overflowed (a LinAlgError from eigh) for entries near 1e21.
+    _X, J, B = _ridge_function_samples()
+    reference = active_subspace(DenseJacobian(J), 2, seed=1)
+    sub = active_subspace(DenseJacobian((J * scale).float()), 2, seed=1)
+    assert torch.allclose(_principal_cosines(sub.P.double(), B),
+                          torch.ones(2, dtype=torch.float64), atol=1e-5)
+    assert sub.captured == pytest.approx(1.0, abs=1e-5)
+    # the energies are those of J times scale**2, as far as float32 holds them (inf, 0)
+    expected = (reference.energy * scale**2).float()
+    assert torch.allclose(sub.energy, expected, rtol=1e-4)
+    values, P = gram_eigenvectors(DenseJacobian((J * scale).float()), 2, seed=1)
+    assert torch.allclose(_principal_cosines(P.double(), B), torch.ones(2, dtype=torch.float64),
+                          atol=1e-5)
+    assert torch.allclose(values, expected, rtol=1e-4)
