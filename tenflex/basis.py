@@ -323,7 +323,23 @@ class Basis(nn.Module):
             raise ValueError("Z contains NaN or Inf values")
         scale = self.scale.to(dtype=Z.dtype, device=Z.device)
         shift = self.shift.to(dtype=Z.dtype, device=Z.device)
+        # A map fitted on a narrow range has a large scale, which a narrow dtype (float16:
+        # 65504) cannot hold: every value would silently be NaN.
+        if self.check_finite and not all_finite(torch.cat((scale, shift))):
+            self._refuse_map(Z.dtype)
         return Z, scale, shift
+
+    def _refuse_map(self, dtype: torch.dtype) -> None:
+        """Raise: the affine map is not finite in ``dtype`` (said where it was lost)."""
+        stored = self.scale.dtype
+        where = (f"Z's dtype {dtype}; evaluate in a wider dtype (e.g. Z.to(torch.float32))"
+                 if all_finite(torch.cat((self.scale, self.shift))) else
+                 f"{stored}, into which it was converted (e.g. by layer.half()): convert the "
+                 "fitted layer or basis to float32 or float64 instead")
+        raise ValueError(
+            f"the basis's affine map (scale up to {float(self.scale.abs().max()):.3g}, shift up "
+            f"to {float(self.shift.abs().max()):.3g}) does not fit in {where}"
+        )
 
     def to_natural(self, Z: Tensor | np.ndarray) -> Tensor:
         """Map branch inputs ``Z`` (..., R) onto the natural variable ``t`` (..., R)."""

@@ -391,3 +391,19 @@ def test_state_dict_of_other_branch_count_leaves_a_fitted_basis_intact():
     with pytest.raises(RuntimeError, match="size mismatch for scale"):
         basis.load_state_dict(other.state_dict())
     assert basis.n_branches == 2 and torch.equal(basis.scale, scale)
+
+
+@pytest.mark.parametrize(("name", "D", "opts"), ALL_BASES)
+def test_an_affine_map_that_overflows_the_input_dtype_is_named(name, D, opts):
+    # A map fitted on a range of 2e-5 has scale 1e5, beyond float16 (65504): the values
+    # used to be NaN without a word.
+    Z = torch.linspace(0, 2e-5, 9, dtype=torch.float64)[:, None]
+    basis = make_basis(name, D, **opts).fit_domain(Z)
+    assert torch.isfinite(basis(Z.float())).all()  # float32 holds it
+    with pytest.raises(ValueError, match=r"does not fit in Z's dtype torch.float16.*wider"):
+        basis(Z.half())
+    with pytest.raises(ValueError, match=r"does not fit in Z's dtype torch.float16"):
+        basis.values_and_derivatives(Z.half())
+    half = basis.clone().to(torch.float16)  # the buffers themselves become inf
+    with pytest.raises(ValueError, match=r"torch.float16, into which it was converted"):
+        half(Z.half())

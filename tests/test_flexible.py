@@ -289,3 +289,17 @@ def test_a_failed_load_of_another_rank_leaves_the_layer_usable():
         layer.load_state_dict(other.state_dict())
     assert layer.basis.n_branches == 3
     torch.testing.assert_close(layer(x), before, rtol=0, atol=0)
+
+
+def test_a_layer_converted_to_a_dtype_too_narrow_for_its_affine_map_says_so():
+    # Branch inputs of range ~1e-5 give scales ~1e5, which float16 cannot hold: layer.half()
+    # used to return NaN for every input without a word.
+    layer = FlexibleLayer.from_decoupled(_df())
+    x = 1e-6 * torch.randn(20, layer.in_features, dtype=torch.float64)
+    with torch.no_grad():
+        layer.basis.fit_domain(x @ layer.V)
+    assert bool((layer.basis.scale > torch.finfo(torch.float16).max).any())
+    assert torch.isfinite(layer.float()(x.float())).all()
+    half = layer.half()
+    with pytest.raises(ValueError, match=r"float16, into which it was converted.*float32"):
+        half(x.half())
