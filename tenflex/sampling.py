@@ -183,7 +183,17 @@ def deterministic_algorithms(enabled: bool = True):
 
 def _as_points(X: Any, dtype: torch.dtype, device: torch.device | None) -> Tensor:
     """Validate the sampling points and return them as a detached tensor."""
-    X = _as_float_tensor(X, "X", dtype)
+    X = _as_float_tensor(X, "X")
+    if X.dtype != dtype and all_finite(X):
+        cast = X.to(dtype)
+        if not all_finite(cast):  # finite values that only overflow on the cast
+            raise ValueError(
+                f"X has values up to {float(X.abs().max()):.3g} in magnitude, which overflow "
+                f"dtype={dtype} (largest {torch.finfo(dtype).max:.3g}); rescale X or sample "
+                "in float64 (dtype=torch.float64)"
+            )
+        X = cast
+    X = X.to(dtype)
     if X.ndim < 2:
         raise ValueError(
             f"X must have shape (N, *input_shape) with a leading batch dimension, got shape "

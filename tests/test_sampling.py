@@ -230,3 +230,15 @@ def test_a_plain_function_that_draws_random_numbers_is_refused_clearly():
     with pytest.raises(ValueError, match=r"f draws random numbers \(dropout in training mode"):
         sample_function(lambda x: net(x), X)
     sample_function(net, X)  # the module itself is sampled in eval mode
+
+
+def test_finite_points_that_overflow_the_sampling_dtype_are_named():
+    # float64 points beyond float32's range became inf on the cast, and the message blamed
+    # the data: "X contains NaN or Inf values".
+    net = torch.nn.Linear(2, 1)
+    X = np.array([[1e39, 0.0], [1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"up to 1e\+39.*overflow dtype=torch.float32.*float64"):
+        sample_function(net, X, dtype=torch.float32)
+    assert sample_function(net, X, dtype=torch.float64).Y.shape == (2, 1)
+    with pytest.raises(ValueError, match="NaN or Inf values"):
+        sample_function(net, np.array([[np.nan, 0.0]]), dtype=torch.float32)
