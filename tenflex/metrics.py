@@ -79,6 +79,15 @@ def congruence_matrix(A, B) -> np.ndarray:
     return np.abs(_unit_columns(A).T @ _unit_columns(B))
 
 
+def _eps(dtype) -> float:
+    """Machine epsilon of a torch or NumPy floating dtype; 0 for any other (exact) input."""
+    if isinstance(dtype, torch.dtype):
+        return torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.floating):
+        return float(np.finfo(dtype).eps)
+    return 0.0
+
+
 def _unit_columns(A: np.ndarray) -> np.ndarray:
     """The columns of ``A`` scaled to unit norm; zero columns stay zero.
 
@@ -92,7 +101,7 @@ def _unit_columns(A: np.ndarray) -> np.ndarray:
     return A / np.where(norm > 0, norm, 1.0)
 
 
-def kruskal_rank(A, *, rtol: float = 1e-10) -> int:
+def kruskal_rank(A, *, rtol: float | None = None) -> int:
     """Kruskal rank (k-rank) of a matrix: the largest ``k`` such that EVERY set of ``k``
     columns is linearly independent (Kruskal 1977).
 
@@ -102,12 +111,15 @@ def kruskal_rank(A, *, rtol: float = 1e-10) -> int:
     Parameters
     ----------
     A : array or tensor, shape (p, R)
-    rtol : float
+    rtol : float, optional
         A subset counts as dependent when its smallest singular value is below
         ``rtol`` times the largest singular value of ``A`` with its columns scaled to unit
         norm; finite and ``>= 0``. The k-rank does not depend on the (nonzero) scales of
         the columns, so columns of very different norms, as the scaling indeterminacy of a
         CPD produces, are compared as directions; a zero column gives k-rank 0.
+        Default: ``max(1e-10, max(p, R) * eps)`` with ``eps`` of ``A``'s floating dtype,
+        so that columns dependent up to the rounding of float32 (or float16) entries count
+        as dependent; ``1e-10`` for float64 and integer input.
 
     Returns
     -------
@@ -123,10 +135,14 @@ def kruskal_rank(A, *, rtol: float = 1e-10) -> int:
     """
     from itertools import combinations
 
-    rtol = check_float(rtol, "rtol")
+    if rtol is not None:
+        rtol = check_float(rtol, "rtol")
+    dtype = getattr(A, "dtype", None)  # before the conversion to float64
     A = _np(A, "A")
     if A.ndim != 2:
         raise ValueError(f"A must be a matrix (p, R), got shape {A.shape}")
+    if rtol is None:
+        rtol = max(1e-10, max(A.shape) * _eps(dtype))
     R = A.shape[1]
     if R > 16:
         raise ValueError(f"kruskal_rank tests every column subset; R = {R} > 16 is too many")

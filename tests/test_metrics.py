@@ -199,3 +199,20 @@ def test_congruence_and_alignment_of_columns_near_the_ends_of_the_float_range():
         np.testing.assert_allclose(alignment.output_scale, 1.0, rtol=1e-13)
         np.testing.assert_allclose(alignment.input_scale, 1.0, rtol=1e-13)
         assert alignment.min_congruence > 1 - 1e-13
+
+
+def test_kruskal_rank_of_float32_factors_counts_rounding_level_dependence():
+    from tenflex.metrics import kruskal_rank
+
+    # Columns dependent up to float32 rounding (smallest singular value ~1e-9 relative)
+    # passed the float64 tolerance 1e-10 as independent: k-rank 3 instead of 2.
+    rng = np.random.default_rng(5)
+    C = rng.standard_normal((4, 3))
+    C[:, 2] = C[:, 0] + C[:, 1]
+    assert kruskal_rank(C) == 2
+    for C32 in (C.astype(np.float32), torch.tensor(C, dtype=torch.float32),
+                torch.tensor(C).to(torch.bfloat16)):
+        assert kruskal_rank(C32) == 2
+    generic = rng.standard_normal((4, 6)).astype(np.float32)
+    assert kruskal_rank(generic) == 4
+    assert kruskal_rank(C.astype(np.float32), rtol=0.0) == 3  # an explicit rtol is used as is
