@@ -388,3 +388,17 @@ def test_bias_must_be_a_bool():
             kan_width_for_budget(10, 2, 3, 100, bias=bias)
     assert KANLayer(3, 2, bias=False).b is None
     assert kan_width_for_budget(10, 2, 3, 64, bias=False) == 4
+
+
+def test_finite_data_that_overflow_the_layer_dtype_are_named():
+    # float64 values beyond float32's range became inf on the cast, and the message blamed
+    # the data: "x contains NaN or Inf values".
+    model = ProjectedKAN(2, 1, 1, seed=0)  # float32
+    big = np.array([[1e39, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"x has values up to 1e\+39.*overflow.*float32"):
+        model.fit_domain(big)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        model.fit_domain(np.array([[np.nan, 0.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"A has values up to 1e\+39.*P in float64"):
+        ProjectedKAN.from_linear(torch.eye(2), np.array([[1e39, 1.0]]), np.zeros(1))
+    ProjectedKAN(2, 1, 1, seed=0, dtype=torch.float64).fit_domain(big)  # float64 holds them

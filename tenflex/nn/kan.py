@@ -53,14 +53,23 @@ __all__ = ["KANLayer", "ProjectedKAN", "kan_width_for_budget"]
 
 def _as_float(value: Any, name: str, dtype: torch.dtype | None = None) -> Tensor:
     """``value`` as a finite floating tensor (float64 for integer input, or ``dtype``);
-    complex input raises TypeError (a cast would drop the imaginary part)."""
+    complex input raises TypeError (a cast would drop the imaginary part), and finite values
+    that overflow ``dtype`` get their own ValueError (not "NaN or Inf")."""
     t = _real_tensor(value, name)
-    if dtype is not None:
-        t = t.to(dtype)
-    elif not t.is_floating_point():
+    if not t.is_floating_point():
         t = t.to(torch.float64)
     if not all_finite(t):
         raise ValueError(f"{name} contains NaN or Inf values")
+    if dtype is not None and t.dtype != dtype:
+        cast = t.to(dtype)
+        if not all_finite(cast):  # finite values that only overflow on the cast
+            raise ValueError(
+                f"{name} has values up to {float(t.abs().max()):.3g} in magnitude, which "
+                f"overflow the layer's dtype {dtype} (largest {torch.finfo(dtype).max:.3g}); "
+                f"rescale {name} or work in float64 (layer.to(torch.float64), or P in "
+                "float64 for from_linear)"
+            )
+        t = cast
     return t
 
 
