@@ -778,6 +778,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted_training_note(args: argparse.Namespace) -> str:
+    """What an interrupted ``train`` leaves behind and how to go on from it.
+
+    :func:`tenflex.zoo.pretrained` keeps the state after the last finished epoch in a
+    checkpoint beside the weights; without this note the user would not know that running
+    the command again resumes (and neither where the file is, nor how to start over).
+    """
+    from tenflex import zoo
+
+    try:
+        weights, _ = zoo.cache_paths(args.model, dataset=args.dataset, epochs=args.epochs,
+                                     seed=args.seed, cache_dir=args.cache_dir,
+                                     device=_device(args))
+    except (CommandError, ValueError, OSError):
+        return ""
+    partial = zoo._partial_file(weights)
+    if not partial.is_file():
+        return ": no epoch finished, nothing kept; run the same command again to start over"
+    return (f": the state after the last finished epoch is kept in {partial}; run the same "
+            "command again to resume from it (--retrain starts over)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tenflex`` console script.
 
@@ -811,8 +833,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.written:
             note = f": wrote {', '.join(args.written)}"
+        elif args.command == "compress":
+            note = ": no model file written"
+        elif args.command == "train":
+            note = _interrupted_training_note(args)
         else:
-            note = ": no model file written" if args.command == "compress" else ""
+            note = ""
         # A newline first: ^C leaves the cursor after a progress bar.
         parser.exit(130, f"\n{prefix}: interrupted{note}\n")
 

@@ -329,6 +329,33 @@ def test_interrupted_compression_exits_130_and_writes_nothing(quick_compress, tm
         assert list(tmp_path.iterdir()) == [], name
 
 
+@pytest.mark.parametrize("epochs_done", [0, 1])
+def test_interrupted_training_says_where_it_is_kept_and_how_to_resume(epochs_done, tmp_path,
+                                                                      monkeypatch, capsys):
+    from tenflex import zoo
+
+    argv = ["train", "--dataset", "digits", "--epochs", "3", "--cache-dir", str(tmp_path)]
+    weights, _ = zoo.cache_paths("reference_cnn", dataset="digits", epochs=3,
+                                 cache_dir=tmp_path)
+    partial = zoo._partial_file(weights)
+
+    def pretrained(*args, **kwargs):
+        if epochs_done:  # what train's checkpoint leaves after a finished epoch
+            partial.write_bytes(b"state")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo, "pretrained", pretrained)
+    status, stdout, err = _exit(argv, capsys)
+    assert status == 130 and stdout == ""
+    if epochs_done:
+        assert err.strip() == (f"tenflex train: interrupted: the state after the last finished "
+                               f"epoch is kept in {partial}; run the same command again to "
+                               "resume from it (--retrain starts over)")
+    else:
+        assert err.strip() == ("tenflex train: interrupted: no epoch finished, nothing kept; "
+                               "run the same command again to start over")
+
+
 def test_evaluate_defaults_to_the_data_set_compressed_on(compressed, tmp_path, capsys):
 
     payload = torch.load(compressed["path"], weights_only=True)
