@@ -860,7 +860,10 @@ def train(
     model.train()
     t0, c0 = time.perf_counter(), time.process_time()
     step = first_epoch * steps_per_epoch
-    with deterministic_algorithms(deterministic):
+    # The bar is closed however the loop ends: left open by Ctrl-C, it is drawn again at exit,
+    # after (and over) the command's message about the interruption.
+    with deterministic_algorithms(deterministic), (
+            bar if bar is not None else contextlib.nullcontext()):
         for epoch in range(first_epoch, epochs):
             perm = torch.randperm(n, generator=generator)
             total = 0.0

@@ -716,6 +716,27 @@ def test_train_resumes_bitwise_from_its_checkpoint(digits, tmp_path, options, st
     assert not path.exists()  # training completed: nothing to resume
 
 
+def test_interrupted_training_closes_its_progress_bar(monkeypatch):
+    import tqdm.auto
+
+    bars = []
+
+    class Recorded(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    def interrupt(epoch, step, loss):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    model, x, y = _tiny_classifier()
+    with pytest.raises(KeyboardInterrupt):
+        zoo.train(model, (x, y), epochs=2, batch_size=4, progress=True, callback=interrupt)
+    # closed now, so that nothing redraws it after the caller's message (tqdm sets disable)
+    assert len(bars) == 1 and bars[0].disable
+
+
 def test_train_refuses_the_checkpoint_of_another_run(digits, tmp_path):
     (x, y), _ = digits
     data = (x[:300], y[:300])
