@@ -491,7 +491,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     after = result.report.accuracy_after
     if result.report.finetune is not None:
         after = result.report.finetune.get("accuracy", after)
-    tuned = " fine-tuning" if result.report.finetune is not None else ""
+    tuned = "" if result.report.finetune is None else _finetune_note(result.report.finetune)
     fidelity = result.report.test_fidelity
     follows = "" if fidelity is None else (
         f"same prediction as the original on {_percent(fidelity['agreement'])} of the test "
@@ -503,6 +503,22 @@ def _cmd_compress(args: argparse.Namespace) -> int:
           f"({result.report.parameters_model_after} of {result.report.parameters_model_before})"
           f"\nwrote {args.out} (model) and {args.report} (report)")
     return 0
+
+
+def _finetune_note(finetune: dict[str, Any]) -> str:
+    """`` fine-tuning`` for the summary, and which weights ``--finetune-validation`` kept when
+    they are not the last epoch's: "after fine-tuning" alone would claim a fine-tuning whose
+    weights were thrown away."""
+    selection = finetune.get("validation") or {}
+    kept, epochs = selection.get("best_epoch"), finetune.get("epochs")
+    held_out = f"the {selection.get('n_images')} held-out training images"
+    if kept == 0:
+        return (f" fine-tuning, which did not help: the weights from before it classified "
+                f"{held_out} best and were kept")
+    if kept is not None and kept != epochs:
+        return (f" fine-tuning (the weights after its epoch {kept} of {epochs} were kept: they "
+                f"classified {held_out} best)")
+    return " fine-tuning"
 
 
 def _load_model_file(path: Path) -> tuple[Any, dict[str, Any]]:

@@ -191,6 +191,32 @@ def test_compress_with_report_prints_a_summary(quick_compress, tmp_path, capsys)
     assert f"wrote {out} (model) and {report} (report)" in stdout
 
 
+@pytest.mark.parametrize(("best_epoch", "note"), [
+    (0, ("after fine-tuning, which did not help: the weights from before it classified the "
+         "100 held-out training images best and were kept\n")),
+    (1, ("after fine-tuning (the weights after its epoch 1 of 2 were kept: they classified "
+         "the 100 held-out training images best)\n")),
+    (2, "after fine-tuning\n")])
+def test_compress_summary_says_which_fine_tuning_weights_were_kept(best_epoch, note, compressed,
+                                                                   tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import tenflex.nn.compress as compression
+    from tenflex import zoo
+
+    original = compressed["result"]
+    finetune = {"scope": "layer", "epochs": 2, "lr": 1e-3, "seed": 0, "accuracy": 0.5,
+                "validation": {"n_images": 100, "accuracy": [0.9, 0.8, 0.85],
+                               "best_epoch": best_epoch}}
+    result = dataclasses.replace(original, finetuned_model=original.model,
+                                 report=dataclasses.replace(original.report, finetune=finetune))
+    monkeypatch.setattr(zoo, "pretrained", _untrained)
+    monkeypatch.setattr(compression, "compress", _after_real_checks(lambda *a, **k: result))
+    assert main([*_CHEAP, "--finetune-epochs", "2", "--finetune-validation", "100",
+                 "--out", str(tmp_path / "m.pt"), "--report", str(tmp_path / "r.json")]) == 0
+    assert f"50.00 % {note}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("case", ["out-dir", "report-dir", "same", "parent-file", "proc"])
 def test_output_paths_are_refused_before_any_work(case, tmp_path, monkeypatch, capsys):
     from tenflex import zoo
