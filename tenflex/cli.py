@@ -306,7 +306,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import tensorly
     import torch
 
-    from tenflex import data
+    from tenflex import data, zoo
 
     info = {
         "tenflex": __version__,
@@ -320,6 +320,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if torch.cuda.is_available() else [],
         "data_dirs": {name: [str(p) for p in data.data_dirs(name)]
                       for name in ("mnist", "fashion-mnist")},
+        # where train, compress and evaluate keep trained weights (without --cache-dir)
+        "cache_dir": str(zoo.default_cache_dir()),
     }
     _print_json(info)
     return 0
@@ -682,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tenflex {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    _add_command(commands, "info", "versions of tenflex and its dependencies, data folders",
+    _add_command(commands, "info", "versions of tenflex and its dependencies, data folders "
+                 "and the folder of cached weights",
                  _cmd_info, "Prints a JSON document.")
 
     check = _add_command(commands, "data", "check that a data set is installed and readable",

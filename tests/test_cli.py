@@ -36,11 +36,18 @@ def test_help_lists_the_commands():
     assert {"info", "data"} <= set(commands)
 
 
-def test_info_prints_versions(capsys):
+def test_info_prints_versions(capsys, tmp_path, monkeypatch):
     assert main(["info"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["torch"].startswith("2.13.0")
     assert "mnist" in info["data_dirs"]
+    from tenflex import zoo
+
+    # where the trained networks are cached, as --cache-dir's help describes it
+    assert info["cache_dir"] == str(zoo.default_cache_dir())
+    monkeypatch.setenv("TENFLEX_CACHE", str(tmp_path))
+    assert main(["info"]) == 0
+    assert json.loads(capsys.readouterr().out)["cache_dir"] == str(tmp_path)
     assert len(info["cuda_devices"]) == (torch.cuda.device_count() if torch.cuda.is_available()
                                          else 0)
 
