@@ -362,18 +362,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tenflex import zoo
 
     device = _device(args)
+    weights, _ = zoo.cache_paths(args.model, dataset=args.dataset, epochs=args.epochs,
+                                 seed=args.seed, cache_dir=args.cache_dir, device=device)
+    # The sidecar alone does not say whether this run trained: the file, unchanged, does.
+    before = _modified(weights)
     with _progress_to_stderr():
         _, info = zoo.pretrained(args.model, dataset=args.dataset, epochs=args.epochs,
                                  seed=args.seed, cache_dir=args.cache_dir, retrain=args.retrain,
                                  device=device, progress=True, return_info=True)
+    loaded = before is not None and _modified(weights) == before
+    info = {**(info or {}), "weights_file": str(weights), "loaded_from_cache": loaded}
     if args.report is None:
         _print_json(info)
         return 0
     _write_report(args, info)
-    accuracy = None if info is None else info.get("test_accuracy")
+    how = "loaded from the cache" if loaded else "trained and cached in"
     print(f"{args.model} on {_DATASET_DISPLAY[args.dataset]}: test accuracy "
-          f"{_percent(accuracy)}; report: {args.report}")
+          f"{_percent(info.get('test_accuracy'))}; weights {how} {weights}; "
+          f"report: {args.report}")
     return 0
+
+
+def _modified(path: Path) -> int | None:
+    """``path``'s modification time in ns, or None where there is no such file."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 #: Defaults of ``compress --n-samples`` and ``--n-validation`` where the data set has room.
@@ -702,7 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_help = "data set (digits: a small built-in set, for quick tries)"
     train = _add_command(commands, "train", "train a reference network (cached) and report it",
                          _cmd_train, "Prints the training report as JSON (or writes it to "
-                         "--report); a network already in the cache is loaded, not retrained, "
+                         "--report), with the weights file and whether it was loaded from the "
+                         "cache; a network already in the cache is loaded, not retrained, "
                          "and an interrupted training resumes after its last finished epoch.")
     train.add_argument("--model", default="reference_cnn", choices=_MODELS,
                        help="the network to train")

@@ -526,6 +526,32 @@ def test_device_option_is_checked_before_any_work(quick_compress, tmp_path, monk
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_train_says_where_the_weights_are_and_whether_it_trained(tmp_path, monkeypatch,
+                                                                  capsys):
+    from tenflex import zoo
+
+    argv = ["train", "--dataset", "digits", "--epochs", "3", "--cache-dir", str(tmp_path)]
+    weights, _ = zoo.cache_paths("reference_cnn", dataset="digits", epochs=3,
+                                 cache_dir=tmp_path)
+
+    def pretrained(name, **kwargs):  # trains (writes the weights) unless they are cached
+        if kwargs["retrain"] or not weights.exists():
+            weights.write_bytes(b"weights")
+            os.utime(weights, ns=(weights.stat().st_atime_ns,
+                                  weights.stat().st_mtime_ns + 10**9))
+        return None, {"test_accuracy": 0.5}
+
+    monkeypatch.setattr(zoo, "pretrained", pretrained)
+    for extra, loaded in (([], False), ([], True), (["--retrain"], False)):
+        assert main([*argv, *extra]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["weights_file"] == str(weights) and info["loaded_from_cache"] is loaded
+    assert main([*argv, "--report", str(tmp_path / "r.json")]) == 0
+    assert capsys.readouterr().out == (f"reference_cnn on digits: test accuracy 50.00 %; weights "
+                                       f"loaded from the cache {weights}; report: "
+                                       f"{tmp_path / 'r.json'}\n")
+
+
 def test_compress_and_evaluate_load_the_network_from_the_cache_train_used(quick_compress,
                                                                          tmp_path, monkeypatch):
     from tenflex import zoo
