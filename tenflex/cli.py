@@ -474,11 +474,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                     "fit_options": {"max_iter": args.max_iter}, "finetune": finetune,
                     "seed": args.seed, "jacobian": args.jacobian, "subspace": args.subspace}
         # Every setting is checked on an untrained network of the same architecture before
-        # the real one is trained (or loaded); its warnings come with the real run.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        # the real one is trained (or loaded); its warnings come with the real run, but a
+        # layer that saves no parameter is refused now: the command exists to compress, and
+        # the fit would run for minutes first.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             compress(zoo.build_model(args.model, seed=0), args.span, train_images,
                      check_only=True, **settings)
+        for warning in caught:
+            if "compresses nothing" in str(warning.message):
+                raise CommandError(f"--rank {args.rank}, --span {args.span}: "
+                                   f"{warning.message}")
         model = zoo.pretrained(args.model, dataset=args.dataset, seed=args.model_seed,
                                cache_dir=args.cache_dir, device=device, progress=True)
         model.to(device)  # the compression runs where the model is

@@ -702,6 +702,11 @@ def _no_training(*args, **kwargs):
       "--n-functions", "100"],
      ("too few sampling points: N = 10 gives 200 equations (outputs and Jacobian "
       "entries) for 1120 unknowns; use N >= 56")),
+    # A warning once, after the network was loaded, and then minutes of sampling and fitting.
+    (["--model", "lenet5", "--span", "conv1", "--n-samples", "20"],
+     "--rank 2, --span conv1: the flexible layer of rank 2 has "),
+    (["--model", "lenet5", "--span", "conv1", "--n-samples", "20"],
+     "it compresses nothing; no rank keeps fewer"),
     (["--finetune-epochs", "1", "--finetune-validation", "1437"],
      ("--finetune-validation 1437: holds out all of the 1437 training images of digits, "
       "leaving none to fine-tune on; give fewer")),
