@@ -51,7 +51,7 @@ from tenflex.cpd import (
     tall_matmul,
     transpose_matmul,
 )
-from tenflex.model import DecoupledFunction
+from tenflex.model import DecoupledFunction, _canonical_layout, branch_inputs_product
 from tenflex.subspace import gram_eigenvectors
 
 __all__ = ["FitResult", "cmtf_als", "decouple_cpd"]
@@ -235,7 +235,8 @@ def _prepare_data(
             f"{(n, m, N)}, got {tuple(Y.shape)}"
         )
     _check_magnitudes(X, Y, Jt, dtype)
-    return X, Y, Jt
+    # Laid out once as branch_inputs_product wants it, so that its calls never copy X.
+    return _canonical_layout(X), Y, Jt
 
 
 def _check_magnitudes(X: Tensor, Y: Tensor, Jt: JacobianTensor | None, dtype: torch.dtype
@@ -423,7 +424,7 @@ def _make_state(
     T: Tensor | None = None,
     Z: Tensor | None = None,
 ) -> _State:
-    Z = prob.X @ V if Z is None else Z
+    Z = branch_inputs_product(prob.X, V) if Z is None else Z
     T = prob.Jt.contract_input(V) if T is None else T
     Phi, dPhi, G, H = prob.branches(Z, C)
     if b is None or prob.lam == 0:
@@ -638,10 +639,11 @@ class _VStepper:
         new = None
         for _ in range(30):
             Vt = V + alpha * D
-            # Z = X V afresh, not Z + alpha X D: with a kinked basis (hinges) a point left on
-            # a knot by the search would otherwise change sides between the cost recorded here
-            # and the returned model's (whose Z is X V), by rounding alone.
-            Zt = X @ Vt
+            # Z = X V afresh, not Z + alpha X D, and by the model's own function: with a
+            # kinked basis (hinges) a point left on a knot by the search would otherwise
+            # change sides between the cost recorded here and the returned model's, by
+            # rounding alone.
+            Zt = branch_inputs_product(X, Vt)
             if T_dir is None:
                 Tt = Jt.contract_input(Vt)
             else:
@@ -841,7 +843,8 @@ class _JointGN:
                 (dW, dC, dV), db = step, None
             Vt = V + dV
             new = _make_state(
-                prob, W + dW, Vt, C + dC, (st.b + db) if db is not None else st.b, Z=X @ Vt
+                prob, W + dW, Vt, C + dC, (st.b + db) if db is not None else st.b,
+                Z=branch_inputs_product(X, Vt),
             )
             rho = (st.total - new.total) / pred if pred > 0 else -1.0
             if new.total <= st.total and rho > 0:
@@ -976,7 +979,7 @@ def decouple_cpd(
     )
     W = res.W * res.weights
     V = res.V
-    Z = X @ V
+    Z = branch_inputs_product(X, V)
     basis.fit_domain(Z, margin=margin)
     C = _fit_c_from_h(basis.derivatives(Z), res.H)
     # lam = 0: b is the least-squares bias; the cost terms are reported separately.
@@ -1240,7 +1243,7 @@ def _initial_state(
             if b.shape != (n,):
                 raise ValueError(f"init b must have shape (n,) = ({n},), got {tuple(b.shape)}")
         _check_dead_branches("init dict", W, V, C)
-    Z = X @ V
+    Z = branch_inputs_product(X, V)
     if refit:
         prob.basis.fit_domain(Z, margin=margin)
     if C is None:
@@ -1289,7 +1292,7 @@ def _run_cmtf(
             # Jump along the sweep's move (Bro's extrapolation, as in tensorly's parafac).
             # T = J V is linear in V: no product with J is needed (the rounding of the
             # combination is cleared by the next V step's fresh product). Z = X V is
-            # recomputed, as in the V step: it is cheap, and it must be the model's Z.
+            # recomputed by the model's function, as in the V step: it must be the model's Z.
             jump = it ** (1.0 / acc_pow)
 
             def lerp(a: Tensor, b: Tensor, jump: float = jump) -> Tensor:
@@ -1303,7 +1306,7 @@ def _run_cmtf(
                 lerp(prev.C, st.C),
                 lerp(prev.b, st.b),
                 T=lerp(prev.T, st.T),
-                Z=prob.X @ V_ext,
+                Z=branch_inputs_product(prob.X, V_ext),
             )
             if ext.total < st.total:
                 st, acc_fail = ext, 0

@@ -640,6 +640,79 @@ def test_gauss_newton_operators_multiply_x_by_tall_matmul(monkeypatch):
     assert any(A is prob.X for A in calls), "the joint operator bypassed tall_matmul"
 
 
+@pytest.mark.parametrize(("solver", "extrapolate"), [("als", False), ("als", True), ("gn", True)])
+def test_solver_and_model_compute_z_by_one_function(monkeypatch, solver, extrapolate):
+    """Every ``Z = X V`` of the solver (line search, extrapolation, joint step, start) and of
+    :meth:`DecoupledFunction.branch_inputs` is :func:`tenflex.model.branch_inputs_product`,
+    so that with a kinked basis (hinges) the cost recorded for each sweep is the cost of
+    the model with that sweep's parameters, bit for bit: a point on a knot falls on the same
+    side in both. The function is replaced by a marked one (``Z`` scaled by ``1 + 2^-20``)
+    in both modules: a site that bypassed it would record a cost about 1e-6 away. R = 14
+    reaches ``tall_matmul``'s transposed form, whose last bits differ from ``X @ V``."""
+    import tenflex.fit as fit_module
+    import tenflex.model as model_module
+
+    real = model_module.branch_inputs_product
+    solver_z = []
+
+    def marked(X, V):
+        Z = real(X, V) * (1 + 2**-20)
+        solver_z.append((V.clone(), Z))
+        return Z
+
+    monkeypatch.setattr(fit_module, "branch_inputs_product", marked)
+    monkeypatch.setattr(model_module, "branch_inputs_product",
+                        lambda X, V: real(X, V) * (1 + 2**-20))
+    _f, X, Y, J = _truth(3, 40, 14, "chebyshev", 3, 150, seed=5)
+    Yn, Jn = _noisy(X, Y, J, 0.05)
+    sweeps = []
+    res = cmtf_als(X, Yn, Jn, 14, "hinge", 5, solver=solver, extrapolate=extrapolate,
+                   init="random", max_iter=12, seed=3,
+                   callback=lambda info: sweeps.append(
+                       (info["cost"], *(info[k].clone() for k in "WVCb"))))
+    model = res.model
+    Z = model.branch_inputs(X)
+    assert any(torch.equal(V, model.V) and torch.equal(Zs, Z) for V, Zs in solver_z)
+    prob = _Problem(X, Yn, DenseJacobian(Jn), model.basis, res.lam, 0.0)
+    for cost, W, V, C, b in sweeps:
+        sweep_model = DecoupledFunction(W, V, C, b, model.basis)
+        again = _make_state(prob, W, V, C, b, Z=sweep_model.branch_inputs(X)).total
+        if extrapolate:  # an extrapolated T = J V is a combination: its last bits differ
+            assert again == pytest.approx(cost, rel=1e-12)
+        else:
+            assert again == cost
+    assert res.cost[-1] == sweeps[-1][0]
+
+
+def test_start_and_decouple_cpd_compute_z_by_one_function(monkeypatch):
+    """The starting point's ``Z`` (``cmtf_als`` from a given model) and that of
+    ``decouple_cpd`` are :func:`tenflex.model.branch_inputs_product` too: with it marked
+    (``Z`` scaled by ``1 + 2^-20``) in both modules, the recorded costs are those of the
+    models, bit for bit (see ``test_solver_and_model_compute_z_by_one_function``)."""
+    import tenflex.fit as fit_module
+    import tenflex.model as model_module
+
+    real = model_module.branch_inputs_product
+
+    def marked(X, V):
+        return real(X, V) * (1 + 2**-20)
+
+    monkeypatch.setattr(fit_module, "branch_inputs_product", marked)
+    monkeypatch.setattr(model_module, "branch_inputs_product", marked)
+    f, X, Y, J = _truth(3, 40, 14, "hinge", 5, 150, seed=5)
+    Yn, Jn = _noisy(X, Y, J, 0.05)
+    start = _perturbed(f, 0.1)
+    res = cmtf_als(X, Yn, Jn, 14, "hinge", 5, init=start, max_iter=1)
+    prob = _Problem(X, Yn, DenseJacobian(Jn), start.basis, 1.0, 0.0)
+    Z = start.branch_inputs(X)
+    assert _make_state(prob, start.W, start.V, start.C, start.b, Z=Z).total == res.cost[0]
+    dec = decouple_cpd(X, Yn, Jn, 14, "hinge", 5, n_starts=1, cpd_method="nls", n_iter_max=30)
+    m = dec.model
+    again = _make_state(_Problem(X, Yn, DenseJacobian(Jn), m.basis, 0.0, 0.0), m.W, m.V, m.C,
+                        m.b, Z=m.branch_inputs(X))
+    assert again.cj == dec.cost_jacobian[0] and again.co == dec.cost_output[0]
+
+
 # ------------------------------------------------------------------ validation
 @pytest.fixture(scope="module")
 def small():

@@ -10,7 +10,8 @@ import torch
 from numpy.polynomial import polynomial
 
 from tenflex.basis import make_basis
-from tenflex.model import DecoupledFunction
+from tenflex.cpd import tall_matmul
+from tenflex.model import DecoupledFunction, branch_inputs_product
 
 
 def _random_df(m=4, n=3, R=2, basis="bspline", D=6, seed=0, **opts) -> DecoupledFunction:
@@ -212,3 +213,29 @@ def test_dtype_that_is_not_a_torch_dtype_is_a_type_error():
         with pytest.raises(TypeError, match="floating point dtype"):
             f.to(dtype)
     assert f.to().dtype == torch.float64 and f.to(torch.float32).dtype == torch.float32
+
+
+def test_branch_inputs_are_one_product_whatever_the_layout_of_x():
+    """``Z = X V`` goes through :func:`tenflex.model.branch_inputs_product` (the solvers'
+    function) and depends on the values of ``X`` only: MKL's fast form for float64 with 13
+    columns or more (``tall_matmul``) gives other last bits for an ``X`` stored from an odd
+    multiple of 8 bytes or by columns (seen at this size), which the function's aligned
+    contiguous copy removes. With a kinked basis the side of a knot a point falls on, and so
+    the model's Jacobian, hangs on those bits."""
+    gen = torch.Generator().manual_seed(3)
+    N, m, R = 50, 40, 14
+    X = torch.randn(N, m, generator=gen, dtype=torch.float64)
+    V = torch.randn(m, R, generator=gen, dtype=torch.float64)
+    f = DecoupledFunction(torch.randn(2, R, generator=gen, dtype=torch.float64), V,
+                          torch.randn(4, R, generator=gen, dtype=torch.float64),
+                          torch.zeros(2, dtype=torch.float64),
+                          make_basis("hinge", 4).fit_domain(X @ V))
+    Z = f.branch_inputs(X)
+    assert torch.equal(Z, branch_inputs_product(X, V)) and torch.equal(Z, tall_matmul(X, V))
+    buf = torch.empty(N * m + 1, dtype=torch.float64)
+    shifted = buf[1:].view(N, m)  # 8 bytes past torch's 64-byte aligned allocation
+    shifted.copy_(X)
+    by_columns = X.T.contiguous().T
+    for other in (shifted, by_columns, X.numpy().copy(), X.tolist()):
+        assert torch.equal(f.branch_inputs(other), Z)
+    assert not shifted.is_contiguous() or shifted.data_ptr() % 64 != 0  # the case is real
