@@ -1,10 +1,12 @@
 """The solver's products with tall matrices: torch's ``@`` against tenflex's two helpers.
 
 CMTF-ALS multiplies tall matrices by matrices with few columns: ``J V`` with ``J`` the
-Jacobian tensor stored as an ``(n N, m)`` matrix, the mode-2 MTTKRP ``J^T (W ⊙ H)``, and
-``X^T (...)`` in every Gauss-Newton product of the V step. With MKL, the kernel torch's
-``@`` reaches depends on the number of columns ``R``, and some are many times slower than
-the same product written the other way round:
+Jacobian tensor stored as an ``(n N, m)`` matrix, the mode-2 MTTKRP ``J^T (W ⊙ H)``,
+``X D`` and ``X^T (...)`` in every Gauss-Newton product of the V step, and the branch inputs
+``Z = X V`` at every trial point of the line search and of the extrapolation
+(:func:`tenflex.model.branch_inputs_product`, a ``tall_matmul``; ``K = N`` below). With MKL,
+the kernel torch's ``@`` reaches depends on the number of columns ``R``, and some are many
+times slower than the same product written the other way round:
 
 * ``A.T @ B`` with fewer than about a dozen columns (:func:`tenflex.cpd.transpose_matmul`
   computes ``(B.T @ A).T`` instead, at every ``R``);
