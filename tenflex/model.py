@@ -40,8 +40,14 @@ _PRODUCT_ALIGNMENT = 64
 
 
 def _canonical_layout(A: Tensor) -> Tensor:
-    """``A`` itself if contiguous and stored from a 64-byte boundary, else such a copy."""
-    if A.is_contiguous() and A.data_ptr() % _PRODUCT_ALIGNMENT == 0:
+    """``A`` itself if contiguous and stored from a 64-byte boundary, else such a copy;
+    ``A`` itself inside a ``torch.func`` transform (``jacrev``, ``vmap``), where a tensor has
+    no storage to align."""
+    try:
+        aligned = A.data_ptr() % _PRODUCT_ALIGNMENT == 0
+    except RuntimeError:  # a tensor inside a torch.func transform has no storage
+        return A
+    if A.is_contiguous() and aligned:
         return A
     return A.clone(memory_format=torch.contiguous_format)
 

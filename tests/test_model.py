@@ -239,3 +239,20 @@ def test_branch_inputs_are_one_product_whatever_the_layout_of_x():
     for other in (shifted, by_columns, X.numpy().copy(), X.tolist()):
         assert torch.equal(f.branch_inputs(other), Z)
     assert not shifted.is_contiguous() or shifted.data_ptr() % 64 != 0  # the case is real
+
+
+def test_branch_inputs_work_inside_torch_func_transforms():
+    # branch_inputs_product aligns X by its data pointer, which a tensor inside jacrev or
+    # vmap does not have: "Cannot access data pointer of Tensor that doesn't have storage".
+    gen = torch.Generator().manual_seed(4)
+    m, R = 6, 14  # 13 columns or more: tall_matmul's transposed form
+    V = torch.randn(m, R, generator=gen, dtype=torch.float64)
+    X = torch.randn(5, m, generator=gen, dtype=torch.float64)
+    f = DecoupledFunction(torch.randn(3, R, generator=gen, dtype=torch.float64), V,
+                          torch.randn(4, R, generator=gen, dtype=torch.float64),
+                          torch.zeros(3, dtype=torch.float64),
+                          make_basis("legendre", 4).fit_domain(X @ V))
+    jac = torch.func.jacrev(lambda x: f.branch_inputs(x[None])[0])(X[0])
+    assert torch.allclose(jac, V.T, rtol=0, atol=1e-14)
+    rows = torch.func.vmap(lambda x: f.branch_inputs(x[None])[0])(X)
+    assert torch.allclose(rows, X @ V, rtol=1e-13, atol=1e-13)
