@@ -407,3 +407,68 @@ def test_an_affine_map_that_overflows_the_input_dtype_is_named(name, D, opts):
     half = basis.clone().to(torch.float16)  # the buffers themselves become inf
     with pytest.raises(ValueError, match=r"torch.float16, into which it was converted"):
         half(Z.half())
+
+
+def test_hinge_derivative_at_a_knot_is_zero():
+    # The documented convention: at t = kappa_j the hinge's derivative is 0 (relu's gradient
+    # is t > kappa). The knots of D = 4 are exact binary fractions, so t hits them exactly.
+    basis = make_basis("hinge", 4, n_branches=1)
+    kappa = basis.hinge_knots()
+    dPhi = basis.derivatives(kappa[:, None])
+    expected = torch.tensor(
+        [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]], dtype=torch.float64
+    )
+    torch.testing.assert_close(dPhi[:, 0], expected, rtol=0, atol=0)
+    # autograd agrees with the same convention
+    t = kappa[:, None].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(basis(t)[..., 1:].sum(), t)
+    torch.testing.assert_close(grad[:, 0], dPhi[:, 0, 1:].sum(-1), rtol=0, atol=0)
+
+
+def test_fit_domain_column_at_rounding_level_is_constant():
+    # A column whose two values differ by one ulp is constant up to rounding: scale 1 and
+    # its value at the domain centre, not a scale of 2 / eps that sends later data to 1e15.
+    one_up = float(np.nextafter(1.0, 2.0))
+    Z = torch.tensor([[1.0, 0.0], [one_up, 4.0]], dtype=torch.float64)
+    basis = make_basis("legendre", 3).fit_domain(Z)
+    torch.testing.assert_close(basis.scale, torch.tensor([1.0, 0.5], dtype=torch.float64))
+    t = basis.to_natural(Z)
+    assert t[:, 0].abs().max() < 1e-12
+    torch.testing.assert_close(t[:, 1], torch.tensor([-1.0, 1.0], dtype=torch.float64))
+
+
+def test_outside_fraction_ignores_rounding_at_the_domain_ends():
+    # fit_domain maps each column's max onto hi up to rounding: some mapped maxima land one
+    # ulp above 1; the default tolerance must not count the fitting data as outside.
+    gen = torch.Generator().manual_seed(0)
+    Z = torch.randn(200, 50, generator=gen, dtype=torch.float64)
+    Z = Z * torch.logspace(-3, 3, 50, dtype=torch.float64) + 10 * torch.randn(
+        50, generator=gen, dtype=torch.float64
+    )
+    basis = make_basis("chebyshev", 3).fit_domain(Z)
+    t = basis.to_natural(Z)
+    assert ((t > 1) | (t < -1)).any()  # the rounding this test is about does occur
+    assert basis.outside_fraction(Z) == 0.0
+    assert torch.all(basis.outside_fraction(Z, per_branch=True) == 0)
+    assert basis.outside_fraction(Z, atol=0) > 0
+
+
+def test_integer_inputs_are_evaluated_in_float64():
+    # Integers carry no float dtype: the basis evaluates them in its buffers' float64, not
+    # in float32 (which would round z = 2**24 + 1 and lose half the digits).
+    Zi = torch.tensor([[0, 3], [4, -1], [2, 1]])
+    fitted = make_basis("monomial", 3).fit_domain(Zi)
+    assert fitted.scale.dtype == torch.float64 and fitted.shift.dtype == torch.float64
+    ident = make_basis("monomial", 2, n_branches=2)
+    assert ident.scale.dtype == torch.float64 and ident.shift.dtype == torch.float64
+    mapped = make_basis("monomial", 2).set_domain_map([2, 1], [0.1, 0])
+    assert mapped.scale.dtype == torch.float64 and mapped.shift.dtype == torch.float64
+    assert mapped.shift[0].item() == 0.1
+    for basis in (fitted, ident, mapped):
+        Phi, dPhi = basis.values_and_derivatives(Zi)
+        Phi_ref, dPhi_ref = basis.values_and_derivatives(Zi.double())
+        assert Phi.dtype == dPhi.dtype == torch.float64
+        torch.testing.assert_close(Phi, Phi_ref, rtol=0, atol=0)
+        torch.testing.assert_close(dPhi, dPhi_ref, rtol=0, atol=0)
+    big = torch.tensor([[2**24 + 1, 0]])
+    assert ident(big)[0, 0, 0].item() == 2**24 + 1
