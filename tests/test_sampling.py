@@ -10,7 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from tenflex.sampling import Samples, sample_function
+from tenflex.sampling import (
+    Samples,
+    deterministic_algorithms,
+    kept_modes,
+    sample_function,
+    seeded_rng,
+)
 
 # Tiny problems: one thread (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -242,3 +248,69 @@ def test_finite_points_that_overflow_the_sampling_dtype_are_named():
     assert sample_function(net, X, dtype=torch.float64).Y.shape == (2, 1)
     with pytest.raises(ValueError, match="NaN or Inf values"):
         sample_function(net, np.array([[np.nan, 0.0]]), dtype=torch.float32)
+
+
+def test_a_batch_of_the_wrong_length_is_refused_without_jacobians():
+    # f answers a batch of one correctly but folds a larger batch into one row: the outputs
+    # would otherwise be read back in the wrong order without a word.
+    with pytest.raises(ValueError, match="f returned a batch of 1 outputs for 4 inputs"):
+        sample_function(lambda x: x.T.reshape(1, -1), torch.randn(4, 2), jacobian=False)
+
+
+def test_seeded_rng_reproduces_the_draws_and_gives_the_callers_stream_back():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    with seeded_rng(7):
+        a = torch.rand(5)
+    with seeded_rng(7):
+        b = torch.rand(5)
+    with seeded_rng(8):
+        c = torch.rand(5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(7)
+    reference = torch.rand(5)
+    torch.set_rng_state(state)
+    assert torch.equal(a, reference) and torch.equal(b, reference)
+    assert not torch.equal(c, reference)
+
+
+def test_deterministic_algorithms_sets_the_flag_and_gives_the_previous_one_back():
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+
+    def flags():
+        return (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+
+    try:
+        for previous in ((False, False), (True, False), (True, True)):
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+            with deterministic_algorithms(True):
+                assert flags() == (True, True)  # warn only: no kernel makes it fail
+            assert flags() == previous
+            with deterministic_algorithms(False):  # leaves the setting alone
+                assert flags() == previous
+            assert flags() == previous
+            with pytest.raises(KeyError), deterministic_algorithms(True):
+                raise KeyError("a failure inside the block")
+            assert flags() == previous
+        with pytest.raises(TypeError, match=r"deterministic must be a bool"), \
+                deterministic_algorithms("yes"):
+            pass
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+
+
+def test_kept_modes_restores_each_flag_even_after_a_failure():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.BatchNorm1d(2)).train()
+    net[2].eval()
+    with pytest.raises(KeyError), kept_modes(net):
+        net.eval()
+        raise KeyError("a failure inside the block")
+    assert [mod.training for mod in net.modules()] == [True, True, True, False]
+    with kept_modes(net) as restore:
+        net.train()
+        restore()
+        assert [mod.training for mod in net.modules()] == [True, True, True, False]
+        net.eval()
+    assert [mod.training for mod in net.modules()] == [True, True, True, False]
