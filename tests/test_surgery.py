@@ -8,7 +8,14 @@ import torch
 from problems import Headed, Looped
 from torch import nn
 
-from tenflex.nn.surgery import Span, resolve_span, span_inputs, span_shapes, splice
+from tenflex.nn.surgery import (
+    Span,
+    flat_layers,
+    resolve_span,
+    span_inputs,
+    span_shapes,
+    splice,
+)
 from tenflex.zoo import build_model
 
 
@@ -52,6 +59,8 @@ def test_resolve_span(cnn, span, names):
         (["fc1", "relu3", "conv1"], r"not a contiguous chain.* in order, e\.g\."),
         ("fc9", "not a layer of the model"),
         (12, "out of range"),
+        (10, "out of range"),  # one past the last layer
+        (-11, "out of range"),
         (slice(5, 5), "selects no layer"),
         (slice(0, 10, 2), "step 1"),
     ],
@@ -99,6 +108,36 @@ def test_splice_replaces_only_the_span(cnn):
     with torch.no_grad():
         expected = replacement(span.prefix(cnn)(x))
         torch.testing.assert_close(new(x), expected)
+
+
+def test_span_shapes_leave_the_model_in_its_mode_and_its_statistics_alone():
+    # In training mode a BatchNorm would update its running statistics with the example;
+    # span_shapes runs the model in eval mode and gives it its training flags back.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert span_shapes(model, resolve_span(model, (1, 3)), torch.randn(8, 4) + 5) == ((6,), (3,))
+    assert all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_flat_layers_are_the_layers_a_nested_sequential_runs_in_order():
+    torch.manual_seed(0)
+    act = nn.Tanh()
+    block = nn.Sequential(nn.Linear(4, 5), nn.Sequential(act, nn.Linear(5, 5),
+                                                        nn.Sequential(act)), nn.Linear(5, 2))
+    layers = flat_layers(block)
+    assert [name for name, _ in layers] == ["0", "1.0", "1.1", "1.2.0", "2"]
+    assert layers[1][1] is act and layers[3][1] is act  # a module used twice is listed twice
+    assert not any(isinstance(m, nn.Sequential) for _, m in layers)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        y = x
+        for _, layer in layers:
+            y = layer(y)
+        torch.testing.assert_close(y, block(x), rtol=0, atol=0)
 
 
 # A module object used twice: nn.Sequential runs it twice, named_children() lists it once.
@@ -345,6 +384,14 @@ def test_splice_inside_a_network_of_your_own():
     # Part of a chain: the layers around it stay, in order.
     tail = splice(net, resolve_span(net, "classifier.2"), nn.Linear(12, 5), name="head")
     assert list(tail.classifier._modules) == ["0", "1", "head"]
+    # A chain in the middle: the layers after it stay, in order, and run after it.
+    head = Headed(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2))
+    middle = nn.Linear(6, 6)
+    new = splice(head, resolve_span(head, ("head.0", "head.2")), middle)
+    assert list(new.head._modules) == ["flex_0_2", "3", "4"]
+    y = torch.randn(4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(new(y), head.head[4](torch.tanh(middle(y))), rtol=0, atol=0)
     # One submodule of a module with its own forward keeps its name: forward calls it.
     whole = resolve_span(net, "classifier")
     new = splice(net, whole, replacement)
