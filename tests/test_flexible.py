@@ -50,9 +50,17 @@ def test_from_decoupled_copies_parameters():
     torch.testing.assert_close(df.W, W0, rtol=0, atol=0)
     assert not torch.equal(layer.basis.scale, df.basis.scale)
     back = layer.to_decoupled()
+    X = torch.randn(5, df.m, dtype=torch.float64)
+    expected = back(X)
     with torch.no_grad():
         layer.V.zero_()
+        for parameter in (layer.W, layer.C, layer.b):  # a training step changes them all
+            parameter.add_(1.0)
+    layer.basis.fit_domain(torch.randn(10, df.rank, dtype=torch.float64))
     assert back.V.abs().max() > 0
+    # The decoupled copy shares no parameter or buffer with the layer: it still computes
+    # what the layer computed when it was taken.
+    torch.testing.assert_close(back(X), expected, rtol=0, atol=0)
 
 
 def test_gradcheck_tiny_layer_float64():
