@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import warnings
@@ -949,3 +950,79 @@ def test_fine_tuning_the_layer_keeps_the_frozen_parameters_frozen():
     tuned, _ = finetune_replacement(result.model, "flex_2_3", x,
                                     {"scope": "layer", "train_labels": y, "epochs": 1})
     assert flags == {n: p.requires_grad for n, p in tuned.named_parameters()}
+
+
+def test_each_stage_time_is_reported_under_its_own_name(monkeypatch):
+    # compress's clock advances only inside the stages, by a distinct known amount each: the
+    # report must give each stage exactly its own, and the total all of them; times swapped
+    # between stages, or a stage's clock not started anew, fail.
+    import types
+
+    import tenflex.fit
+
+    clock = [0.0]
+    spent = {"sampling": 1.0, "fit": 10.0, "splice": 100.0, "evaluation": 1000.0}
+
+    def slowed(function, stage):
+        @functools.wraps(function)  # compress checks fit_options against its signature
+        def slow(*args, **kwargs):
+            clock[0] += spent[stage]
+            return function(*args, **kwargs)
+        return slow
+
+    monkeypatch.setattr(compress_module, "time",
+                        types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(compress_module, "_sample_span",
+                        slowed(compress_module._sample_span, "sampling"))
+    monkeypatch.setattr(tenflex.fit, "cmtf_als", slowed(tenflex.fit.cmtf_als, "fit"))
+    monkeypatch.setattr(compress_module, "splice", slowed(compress_module.splice, "splice"))
+    monkeypatch.setattr(compress_module, "fidelity",
+                        slowed(compress_module.fidelity, "evaluation"))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    X = torch.randn(120, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a toy span: the layer compresses nothing
+        times = compress(model, (0, 2), X, rank=1, n_functions=4, n_samples=80,
+                         n_validation=20, test_data=(X[:30], torch.zeros(30, dtype=int)),
+                         fit_options={"max_iter": 2}).report.times
+    assert times == {**spent, "total": sum(spent.values())}
+
+
+def test_the_report_counts_the_functions_and_parameters_of_the_layer_it_built():
+    # A basis instance brings its own D (5, not the n_functions argument 8): the report gives
+    # the layer's D, and its counts are those of the layer and of the spliced model, by hand.
+    from tenflex.basis import make_basis
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(),
+                          nn.Linear(10, 2))
+    result = compress(model, (2, 4), torch.randn(150, 6), rank=2,
+                      basis=make_basis("bspline", 5), n_samples=100, n_validation=20,
+                      fit_options={"max_iter": 2})
+    report = result.report
+    assert report.n_functions == result.layer.n_functions == 5
+    assert report.parameters_span_before == 10 * 10 + 10 + 10 * 2 + 2
+    assert report.parameters_span_after == 2 * (10 + 2 + 5) + 2
+    assert report.parameters_model_before == 6 * 10 + 10 + 132
+    assert report.parameters_model_after == 70 + 36
+    assert report.fraction_model_kept == pytest.approx(106 / 202)
+
+
+def test_the_reported_jacobian_error_is_that_of_the_fit_at_the_samples():
+    # Ground truth: the span's Jacobians at the sampled inputs, by autograd, against those of
+    # the fitted function; a relative Frobenius norm error (not its square).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    X = torch.randn(100, 5, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a toy span: the layer compresses nothing
+        result = compress(model, (0, 2), X, rank=2, n_functions=5, n_samples=60,
+                          n_validation=10, fit_options={"max_iter": 3}, jacobian="dense")
+    samples = X[torch.randperm(100, generator=torch.Generator().manual_seed(0))[:60]]
+    with torch.no_grad():
+        true = torch.func.vmap(torch.func.jacrev(model))(samples)  # (N, n, m)
+        fitted = result.fit.model.jacobian(samples).permute(2, 0, 1)  # (n, m, N) -> (N, n, m)
+        expected = float((fitted - true).norm() / true.norm())
+    assert 0.01 < expected < 1  # not a perfect fit: the square would differ
+    assert result.report.fit_jacobian_error_train == pytest.approx(expected, rel=1e-6)
