@@ -140,6 +140,41 @@ def all_finite(t: torch.Tensor) -> bool:
         return all(bool(torch.isfinite(block).all()) for block in t.reshape(-1).split(1 << 22))
 
 
+def cast_without_overflow(t: torch.Tensor, dtype: torch.dtype, name: str, remedy: str
+                          ) -> torch.Tensor:
+    """``t`` cast to ``dtype``; finite values that only overflow on the cast are refused.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Floating point; NaN or Inf in ``t`` itself are the caller's to report.
+    dtype : torch.dtype
+        Floating point.
+    name : str
+        What ``t`` is, for the message.
+    remedy : str
+        How to avoid the overflow, for the message (e.g. "rescale X or sample in float64").
+
+    Returns
+    -------
+    torch.Tensor
+        ``t.to(dtype)``.
+
+    Raises
+    ------
+    ValueError
+        ``t`` is finite but its cast is not: the message names the magnitude and the largest
+        value of ``dtype``, not "NaN or Inf", which ``t`` does not hold.
+    """
+    cast = t.to(dtype)
+    if t.dtype != dtype and not all_finite(cast) and all_finite(t):
+        raise ValueError(
+            f"{name} has values up to {float(t.abs().max()):.3g} in magnitude, which overflow "
+            f"{dtype} (largest {torch.finfo(dtype).max:.3g}); {remedy}"
+        )
+    return cast
+
+
 def check_bool(value: Any, name: str) -> bool:
     """``value`` as a bool, after checking it is one (a Python or NumPy bool).
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tenflex.checks import all_finite, check_bool
+from tenflex.checks import all_finite, cast_without_overflow, check_bool
 from tenflex.cpd import _SOLVER_DTYPES, _as_float_tensor
 
 __all__ = ["Samples", "deterministic_algorithms", "evaluation_mode", "kept_modes",
@@ -183,17 +183,8 @@ def deterministic_algorithms(enabled: bool = True):
 
 def _as_points(X: Any, dtype: torch.dtype, device: torch.device | None) -> Tensor:
     """Validate the sampling points and return them as a detached tensor."""
-    X = _as_float_tensor(X, "X")
-    if X.dtype != dtype and all_finite(X):
-        cast = X.to(dtype)
-        if not all_finite(cast):  # finite values that only overflow on the cast
-            raise ValueError(
-                f"X has values up to {float(X.abs().max()):.3g} in magnitude, which overflow "
-                f"dtype={dtype} (largest {torch.finfo(dtype).max:.3g}); rescale X or sample "
-                "in float64 (dtype=torch.float64)"
-            )
-        X = cast
-    X = X.to(dtype)
+    X = cast_without_overflow(_as_float_tensor(X, "X"), dtype, "X",
+                              "rescale X or sample in float64 (dtype=torch.float64)")
     if X.ndim < 2:
         raise ValueError(
             f"X must have shape (N, *input_shape) with a leading batch dimension, got shape "

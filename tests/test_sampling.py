@@ -243,7 +243,8 @@ def test_finite_points_that_overflow_the_sampling_dtype_are_named():
     # the data: "X contains NaN or Inf values".
     net = torch.nn.Linear(2, 1)
     X = np.array([[1e39, 0.0], [1.0, 2.0]])
-    with pytest.raises(ValueError, match=r"up to 1e\+39.*overflow dtype=torch.float32.*float64"):
+    with pytest.raises(ValueError, match=(r"up to 1e\+39.*overflow torch.float32.*float64 "
+                                          r"\(dtype=torch.float64\)")):
         sample_function(net, X, dtype=torch.float32)
     assert sample_function(net, X, dtype=torch.float64).Y.shape == (2, 1)
     with pytest.raises(ValueError, match="NaN or Inf values"):

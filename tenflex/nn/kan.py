@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from tenflex.basis import Basis, BSplineBasis, _real_tensor
-from tenflex.checks import all_finite, check_bool, check_positive_int
+from tenflex.checks import all_finite, cast_without_overflow, check_bool, check_positive_int
 from tenflex.nn.flexible import (
     _basis_values,
     _branch_basis,
@@ -60,16 +60,10 @@ def _as_float(value: Any, name: str, dtype: torch.dtype | None = None) -> Tensor
         t = t.to(torch.float64)
     if not all_finite(t):
         raise ValueError(f"{name} contains NaN or Inf values")
-    if dtype is not None and t.dtype != dtype:
-        cast = t.to(dtype)
-        if not all_finite(cast):  # finite values that only overflow on the cast
-            raise ValueError(
-                f"{name} has values up to {float(t.abs().max()):.3g} in magnitude, which "
-                f"overflow the layer's dtype {dtype} (largest {torch.finfo(dtype).max:.3g}); "
-                f"rescale {name} or work in float64 (layer.to(torch.float64), or P in "
-                "float64 for from_linear)"
-            )
-        t = cast
+    if dtype is not None:
+        t = cast_without_overflow(t, dtype, name, f"that is the layer's dtype: rescale {name} "
+                                  "or work in float64 (layer.to(torch.float64), or P in float64 "
+                                  "for from_linear)")
     return t
 
 
