@@ -362,8 +362,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tenflex import zoo
 
     device = _device(args)
-    weights, _ = zoo.cache_paths(args.model, dataset=args.dataset, epochs=args.epochs,
-                                 seed=args.seed, cache_dir=args.cache_dir, device=device)
+    weights = _train_weights_file(args, device)
     # The sidecar alone does not say whether this run trained: the file, unchanged, does.
     before = _modified(weights)
     with _progress_to_stderr():
@@ -381,6 +380,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"{_percent(info.get('test_accuracy'))}; weights {how} {weights}; "
           f"report: {args.report}")
     return 0
+
+
+def _train_weights_file(args: argparse.Namespace, device: Any) -> Path:
+    """The cached weights file of the network that ``tenflex train`` with ``args`` trains."""
+    from tenflex import zoo
+
+    return zoo.cache_paths(args.model, dataset=args.dataset, epochs=args.epochs,
+                           seed=args.seed, cache_dir=args.cache_dir, device=device)[0]
 
 
 def _modified(path: Path) -> int | None:
@@ -829,9 +836,7 @@ def _interrupted_training_note(args: argparse.Namespace) -> str:
     from tenflex import zoo
 
     try:
-        weights, _ = zoo.cache_paths(args.model, dataset=args.dataset, epochs=args.epochs,
-                                     seed=args.seed, cache_dir=args.cache_dir,
-                                     device=_device(args))
+        weights = _train_weights_file(args, _device(args))
     except (CommandError, ValueError, OSError):
         return ""
     partial = zoo._partial_file(weights)
